@@ -1,0 +1,62 @@
+"""hephaestus: a durable workflow engine for Trio applications.
+
+The public API is re-exported here, once; everything else lives in private
+modules. ``_core`` is the pure engine (no trio, no I/O), ``storage`` holds the
+snapshot stores, ``_runtime`` is the Trio shell that runs instances, and
+``testing`` is the harness for users' own tests.
+"""
+
+from . import testing as testing
+from ._core._errors import AlreadyRunning as AlreadyRunning
+from ._core._errors import CorruptSnapshot as CorruptSnapshot
+from ._core._errors import EventRejected as EventRejected
+from ._core._errors import HephaestusError as HephaestusError
+from ._core._errors import InstanceNotFound as InstanceNotFound
+from ._core._errors import InvalidBusinessKey as InvalidBusinessKey
+from ._core._errors import InvalidResult as InvalidResult
+from ._core._errors import RevisionConflict as RevisionConflict
+from ._core._errors import StepTimeout as StepTimeout
+from ._core._errors import StorageLocked as StorageLocked
+from ._core._errors import UndeclaredEvent as UndeclaredEvent
+from ._core._errors import UnknownWorkflow as UnknownWorkflow
+from ._core._errors import WorkflowDefinitionError as WorkflowDefinitionError
+from ._core._ids import Unique as Unique
+from ._core._model import ErrorInfo as ErrorInfo
+from ._core._model import HistoryEntry as HistoryEntry
+from ._core._model import InboxEvent as InboxEvent
+from ._core._model import Instance as Instance
+from ._core._model import Status as Status
+from ._core._model import Timer as Timer
+from ._core._steps import Done as Done
+from ._core._steps import Emit as Emit
+from ._core._steps import Retry as Retry
+from ._core._steps import Route as Route
+from ._core._steps import Step as Step
+from ._core._steps import StepContext as StepContext
+from ._core._steps import StepResult as StepResult
+from ._core._steps import Suspend as Suspend
+from ._core._steps import Target as Target
+from ._core._steps import Wait as Wait
+from ._core._steps import WaitForEvent as WaitForEvent
+from ._core._steps import step as step
+from ._core._workflow import Workflow as Workflow
+from .storage import MemoryStorage as MemoryStorage
+from .storage import Storage as Storage
+
+__all__ = [
+    # steps
+    "step", "Step", "StepContext", "StepResult", "Emit", "Suspend", "Retry", "Wait",
+    "WaitForEvent", "Done", "Target", "Route",
+    # workflows
+    "Workflow", "Unique",
+    # instances
+    "Status", "Instance", "HistoryEntry", "ErrorInfo", "Timer", "InboxEvent",
+    # storage
+    "Storage", "MemoryStorage",
+    # errors
+    "HephaestusError", "WorkflowDefinitionError", "InvalidBusinessKey", "UnknownWorkflow",
+    "AlreadyRunning", "InstanceNotFound", "EventRejected", "UndeclaredEvent", "StepTimeout",
+    "InvalidResult", "RevisionConflict", "StorageLocked", "CorruptSnapshot",
+    # helpers
+    "testing",
+]

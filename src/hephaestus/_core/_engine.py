@@ -1,0 +1,678 @@
+"""The pure engine: ``apply(workflow, instance, input, now) -> Transition``.
+
+Everything that decides what an instance does lives here, in the manner of
+h11's state machine: inputs in, a new frozen instance and commands out, no I/O
+and no clock reads (``now`` is an argument). The Trio runtime carries out the
+commands; this module never runs step code, only a Route's ``choose``.
+
+Caller errors (an event nobody can accept, cancelling a finished instance)
+raise :class:`EventRejected` and leave the instance untouched; any other
+exception from this module is a bug.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, final
+
+import msgspec
+
+from ._errors import EventRejected, UndeclaredEvent
+from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
+from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
+from ._workflow import Workflow
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+class Start(msgspec.Struct, frozen=True, tag=True):
+    """Begin a pending instance: its start step becomes due."""
+
+
+class StepSucceeded(msgspec.Struct, frozen=True, tag=True):
+    """Attempt ``attempt`` of ``step`` ended with ``event``."""
+
+    step: str
+    attempt: int
+    event: str
+    results: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class StepFailed(msgspec.Struct, frozen=True, tag=True):
+    """Attempt ``attempt`` of ``step`` raised (or timed out, or returned nonsense)."""
+
+    step: str
+    attempt: int
+    error_type: str
+    message: str
+
+
+class StepSuspended(msgspec.Struct, frozen=True, tag=True):
+    """Attempt ``attempt`` of ``step`` returned ``Suspend(timeout)``."""
+
+    step: str
+    attempt: int
+    timeout: float | None = None
+
+
+class Deliver(msgspec.Struct, frozen=True, tag=True):
+    """An outside event (``engine.resume``)."""
+
+    event: str
+    payload: dict[str, Any] | None = None
+    step: str | None = None
+    dedupe_key: str | None = None
+
+
+class TimerFired(msgspec.Struct, frozen=True, tag=True):
+    """The timer ``timer_id`` reached its deadline."""
+
+    timer_id: str
+
+
+class ScheduleResume(msgspec.Struct, frozen=True, tag=True):
+    """Add a durable timer that resumes ``step`` with ``"timeout"`` after ``delay`` seconds."""
+
+    step: str
+    delay: float
+
+
+class CancelTimer(msgspec.Struct, frozen=True, tag=True):
+    """Drop the timer ``timer_id``; the reply says whether it was pending."""
+
+    timer_id: str
+
+
+class Cancel(msgspec.Struct, frozen=True, tag=True):
+    """Cancel the instance."""
+
+    reason: str | None = None
+
+
+class Recover(msgspec.Struct, frozen=True, tag=True):
+    """The instance is loaded after a restart: re-run what was running, re-arm timers."""
+
+
+Input = (
+    Start | StepSucceeded | StepFailed | StepSuspended | Deliver | TimerFired | ScheduleResume
+    | CancelTimer | Cancel | Recover
+)
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+class RunStep(msgspec.Struct, frozen=True, tag=True):
+    """Run attempt ``attempt`` of ``step`` with ``config``."""
+
+    step: str
+    attempt: int
+    config: dict[str, Any] | None = None
+
+
+class ArmTimer(msgspec.Struct, frozen=True, tag=True):
+    """Sleep until ``timer.deadline``, then feed ``TimerFired(timer.id)``."""
+
+    timer: Timer
+
+
+class DisarmTimer(msgspec.Struct, frozen=True, tag=True):
+    """Stop the sleeping timer ``timer_id``, if it is armed."""
+
+    timer_id: str
+
+
+class CancelStep(msgspec.Struct, frozen=True, tag=True):
+    """Cancel the running attempt of ``step``."""
+
+    step: str
+
+
+class Finished(msgspec.Struct, frozen=True, tag=True):
+    """The instance reached a terminal status."""
+
+    status: Status
+
+
+Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished
+
+
+@final
+class Transition:
+    """The outcome of :func:`apply`.
+
+    ``instance`` is the input instance itself when nothing changed (then
+    nothing needs persisting); otherwise a new instance with ``revision + 1``.
+    ``reply`` is the answer for the caller of the input (a timer id, a bool).
+    """
+
+    __slots__ = ("changed", "commands", "instance", "reply")
+
+    def __init__(
+        self, instance: Instance, commands: Sequence[Command], reply: Any, changed: bool
+    ) -> None:
+        self.instance = instance
+        self.commands = tuple(commands)
+        self.reply = reply
+        self.changed = changed
+
+
+# --- construction and helpers shared with the runtime -----------------------------------------
+
+
+def new_instance(
+    workflow: Workflow,
+    instance_id: str,
+    *,
+    initial: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    now: float,
+    previous_revision: int = 0,
+) -> Instance:
+    """Return a PENDING instance of ``workflow``; its revision follows ``previous_revision``."""
+    return Instance(
+        id=instance_id,
+        workflow=workflow.name,
+        version=workflow.version,
+        status=Status.PENDING,
+        initial=dict(initial or {}),
+        metadata=dict(metadata or {}),
+        created_at=now,
+        updated_at=now,
+        revision=previous_revision + 1,
+    )
+
+
+def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int) -> StepContext:
+    """Return the context that attempt ``attempt`` of ``step`` receives."""
+    return StepContext(
+        instance_id=instance.id,
+        workflow=workflow.name,
+        version=workflow.version,
+        initial=instance.initial,
+        results=instance.results,
+        config=instance.configs.get(step),
+        attempt=attempt,
+        step=step,
+    )
+
+
+def retry_delay(step: Step, instance_id: str, failed_attempt: int) -> float | None:
+    """Return the backoff before the next attempt, or None when no attempt is left."""
+    policy = step.retry
+    if policy is None or failed_attempt >= policy.max_attempts:
+        return None
+    delay = policy.delay(failed_attempt)
+    if policy.jitter:
+        seed = zlib.crc32(f"{instance_id}\0{step.key}\0{failed_attempt}".encode())
+        delay *= 0.5 + 0.5 * (seed / 0xFFFFFFFF)
+    return delay
+
+
+def derive_status(instance: Instance) -> Status:
+    """Return the status that the instance's state implies."""
+    if instance.cancelled:
+        return Status.CANCELLED
+    if instance.error is not None:
+        return Status.FAILED
+    if instance.active:
+        return Status.RUNNING
+    if instance.waiting or instance.timers:
+        return Status.WAITING
+    if not instance.completed:
+        return Status.PENDING
+    return Status.COMPLETED
+
+
+def live_steps(workflow: Workflow, instance: Instance) -> set[str]:
+    """Return the keys of steps that may still run (or are running) in ``instance``.
+
+    Seeds are the steps running, suspended, in backoff, or due to start after a
+    join; everything not completed and reachable from a seed is live too.
+    """
+    completed = set(instance.completed)
+    seeds = set(instance.active) | set(instance.waiting) | set(instance.retrying)
+    seeds |= {k for k in instance.fired if k not in completed}
+    live = set(seeds)
+    frontier = list(seeds)
+    successors = workflow.successors
+    while frontier:
+        for nxt in successors[frontier.pop()]:
+            if nxt not in live and nxt not in completed:
+                live.add(nxt)
+                frontier.append(nxt)
+    return live
+
+
+# --- the transition function ------------------------------------------------------------------
+
+
+def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> Transition:
+    """Apply ``event`` to ``instance`` at time ``now`` (epoch seconds).
+
+    Returns:
+        The new instance (revision + 1 if anything changed), the commands to
+        carry out after persisting it, and a reply for the caller.
+
+    Raises:
+        EventRejected: the instance cannot take ``event`` now (terminal, no
+            step accepts the event, several do and none was named, ...).
+        UndeclaredEvent: the event is not declared by any step that could take it.
+    """
+    draft = _Draft(workflow, instance, now)
+    match event:
+        case Start():
+            draft.start()
+        case Recover():
+            draft.recover()
+        case StepSucceeded(step, attempt, ev, results, metadata):
+            if draft.is_current(step, attempt, draft.active):
+                draft.complete(step, ev, results, metadata)
+        case StepFailed(step, attempt, error_type, message):
+            if draft.is_current(step, attempt, draft.active):
+                draft.fail(step, error_type, message)
+        case StepSuspended(step, attempt, timeout):
+            if draft.is_current(step, attempt, draft.active):
+                draft.suspend(step, timeout)
+        case Deliver(ev, payload, step, dedupe_key):
+            draft.deliver(ev, payload, step, dedupe_key)
+        case TimerFired(timer_id):
+            draft.timer_fired(timer_id)
+        case ScheduleResume(step, delay):
+            draft.schedule_resume(step, delay)
+        case CancelTimer(timer_id):
+            draft.cancel_timer(timer_id)
+        case Cancel(reason):
+            draft.cancel(reason)
+    return draft.finish()
+
+
+@final
+class _Draft:
+    """A mutable working copy of an instance for the length of one transition."""
+
+    def __init__(self, workflow: Workflow, instance: Instance, now: float) -> None:
+        self.workflow = workflow
+        self.original = instance
+        self.now = now
+        self.changed = False
+        self.reply: Any = None
+        self.commands: list[Command] = []
+        self.terminal = instance.status.is_terminal
+        self.active = list(instance.active)
+        self.completed = list(instance.completed)
+        self.waiting = dict(instance.waiting)
+        self.timers = list(instance.timers)
+        self.inbox = list(instance.inbox)
+        self.history = list(instance.history)
+        self.results = instance.results
+        self.metadata = instance.metadata
+        self.attempts = instance.attempts
+        self.configs = instance.configs
+        self.fired = instance.fired
+        self.dedupe_keys = instance.dedupe_keys
+        self.error = instance.error
+        self.cancelled = instance.cancelled
+        self.cancel_reason = instance.cancel_reason
+        self.next_timer = instance.next_timer
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def is_current(self, step: str, attempt: int, where: Iterable[str]) -> bool:
+        """True when ``attempt`` of ``step`` is the one the instance is waiting for."""
+        return not self.terminal and step in where and self.attempts.get(step) == attempt
+
+    def rejected(self, message: str, error: type[EventRejected] = EventRejected) -> EventRejected:
+        return error(f"instance {self.original.id!r}: {message}")
+
+    def run(self, step: str, attempt: int) -> None:
+        self.changed = True
+        self.attempts = {**self.attempts, step: attempt}
+        if step not in self.active:
+            self.active.append(step)
+        self.commands.append(RunStep(step, attempt, self.configs.get(step)))
+
+    def add_timer(self, kind: TimerKind, step: str, delay: float) -> Timer:
+        self.changed = True
+        timer = Timer(
+            id=f"t{self.next_timer}", kind=kind, step=step, deadline=self.now + max(0.0, delay),
+        )
+        self.next_timer += 1
+        self.timers.append(timer)
+        self.commands.append(ArmTimer(timer))
+        return timer
+
+    def drop_timers(self, keep: Any = lambda timer: False) -> None:
+        kept = []
+        for timer in self.timers:
+            if keep(timer):
+                kept.append(timer)
+            else:
+                self.changed = True
+                self.commands.append(DisarmTimer(timer.id))
+        self.timers = kept
+
+    def history_entry(self, step: str, event: str | None, error: str | None = None) -> None:
+        self.history.append(HistoryEntry(
+            step=step, event=event, attempt=self.attempts.get(step, 1), at=self.now, error=error,
+        ))
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.original.status is Status.PENDING:
+            self.run(self.workflow.start.key, 1)
+
+    def recover(self) -> None:
+        if self.terminal:
+            return
+        if self.original.status is Status.PENDING:
+            self.start()
+            return
+        for step in list(self.active):
+            self.run(step, self.attempts.get(step, 0) + 1)
+        self.commands.extend(ArmTimer(timer) for timer in self.timers)
+        self.advance()
+
+    def complete(
+        self,
+        step: str,
+        event: str,
+        results: dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        """Record that ``step`` (running or suspended) ended with ``event``; start what follows."""
+        definition = self.workflow.steps[step]
+        if event not in definition.events:
+            self.fail(
+                step,
+                UndeclaredEvent.__name__,
+                f"step {step!r} ended with event {event!r}, which it does not declare "
+                f"(declared: {list(definition.events)!r})",
+            )
+            return
+        edge = self.workflow.edges[(step, event)]
+        targets: Sequence[tuple[str, dict[str, Any] | None]] = edge.targets
+        if edge.route is not None:
+            chosen = self.choose_route(step, event, results, edge.route.choose, edge.targets)
+            if isinstance(chosen, str):
+                self.fail(step, "RouteError", chosen)
+                return
+            targets = chosen
+        self.changed = True
+        if step in self.active:
+            self.active.remove(step)
+        self.waiting.pop(step, None)
+        self.completed.append(step)
+        if results is not None:
+            self.results = {**self.results, step: results}
+        if metadata:
+            self.metadata = {**self.metadata, **metadata}
+        self.history_entry(step, event)
+        self.drop_timers(keep=lambda timer: timer.step != step)
+        if targets:
+            fired = dict(self.fired)
+            configs = self.configs
+            for key, config in targets:
+                fired[key] = (*fired.get(key, ()), step)
+                if config is not None:
+                    configs = {**configs, key: config}
+            self.fired = fired
+            self.configs = configs
+        self.advance()
+
+    def choose_route(
+        self,
+        step: str,
+        event: str,
+        results: dict[str, Any] | None,
+        choose: Any,
+        allowed: Sequence[tuple[str, dict[str, Any] | None]],
+    ) -> list[tuple[str, dict[str, Any] | None]] | str:
+        """Return the targets ``choose`` picks, or a message saying why the choice is invalid."""
+        view = msgspec.structs.replace(
+            self.original,
+            results={**self.results, step: results} if results is not None else self.results,
+        )
+        ctx = step_context(self.workflow, view, step, self.attempts.get(step, 1))
+        try:
+            picked = choose(ctx)
+        except Exception as exc:  # user code: any failure fails the attempt
+            return f"Route choose for ({step!r}, {event!r}) raised {type(exc).__name__}: {exc}"
+        items = picked if isinstance(picked, list | tuple) else [picked]
+        allowed_keys = dict(allowed)
+        chosen: list[tuple[str, dict[str, Any] | None]] = []
+        for item in items:
+            if isinstance(item, Target) and isinstance(item.step, Step):
+                key, config = item.step.key, item.config
+            elif isinstance(item, Step):
+                key, config = item.key, allowed_keys.get(item.key)
+            else:
+                key, config = "", None
+            if key not in allowed_keys or self.workflow.steps.get(key) is not (
+                item.step if isinstance(item, Target) else item
+            ):
+                return (
+                    f"Route choose for ({step!r}, {event!r}) returned {item!r}, which is not "
+                    f"among its targets {list(allowed_keys)!r}"
+                )
+            if all(key != k for k, _ in chosen):
+                chosen.append((key, config))
+        if not chosen:
+            return f"Route choose for ({step!r}, {event!r}) returned no target"
+        return chosen
+
+    def fail(self, step: str, error_type: str, message: str) -> None:
+        self.changed = True
+        self.history_entry(step, None, error_type)
+        attempt = self.attempts.get(step, 1)
+        if step in self.active:
+            self.active.remove(step)
+        self.waiting.pop(step, None)
+        delay = retry_delay(self.workflow.steps[step], self.original.id, attempt)
+        if delay is not None:
+            self.drop_timers(keep=lambda timer: timer.step != step)
+            self.add_timer("retry", step, delay)
+            return
+        self.error = ErrorInfo(step=step, type=error_type, message=message, attempts=attempt)
+        self.stop_everything()
+
+    def stop_everything(self) -> None:
+        self.commands.extend(CancelStep(step) for step in self.active)
+        self.active.clear()
+        self.waiting.clear()
+        self.drop_timers()
+        self.changed = True
+
+    def suspend(self, step: str, timeout: float | None) -> None:
+        definition = self.workflow.steps[step]
+        if timeout is not None and TIMEOUT_EVENT not in definition.events:
+            self.fail(
+                step,
+                UndeclaredEvent.__name__,
+                f"step {step!r} suspended with a timeout but does not declare "
+                f"{TIMEOUT_EVENT!r}: add it to events=...",
+            )
+            return
+        self.changed = True
+        self.active.remove(step)
+        self.waiting[step] = definition.events
+        for index, queued in enumerate(self.inbox):
+            if queued.event in definition.events and queued.step in (None, step):
+                del self.inbox[index]
+                self.complete(step, queued.event, queued.payload, None)
+                return
+        if timeout is not None:
+            self.add_timer("timeout", step, timeout)
+
+    def deliver(
+        self,
+        event: str,
+        payload: dict[str, Any] | None,
+        step: str | None,
+        dedupe_key: str | None,
+    ) -> None:
+        if self.terminal:
+            raise self.rejected(
+                f"it is {self.original.status.value} and accepts no more events "
+                f"(event {event!r} not delivered)"
+            )
+        if dedupe_key is not None and dedupe_key in self.dedupe_keys:
+            self.reply = "duplicate"
+            return
+        steps = self.workflow.steps
+        if step is not None:
+            if step not in steps:
+                raise self.rejected(
+                    f"workflow {self.workflow.name!r} has no step {step!r} "
+                    f"(steps: {list(steps)!r})"
+                )
+            if event not in steps[step].events:
+                raise self.rejected(
+                    f"step {step!r} does not declare event {event!r} "
+                    f"(declared: {list(steps[step].events)!r})",
+                    UndeclaredEvent,
+                )
+        elif not any(event in s.events for s in steps.values()):
+            raise self.rejected(
+                f"no step of workflow {self.workflow.name!r} declares event {event!r}",
+                UndeclaredEvent,
+            )
+        candidates = [
+            key for key, accepted in self.waiting.items()
+            if event in accepted and (step is None or key == step)
+        ]
+        if len(candidates) > 1:
+            raise self.rejected(
+                f"steps {sorted(candidates)!r} are all suspended and accept {event!r}: "
+                "pass step=... to name one"
+            )
+        if candidates:
+            self.complete(candidates[0], event, payload, None)
+        else:
+            live = live_steps(self.workflow, self.original)
+            completed = set(self.completed)
+            takers = [
+                key for key in live
+                if key not in completed and event in steps[key].events
+                and (step is None or key == step)
+            ]
+            if not takers:
+                target = f"step {step!r}" if step is not None else "any step that can still run"
+                raise self.rejected(
+                    f"event {event!r} cannot be accepted: neither {target} is suspended on it "
+                    "nor will it be (the steps declaring it have completed or can no longer run)"
+                )
+            self.inbox.append(InboxEvent(
+                event=event, payload=payload, step=step, dedupe_key=dedupe_key, at=self.now,
+            ))
+            self.changed = True
+            self.reply = "queued"
+        if dedupe_key is not None:
+            self.dedupe_keys = (*self.dedupe_keys, dedupe_key)
+        if self.reply is None:
+            self.reply = "delivered"
+
+    def timer_fired(self, timer_id: str) -> None:
+        timer = next((t for t in self.timers if t.id == timer_id), None)
+        if timer is None or self.terminal:
+            return
+        self.changed = True
+        self.timers.remove(timer)
+        if timer.kind == "retry":
+            self.run(timer.step, self.attempts.get(timer.step, 1) + 1)
+        elif TIMEOUT_EVENT in self.waiting.get(timer.step, ()):
+            self.complete(timer.step, TIMEOUT_EVENT, None, None)
+        else:
+            self.advance()
+
+    def schedule_resume(self, step: str, delay: float) -> None:
+        if self.terminal:
+            raise self.rejected(f"it is {self.original.status.value}; no timer can be scheduled")
+        definition = self.workflow.steps.get(step)
+        if definition is None:
+            raise self.rejected(
+                f"workflow {self.workflow.name!r} has no step {step!r} "
+                f"(steps: {list(self.workflow.steps)!r})"
+            )
+        if TIMEOUT_EVENT not in definition.events:
+            raise self.rejected(
+                f"step {step!r} does not declare {TIMEOUT_EVENT!r}, so it cannot be resumed "
+                "by a timer: add it to the step's events",
+                UndeclaredEvent,
+            )
+        if step in self.completed:
+            raise self.rejected(f"step {step!r} has already completed")
+        self.reply = self.add_timer("resume", step, delay).id
+
+    def cancel_timer(self, timer_id: str) -> None:
+        before = len(self.timers)
+        self.drop_timers(keep=lambda timer: timer.id != timer_id)
+        self.reply = len(self.timers) < before
+
+    def cancel(self, reason: str | None) -> None:
+        if self.original.status is Status.CANCELLED:
+            return
+        if self.terminal:
+            raise self.rejected(
+                f"it is {self.original.status.value}; only an active instance can be cancelled"
+            )
+        self.cancelled = True
+        self.cancel_reason = reason
+        self.stop_everything()
+
+    # -- joins ---------------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Start every step whose join is satisfied; finish the instance when nothing is live."""
+        if self.error is not None or self.cancelled:
+            return
+        busy = set(self.active) | set(self.waiting) | set(self.completed)
+        busy.update(t.step for t in self.timers if t.kind == "retry")
+        pending = [key for key in self.fired if key not in busy]
+        if pending:
+            snapshot = self.snapshot()
+            live = live_steps(self.workflow, snapshot)
+            for key in self.workflow.topo_order:
+                if key in pending and not (self.workflow.predecessors[key] & live):
+                    self.run(key, 1)
+        if not self.active and not self.waiting and not any(
+            t.kind == "retry" for t in self.timers
+        ):
+            self.drop_timers()
+
+    # -- result --------------------------------------------------------------------------------
+
+    def snapshot(self) -> Instance:
+        return msgspec.structs.replace(
+            self.original,
+            active=tuple(self.active),
+            completed=tuple(self.completed),
+            waiting=dict(self.waiting),
+            timers=tuple(self.timers),
+            inbox=tuple(self.inbox),
+            history=tuple(self.history),
+            results=self.results,
+            metadata=self.metadata,
+            attempts=self.attempts,
+            configs=self.configs,
+            fired=self.fired,
+            dedupe_keys=self.dedupe_keys,
+            error=self.error,
+            cancelled=self.cancelled,
+            cancel_reason=self.cancel_reason,
+            next_timer=self.next_timer,
+        )
+
+    def finish(self) -> Transition:
+        if not self.changed:
+            return Transition(self.original, self.commands, self.reply, changed=False)
+        instance = self.snapshot()
+        status = derive_status(instance)
+        instance = msgspec.structs.replace(
+            instance, status=status, updated_at=self.now, revision=self.original.revision + 1,
+        )
+        if status.is_terminal and not self.terminal:
+            self.commands.append(Finished(status))
+        return Transition(instance, self.commands, self.reply, changed=True)

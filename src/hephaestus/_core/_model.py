@@ -1,0 +1,119 @@
+"""The instance model: frozen msgspec records that make up a persisted snapshot."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+
+FORMAT_VERSION: Final = 1
+"""Version of the snapshot schema. New fields get defaults; tags are never renamed."""
+
+
+class Status(str, enum.Enum):
+    """Where an instance is in its life. Derived from its state, never set by hand."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED: nothing more will happen."""
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+TimerKind: TypeAlias = Literal["timeout", "resume", "retry"]
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One finished attempt: the step, the event it ended with (None if it failed)."""
+
+    step: str
+    event: str | None
+    attempt: int
+    at: float
+    error: str | None = None
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Why an instance failed: the step, the exception type and message, attempts made."""
+
+    step: str
+    type: str
+    message: str
+    attempts: int
+
+
+class Timer(msgspec.Struct, frozen=True, kw_only=True):
+    """A durable timer. ``deadline`` is in epoch seconds of the engine's clock.
+
+    ``kind`` is "timeout" (a suspended step's timeout, Wait, WaitForEvent),
+    "resume" (``engine.schedule_resume``) or "retry" (backoff before the next
+    attempt of ``step``).
+    """
+
+    id: str
+    kind: TimerKind
+    step: str
+    deadline: float
+
+
+class InboxEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event that arrived before any step could accept it; delivered FIFO on suspension."""
+
+    event: str
+    payload: dict[str, Any] | None = None
+    step: str | None = None
+    dedupe_key: str | None = None
+    at: float = 0.0
+
+
+class Instance(msgspec.Struct, frozen=True, kw_only=True):
+    """A persisted snapshot of one workflow instance.
+
+    Every field is plain data; ``status`` is derived from the others by the
+    engine core whenever the instance changes, and ``revision`` grows by one
+    with every persisted change.
+    """
+
+    id: str
+    workflow: str
+    version: int
+    status: Status = Status.PENDING
+    initial: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
+    metadata: dict[str, Any] = {}
+    active: tuple[str, ...] = ()
+    completed: tuple[str, ...] = ()
+    waiting: dict[str, tuple[str, ...]] = {}
+    timers: tuple[Timer, ...] = ()
+    inbox: tuple[InboxEvent, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    error: ErrorInfo | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    revision: int = 0
+    # Engine bookkeeping (stable field names: part of the snapshot format).
+    attempts: dict[str, int] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    fired: dict[str, tuple[str, ...]] = {}
+    dedupe_keys: tuple[str, ...] = ()
+    cancel_reason: str | None = None
+    cancelled: bool = False
+    next_timer: int = 1
+    format: int = FORMAT_VERSION
+
+    @property
+    def retrying(self) -> tuple[str, ...]:
+        """Keys of steps waiting on a retry backoff timer."""
+        return tuple(t.step for t in self.timers if t.kind == "retry")

@@ -1,0 +1,380 @@
+"""Steps and the values they return: the building blocks of a workflow."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final, Literal, TypeAlias, final, overload
+
+import msgspec
+
+from ._errors import WorkflowDefinitionError
+
+STEP_KEY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
+TIMEOUT_EVENT: Final = "timeout"
+
+Backoff: TypeAlias = Literal["exponential", "linear", "constant"]
+
+
+class Emit(msgspec.Struct, frozen=True):
+    """End a step with ``event``, storing ``results`` and merging ``metadata``.
+
+    ``results`` becomes ``instance.results[step_key]``; ``metadata`` is merged
+    into ``instance.metadata``. Both must be msgpack-serialisable dicts with
+    string keys, otherwise the attempt fails with :class:`InvalidResult`.
+    """
+
+    event: str
+    results: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Suspend(msgspec.Struct, frozen=True):
+    """Park the step until an outside event arrives (``engine.resume``).
+
+    With ``timeout`` (seconds) the step completes with ``"timeout"`` when no
+    event came in time; the deadline is persisted, so it survives crashes.
+    """
+
+    timeout: float | None = None
+
+
+StepResult: TypeAlias = str | Emit | Suspend
+
+
+class Retry(msgspec.Struct, frozen=True):
+    """How often, and how far apart, a failing step is attempted.
+
+    ``max_attempts`` counts the first attempt. The delay after failed attempt
+    ``n`` is ``initial * 2**(n-1)`` (exponential), ``initial * n`` (linear) or
+    ``initial`` (constant), capped at ``max_backoff``. With ``jitter`` each
+    delay is spread over ``[delay/2, delay]``, deterministically per instance,
+    step and attempt.
+
+    Raises:
+        ValueError: for a non-positive ``max_attempts``, a negative delay, or an
+            unknown ``backoff``.
+    """
+
+    max_attempts: int = 3
+    backoff: Backoff = "exponential"
+    initial: float = 1.0
+    max_backoff: float = 30.0
+    jitter: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"Retry.max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if self.backoff not in ("exponential", "linear", "constant"):
+            raise ValueError(
+                "Retry.backoff must be 'exponential', 'linear' or 'constant', "
+                f"got {self.backoff!r}"
+            )
+        for name in ("initial", "max_backoff"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"Retry.{name} must be a finite number >= 0, got {value!r}")
+
+    def delay(self, failed_attempt: int) -> float:
+        """Return the un-jittered delay in seconds after attempt ``failed_attempt`` failed."""
+        if self.backoff == "exponential":
+            raw = self.initial * 2.0 ** min(failed_attempt - 1, 1024)
+        elif self.backoff == "linear":
+            raw = self.initial * failed_attempt
+        else:
+            raw = self.initial
+        return float(min(raw, self.max_backoff))
+
+
+@final
+class StepContext:
+    """The read-only view of its instance that a step receives."""
+
+    __slots__ = ("attempt", "config", "initial", "instance_id", "results", "step", "version",
+                 "workflow")
+
+    instance_id: str
+    workflow: str
+    version: int
+    initial: Mapping[str, Any]
+    results: Mapping[str, Mapping[str, Any]]
+    config: Mapping[str, Any] | None
+    attempt: int
+    step: str
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        workflow: str,
+        version: int,
+        initial: Mapping[str, Any],
+        results: Mapping[str, Mapping[str, Any]],
+        config: Mapping[str, Any] | None,
+        attempt: int,
+        step: str,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "instance_id", instance_id)
+        set_(self, "workflow", workflow)
+        set_(self, "version", version)
+        set_(self, "initial", MappingProxyType(dict(initial)))
+        set_(self, "results", MappingProxyType({k: MappingProxyType(dict(v))
+                                                for k, v in results.items()}))
+        set_(self, "config", None if config is None else MappingProxyType(dict(config)))
+        set_(self, "attempt", attempt)
+        set_(self, "step", step)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("StepContext is read-only")
+
+    def __repr__(self) -> str:
+        return (f"StepContext(instance_id={self.instance_id!r}, step={self.step!r}, "
+                f"attempt={self.attempt})")
+
+
+StepFunction: TypeAlias = Callable[[StepContext], "StepResult | Awaitable[StepResult]"]
+
+
+@final
+class Step:
+    """A workflow step: a function plus the events it can end with.
+
+    Create steps with :func:`step`, :func:`Wait` or :func:`WaitForEvent`.
+    Calling a step calls its function, so step code can be unit-tested alone.
+    """
+
+    __slots__ = ("events", "fn", "is_async", "key", "retry", "timeout")
+
+    def __init__(
+        self,
+        fn: StepFunction,
+        *,
+        key: str,
+        events: tuple[str, ...],
+        retry: Retry | None,
+        timeout: float | None,
+    ) -> None:
+        self.fn = fn
+        self.key = key
+        self.events = events
+        self.retry = retry
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    def __call__(self, ctx: StepContext) -> StepResult | Awaitable[StepResult]:
+        return self.fn(ctx)
+
+    def __repr__(self) -> str:
+        return f"<Step {self.key!r} events={list(self.events)!r}>"
+
+
+def _check_step(
+    key: str, events: object, retry: object, timeout: object
+) -> tuple[str, ...]:
+    problems: list[str] = []
+    if not isinstance(key, str) or not STEP_KEY_PATTERN.fullmatch(key):
+        problems.append(
+            f"step key {key!r} must match [a-z][a-z0-9_]* (lower-case letters, digits, "
+            "underscores; starting with a letter): pass key='...' to rename it"
+        )
+    event_tuple: tuple[str, ...] = ()
+    if isinstance(events, str) or not isinstance(events, Iterable):
+        problems.append(f"events must be a non-empty sequence of strings, got {events!r}")
+    else:
+        event_tuple = tuple(events)
+        if not event_tuple:
+            problems.append("events must not be empty: list every event the step can end with")
+        for event in event_tuple:
+            if not isinstance(event, str) or not event:
+                problems.append(f"event {event!r} must be a non-empty string")
+        duplicates = sorted({e for e in event_tuple if event_tuple.count(e) > 1})
+        if duplicates:
+            problems.append(f"events {duplicates!r} are declared more than once")
+    if retry is not None and not isinstance(retry, Retry):
+        problems.append(f"retry must be an hx.Retry or None, got {retry!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        problems.append(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if problems:
+        raise WorkflowDefinitionError(f"step {key}", problems)
+    return event_tuple
+
+
+@overload
+def step(
+    fn: StepFunction,
+    *,
+    events: Sequence[str],
+    key: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+) -> Step: ...
+
+
+@overload
+def step(
+    fn: None = None,
+    *,
+    events: Sequence[str],
+    key: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+) -> Callable[[StepFunction], Step]: ...
+
+
+def step(
+    fn: StepFunction | None = None,
+    *,
+    events: Sequence[str],
+    key: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+) -> Step | Callable[[StepFunction], Step]:
+    """Turn a function into a :class:`Step`; use as ``@step(events=...)`` or ``step(fn, events=...)``.
+
+    Args:
+        events: every event the step can end with, including events it can be
+            resumed with and ``"timeout"`` if it suspends with a timeout.
+        key: the step's name in the workflow and in ``results``; defaults to
+            the function's ``__name__``.
+        retry: the retry policy for failed attempts, or None for no retries.
+        timeout: seconds allowed per attempt, or None for no limit.
+
+    Raises:
+        WorkflowDefinitionError: for a key that does not match
+            ``[a-z][a-z0-9_]*``, empty or non-string events, a bad ``retry``
+            or a non-positive ``timeout``.
+    """
+
+    def decorate(function: StepFunction) -> Step:
+        if not callable(function):
+            raise TypeError(f"hx.step needs a function, got {function!r}")
+        step_key = key if key is not None else getattr(function, "__name__", "")
+        event_tuple = _check_step(step_key, events, retry, timeout)
+        return Step(
+            function,
+            key=step_key,
+            events=event_tuple,
+            retry=retry,
+            timeout=None if timeout is None else float(timeout),
+        )
+
+    if fn is None:
+        return decorate
+    return decorate(fn)
+
+
+def Wait(seconds: float, *, key: str) -> Step:  # noqa: N802 - public factory named as a type
+    """Return a step that sleeps durably for ``seconds``, then ends with ``"timeout"``.
+
+    Raises:
+        WorkflowDefinitionError: for a bad key or a negative ``seconds``.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+        math.isfinite(seconds) and seconds >= 0
+    ):
+        raise WorkflowDefinitionError(
+            f"step {key}", [f"Wait seconds must be a finite number >= 0, got {seconds!r}"]
+        )
+    delay = float(seconds)
+
+    def wait(ctx: StepContext) -> StepResult:
+        return Suspend(timeout=delay)
+
+    result = step(wait, events=(TIMEOUT_EVENT,), key=key)
+    result.is_async = True  # it never blocks: run it inline, no worker thread
+    return result
+
+
+def WaitForEvent(  # noqa: N802 - public factory named as a type
+    event: str, *, key: str, timeout: float | None = None
+) -> Step:
+    """Return a step that suspends until ``event`` is resumed, storing its payload as results.
+
+    With ``timeout`` (seconds) the step ends with ``"timeout"`` instead when the
+    event has not come in time.
+
+    Raises:
+        WorkflowDefinitionError: for a bad key, an empty event, or a
+            non-positive ``timeout``.
+    """
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout) or timeout < 0
+    ):
+        raise WorkflowDefinitionError(
+            f"step {key}", [f"WaitForEvent timeout must be a number >= 0 or None, got {timeout!r}"]
+        )
+    limit = None if timeout is None else float(timeout)
+
+    def wait_for_event(ctx: StepContext) -> StepResult:
+        return Suspend(timeout=limit)
+
+    events = (event,) if limit is None or event == TIMEOUT_EVENT else (event, TIMEOUT_EVENT)
+    result = step(wait_for_event, events=events, key=key)
+    result.is_async = True
+    return result
+
+
+@final
+class _DoneType:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "hx.Done"
+
+    def __reduce__(self) -> str:
+        return "Done"
+
+
+Done: Final = _DoneType()
+"""The terminal marker: use it as a transition target to end a path."""
+
+
+@final
+class Target:
+    """A transition target that passes ``config`` to the step's context."""
+
+    __slots__ = ("config", "step")
+
+    def __init__(self, step: Step, config: Mapping[str, Any] | None = None) -> None:
+        self.step = step
+        self.config: dict[str, Any] | None = None if config is None else dict(config)
+
+    def __repr__(self) -> str:
+        return f"Target({self.step.key!r}, {self.config!r})"
+
+
+RouteChoice: TypeAlias = "Step | Target | Sequence[Step | Target]"
+
+
+@final
+class Route:
+    """A transition target chosen at run time among ``targets``.
+
+    ``choose(ctx)`` receives the context of the step that just completed (its
+    own results included) and returns one of ``targets`` or a list of them.
+    Returning anything else fails that step's attempt.
+    """
+
+    __slots__ = ("choose", "targets")
+
+    def __init__(
+        self, choose: Callable[[StepContext], RouteChoice], targets: Sequence[Step | Target]
+    ) -> None:
+        self.choose = choose
+        self.targets: tuple[Step | Target, ...] = tuple(targets)
+
+    def __repr__(self) -> str:
+        return f"Route({[t.key if isinstance(t, Step) else t for t in self.targets]!r})"
+
+
+TransitionTarget: TypeAlias = "Step | _DoneType | Target | Route | Sequence[Step | _DoneType | Target]"

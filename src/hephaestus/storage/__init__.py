@@ -1,0 +1,6 @@
+"""Storage adapters: the Storage protocol, MemoryStorage and FileStorage."""
+
+from ._memory import MemoryStorage as MemoryStorage
+from ._protocol import Storage as Storage
+
+__all__ = ["MemoryStorage", "Storage"]

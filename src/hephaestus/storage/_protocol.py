@@ -1,0 +1,112 @@
+"""The Storage protocol every adapter implements, and the shared open/close plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from .._core._model import Instance, Status
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where instance snapshots live. All methods are async.
+
+    ``put`` with ``expected_revision`` is a compare-and-set: it raises
+    :class:`RevisionConflict` unless the stored revision (0 when nothing is
+    stored) equals it, and then stores nothing.
+    """
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def aopen(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def get(self, instance_id: str) -> Instance | None: ...
+
+    async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None: ...
+
+    async def delete(self, instance_id: str) -> None: ...
+
+    async def query(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+    ) -> list[Instance]: ...
+
+
+def status_filter(status: Status | Collection[Status] | None) -> frozenset[Status] | None:
+    """Normalise a ``status`` argument of ``query``/``list`` to a set, or None for all.
+
+    Raises:
+        ValueError: for a value that is not a Status (or its string value).
+    """
+    if status is None:
+        return None
+    items = [status] if isinstance(status, Status | str) else list(status)
+    try:
+        return frozenset(Status(s) for s in items)
+    except ValueError:
+        names = ", ".join(s.value for s in Status)
+        raise ValueError(f"status must be one of {names}; got {status!r}") from None
+
+
+class StorageBase:
+    """Open/close bookkeeping and the async context manager, shared by the adapters."""
+
+    _is_open: bool = False
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``aopen()`` and ``aclose()``."""
+        return self._is_open
+
+    async def aopen(self) -> None:
+        """Open the store. Subclasses extend ``_open``."""
+        if not self._is_open:
+            await self._open()
+            self._is_open = True
+
+    async def aclose(self) -> None:
+        """Close the store; closing twice is harmless."""
+        if self._is_open:
+            self._is_open = False
+            await self._close()
+
+    async def _open(self) -> None:
+        return None
+
+    async def _close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        await self.aopen()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if not self._is_open:
+            raise RuntimeError(
+                f"{type(self).__name__} is not open: use 'async with storage:' or pass it "
+                "to open_engine, which opens it"
+            )

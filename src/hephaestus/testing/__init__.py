@@ -1,0 +1,3 @@
+"""Helpers for testing workflows: virtual time, a one-call runner, hypothesis strategies."""
+
+__all__: list[str] = []
