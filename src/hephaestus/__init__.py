@@ -40,6 +40,11 @@ from ._core._steps import Wait as Wait
 from ._core._steps import WaitForEvent as WaitForEvent
 from ._core._steps import step as step
 from ._core._workflow import Workflow as Workflow
+from ._runtime._engine import Engine as Engine
+from ._runtime._engine import open_engine as open_engine
+from ._telemetry import LogHandler as LogHandler
+from ._telemetry import TelemetryEvent as TelemetryEvent
+from .storage import FileStorage as FileStorage
 from .storage import MemoryStorage as MemoryStorage
 from .storage import Storage as Storage
 
@@ -51,8 +56,12 @@ __all__ = [
     "Workflow", "Unique",
     # instances
     "Status", "Instance", "HistoryEntry", "ErrorInfo", "Timer", "InboxEvent",
+    # the engine
+    "open_engine", "Engine",
     # storage
-    "Storage", "MemoryStorage",
+    "Storage", "MemoryStorage", "FileStorage",
+    # telemetry
+    "TelemetryEvent", "LogHandler",
     # errors
     "HephaestusError", "WorkflowDefinitionError", "InvalidBusinessKey", "UnknownWorkflow",
     "AlreadyRunning", "InstanceNotFound", "EventRejected", "UndeclaredEvent", "StepTimeout",
