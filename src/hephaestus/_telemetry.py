@@ -1,8 +1,18 @@
-"""Telemetry events and their dispatch to user handlers."""
+"""Telemetry events, their dispatch to user handlers, and the stdlib-logging handler.
+
+The runtime owns one :class:`Telemetry` and calls ``emit`` at every point
+worth observing (docs/telemetry.md lists them). Handlers are plain, synchronous
+callables; they run inline in the instance's runner, so they must be quick and
+must not block. A handler that raises is logged once and never disturbs an
+instance.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias, final
 
@@ -33,12 +43,21 @@ class TelemetryEvent(msgspec.Struct, frozen=True, kw_only=True):
 TelemetryHandler: TypeAlias = Callable[[TelemetryEvent], object]
 
 
+def _is_async(handler: object) -> bool:
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - we want the type's method
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
 @final
 class Telemetry:
     """Sends events to handlers; a handler that raises is logged once and skipped.
 
-    Check ``enabled`` before building an event: with no handler, emitting
-    costs one attribute read.
+    Check ``enabled`` before building an expensive event: with no handler,
+    ``emit`` returns after one attribute read.
+
+    Raises:
+        TypeError: at construction, for a handler that is not callable or is
+            an ``async`` function (handlers are called synchronously, inline).
     """
 
     __slots__ = ("_failed", "enabled", "handlers")
@@ -47,7 +66,16 @@ class Telemetry:
         self.handlers: tuple[TelemetryHandler, ...] = tuple(handlers)
         for handler in self.handlers:
             if not callable(handler):
-                raise TypeError(f"telemetry handler {handler!r} is not callable")
+                raise TypeError(
+                    f"telemetry handler {handler!r} is not callable; pass functions or "
+                    "objects with __call__(event), e.g. telemetry=[hx.LogHandler()]"
+                )
+            if _is_async(handler):
+                raise TypeError(
+                    f"telemetry handler {handler!r} is async; handlers are called "
+                    "synchronously, so make it a plain function (hand the event to a "
+                    "memory channel with send_nowait if you need async work)"
+                )
         self.enabled = bool(self.handlers)
         self._failed: set[int] = set()
 
@@ -61,7 +89,11 @@ class Telemetry:
         measurements: Mapping[str, float] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Hand one event to every handler. Never raises because of a handler."""
+        """Hand one event to every handler. Never raises because of a handler.
+
+        ``Exception`` from a handler is caught; ``BaseException`` (trio's
+        ``Cancelled``, ``KeyboardInterrupt``) propagates as it should.
+        """
         if not self.enabled:
             return
         event = TelemetryEvent(
@@ -69,28 +101,145 @@ class Telemetry:
             instance_id=instance_id,
             workflow=workflow,
             step=step,
-            measurements=measurements or {},
-            metadata=metadata or {},
+            measurements={} if measurements is None else measurements,
+            metadata={} if metadata is None else metadata,
         )
         for handler in self.handlers:
             try:
                 handler(event)
             except Exception:
-                if id(handler) not in self._failed:
-                    self._failed.add(id(handler))
-                    _log.exception(
-                        "telemetry handler %r raised; further errors from it are not logged",
-                        handler,
-                    )
+                self._handler_failed(handler)
+
+    def _handler_failed(self, handler: TelemetryHandler) -> None:
+        # Called from inside the except block, so _log.exception sees the error.
+        if id(handler) not in self._failed:
+            self._failed.add(id(handler))
+            _log.exception(
+                "telemetry handler %r raised; further errors from it are not logged",
+                handler,
+            )
+
+
+# --- LogHandler ----------------------------------------------------------------------------
+
+# Events that are logged at least at this level, whatever LogHandler's ``level``.
+_ESCALATE: dict[str, int] = {
+    "step.exception": logging.WARNING,  # one attempt failed; a retry may follow
+    "runner.restart": logging.WARNING,  # the supervisor recovered from a crash
+    "workflow.exception": logging.ERROR,  # the instance is FAILED
+    "runner.crash": logging.ERROR,  # an engine bug or a storage error
+    "storage.quarantine": logging.ERROR,  # a snapshot was unreadable
+}
+
+# Strings made of these characters are written bare; anything else is quoted.
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
+
+
+def _fmt(value: object) -> str:
+    """Render one value for a ``key=value`` pair (logfmt-like, never ambiguous)."""
+    if isinstance(value, str):
+        return value if _BARE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, BaseException):
+        return _fmt(f"{type(value).__name__}: {value}")
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ",".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) + "}"
+    return _fmt(str(value))
+
+
+def format_event(event: TelemetryEvent) -> str:
+    """Render an event as the one-line text :class:`LogHandler` writes.
+
+    ``<instance id> <event name> step=<step> duration=<seconds>s workflow=<name>``
+    followed by the other measurements and the metadata as ``key=value``.
+    Parts without a value are left out; a missing instance id is ``-``.
+    """
+    parts = [event.instance_id or "-", event.name]
+    if event.step is not None:
+        parts.append(f"step={_fmt(event.step)}")
+    measurements = event.measurements
+    duration = measurements.get("duration")
+    if duration is not None:
+        parts.append(f"duration={duration:.6f}s")
+    if event.workflow is not None:
+        parts.append(f"workflow={_fmt(event.workflow)}")
+    for key, value in measurements.items():
+        if key != "duration":
+            parts.append(f"{key}={_fmt(value)}")
+    shown = {"step": event.step, "workflow": event.workflow, "instance_id": event.instance_id}
+    for key, value in event.metadata.items():
+        if key in shown and value == shown[key]:
+            continue  # already written as a field
+        parts.append(f"{key}={_fmt(value)}")
+    return " ".join(parts)
 
 
 @final
 class LogHandler:
-    """Writes one structured line per telemetry event through stdlib logging (in progress)."""
+    """Write one structured line per telemetry event through stdlib :mod:`logging`.
 
-    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
-        self.logger = logger or logging.getLogger("hephaestus")
+    The line reads ``<instance id> <event> step=... duration=...s workflow=...``
+    then the other metadata as ``key=value`` (see :func:`format_event`). The
+    same fields are attached to the ``LogRecord`` as ``record.hephaestus``, a
+    dict with ``event``, ``instance_id``, ``workflow``, ``step``,
+    ``measurements`` and ``metadata``, for JSON formatters.
+
+    Args:
+        logger: a ``logging.Logger`` or a logger name; defaults to
+            ``"hephaestus.events"``.
+        level: the level for ordinary events.
+        escalate: when true (the default), failures are never logged below
+            their own floor: ``step.exception`` and ``runner.restart`` at least
+            at WARNING, ``workflow.exception``, ``runner.crash`` and
+            ``storage.quarantine`` at least at ERROR. With ``escalate=False``
+            every event is logged at ``level``.
+
+    Building the line is skipped when the logger is not enabled for the level.
+    """
+
+    __slots__ = ("escalate", "level", "logger")
+
+    def __init__(
+        self,
+        logger: logging.Logger | str | None = None,
+        level: int = logging.INFO,
+        *,
+        escalate: bool = True,
+    ) -> None:
+        if logger is None or isinstance(logger, str):
+            logger = logging.getLogger(logger or "hephaestus.events")
+        self.logger = logger
         self.level = level
+        self.escalate = escalate
 
     def __call__(self, event: TelemetryEvent) -> None:
-        self.logger.log(self.level, "%s %s", event.instance_id, event.name)
+        level = self.level
+        if self.escalate:
+            floor = _ESCALATE.get(event.name)
+            if floor is not None and floor > level:
+                level = floor
+        logger = self.logger
+        if not logger.isEnabledFor(level):
+            return
+        fields = {
+            "event": event.name,
+            "instance_id": event.instance_id,
+            "workflow": event.workflow,
+            "step": event.step,
+            "measurements": dict(event.measurements),
+            "metadata": dict(event.metadata),
+        }
+        logger.log(level, format_event(event), extra={"hephaestus": fields})
+
+    def __repr__(self) -> str:
+        return (
+            f"LogHandler(logger={self.logger.name!r}, "
+            f"level={logging.getLevelName(self.level)}, escalate={self.escalate})"
+        )
