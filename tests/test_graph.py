@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -177,7 +178,7 @@ def _linear(n: int) -> hx.Workflow:
         hx.step(lambda ctx: "next", events=("next",), key=f"step_{i}") for i in range(n)
     ]
     transitions: dict[tuple[hx.Step, str], object] = {
-        (a, "next"): b for a, b in zip(steps, steps[1:], strict=False)
+        (a, "next"): b for a, b in itertools.pairwise(steps)
     }
     transitions[(steps[-1], "next")] = hx.Done
     return hx.Workflow("linear", start=steps[0], transitions=transitions, unique=hx.Unique("x"))
