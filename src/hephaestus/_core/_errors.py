@@ -51,6 +51,18 @@ class UndeclaredEvent(EventRejected):
     """
 
 
+class RunnerFailed(HephaestusError):
+    """An instance's runner crashed more often than the engine's restart budget allows.
+
+    The instance is left exactly as stored; a new ``open_engine`` on the same
+    storage recovers it again.
+    """
+
+
+class EngineClosed(HephaestusError):
+    """The engine shut down before the request was acknowledged."""
+
+
 class StepTimeout(HephaestusError):
     """A step attempt ran longer than its ``timeout``."""
 

@@ -286,12 +286,10 @@ def Wait(seconds: float, *, key: str) -> Step:  # noqa: N802 - public factory na
         )
     delay = float(seconds)
 
-    def wait(ctx: StepContext) -> StepResult:
+    async def wait(ctx: StepContext) -> StepResult:
         return Suspend(timeout=delay)
 
-    result = step(wait, events=(TIMEOUT_EVENT,), key=key)
-    result.is_async = True  # it never blocks: run it inline, no worker thread
-    return result
+    return step(wait, events=(TIMEOUT_EVENT,), key=key)
 
 
 def WaitForEvent(  # noqa: N802 - public factory named as a type
@@ -315,13 +313,11 @@ def WaitForEvent(  # noqa: N802 - public factory named as a type
         )
     limit = None if timeout is None else float(timeout)
 
-    def wait_for_event(ctx: StepContext) -> StepResult:
+    async def wait_for_event(ctx: StepContext) -> StepResult:
         return Suspend(timeout=limit)
 
     events = (event,) if limit is None or event == TIMEOUT_EVENT else (event, TIMEOUT_EVENT)
-    result = step(wait_for_event, events=events, key=key)
-    result.is_async = True
-    return result
+    return step(wait_for_event, events=events, key=key)
 
 
 @final

@@ -1,14 +1,566 @@
-"""open_engine and Engine (being built)."""
+"""open_engine and Engine: the supervisor, the registry and the public operations."""
 
 from __future__ import annotations
 
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, final
+
+import trio
+
+from .._core._codec import check_serialisable
+from .._core._engine import (
+    Cancel,
+    CancelTimer,
+    Command,
+    Deliver,
+    Input,
+    Recover,
+    ScheduleResume,
+    Start,
+    apply,
+    new_instance,
+)
+from .._core._errors import (
+    AlreadyRunning,
+    EngineClosed,
+    EventRejected,
+    InstanceNotFound,
+    RevisionConflict,
+    RunnerFailed,
+    UnknownWorkflow,
+    WorkflowDefinitionError,
+)
+from .._core._ids import build_instance_id
+from .._core._model import Instance, Status
+from .._core._workflow import Workflow
+from .._telemetry import Telemetry, TelemetryHandler
+from ..storage._memory import MemoryStorage
+from ..storage._protocol import Storage
+from ._clock import Clock, SystemClock
+from ._mailbox import Message, Reply
+from ._runner import FINISHED, LIVE, ORPHAN, STUCK, Entry, Runner
+
+_log = logging.getLogger("hephaestus.engine")
+
+_ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
 
 
 @final
 class Engine:
-    """The running engine (being built)."""
+    """A running engine: start, resume, cancel, inspect and await instances.
+
+    Get one from :func:`open_engine`; it is valid only inside that block.
+    Every method is async and checkpoints.
+    """
+
+    def __init__(
+        self,
+        *,
+        workflows: Iterable[Workflow],
+        storage: Storage,
+        clock: Clock,
+        telemetry: Telemetry,
+        max_restarts: int,
+        restart_window: float,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.telemetry = telemetry
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self._nursery = nursery
+        self._registry: dict[str, Entry] = {}
+        self._closed = False
+        self._workflows: dict[tuple[str, int], Workflow] = {}
+        self._latest: dict[str, Workflow] = {}
+        for workflow in workflows:
+            if not isinstance(workflow, Workflow):
+                raise TypeError(f"workflows must hold hx.Workflow objects, got {workflow!r}")
+            key = (workflow.name, workflow.version)
+            if key in self._workflows and self._workflows[key] is not workflow:
+                raise WorkflowDefinitionError(workflow.name, [
+                    f"two different workflows are registered as {workflow.name!r} version "
+                    f"{workflow.version}: give one of them another version"
+                ])
+            self._workflows[key] = workflow
+            latest = self._latest.get(workflow.name)
+            if latest is None or latest.version < workflow.version:
+                self._latest[workflow.name] = workflow
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def workflows(self) -> list[Workflow]:
+        """The registered workflows."""
+        return list(self._workflows.values())
+
+    async def start(
+        self,
+        workflow: Workflow | str,
+        value: str,
+        initial: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create an instance and persist it before returning its id.
+
+        Raises:
+            UnknownWorkflow: the workflow (or that version) is not registered.
+            InvalidBusinessKey: ``value`` is not a valid business value.
+            InvalidResult: ``initial`` or ``metadata`` is not a msgpack-serialisable dict.
+            AlreadyRunning: an active instance holds the id in the unique scope.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        wf = self._resolve(workflow, version)
+        suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
+        instance_id = build_instance_id(wf.unique, value, suffix)
+        initial_dict = dict(initial) if initial is not None else {}
+        check_serialisable(initial_dict, "initial")
+        metadata_dict = dict(metadata) if metadata is not None else None
+        check_serialisable(metadata_dict, "metadata")
+        held = self._registry.get(instance_id)
+        if held is not None and held.state != FINISHED:
+            raise self._already_running(wf, instance_id, held)
+        now = self.clock.now()
+        fresh = new_instance(wf, instance_id, initial=initial_dict, metadata=metadata_dict,
+                             now=now)
+        transition = apply(wf, fresh, Start(), now)
+        entry = Entry(wf, transition.instance, LIVE)
+        self._registry[instance_id] = entry  # claims the id before the first await
+        try:
+            try:
+                await self.storage.put(transition.instance, expected_revision=0)
+            except RevisionConflict:
+                stored = await self.storage.get(instance_id)
+                if stored is not None and not stored.status.is_terminal:
+                    raise self._already_running(wf, instance_id, Entry(None, stored, ORPHAN)
+                                                ) from None
+                previous = 0 if stored is None else stored.revision
+                fresh = new_instance(wf, instance_id, initial=initial_dict,
+                                     metadata=metadata_dict, now=now,
+                                     previous_revision=previous)
+                transition = apply(wf, fresh, Start(), now)
+                entry.instance = transition.instance
+                await self.storage.put(transition.instance, expected_revision=previous)
+        except BaseException as exc:
+            if self._registry.get(instance_id) is entry:
+                del self._registry[instance_id]
+            self._drain(entry, exc if isinstance(exc, Exception) else EngineClosed(
+                f"engine closed while starting {instance_id!r}"))
+            raise
+        if self.telemetry.enabled:
+            self.telemetry.emit("workflow.start", instance_id=instance_id, workflow=wf.name,
+                                metadata={"version": wf.version})
+        self._nursery.start_soon(self._supervise, entry, transition.commands)
+        return instance_id
+
+    async def resume(
+        self,
+        instance_id: str,
+        event: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        step: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> None:
+        """Deliver ``event`` to the instance; return once it is persisted.
+
+        An event that no step is suspended on yet, but that a step which can
+        still run declares, is kept in the instance's inbox and delivered when
+        such a step suspends.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            EventRejected: the instance is terminal, or no step can take the event,
+                or several suspended steps can and ``step`` names none of them.
+            UndeclaredEvent: no step (or not ``step``) declares the event.
+            InvalidResult: ``payload`` is not a msgpack-serialisable dict.
+        """
+        if not isinstance(event, str) or not event:
+            raise EventRejected(f"event must be a non-empty string, got {event!r}")
+        payload_dict = dict(payload) if payload is not None else None
+        check_serialisable(payload_dict, "payload")
+        await self._request(instance_id, Deliver(event, payload_dict, step, dedupe_key))
+
+    async def schedule_resume(self, instance_id: str, step: str, delay: float) -> str:
+        """Arm a durable timer that resumes suspended ``step`` with ``"timeout"`` after ``delay`` s.
+
+        Returns the timer id, for :meth:`cancel_timer`. The timer fires no
+        matter how often the engine restarts meanwhile; if ``step`` is not
+        suspended then, it has no effect.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            EventRejected: the instance is terminal, or has no such step, or the
+                step has completed.
+            UndeclaredEvent: the step does not declare ``"timeout"``.
+            ValueError: ``delay`` is negative or not finite.
+        """
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
+            math.isfinite(delay) and delay >= 0
+        ):
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        timer_id: str = await self._request(instance_id, ScheduleResume(step, float(delay)))
+        return timer_id
+
+    async def cancel_timer(self, instance_id: str, timer_id: str) -> bool:
+        """Drop a pending timer; return whether it was still pending.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+        """
+        found: bool = await self._request(instance_id, CancelTimer(timer_id))
+        return found
+
+    async def cancel(self, instance_id: str, reason: str | None = None) -> None:
+        """Cancel the instance: running step code is cancelled, timers dropped.
+
+        Idempotent on a cancelled instance.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            EventRejected: the instance has completed or failed.
+        """
+        await self._request(instance_id, Cancel(reason))
+
+    async def get(self, instance_id: str) -> Instance:
+        """Return the instance's current snapshot.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        entry = self._registry.get(instance_id)
+        if entry is not None:
+            return entry.instance
+        return await self._load(instance_id)
+
+    async def list(
+        self,
+        *,
+        workflow: Workflow | str | None = None,
+        status: Status | Collection[Status] | None = None,
+    ) -> list[Instance]:
+        """Return the stored instances of ``workflow`` with ``status``, ordered by id."""
+        self._check_open()
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        return await self.storage.query(workflow=name, status=status)
+
+    async def wait(self, instance_id: str) -> Instance:
+        """Return the instance once it is terminal (at once if it already is).
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            RunnerFailed: its runner crashed past the restart budget.
+            EventRejected: this engine does not run the instance (its workflow
+                is not registered), so it would never finish here.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        entry = self._registry.get(instance_id)
+        if entry is not None and entry.state == LIVE:
+            if entry.finished is None:
+                entry.finished = trio.Event()
+            await entry.finished.wait()
+        if entry is not None and entry.state == STUCK:
+            raise RunnerFailed(self._stuck_message(entry))
+        instance = entry.instance if entry is not None else await self._load(instance_id)
+        if not instance.status.is_terminal:
+            raise EventRejected(
+                f"instance {instance_id!r} is {instance.status.value} but not run by this "
+                f"engine (workflow {instance.workflow!r} v{instance.version} is not registered)"
+            )
+        return instance
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed("the engine is closed: use it inside 'async with open_engine()'")
+
+    def _resolve(self, workflow: Workflow | str, version: int | None) -> Workflow:
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        if version is None and isinstance(workflow, Workflow):
+            version = workflow.version
+        found = self._latest.get(name) if version is None else self._workflows.get(
+            (name, version))
+        if found is None:
+            known = ", ".join(f"{n} v{v}" for n, v in sorted(self._workflows)) or "none"
+            wanted = name if version is None else f"{name} v{version}"
+            raise UnknownWorkflow(
+                f"workflow {wanted!r} is not registered with this engine (registered: {known}); "
+                "pass it in open_engine(workflows=[...])"
+            )
+        if isinstance(workflow, Workflow) and found is not workflow:
+            raise UnknownWorkflow(
+                f"a different workflow object is registered as {name!r} v{found.version}: "
+                "start the registered one, or register this one"
+            )
+        return found
+
+    def _already_running(self, wf: Workflow, instance_id: str, held: Entry) -> AlreadyRunning:
+        holder = held.instance
+        same = holder.workflow == wf.name and (
+            wf.unique.scope != "version" or holder.version == wf.version
+        )
+        if same or wf.unique.scope == "global":
+            return AlreadyRunning(
+                f"instance {instance_id!r} is already {holder.status.value} "
+                f"(workflow {holder.workflow!r} v{holder.version}); wait for it to finish "
+                "or cancel it first"
+            )
+        return AlreadyRunning(
+            f"id {instance_id!r} is held by an active instance of workflow "
+            f"{holder.workflow!r} v{holder.version}; ids are shared across workflows, so give "
+            f"{wf.name!r} its own hx.Unique key"
+        )
+
+    async def _load(self, instance_id: str) -> Instance:
+        instance = await self.storage.get(instance_id)
+        if instance is None:
+            raise InstanceNotFound(f"no instance with id {instance_id!r}")
+        return instance
+
+    async def _request(self, instance_id: str, event: Input) -> Any:
+        """Send ``event`` to the instance's runner and return its reply once persisted."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        entry = self._registry.get(instance_id)
+        if entry is not None and entry.state == LIVE:
+            assert entry.send is not None
+            reply = Reply()
+            entry.send.send_nowait(Message(event, reply))
+            return await reply.wait()
+        if entry is not None and entry.state == STUCK and not isinstance(event, Cancel):
+            raise RunnerFailed(self._stuck_message(entry))
+        instance = entry.instance if entry is not None else await self._load(instance_id)
+        workflow = self._workflows.get((instance.workflow, instance.version))
+        if workflow is None:
+            if instance.status.is_terminal:
+                return _answer_terminal(instance, event)
+            raise EventRejected(
+                f"instance {instance_id!r} belongs to workflow {instance.workflow!r} "
+                f"v{instance.version}, which this engine does not run; register it"
+            )
+        transition = apply(workflow, instance, event, self.clock.now())
+        if transition.changed:  # only a stuck instance being cancelled gets here
+            await self.storage.put(transition.instance, expected_revision=instance.revision)
+            if entry is not None:
+                entry.instance = transition.instance
+                entry.mark_done(FINISHED)
+        return transition.reply
+
+    def _stuck_message(self, entry: Entry) -> str:
+        return (
+            f"instance {entry.instance.id!r} stopped after its runner crashed more than "
+            f"{self.max_restarts} times in {self.restart_window} s; it is left as stored "
+            "and is recovered by the next open_engine on this storage"
+        )
+
+    def unacknowledged(self, exc: BaseException) -> Exception:
+        """Return the error to hand a caller whose request was not acknowledged."""
+        if isinstance(exc, Exception):
+            return exc
+        return EngineClosed("the engine closed before the request was acknowledged")
+
+    def _drain(self, entry: Entry, error: Exception) -> None:
+        """Answer every message still queued for ``entry`` without running it."""
+        receive = entry.receive
+        if receive is None:
+            return
+        while True:
+            try:
+                message = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if message.reply is None:
+                continue
+            if entry.instance.status.is_terminal and entry.workflow is not None:
+                try:
+                    outcome = apply(entry.workflow, entry.instance, message.input,
+                                    self.clock.now())
+                except EventRejected as exc:
+                    message.reply.fail(exc)
+                else:
+                    message.reply.set(outcome.reply)
+            else:
+                message.reply.fail(error)
+
+    async def _supervise(self, entry: Entry, first_commands: Sequence[Command]) -> None:
+        """Run the instance's runner, restarting it from storage after a crash."""
+        workflow = entry.workflow
+        assert workflow is not None
+        crashes: list[float] = []
+        commands: Sequence[Command] = first_commands
+        try:
+            while True:
+                try:
+                    if self.telemetry.enabled:
+                        self.telemetry.emit("runner.init", instance_id=entry.instance.id,
+                                            workflow=workflow.name,
+                                            metadata={"version": workflow.version,
+                                                      "restarts": len(crashes)})
+                    await Runner(self, entry, workflow).run(commands)
+                    break
+                except Exception as exc:
+                    now = trio.current_time()
+                    crashes = [t for t in crashes if now - t <= self.restart_window]
+                    crashes.append(now)
+                    _log.error("runner of instance %r crashed (%d in %.1f s)",
+                               entry.instance.id, len(crashes), self.restart_window,
+                               exc_info=exc)
+                    if self.telemetry.enabled:
+                        self.telemetry.emit("runner.crash", instance_id=entry.instance.id,
+                                            workflow=workflow.name,
+                                            metadata={"error": type(exc).__name__,
+                                                      "message": str(exc),
+                                                      "crashes": len(crashes)})
+                    if len(crashes) > self.max_restarts:
+                        entry.mark_done(STUCK)
+                        self._drain(entry, RunnerFailed(self._stuck_message(entry)))
+                        _log.error("%s", self._stuck_message(entry))
+                        return
+                    stored = await self.storage.get(entry.instance.id)
+                    if stored is not None:
+                        entry.instance = stored
+                    recovered = [Message(Recover())]
+                    commands = ()
+                    assert entry.send is not None
+                    # Recover must be the first message the new runner sees.
+                    queued = _take_all(entry)
+                    for message in recovered + queued:
+                        entry.send.send_nowait(message)
+                    if self.telemetry.enabled:
+                        self.telemetry.emit("runner.restart", instance_id=entry.instance.id,
+                                            workflow=workflow.name,
+                                            metadata={"crashes": len(crashes)})
+            if self._registry.get(entry.instance.id) is entry:
+                del self._registry[entry.instance.id]
+            entry.mark_done(FINISHED)
+            self._drain(entry, EngineClosed("instance finished"))
+        finally:
+            if entry.state == LIVE:  # the engine is closing
+                self._drain(entry, EngineClosed(
+                    f"the engine closed before instance {entry.instance.id!r} answered"))
+
+    async def _recover_all(self) -> None:
+        """Give every non-terminal stored instance its runner back."""
+        for instance in await self.storage.query(status=_ACTIVE):
+            workflow = self._workflows.get((instance.workflow, instance.version))
+            if workflow is None:
+                self._registry[instance.id] = Entry(None, instance, ORPHAN)
+                _log.warning(
+                    "instance %r is %s but workflow %r v%d is not registered; left untouched",
+                    instance.id, instance.status.value, instance.workflow, instance.version,
+                )
+                if self.telemetry.enabled:
+                    self.telemetry.emit("runner.skip", instance_id=instance.id,
+                                        workflow=instance.workflow,
+                                        metadata={"version": instance.version,
+                                                  "reason": "workflow not registered"})
+                continue
+            entry = Entry(workflow, instance, LIVE)
+            assert entry.send is not None
+            entry.send.send_nowait(Message(Recover()))
+            self._registry[instance.id] = entry
+            self._nursery.start_soon(self._supervise, entry, ())
+
+    def _close(self) -> None:
+        self._closed = True
 
 
-def open_engine(**kwargs: Any) -> Any:
-    raise NotImplementedError
+def _answer_terminal(instance: Instance, event: Input) -> Any:
+    """Answer a request about a terminal instance whose workflow is not registered."""
+    if isinstance(event, CancelTimer):
+        return False
+    if isinstance(event, Cancel) and instance.status is Status.CANCELLED:
+        return None
+    raise EventRejected(
+        f"instance {instance.id!r} is {instance.status.value}; it accepts no more requests"
+    )
+
+
+def _take_all(entry: Entry) -> list[Message]:
+    receive = entry.receive
+    assert receive is not None
+    taken: list[Message] = []
+    while True:
+        try:
+            taken.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return taken
+
+
+@asynccontextmanager
+async def open_engine(
+    *,
+    workflows: Iterable[Workflow],
+    storage: Storage | None = None,
+    clock: Clock | None = None,
+    telemetry: TelemetryHandler | Iterable[TelemetryHandler] = (),
+    max_restarts: int = 3,
+    restart_window: float = 5.0,
+) -> AsyncIterator[Engine]:
+    """Run an engine for the length of the ``async with`` block.
+
+    On entry every non-terminal instance in ``storage`` gets its runner back:
+    steps that were running run again, persisted timers are re-armed (overdue
+    ones fire at once). On exit, however it happens, every runner is
+    cancelled and no task is left behind; the stored state stays for the next
+    ``open_engine`` on the same storage. A storage that is not open yet is
+    opened here and closed again on exit.
+
+    Args:
+        workflows: the workflows this engine runs.
+        storage: where snapshots live; ``None`` means a new ``MemoryStorage()``.
+        clock: epoch-seconds source for persisted deadlines (default ``time.time``).
+        telemetry: a handler or handlers receiving ``TelemetryEvent`` objects.
+        max_restarts: crashes of one instance's runner tolerated within
+            ``restart_window`` seconds before it is left as stored.
+
+    Raises:
+        WorkflowDefinitionError: two different workflows share a name and version.
+    """
+    handlers = [telemetry] if callable(telemetry) else list(telemetry)
+    dispatcher = Telemetry(handlers)
+    store: Storage = MemoryStorage() if storage is None else storage
+    if getattr(store, "on_quarantine", False) is None:
+        def quarantined(path: str, reason: str) -> None:
+            dispatcher.emit("storage.quarantine", metadata={"path": path, "reason": reason})
+
+        store.on_quarantine = quarantined  # type: ignore[attr-defined]
+    opened_here = not store.is_open
+    if opened_here:
+        await store.aopen()
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                engine = Engine(
+                    workflows=workflows, storage=store, clock=clock or SystemClock(),
+                    telemetry=dispatcher, max_restarts=max_restarts,
+                    restart_window=restart_window, nursery=nursery,
+                )
+                await engine._recover_all()
+                try:
+                    yield engine
+                finally:
+                    engine._close()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The supervisor's own tasks never raise, so a group here carries the
+            # caller's exception from the body of the block: hand it back as raised.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    finally:
+        if opened_here:
+            with trio.CancelScope(shield=True):
+                await store.aclose()

@@ -1,3 +1,5 @@
 """Helpers for testing workflows: virtual time, a one-call runner, hypothesis strategies."""
 
-__all__: list[str] = []
+from ._clock import VirtualClock as VirtualClock
+
+__all__ = ["VirtualClock"]

@@ -1,0 +1,255 @@
+"""The runner: one Trio task that owns one instance.
+
+Its loop is: receive a message -> apply the pure transition -> persist the new
+snapshot -> carry out the commands (start steps, arm and disarm timers) ->
+acknowledge the sender. Step and timer tasks live in the runner's own nursery
+and report back through the same mailbox, so only the runner ever touches
+the instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from .._core._engine import (
+    ArmTimer,
+    CancelStep,
+    Command,
+    Deliver,
+    DisarmTimer,
+    Finished,
+    Input,
+    RunStep,
+    StepFailed,
+    StepSucceeded,
+    StepSuspended,
+    TimerFired,
+    Transition,
+    apply,
+    step_context,
+)
+from .._core._errors import EventRejected
+from .._core._model import Instance, Status, Timer
+from .._core._workflow import Workflow
+from ._mailbox import Message
+from ._steprun import run_attempt
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+LIVE: Final = "live"
+STUCK: Final = "stuck"
+ORPHAN: Final = "orphan"
+FINISHED: Final = "finished"
+
+
+@final
+class Entry:
+    """The registry's record of one instance known to this engine."""
+
+    __slots__ = ("finished", "instance", "receive", "send", "state", "workflow")
+
+    def __init__(self, workflow: Workflow | None, instance: Instance, state: str) -> None:
+        self.workflow = workflow
+        self.instance = instance
+        self.state = state
+        self.finished: trio.Event | None = None
+        self.send: trio.MemorySendChannel[Message] | None = None
+        self.receive: trio.MemoryReceiveChannel[Message] | None = None
+        if state == LIVE:
+            self.send, self.receive = trio.open_memory_channel[Message](float("inf"))
+
+    def mark_done(self, state: str) -> None:
+        """Record that no runner serves this instance any more, and wake ``wait`` callers."""
+        self.state = state
+        if self.finished is not None:
+            self.finished.set()
+
+
+@final
+class Runner:
+    """Drives one instance until it is terminal, the engine closes, or it crashes."""
+
+    __slots__ = ("engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
+
+    def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
+        self.engine = engine
+        self.entry = entry
+        self.workflow = workflow
+        self.instance = entry.instance
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.started: dict[str, float] = {}
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self, first_commands: Iterable[Command] = ()) -> None:
+        """Process the mailbox until the instance is terminal.
+
+        Raises:
+            Exception: whatever broke the runner (a storage error, a bug); the
+                supervisor restarts it from the last snapshot.
+        """
+        receive = self.entry.receive
+        assert receive is not None
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self.carry_out(first_commands)
+            while not self.instance.status.is_terminal:
+                try:
+                    message = receive.receive_nowait()
+                except trio.WouldBlock:
+                    message = await receive.receive()
+                await self.handle(message)
+            nursery.cancel_scope.cancel()
+
+    async def handle(self, message: Message) -> None:
+        """Apply one message: transition, persist, carry out, acknowledge."""
+        before = self.instance
+        engine = self.engine
+        try:
+            transition = apply(self.workflow, before, message.input, engine.clock.now())
+        except EventRejected as exc:
+            if message.reply is not None:
+                message.reply.fail(exc)
+            return
+        except BaseException as exc:
+            if message.reply is not None:
+                message.reply.fail(exc)
+            raise
+        if transition.changed:
+            try:
+                await engine.storage.put(transition.instance, expected_revision=before.revision)
+            except BaseException as exc:
+                if message.reply is not None:
+                    message.reply.fail(engine.unacknowledged(exc))
+                raise
+            self.instance = self.entry.instance = transition.instance
+        if engine.telemetry.enabled:
+            self.report(message.input, transition)
+        self.carry_out(transition.commands)
+        if message.reply is not None:
+            message.reply.set(transition.reply)
+
+    def carry_out(self, commands: Iterable[Command]) -> None:
+        nursery = self.nursery
+        assert nursery is not None
+        for command in commands:
+            match command:
+                case RunStep(step, attempt, _):
+                    old = self.scopes.pop(step, None)
+                    if old is not None:
+                        old.cancel()
+                    scope = self.scopes[step] = trio.CancelScope()
+                    nursery.start_soon(self.run_step, step, attempt, scope)
+                case ArmTimer(timer):
+                    scope = self.scopes[timer.id] = trio.CancelScope()
+                    nursery.start_soon(self.run_timer, timer, scope)
+                case DisarmTimer(timer_id):
+                    found = self.scopes.pop(timer_id, None)
+                    if found is not None:
+                        found.cancel()
+                case CancelStep(step):
+                    found = self.scopes.pop(step, None)
+                    if found is not None:
+                        found.cancel()
+                case Finished():
+                    nursery.cancel_scope.cancel()
+
+    async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
+        with scope:
+            ctx = step_context(self.workflow, self.instance, key, attempt)
+            if self.engine.telemetry.enabled:
+                self.started[key] = trio.current_time()
+                self.emit("step.start", key, metadata={"attempt": attempt})
+            result = await run_attempt(self.workflow.steps[key], ctx)
+            if self.scopes.get(key) is scope:
+                del self.scopes[key]
+            self.post(result)
+
+    async def run_timer(self, timer: Timer, scope: trio.CancelScope) -> None:
+        with scope:
+            delay = timer.deadline - self.engine.clock.now()
+            await trio.sleep_until(trio.current_time() + max(0.0, delay))
+            if self.scopes.get(timer.id) is scope:
+                del self.scopes[timer.id]
+            self.post(TimerFired(timer.id))
+
+    def post(self, event: Input) -> None:
+        send = self.entry.send
+        assert send is not None
+        send.send_nowait(Message(event))
+
+    # -- telemetry -----------------------------------------------------------------------------
+
+    def emit(
+        self,
+        name: str,
+        step: str | None = None,
+        *,
+        measurements: dict[str, float] | None = None,
+        metadata: dict[str, object] | None = None,
+    ) -> None:
+        self.engine.telemetry.emit(
+            name,
+            instance_id=self.instance.id,
+            workflow=self.workflow.name,
+            step=step,
+            measurements=measurements,
+            metadata={"version": self.workflow.version, **(metadata or {})},
+        )
+
+    def duration(self, step: str) -> dict[str, float]:
+        began = self.started.pop(step, None)
+        return {} if began is None else {"duration": trio.current_time() - began}
+
+    def report(self, event: Input, transition: Transition) -> None:
+        """Emit the telemetry events that ``transition`` of ``event`` implies."""
+        instance = transition.instance
+        match event:
+            case StepSucceeded(step, attempt, ev):
+                if transition.changed:
+                    name = "step.stop" if ev in self.workflow.steps[step].events else (
+                        "step.exception")
+                    self.emit(name, step, measurements=self.duration(step),
+                              metadata={"event": ev, "attempt": attempt})
+            case StepFailed(step, attempt, error_type, message):
+                if transition.changed:
+                    self.emit("step.exception", step, measurements=self.duration(step),
+                              metadata={"attempt": attempt, "error": error_type,
+                                        "message": message})
+            case StepSuspended(step, attempt, timeout):
+                if transition.changed:
+                    self.emit("step.suspend", step, measurements=self.duration(step),
+                              metadata={"attempt": attempt, "timeout": timeout})
+            case Deliver(ev, _, step, _):
+                if transition.changed:
+                    self.emit("step.resume", step, metadata={"event": ev,
+                                                             "queued": transition.reply})
+            case TimerFired(timer_id):
+                if transition.changed:
+                    self.emit("timer.fire", metadata={"timer": timer_id})
+        if transition.changed:
+            self.emit("workflow.transition", metadata={
+                "input": type(event).__name__, "status": instance.status.value,
+                "revision": instance.revision,
+                "targets": [c.step for c in transition.commands if isinstance(c, RunStep)],
+            })
+        for command in transition.commands:
+            if isinstance(command, ArmTimer) and command.timer.kind == "retry":
+                self.emit("step.retry", command.timer.step, metadata={
+                    "deadline": command.timer.deadline,
+                    "attempt": instance.attempts.get(command.timer.step, 1) + 1,
+                })
+            elif isinstance(command, Finished):
+                name = {
+                    Status.COMPLETED: "workflow.stop",
+                    Status.FAILED: "workflow.exception",
+                    Status.CANCELLED: "workflow.cancel",
+                }[command.status]
+                error = instance.error
+                self.emit(name, measurements={"duration": instance.updated_at
+                                              - instance.created_at},
+                          metadata={"status": command.status.value,
+                                    "error": None if error is None else error.type})
