@@ -9,12 +9,14 @@ snapshot stores, ``_runtime`` is the Trio shell that runs instances, and
 from . import testing as testing
 from ._core._errors import AlreadyRunning as AlreadyRunning
 from ._core._errors import CorruptSnapshot as CorruptSnapshot
+from ._core._errors import EngineClosed as EngineClosed
 from ._core._errors import EventRejected as EventRejected
 from ._core._errors import HephaestusError as HephaestusError
 from ._core._errors import InstanceNotFound as InstanceNotFound
 from ._core._errors import InvalidBusinessKey as InvalidBusinessKey
 from ._core._errors import InvalidResult as InvalidResult
 from ._core._errors import RevisionConflict as RevisionConflict
+from ._core._errors import RunnerFailed as RunnerFailed
 from ._core._errors import StepTimeout as StepTimeout
 from ._core._errors import StorageLocked as StorageLocked
 from ._core._errors import UndeclaredEvent as UndeclaredEvent
@@ -65,7 +67,8 @@ __all__ = [
     # errors
     "HephaestusError", "WorkflowDefinitionError", "InvalidBusinessKey", "UnknownWorkflow",
     "AlreadyRunning", "InstanceNotFound", "EventRejected", "UndeclaredEvent", "StepTimeout",
-    "InvalidResult", "RevisionConflict", "StorageLocked", "CorruptSnapshot",
+    "InvalidResult", "RevisionConflict", "StorageLocked", "CorruptSnapshot", "RunnerFailed",
+    "EngineClosed",
     # helpers
     "testing",
 ]
