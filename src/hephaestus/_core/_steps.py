@@ -66,7 +66,11 @@ class Retry(msgspec.Struct, frozen=True):
     jitter: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
             raise ValueError(f"Retry.max_attempts must be an int >= 1, got {self.max_attempts!r}")
         if self.backoff not in ("exponential", "linear", "constant"):
             raise ValueError(
@@ -75,13 +79,19 @@ class Retry(msgspec.Struct, frozen=True):
             )
         for name in ("initial", "max_backoff"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"Retry.{name} must be a finite number >= 0, got {value!r}")
 
     def delay(self, failed_attempt: int) -> float:
         """Return the un-jittered delay in seconds after attempt ``failed_attempt`` failed."""
         if self.backoff == "exponential":
-            raw = self.initial * 2.0 ** min(failed_attempt - 1, 1024)
+            # 2.0 ** 1024 overflows (OverflowError); past 2 ** 1000 the cap applies anyway.
+            raw = self.initial * 2.0 ** min(failed_attempt - 1, 1000)
         elif self.backoff == "linear":
             raw = self.initial * failed_attempt
         else:
