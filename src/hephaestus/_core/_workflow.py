@@ -105,6 +105,7 @@ class Workflow:
             transitions
         )
         edges: dict[tuple[str, str], Edge] = {}
+        seen: set[tuple[str, str]] = set()  # also the pairs whose target was malformed
         for pair in pairs:
             try:
                 source_key, target = pair
@@ -125,11 +126,12 @@ class Workflow:
                     f"step {source.key!r}: transition event {event!r} must be a non-empty string"
                 )
                 continue
-            if (source.key, event) in edges:
+            if (source.key, event) in seen:
                 problems.append(
                     f"transition ({source.key!r}, {event!r}) is given more than once: keep one"
                 )
                 continue
+            seen.add((source.key, event))
             if event not in source.events:
                 problems.append(
                     f"step {source.key!r} has a transition on {event!r}, which it does not "
@@ -141,7 +143,7 @@ class Workflow:
                 edges[(source.key, event)] = edge
 
         for step in list(steps.values()):
-            missing = [e for e in step.events if (step.key, e) not in edges]
+            missing = [e for e in step.events if (step.key, e) not in seen]
             if len(missing) == len(step.events) and step.events:
                 problems.append(
                     f"step {step.key!r} has no transitions, so paths through it never reach "
