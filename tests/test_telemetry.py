@@ -225,6 +225,13 @@ def test_log_line_quotes_values_that_need_it() -> None:
     )
 
 
+def test_log_line_writes_str_enums_by_value() -> None:
+    event = TelemetryEvent(
+        name="workflow.stop", instance_id="orderid::1", metadata={"status": hx.Status.COMPLETED}
+    )
+    assert format_event(event) == "orderid::1 workflow.stop status=completed"
+
+
 def test_log_handler_accepts_a_logger_or_a_name_and_a_level(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

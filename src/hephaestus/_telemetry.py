@@ -132,13 +132,17 @@ _ESCALATE: dict[str, int] = {
 }
 
 # Strings made of these characters are written bare; anything else is quoted.
-_BARE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
+_bare = re.compile(r"[A-Za-z0-9_.:/@+\-]+").fullmatch
 
 
 def _fmt(value: object) -> str:
     """Render one value for a ``key=value`` pair (logfmt-like, never ambiguous)."""
-    if isinstance(value, str):
-        return value if _BARE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
+    if type(value) is str:  # the common cases first, by exact type: this runs per field
+        return value if _bare(value) else json.dumps(value, ensure_ascii=False)
+    if type(value) is int or type(value) is float:
+        return repr(value)
+    if isinstance(value, str):  # a str enum such as hx.Status: its value, not its repr
+        return _fmt(str.__str__(value))
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -228,13 +232,15 @@ class LogHandler:
         logger = self.logger
         if not logger.isEnabledFor(level):
             return
+        measurements, metadata = event.measurements, event.metadata
         fields = {
             "event": event.name,
             "instance_id": event.instance_id,
             "workflow": event.workflow,
             "step": event.step,
-            "measurements": dict(event.measurements),
-            "metadata": dict(event.metadata),
+            # plain dicts for JSON formatters (the runtime already passes dicts)
+            "measurements": measurements if type(measurements) is dict else dict(measurements),
+            "metadata": metadata if type(metadata) is dict else dict(metadata),
         }
         logger.log(level, format_event(event), extra={"hephaestus": fields})
 
