@@ -1,21 +1,398 @@
-"""FileStorage: one durable, checksummed snapshot file per instance (work in progress)."""
+"""FileStorage: one durable, checksummed snapshot file per instance.
+
+Where things live, under ``path``:
+
+- ``<encoded id>.snap``: one snapshot per instance (``_names``: the id,
+  percent-encoded; ``_frame``: magic, version, length, CRC32, msgpack payload);
+- ``.<name>.<16hex>.tmp``: a write in progress (removed at open after a crash);
+- ``hephaestus.lock``: the exclusive lock of the process that has the store open;
+- ``quarantine/``: snapshots that failed their checks, each with a ``.reason``.
+
+Blocking work runs in worker threads (``_diskio``); the event loop only keeps
+the index (id -> workflow, status, revision), the per-id locks that make
+compare-and-set atomic, and the group commit of directory fsyncs
+(``_group_sync``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import final
+from collections.abc import Callable, Collection, Iterator
+from typing import Final, NamedTuple, ParamSpec, TypeVar, final
 
-from ._protocol import StorageBase
+import trio
+
+from .._core._codec import encode_instance
+from .._core._errors import CorruptSnapshot, RevisionConflict
+from .._core._model import Instance, Status
+from . import _diskio
+from ._frame import encode_frame
+from ._group_sync import GroupSync
+from ._keyed_lock import KeyedLock
+from ._lock import StoreLock
+from ._names import snapshot_name
+from ._protocol import StorageBase, status_filter
+
+_log: Final = logging.getLogger("hephaestus.storage")
+_THREADS: Final = 32
+"""Worker threads per store: enough for concurrent fsyncs to share journal commits."""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+QuarantineHandler = Callable[[str, str], object]
+
+
+class _Entry(NamedTuple):
+    workflow: str
+    status: Status
+    revision: int
 
 
 @final
 class FileStorage(StorageBase):
-    """One msgspec-encoded snapshot per instance under ``path``, written atomically."""
+    """One msgspec-encoded snapshot per instance under ``path``, written atomically.
+
+    Args:
+        path: the store's directory; created (with its parents) on open unless
+            ``read_only``.
+        durable: fsync each snapshot before renaming it into place and fsync
+            the directory after (shared between concurrent writes), so an
+            acknowledged ``put`` survives a power loss. With ``durable=False``
+            both fsyncs are skipped: writes are still atomic, so a crash of the
+            process never tears a snapshot, but a power loss or kernel crash
+            may lose the latest writes or leave snapshots that are then
+            quarantined on the next open.
+        read_only: take no lock and refuse writes (``RuntimeError``); for
+            looking at a store another process has open. ``get`` reads the file
+            afresh, ``query`` rescans the directory, and bad snapshots are
+            reported but left in place.
+        on_quarantine: called as ``on_quarantine(path, reason)`` for every bad
+            snapshot found (``path`` is where the file was; ``reason`` says
+            what is wrong and where it was moved). Also settable as an
+            attribute. If it raises, the error is logged and ignored.
+
+    Opening takes the store's exclusive lock (``StorageLocked`` if another
+    process or FileStorage holds it), removes leftover temp files, and reads
+    every snapshot once to build the index; bad ones are moved to
+    ``quarantine/`` and logged to the ``hephaestus.storage`` logger. The store
+    keeps serving every other instance. A snapshot found bad later by ``get``
+    or ``query`` is quarantined the same way and treated as absent.
+
+    Disk errors surface as ``OSError`` from ``put`` and ``delete``; the
+    previous snapshot then stays in place (or, if only the directory fsync
+    failed, the new one, whose durability is unknown). After a failed
+    directory fsync the store refuses further writes until it is reopened.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, durable: bool = True, read_only: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        read_only: bool = False,
+        on_quarantine: QuarantineHandler | None = None,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(os.fspath(path))
         self.durable = durable
         self.read_only = read_only
-        raise NotImplementedError("FileStorage is being built")
+        self.on_quarantine = on_quarantine
+        self._index: dict[str, _Entry] = {}
+        self._stale: set[str] = set()
+        self._locks = KeyedLock()
+        self._store_lock: StoreLock | None = None
+        self._limiter: trio.CapacityLimiter | None = None
+        self._dir_sync: GroupSync | None = None
+        self._operations = 0
+        self._idle: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return f"FileStorage({self.path!r}, durable={self.durable}{mode})"
+
+    # -- open / close -----------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Lock, clean up and index the store (read-only: check that it exists).
+
+        Raises:
+            StorageLocked: another process or FileStorage holds the store.
+            FileNotFoundError: ``read_only`` and there is no directory at ``path``.
+            OSError: the directory cannot be created, locked or read.
+        """
+        self._limiter = trio.CapacityLimiter(_THREADS)
+        self._index.clear()
+        self._stale.clear()
+        self._operations = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        if self.read_only:
+            if not await self._run(os.path.isdir, self.path):
+                raise FileNotFoundError(f"no store at {self.path!r}: the directory does not exist")
+            return
+        self._store_lock = await self._run(self._lock_and_prepare)
+        try:
+            found = await self._run(_diskio.scan, self.path, writable=True)
+        except BaseException:
+            await self._release_lock()
+            raise
+        for instance in found.instances:
+            self._index[instance.id] = _Entry(instance.workflow, instance.status, instance.revision)
+        for name in found.temps_removed:
+            _log.info("removed leftover temp file %s", os.path.join(self.path, name))
+        for path, reason in found.bad:
+            self._report(path, reason)
+        self._dir_sync = GroupSync(self._flush_dir, self._limiter)
+
+    def _lock_and_prepare(self) -> StoreLock:
+        created = not os.path.isdir(self.path)
+        os.makedirs(self.path, exist_ok=True)
+        if created and self.durable:
+            _diskio.fsync_dir(os.path.dirname(self.path))
+        return StoreLock.acquire(self.path)
+
+    def _flush_dir(self) -> None:
+        _diskio.fsync_dir(self.path)
+
+    async def _close(self) -> None:
+        """Wait for writes in progress, then release the lock (shielded from cancellation)."""
+        with trio.CancelScope(shield=True):
+            if self._idle is not None:
+                await self._idle.wait()
+            await self._release_lock()
+        self._dir_sync = None
+
+    async def _release_lock(self) -> None:
+        lock, self._store_lock = self._store_lock, None
+        if lock is not None:
+            await self._run(lock.release)
+
+    # -- the Storage protocol -----------------------------------------------------------
+
+    async def get(self, instance_id: str) -> Instance | None:
+        """Return the stored instance, or None.
+
+        A snapshot that turns out to be corrupt is quarantined (read-only: only
+        reported) and None is returned.
+
+        Raises:
+            OSError: when the snapshot exists but cannot be read.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if self.read_only:
+            return await self._read_reporting(instance_id)
+        with self._operation():
+            if instance_id not in self._index and instance_id not in self._stale:
+                return None
+            async with self._locks.hold(instance_id):
+                return await self._load(instance_id)
+
+    async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
+        """Store ``instance``, replacing any earlier snapshot of its id.
+
+        Returns once the snapshot is in place and, when ``durable``, on disk.
+        If cancelled while waiting for the shared directory fsync, the new
+        snapshot may already be visible.
+
+        Raises:
+            RevisionConflict: when ``expected_revision`` is given and differs
+                from the stored revision (0 when nothing is stored).
+            OSError: when writing fails (ENOSPC, EIO, EFBIG, permissions...);
+                the previous snapshot stays, no temp file is left behind.
+            RuntimeError: when the store is read-only or not open.
+            ValueError: for an empty instance id.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_writable()
+        if not instance.id:
+            raise ValueError("an instance id must not be empty")
+        data = encode_frame(encode_instance(instance))
+        name = snapshot_name(instance.id)
+        with self._operation():
+            async with self._locks.hold(instance.id):
+                current = await self._revision(instance.id)
+                if expected_revision is not None and current != expected_revision:
+                    raise RevisionConflict(
+                        f"instance {instance.id!r} is at revision {current}, "
+                        f"not the expected {expected_revision}"
+                    )
+                self._check_writable()
+                try:
+                    await self._run(
+                        _diskio.write_snapshot, self.path, name, data, sync=self.durable
+                    )
+                except BaseException:
+                    # The rename may or may not have happened: re-read the file next time.
+                    self._stale.add(instance.id)
+                    raise
+                self._index[instance.id] = _Entry(
+                    instance.workflow, instance.status, instance.revision
+                )
+            if self.durable:
+                await self._sync_dir()
+
+    async def delete(self, instance_id: str) -> None:
+        """Remove the instance's snapshot; a missing id is not an error.
+
+        Raises:
+            OSError: when the file cannot be removed.
+            RuntimeError: when the store is read-only or not open.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_writable()
+        with self._operation():
+            async with self._locks.hold(instance_id):
+                try:
+                    existed = await self._run(
+                        _diskio.remove_snapshot, self.path, snapshot_name(instance_id)
+                    )
+                except BaseException:
+                    self._stale.add(instance_id)
+                    raise
+                self._index.pop(instance_id, None)
+                self._stale.discard(instance_id)
+            if existed and self.durable:
+                await self._sync_dir()
+
+    async def query(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+    ) -> list[Instance]:
+        """Return the stored instances matching ``workflow`` and ``status``, ordered by id.
+
+        Only the matching snapshots are read (the index answers the filter);
+        read-only stores rescan the directory instead.
+
+        Raises:
+            ValueError: for a ``status`` that is not a Status.
+            OSError: when a snapshot cannot be read.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        wanted = status_filter(status)
+
+        def matches(wf: str, st: Status) -> bool:
+            return (workflow is None or wf == workflow) and (wanted is None or st in wanted)
+
+        if self.read_only:
+            found = await self._run(_diskio.scan, self.path, writable=False)
+            for path, reason in found.bad:
+                self._report(path, reason)
+            return sorted(
+                (i for i in found.instances if matches(i.workflow, i.status)),
+                key=lambda i: i.id,
+            )
+        with self._operation():
+            for iid in sorted(self._stale):
+                async with self._locks.hold(iid):
+                    if iid in self._stale:
+                        await self._load(iid)
+            ids = sorted(iid for iid, e in self._index.items() if matches(e.workflow, e.status))
+            loaded = await self._run(self._read_many, ids)
+            result: list[Instance] = []
+            for iid, instance in zip(ids, loaded, strict=True):
+                if instance is None:  # vanished, corrupt or unreadable: look closer, locked
+                    async with self._locks.hold(iid):
+                        instance = await self._load(iid)
+                if instance is not None and matches(instance.workflow, instance.status):
+                    result.append(instance)
+            return result
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _read_many(self, ids: list[str]) -> list[Instance | None]:
+        out: list[Instance | None] = []
+        for iid in ids:
+            try:
+                out.append(_diskio.read_snapshot(self.path, snapshot_name(iid), iid))
+            except (CorruptSnapshot, OSError):
+                out.append(None)
+        return out
+
+    async def _load(self, instance_id: str) -> Instance | None:
+        """Read one snapshot and bring the index in line (hold the id's lock).
+
+        Raises:
+            OSError: when the file exists but cannot be read (the id stays stale).
+        """
+        name = snapshot_name(instance_id)
+        try:
+            instance = await self._run(_diskio.read_snapshot, self.path, name, instance_id)
+        except CorruptSnapshot as exc:
+            path = os.path.join(self.path, name)
+            reason = str(exc)
+            try:
+                moved = await self._run(_diskio.quarantine, self.path, name, reason)
+            except OSError as move_error:
+                reason = f"{reason}; could not move it to quarantine: {move_error}"
+            else:
+                reason = f"{reason}; moved to {moved}"
+            instance = None
+            self._report(path, reason)
+        self._stale.discard(instance_id)
+        if instance is None:
+            self._index.pop(instance_id, None)
+        else:
+            self._index[instance_id] = _Entry(instance.workflow, instance.status, instance.revision)
+        return instance
+
+    async def _revision(self, instance_id: str) -> int:
+        if instance_id in self._stale:
+            await self._load(instance_id)
+        entry = self._index.get(instance_id)
+        return 0 if entry is None else entry.revision
+
+    async def _read_reporting(self, instance_id: str) -> Instance | None:
+        name = snapshot_name(instance_id)
+        try:
+            return await self._run(_diskio.read_snapshot, self.path, name, instance_id)
+        except CorruptSnapshot as exc:
+            self._report(os.path.join(self.path, name), f"{exc} (read-only: left in place)")
+            return None
+
+    async def _sync_dir(self) -> None:
+        assert self._dir_sync is not None
+        await self._dir_sync.sync()
+
+    def _report(self, path: str, reason: str) -> None:
+        _log.warning("quarantined snapshot %s: %s", path, reason)
+        handler = self.on_quarantine
+        if handler is not None:
+            try:
+                handler(path, reason)
+            except Exception:
+                _log.exception("on_quarantine handler %r raised; ignored", handler)
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise RuntimeError(f"{self!r} is read-only: it refuses writes")
+        failure = None if self._dir_sync is None else self._dir_sync.failure
+        if failure is not None:
+            raise OSError(
+                failure.errno,
+                f"{self!r} accepts no more writes: a directory fsync failed ({failure}), "
+                "so recent writes are not known to be durable. Reopen the store",
+            ) from failure
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        assert self._idle is not None
+        if self._operations == 0:
+            self._idle = trio.Event()
+        self._operations += 1
+        try:
+            yield
+        finally:
+            self._operations -= 1
+            if self._operations == 0:
+                self._idle.set()
+
+    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run blocking ``fn`` in one of this store's worker threads (not cancellable)."""
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
