@@ -273,7 +273,7 @@ def load_workflow(spec: str) -> Workflow:
             raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, Workflow):
         what = f"the class {obj.__name__}" if isinstance(obj, type) else (
-            f"a {type(obj).__name__}")
+            f"an object of type {type(obj).__name__}")
         raise CliError(f"{spec!r} is {what}, not an hx.Workflow")
     return obj
 
