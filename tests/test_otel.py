@@ -361,3 +361,65 @@ def test_clear_error_when_opentelemetry_is_missing() -> None:
         "    raise SystemExit('imported without opentelemetry')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_spans_from_a_real_engine_run(
+    handler: OTelHandler, exporter: InMemorySpanExporter, autojump_clock: object
+) -> None:
+    import hephaestus as hx
+
+    @hx.step(events=("valid",))
+    async def validate(ctx: hx.StepContext) -> hx.StepResult:
+        return "valid"
+
+    @hx.step(events=("charged",), retry=hx.Retry(max_attempts=3, backoff="constant"))
+    async def charge(ctx: hx.StepContext) -> hx.StepResult:
+        if ctx.attempt == 1:
+            raise ValueError("card declined")
+        return "charged"
+
+    @hx.step(events=("reserved",))
+    async def reserve(ctx: hx.StepContext) -> hx.StepResult:
+        return "reserved"
+
+    @hx.step(events=("shipped",))
+    async def ship(ctx: hx.StepContext) -> hx.StepResult:
+        return "shipped"
+
+    order = hx.Workflow(
+        "order",
+        start=validate,
+        transitions={
+            (validate, "valid"): [charge, reserve],
+            (charge, "charged"): ship,
+            (reserve, "reserved"): ship,
+            (ship, "shipped"): hx.Done,
+        },
+        unique=hx.Unique("orderid"),
+    )
+    async with hx.open_engine(
+        workflows=[order], telemetry=[handler], clock=hx.testing.VirtualClock()
+    ) as engine:
+        iid = await engine.start(order, "abc123")
+        assert (await engine.wait(iid)).status is hx.Status.COMPLETED
+    assert handler.open_spans == 0
+
+    finished = exporter.get_finished_spans()
+    (root,) = [s for s in finished if s.name == "workflow order"]
+    assert root.attributes is not None
+    assert root.attributes["hephaestus.instance_id"] == iid
+    assert root.attributes["hephaestus.status"] == "completed"
+    assert "step.retry" in [e.name for e in root.events]
+    steps = [s for s in finished if s is not root]
+    assert sorted(s.name for s in steps) == [
+        "step charge", "step charge", "step reserve", "step ship", "step validate"
+    ]
+    for span in steps:
+        assert span.parent is not None
+        assert span.parent.span_id == root.context.span_id
+    first, second = (s for s in steps if s.name == "step charge")
+    assert first.status.status_code is StatusCode.ERROR
+    assert first.status.description == "ValueError: card declined"
+    assert second.status.status_code is StatusCode.UNSET
+    assert second.attributes is not None
+    assert second.attributes["hephaestus.attempt"] == 2

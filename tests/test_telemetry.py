@@ -213,6 +213,7 @@ def test_log_line_quotes_values_that_need_it() -> None:
             "targets": ["ship", "notify"],
             "payload": {"a": 1, "b": None},
             "ok": False,
+            "nothing": None,
             "exc": RuntimeError("boom"),
             "step": "charge",  # same as the field: not repeated
             "workflow": "other",  # differs from the field: kept
@@ -299,3 +300,60 @@ def test_log_handler_repr() -> None:
     assert repr(LogHandler()) == (
         "LogHandler(logger='hephaestus.events', level=INFO, escalate=True)"
     )
+
+
+# --- with the engine -----------------------------------------------------------------------
+
+
+def _linear_workflow() -> hx.Workflow:
+    @hx.step(events=("valid",))
+    async def validate(ctx: hx.StepContext) -> hx.StepResult:
+        return "valid"
+
+    @hx.step(events=("charged",))
+    async def charge(ctx: hx.StepContext) -> hx.StepResult:
+        return hx.Emit("charged", {"amount": 42})
+
+    return hx.Workflow(
+        "order",
+        start=validate,
+        transitions={(validate, "valid"): charge, (charge, "charged"): hx.Done},
+        unique=hx.Unique("orderid"),
+    )
+
+
+async def test_log_handler_with_the_engine(caplog: pytest.LogCaptureFixture) -> None:
+    order = _linear_workflow()
+    with caplog.at_level(logging.INFO, logger="hephaestus.events"):
+        async with hx.open_engine(workflows=[order], telemetry=[hx.LogHandler()]) as engine:
+            iid = await engine.start(order, "abc123")
+            await engine.wait(iid)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hephaestus.events"]
+    assert lines[0].startswith("orderid::abc123 workflow.start workflow=order")
+    assert lines[-1].startswith("orderid::abc123 workflow.stop duration=")
+    assert all(line.startswith("orderid::abc123 ") for line in lines)
+    assert any(
+        line.startswith("orderid::abc123 step.stop step=charge duration=")
+        and "event=charged" in line
+        for line in lines
+    )
+
+
+async def test_raising_handler_never_breaks_a_workflow(caplog: pytest.LogCaptureFixture) -> None:
+    order = _linear_workflow()
+    names: list[str] = []
+
+    def broken(event: TelemetryEvent) -> None:
+        raise RuntimeError("handler bug")
+
+    with caplog.at_level(logging.ERROR, logger="hephaestus.telemetry"):
+        async with hx.open_engine(
+            workflows=[order], telemetry=[broken, lambda e: names.append(e.name)]
+        ) as engine:
+            iid = await engine.start(order, "abc123")
+            final = await engine.wait(iid)
+    assert final.status is hx.Status.COMPLETED
+    assert final.results == {"charge": {"amount": 42}}
+    assert names[0] == "workflow.start"
+    assert names[-1] == "workflow.stop"
+    assert len([r for r in caplog.records if r.name == "hephaestus.telemetry"]) == 1

@@ -163,7 +163,7 @@ def format_event(event: TelemetryEvent) -> str:
 
     ``<instance id> <event name> step=<step> duration=<seconds>s workflow=<name>``
     followed by the other measurements and the metadata as ``key=value``.
-    Parts without a value are left out; a missing instance id is ``-``.
+    Parts whose value is None are left out; a missing instance id is ``-``.
     """
     parts = [event.instance_id or "-", event.name]
     if event.step is not None:
@@ -179,8 +179,8 @@ def format_event(event: TelemetryEvent) -> str:
             parts.append(f"{key}={_fmt(value)}")
     shown = {"step": event.step, "workflow": event.workflow, "instance_id": event.instance_id}
     for key, value in event.metadata.items():
-        if key in shown and value == shown[key]:
-            continue  # already written as a field
+        if value is None or (key in shown and value == shown[key]):
+            continue  # nothing to say, or already written as a field
         parts.append(f"{key}={_fmt(value)}")
     return " ".join(parts)
 
