@@ -607,8 +607,10 @@ class _Draft:
         self.reply = self.add_timer("resume", step, delay).id
 
     def cancel_timer(self, timer_id: str) -> None:
+        # A retry timer is the only thing that keeps a failed step alive: dropping it
+        # would end the instance as COMPLETED (or PENDING) without that step.
         before = len(self.timers)
-        self.drop_timers(keep=lambda timer: timer.id != timer_id)
+        self.drop_timers(keep=lambda timer: timer.id != timer_id or timer.kind == "retry")
         self.reply = len(self.timers) < before
 
     def cancel(self, reason: str | None) -> None:
