@@ -6,7 +6,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import hephaestus as hx
-from hephaestus._core._engine import Command, Input, Transition, apply, new_instance
+from hephaestus._core._codec import decode_instance, encode_instance
+from hephaestus._core._engine import (
+    Command,
+    Input,
+    Transition,
+    apply,
+    derive_status,
+    new_instance,
+)
 
 
 def mk(key: str, *events: str, retry: hx.Retry | None = None) -> hx.Step:
@@ -38,11 +46,16 @@ class Driver:
         self.transitions: list[Transition] = []
 
     def __call__(self, event: Input) -> Transition:
+        before = encode_instance(self.instance)
         result = apply(self.wf, self.instance, event, self.now)
+        assert encode_instance(self.instance) == before, "apply mutated its input"
         if result.changed:
             assert result.instance.revision == self.instance.revision + 1
+            assert result.instance.updated_at == self.now
         else:
             assert result.instance is self.instance
+        assert result.instance.status is derive_status(result.instance)
+        assert decode_instance(encode_instance(result.instance)) == result.instance
         self.instance = result.instance
         self.transitions.append(result)
         return result
