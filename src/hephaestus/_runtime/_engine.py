@@ -41,7 +41,7 @@ from .._telemetry import Telemetry, TelemetryHandler
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
 from ._clock import Clock, SystemClock
-from ._mailbox import Message, Reply
+from ._mailbox import Mailbox, Message, Reply
 from ._runner import FINISHED, LIVE, ORPHAN, STUCK, Entry, Runner
 
 _log = logging.getLogger("hephaestus.engine")
@@ -335,9 +335,9 @@ class Engine:
         self._check_open()
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state == LIVE:
-            assert entry.send is not None
+            assert entry.mailbox is not None
             reply = Reply()
-            entry.send.send_nowait(Message(event, reply))
+            entry.mailbox.put(Message(event, reply))
             return await reply.wait()
         if entry is not None and entry.state == STUCK and not isinstance(event, Cancel):
             raise RunnerFailed(self._stuck_message(entry))
@@ -373,14 +373,10 @@ class Engine:
 
     def _drain(self, entry: Entry, error: Exception) -> None:
         """Answer every message still queued for ``entry`` without running it."""
-        receive = entry.receive
-        if receive is None:
+        mailbox = entry.mailbox
+        if mailbox is None:
             return
-        while True:
-            try:
-                message = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        while (message := mailbox.take_nowait()) is not None:
             if message.reply is None:
                 continue
             if entry.instance.status.is_terminal and entry.workflow is not None:
@@ -431,13 +427,12 @@ class Engine:
                     stored = await self.storage.get(entry.instance.id)
                     if stored is not None:
                         entry.instance = stored
-                    recovered = [Message(Recover())]
                     commands = ()
-                    assert entry.send is not None
+                    assert entry.mailbox is not None
                     # Recover must be the first message the new runner sees.
-                    queued = _take_all(entry)
-                    for message in recovered + queued:
-                        entry.send.send_nowait(message)
+                    queued = _take_all(entry.mailbox)
+                    for message in [Message(Recover()), *queued]:
+                        entry.mailbox.put(message)
                     if self.telemetry.enabled:
                         self.telemetry.emit("runner.restart", instance_id=entry.instance.id,
                                             workflow=workflow.name,
@@ -468,8 +463,8 @@ class Engine:
                                                   "reason": "workflow not registered"})
                 continue
             entry = Entry(workflow, instance, LIVE)
-            assert entry.send is not None
-            entry.send.send_nowait(Message(Recover()))
+            assert entry.mailbox is not None
+            entry.mailbox.put(Message(Recover()))
             self._registry[instance.id] = entry
             self._nursery.start_soon(self._supervise, entry, ())
 
@@ -488,15 +483,11 @@ def _answer_terminal(instance: Instance, event: Input) -> Any:
     )
 
 
-def _take_all(entry: Entry) -> list[Message]:
-    receive = entry.receive
-    assert receive is not None
+def _take_all(mailbox: Mailbox) -> list[Message]:
     taken: list[Message] = []
-    while True:
-        try:
-            taken.append(receive.receive_nowait())
-        except trio.WouldBlock:
-            return taken
+    while (message := mailbox.take_nowait()) is not None:
+        taken.append(message)
+    return taken
 
 
 @asynccontextmanager

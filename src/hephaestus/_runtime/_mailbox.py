@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, final
 
 import trio
@@ -47,3 +48,55 @@ class Message:
     def __init__(self, input: Input, reply: Reply | None = None) -> None:
         self.input = input
         self.reply = reply
+
+
+@final
+class Mailbox:
+    """A runner's unbounded inbox of messages: many senders, one receiving task.
+
+    A trio memory channel does the same job but costs about 1.8 KB per
+    instance; this one costs a few dozen bytes while empty, which is what most
+    parked instances are.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Message] | None = None
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def put(self, message: Message) -> None:
+        """Queue ``message`` and wake the receiver; never blocks."""
+        if self._items is None:
+            self._items = deque()
+        self._items.append(message)
+        if self._waiter is not None:
+            task, self._waiter = self._waiter, None
+            trio.lowlevel.reschedule(task)
+
+    def take_nowait(self) -> Message | None:
+        """Return the oldest queued message, or None when the mailbox is empty."""
+        items = self._items
+        if not items:
+            return None
+        message = items.popleft()
+        if not items:
+            self._items = None
+        return message
+
+    async def take(self) -> Message:
+        """Return the oldest message, waiting for one if needed. Only one task may call this."""
+        message = self.take_nowait()
+        if message is not None:
+            await trio.lowlevel.checkpoint()
+            return message
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        message = self.take_nowait()
+        assert message is not None
+        return message

@@ -34,7 +34,7 @@ from .._core._engine import (
 from .._core._errors import EventRejected
 from .._core._model import Instance, Status, Timer
 from .._core._workflow import Workflow
-from ._mailbox import Message
+from ._mailbox import Mailbox, Message
 from ._steprun import run_attempt
 
 if TYPE_CHECKING:
@@ -50,17 +50,14 @@ FINISHED: Final = "finished"
 class Entry:
     """The registry's record of one instance known to this engine."""
 
-    __slots__ = ("finished", "instance", "receive", "send", "state", "workflow")
+    __slots__ = ("finished", "instance", "mailbox", "state", "workflow")
 
     def __init__(self, workflow: Workflow | None, instance: Instance, state: str) -> None:
         self.workflow = workflow
         self.instance = instance
         self.state = state
         self.finished: trio.Event | None = None
-        self.send: trio.MemorySendChannel[Message] | None = None
-        self.receive: trio.MemoryReceiveChannel[Message] | None = None
-        if state == LIVE:
-            self.send, self.receive = trio.open_memory_channel[Message](float("inf"))
+        self.mailbox: Mailbox | None = Mailbox() if state == LIVE else None
 
     def mark_done(self, state: str) -> None:
         """Record that no runner serves this instance any more, and wake ``wait`` callers."""
@@ -91,16 +88,15 @@ class Runner:
             Exception: whatever broke the runner (a storage error, a bug); the
                 supervisor restarts it from the last snapshot.
         """
-        receive = self.entry.receive
-        assert receive is not None
+        mailbox = self.entry.mailbox
+        assert mailbox is not None
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             self.carry_out(first_commands)
             while not self.instance.status.is_terminal:
-                try:
-                    message = receive.receive_nowait()
-                except trio.WouldBlock:
-                    message = await receive.receive()
+                message = mailbox.take_nowait()
+                if message is None:
+                    message = await mailbox.take()
                 await self.handle(message)
             nursery.cancel_scope.cancel()
 
@@ -177,9 +173,9 @@ class Runner:
             self.post(TimerFired(timer.id))
 
     def post(self, event: Input) -> None:
-        send = self.entry.send
-        assert send is not None
-        send.send_nowait(Message(event))
+        mailbox = self.entry.mailbox
+        assert mailbox is not None
+        mailbox.put(Message(event))
 
     # -- telemetry -----------------------------------------------------------------------------
 

@@ -20,20 +20,23 @@ async def run_attempt(step: Step, ctx: StepContext) -> StepSucceeded | StepFaile
     Cancellation from outside propagates as usual.
     """
     try:
-        with trio.move_on_after(step.timeout if step.timeout is not None else float("inf")) as cs:
-            if step.is_async:
-                result: Any = await step.fn(ctx)  # type: ignore[misc]
-            else:
-                result = await trio.to_thread.run_sync(step.fn, ctx, abandon_on_cancel=True)
-        if cs.cancelled_caught:
-            return _failed(
-                ctx,
-                StepTimeout(f"step {ctx.step!r} attempt {ctx.attempt} exceeded its timeout "
-                            f"of {step.timeout} s"),
-            )
-        return outcome(ctx, result)
+        if step.timeout is None:
+            return outcome(ctx, await _call(step, ctx))
+        with trio.move_on_after(step.timeout):
+            return outcome(ctx, await _call(step, ctx))
+        return _failed(
+            ctx,
+            StepTimeout(f"step {ctx.step!r} attempt {ctx.attempt} exceeded its timeout "
+                        f"of {step.timeout} s"),
+        )
     except Exception as exc:  # step code failed: an ordinary step failure
         return _failed(ctx, exc)
+
+
+async def _call(step: Step, ctx: StepContext) -> Any:
+    if step.is_async:
+        return await step.fn(ctx)  # type: ignore[misc]
+    return await trio.to_thread.run_sync(step.fn, ctx, abandon_on_cancel=True)
 
 
 def outcome(ctx: StepContext, result: object) -> StepSucceeded | StepFailed | StepSuspended:
