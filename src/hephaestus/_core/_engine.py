@@ -216,6 +216,8 @@ def derive_status(instance: Instance) -> Status:
         return Status.CANCELLED
     if instance.error is not None:
         return Status.FAILED
+    if not instance.attempts:  # never started: a timer or inbox event does not start it
+        return Status.PENDING
     if instance.active:
         return Status.RUNNING
     if instance.waiting or instance.timers:
@@ -233,6 +235,8 @@ def live_steps(workflow: Workflow, instance: Instance) -> set[str]:
     """
     completed = set(instance.completed)
     seeds = set(instance.active) | set(instance.waiting) | set(instance.retrying)
+    if not instance.attempts and not instance.cancelled:  # not started yet: all may run
+        seeds.add(workflow.start.key)
     seeds |= {k for k in instance.fired if k not in completed}
     live = set(seeds)
     frontier = list(seeds)
