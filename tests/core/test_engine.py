@@ -873,3 +873,26 @@ def test_cancel_timer_does_not_drop_a_retry_backoff() -> None:
     assert t.reply is False and not t.changed
     assert run.status is hx.Status.WAITING and run.instance.retrying == ("b",)
     assert run(TimerFired(arm.timer.id)).commands == (RunStep("b", 2),)
+
+
+def test_schedule_resume_on_a_pending_instance_does_not_block_its_start() -> None:
+    run = Driver(approval())
+    timer_id = run(ScheduleResume("wait", 5.0)).reply
+    assert run.status is hx.Status.PENDING
+    assert run(Start()).commands == (RunStep("a", 1),)
+    run(StepSucceeded("a", 1, "ok"))
+    run(StepSuspended("wait", 1, None))
+    run(TimerFired(timer_id))
+    assert run.instance.history[-1].event == "timeout"
+
+
+def test_early_event_on_a_pending_instance_is_queued() -> None:
+    run = Driver(approval())
+    t = run(Deliver("approved", {"n": 1}))
+    assert t.reply == "queued" and run.status is hx.Status.PENDING
+    assert live_steps(run.wf, run.instance) == {"a", "wait", "ship"}
+    run(Start())
+    run(StepSucceeded("a", 1, "ok"))
+    assert run(StepSuspended("wait", 1, None)).commands == (RunStep("ship", 1),)
+    with pytest.raises(hx.UndeclaredEvent):
+        Driver(approval())(Deliver("nonsense"))
