@@ -185,6 +185,8 @@ def scan(directory: str, *, writable: bool) -> ScanResult:
             if writable:
                 moved = quarantine(directory, name, reason)
                 reason = f"{reason}; moved to {moved}"
+            else:
+                reason = f"{reason} (read-only: left in place)"
             result.bad.append((path, reason))
             continue
         if instance is not None:

@@ -1,0 +1,373 @@
+"""FileStorage behaves like MemoryStorage, survives reopening, and quarantines bad files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from _fs_samples import make_instance, varied_instances
+
+from hephaestus import (
+    FileStorage,
+    Instance,
+    MemoryStorage,
+    RevisionConflict,
+    Status,
+    Storage,
+    StorageLocked,
+)
+from hephaestus._core._codec import encode_instance
+from hephaestus.storage._frame import encode_frame
+from hephaestus.storage._lock import LOCK_NAME
+from hephaestus.storage._names import snapshot_name, temp_name
+
+
+def snap(store_path: Path, iid: str) -> Path:
+    return store_path / snapshot_name(iid)
+
+
+def write_raw(store_path: Path, iid: str, data: bytes) -> Path:
+    path = snap(store_path, iid)
+    path.write_bytes(data)
+    return path
+
+
+def quarantined(store_path: Path) -> list[str]:
+    qdir = store_path / "quarantine"
+    return sorted(p.name for p in qdir.iterdir()) if qdir.exists() else []
+
+
+def test_file_storage_is_a_storage(store_path: Path) -> None:
+    assert isinstance(FileStorage(store_path), Storage)
+
+
+async def test_round_trip_of_every_shape(store_path: Path) -> None:
+    instances = varied_instances()
+    async with FileStorage(store_path) as store:
+        for instance in instances:
+            await store.put(instance)
+        for instance in instances:
+            assert await store.get(instance.id) == instance
+    async with FileStorage(store_path) as store:  # and from disk, through the open-time scan
+        for instance in instances:
+            assert await store.get(instance.id) == instance
+        assert await store.query() == sorted(instances, key=lambda i: i.id)
+
+
+async def test_get_of_a_missing_id_is_none(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        assert await store.get("orderid::nope") is None
+
+
+async def test_put_replaces(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        await store.put(make_instance(revision=1))
+        await store.put(make_instance(revision=2, status=Status.COMPLETED))
+        got = await store.get("orderid::abc-1")
+        assert got is not None
+        assert (got.revision, got.status) == (2, Status.COMPLETED)
+    assert sorted(os.listdir(store_path)) == sorted([LOCK_NAME, snapshot_name("orderid::abc-1")])
+
+
+async def _fill(store: Storage) -> None:
+    await store.put(make_instance("orderid::a", workflow="order", status=Status.RUNNING))
+    await store.put(make_instance("orderid::b", workflow="order", status=Status.COMPLETED))
+    await store.put(make_instance("payid::c", workflow="payment", status=Status.WAITING))
+    await store.put(make_instance("orderid::d", workflow="order", status=Status.WAITING))
+
+
+async def test_query_matches_memory_storage(store_path: Path) -> None:
+    memory = MemoryStorage()
+    async with FileStorage(store_path, durable=False) as files, memory:
+        await _fill(files)
+        await _fill(memory)
+        for workflow in (None, "order", "payment", "nothing"):
+            for status in (
+                None,
+                Status.WAITING,
+                "completed",
+                [Status.RUNNING, Status.WAITING],
+                (),
+            ):
+                expected = await memory.query(workflow=workflow, status=status)  # type: ignore[arg-type]
+                got = await files.query(workflow=workflow, status=status)  # type: ignore[arg-type]
+                assert got == expected, (workflow, status)
+        with pytest.raises(ValueError, match="status must be one of"):
+            await files.query(status="sleeping")  # type: ignore[arg-type]
+
+
+async def test_query_follows_status_changes_and_reopen(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        await _fill(store)
+        await store.put(make_instance("orderid::a", status=Status.COMPLETED, revision=2))
+        ids = [i.id for i in await store.query(status=Status.COMPLETED)]
+        assert ids == ["orderid::a", "orderid::b"]
+    async with FileStorage(store_path) as store:
+        assert [i.id for i in await store.query(status=Status.COMPLETED)] == ids
+        assert [i.id for i in await store.query(workflow="payment")] == ["payid::c"]
+
+
+async def test_delete(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        await _fill(store)
+        await store.delete("orderid::a")
+        await store.delete("orderid::a")  # again: fine
+        await store.delete("never::there")
+        assert await store.get("orderid::a") is None
+        assert "orderid::a" not in [i.id for i in await store.query()]
+    assert not snap(store_path, "orderid::a").exists()
+    async with FileStorage(store_path) as store:
+        assert await store.get("orderid::a") is None
+        assert len(await store.query()) == 3
+
+
+async def test_expected_revision_is_compare_and_set(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        with pytest.raises(RevisionConflict, match="revision 0, not the expected 1"):
+            await store.put(make_instance(revision=2), expected_revision=1)
+        assert await store.get("orderid::abc-1") is None
+        await store.put(make_instance(revision=1), expected_revision=0)
+        await store.put(make_instance(revision=2), expected_revision=1)
+        with pytest.raises(RevisionConflict, match="at revision 2, not the expected 1"):
+            await store.put(make_instance(revision=3), expected_revision=1)
+        got = await store.get("orderid::abc-1")
+        assert got is not None
+        assert got.revision == 2
+        await store.delete("orderid::abc-1")
+        await store.put(make_instance(revision=1), expected_revision=0)  # deleted counts as 0
+    async with FileStorage(store_path) as store:  # the index is rebuilt from disk
+        with pytest.raises(RevisionConflict):
+            await store.put(make_instance(revision=2), expected_revision=0)
+        await store.put(make_instance(revision=2), expected_revision=1)
+
+
+async def test_concurrent_compare_and_set_lets_exactly_one_win(store_path: Path) -> None:
+    wins: list[int] = []
+    async with FileStorage(store_path) as store:
+
+        async def attempt(n: int) -> None:
+            try:
+                await store.put(make_instance(revision=1, metadata={"n": n}), expected_revision=0)
+            except RevisionConflict:
+                return
+            wins.append(n)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(attempt, n)
+        assert len(wins) == 1
+        got = await store.get("orderid::abc-1")
+        assert got is not None
+        assert got.metadata == {"n": wins[0]}
+
+
+async def test_many_concurrent_durable_puts(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        async with trio.open_nursery() as nursery:
+            for n in range(100):
+                nursery.start_soon(store.put, make_instance(f"orderid::n{n}", revision=n + 1))
+        assert len(await store.query()) == 100
+    async with FileStorage(store_path) as store:
+        for n in range(100):
+            got = await store.get(f"orderid::n{n}")
+            assert got is not None
+            assert got.revision == n + 1
+
+
+async def test_hostile_ids_stay_inside_the_store(tmp_path: Path) -> None:
+    store_path = tmp_path / "deep" / "store"
+    ids = ["../../escape", "/etc/passwd", "..", ".", "a/b", "ünï::cødé", "Case", "case", "x" * 600]
+    async with FileStorage(store_path) as store:
+        for n, iid in enumerate(ids):
+            await store.put(make_instance(iid, revision=n + 1))
+        with pytest.raises(ValueError, match="must not be empty"):
+            await store.put(make_instance(""))
+    assert sorted(os.listdir(tmp_path)) == ["deep"]
+    assert sorted(os.listdir(tmp_path / "deep")) == ["store"]
+    async with FileStorage(store_path) as store:
+        for n, iid in enumerate(ids):
+            got = await store.get(iid)
+            assert got is not None
+            assert (got.id, got.revision) == (iid, n + 1)
+
+
+async def test_use_outside_open_is_an_error(store_path: Path) -> None:
+    store = FileStorage(store_path)
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get("x")
+    async with store:
+        await store.put(make_instance())
+    await store.aclose()  # twice: harmless
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.put(make_instance())
+    async with store:  # the same object can be reopened
+        assert await store.get("orderid::abc-1") == make_instance()
+
+
+async def test_second_opener_in_this_process_is_refused(store_path: Path) -> None:
+    async with FileStorage(store_path):
+        with pytest.raises(StorageLocked, match=rf"locked by process {os.getpid()}") as info:
+            async with FileStorage(store_path):
+                pass  # pragma: no cover
+        assert str(store_path) in str(info.value)
+    async with FileStorage(store_path):  # released on close
+        pass
+
+
+async def test_read_only_takes_no_lock_and_refuses_writes(store_path: Path) -> None:
+    async with FileStorage(store_path) as writer:
+        await _fill(writer)
+        async with FileStorage(store_path, read_only=True) as reader:
+            assert [i.id for i in await reader.query(workflow="order")] == [
+                "orderid::a",
+                "orderid::b",
+                "orderid::d",
+            ]
+            await writer.put(make_instance("orderid::e"))  # the reader sees new writes
+            assert await reader.get("orderid::e") == make_instance("orderid::e")
+            assert len(await reader.query()) == 5
+            with pytest.raises(RuntimeError, match="read-only"):
+                await reader.put(make_instance("orderid::f"))
+            with pytest.raises(RuntimeError, match="read-only"):
+                await reader.delete("orderid::a")
+
+
+async def test_read_only_on_a_missing_directory(store_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        async with FileStorage(store_path, read_only=True):
+            pass  # pragma: no cover
+    assert "store" not in os.listdir(store_path.parent)
+
+
+async def test_leftover_temp_files_are_removed_and_foreign_files_ignored(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FileStorage(store_path) as store:
+        await store.put(make_instance())
+    name = snapshot_name("orderid::abc-1")
+    leftover = store_path / temp_name(name, "0123456789abcdef")
+    leftover.write_bytes(b"half a snap")
+    foreign = ["README.txt", "notes.tmp", ".DS_Store", "backup.snap.bak"]
+    for f in foreign:
+        (store_path / f).write_bytes(b"not ours")
+    (store_path / "subdir.snap").mkdir()
+    with caplog.at_level(logging.INFO, logger="hephaestus.storage"):
+        async with FileStorage(store_path) as store:
+            assert await store.get("orderid::abc-1") == make_instance()
+            assert len(await store.query()) == 1
+    assert not leftover.exists()
+    assert "removed leftover temp file" in caplog.text
+    assert all((store_path / f).exists() for f in foreign)
+    assert quarantined(store_path) == []
+
+
+def _corruptions() -> dict[str, bytes]:
+    good = encode_frame(encode_instance(make_instance("orderid::victim")))
+    future = bytearray(good)
+    future[4] = 99
+    return {
+        "empty file": b"",
+        "truncated payload": good[:-5],
+        "truncated header": good[:7],
+        "checksum mismatch": good[:-1] + bytes([good[-1] ^ 0x10]),
+        "bad magic": os.urandom(64),
+        "newer than this release": bytes(future),
+        "cannot decode": encode_frame(b"\x93\x01\x02"),
+        "does not match the instance id": encode_frame(
+            encode_instance(make_instance("orderid::someone-else"))
+        ),
+    }
+
+
+@pytest.mark.parametrize(("reason", "data"), list(_corruptions().items()))
+async def test_bad_snapshots_are_quarantined_at_open(
+    store_path: Path, reason: str, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FileStorage(store_path) as store:
+        await store.put(make_instance("orderid::fine"))
+    bad = write_raw(store_path, "orderid::victim", data)
+    reports: list[tuple[str, str]] = []
+    with caplog.at_level(logging.WARNING, logger="hephaestus.storage"):
+        async with FileStorage(
+            store_path, on_quarantine=lambda p, r: reports.append((p, r))
+        ) as store:
+            assert await store.get("orderid::victim") is None
+            assert [i.id for i in await store.query()] == ["orderid::fine"]
+            await store.put(make_instance("orderid::victim", revision=1), expected_revision=0)
+    assert len(reports) == 1
+    path, message = reports[0]
+    assert path == str(bad)
+    assert reason in message
+    assert "moved to" in message
+    assert str(bad) in caplog.text
+    assert reason in caplog.text
+    moved = quarantined(store_path)
+    assert len(moved) == 2  # the file and its .reason
+    reason_file = next(n for n in moved if n.endswith(".reason"))
+    assert reason in (store_path / "quarantine" / reason_file).read_text()
+    snapshot_file = next(n for n in moved if not n.endswith(".reason"))
+    assert (store_path / "quarantine" / snapshot_file).read_bytes() == data
+
+
+async def test_corruption_after_open_is_quarantined_by_get_and_query(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reports: list[tuple[str, str]] = []
+    async with FileStorage(store_path) as store:
+        store.on_quarantine = lambda p, r: reports.append((p, r))
+        await _fill(store)
+        write_raw(store_path, "orderid::a", b"\x00" * 40)
+        with caplog.at_level(logging.WARNING, logger="hephaestus.storage"):
+            assert await store.get("orderid::a") is None
+        assert await store.get("orderid::a") is None  # reported once
+        assert len(reports) == 1
+        assert "bad magic" in reports[0][1]
+        write_raw(store_path, "orderid::b", b"HXSN")
+        assert [i.id for i in await store.query(workflow="order")] == ["orderid::d"]
+        assert len(reports) == 2
+        snap(store_path, "orderid::d").unlink()  # vanished behind our back: absent
+        assert await store.get("orderid::d") is None
+        assert [i.id for i in await store.query()] == ["payid::c"]
+    assert len(quarantined(store_path)) == 4
+
+
+async def test_a_raising_quarantine_handler_is_logged_and_ignored(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def handler(path: str, reason: str) -> None:
+        raise ZeroDivisionError
+
+    os.makedirs(store_path)
+    write_raw(store_path, "orderid::x", b"junk")
+    with caplog.at_level(logging.WARNING, logger="hephaestus.storage"):
+        async with FileStorage(store_path, on_quarantine=handler) as store:
+            assert await store.query() == []
+    assert "on_quarantine handler" in caplog.text
+
+
+async def test_read_only_reports_bad_snapshots_but_leaves_them(store_path: Path) -> None:
+    async with FileStorage(store_path) as store:
+        await _fill(store)
+        bad = write_raw(store_path, "orderid::a", b"HXSN\x01\x00")
+        reports: list[str] = []
+        async with FileStorage(
+            store_path, read_only=True, on_quarantine=lambda p, r: reports.append(r)
+        ) as reader:
+            assert await reader.get("orderid::a") is None
+            assert len(await reader.query()) == 3
+        assert bad.exists()
+        assert len(reports) == 2
+        assert all("truncated header" in r and "left in place" in r for r in reports)
+
+
+async def test_many_instances_reopen_quickly(store_path: Path) -> None:
+    instances = [make_instance(f"orderid::i{n:05}", revision=n) for n in range(2000)]
+    async with FileStorage(store_path, durable=False) as store, trio.open_nursery() as nursery:
+        for instance in instances:
+            nursery.start_soon(store.put, instance)
+    async with FileStorage(store_path) as store:
+        got: list[Instance] = await store.query()
+        assert got == instances
