@@ -50,11 +50,37 @@ def check_serialisable(value: Any, what: str) -> None:
     try:
         data = _encoder.encode(value)
         _plain_decoder.decode(data)
-    except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
+        problem = _unstorable(value)
+    except (TypeError, OverflowError, RecursionError, msgspec.EncodeError,
+            msgspec.ValidationError) as exc:
+        problem = str(exc)
+    if problem is not None:
         raise InvalidResult(
-            f"{what} is not msgpack-serialisable ({exc}): use str keys and str, int, float, "
-            "bool, None, list, dict or bytes values"
+            f"{what} is not msgpack-serialisable ({problem}): use str keys and str, int, "
+            "float, bool, None, list, dict or bytes values"
         ) from None
+
+
+def _unstorable(value: dict[str, Any]) -> str | None:
+    """Return why ``value`` would not decode back equal (a set, tuple, datetime...), or None.
+
+    msgspec encodes many more types than it decodes back as themselves: a set or
+    tuple comes back as a list, a datetime or UUID as something else, and a
+    nested int key is kept. Only the types a snapshot stores as they are pass.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"key {key!r} at {path or 'top level'} is not a str"
+                stack.append((f"{path}[{key!r}]", child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+        elif not (item is None or isinstance(item, str | int | float | bytes)):
+            return f"{path} is a {type(item).__name__}"
+    return None
 
 
 _plain_decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
