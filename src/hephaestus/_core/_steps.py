@@ -131,10 +131,10 @@ class StepContext:
         set_(self, "instance_id", instance_id)
         set_(self, "workflow", workflow)
         set_(self, "version", version)
-        set_(self, "initial", MappingProxyType(dict(initial)))
-        set_(self, "results", MappingProxyType({k: MappingProxyType(dict(v))
-                                                for k, v in results.items()}))
-        set_(self, "config", None if config is None else MappingProxyType(dict(config)))
+        # Read-only views, not copies: the engine never mutates a snapshot's dicts.
+        set_(self, "initial", _view(initial))
+        set_(self, "results", MappingProxyType({k: _view(v) for k, v in results.items()}))
+        set_(self, "config", None if config is None else _view(config))
         set_(self, "attempt", attempt)
         set_(self, "step", step)
 
@@ -144,6 +144,12 @@ class StepContext:
     def __repr__(self) -> str:
         return (f"StepContext(instance_id={self.instance_id!r}, step={self.step!r}, "
                 f"attempt={self.attempt})")
+
+
+def _view(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(mapping, MappingProxyType):
+        return mapping
+    return MappingProxyType(mapping if isinstance(mapping, dict) else dict(mapping))
 
 
 StepFunction: TypeAlias = Callable[[StepContext], "StepResult | Awaitable[StepResult]"]

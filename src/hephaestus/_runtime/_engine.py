@@ -116,7 +116,7 @@ class Engine:
             InvalidResult: ``initial`` or ``metadata`` is not a msgpack-serialisable dict.
             AlreadyRunning: an active instance holds the id in the unique scope.
         """
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # the storage write below schedules
         self._check_open()
         wf = self._resolve(workflow, version)
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
