@@ -284,8 +284,9 @@ def test_show_human(store: Path) -> None:
     assert "await_delivery: accepts delivered, timeout" in out
     assert f"t1  timeout  step await_delivery  due {iso(NOW + 90.0)}" in out
     assert 'validate: {"total": 59.97}' in out
-    assert f"{iso(NOW - 2)}  charge  attempt 1  failed (RuntimeError: gateway timed out)" in out
-    assert f"{iso(NOW - 1)}  charge  attempt 2  -> charged" in out
+    assert f"{iso(NOW - 3)}  validate  attempt 1  -> valid" in out
+    assert f"{iso(NOW - 2)}  charge    attempt 1  failed (RuntimeError: gateway timed out)" in out
+    assert f"{iso(NOW - 1)}  charge    attempt 2  -> charged" in out
 
 
 def test_show_failed_instance(store: Path) -> None:
@@ -368,9 +369,9 @@ def test_demo_smoke(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     out = proc.stdout
     assert "[engine 1]" in out
-    assert "crashed at" in out
+    assert "[engine 1] crashed at" in out
     assert "engine 2 reopened the store" in out
-    assert "every order finished" in out
+    assert "[engine 2] finished every order" in out
     assert "summary: 30 orders" in out
     assert "instances/s" in out
     # The store it leaves behind is readable by list, and every order finished.
@@ -387,3 +388,38 @@ def test_demo_smoke(tmp_path: Path) -> None:
             charges = [h for h in instance["history"] if h["step"] == "charge_payment"]
             assert charges[0]["event"] is None
             assert charges[-1]["event"] == "charged"
+
+
+def test_rich_reporter_draws_progress_and_summary() -> None:
+    import io
+    from collections import Counter
+
+    from rich.console import Console
+
+    from hephaestus._demo import PlainReporter, RichReporter
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120, color_system=None)
+    reporter = RichReporter(console)
+    reporter.phase("engine 1", 10)
+    reporter.update(Counter({hx.Status.RUNNING: 4, hx.Status.COMPLETED: 6}), 0.5)
+    reporter.end_phase("crashed", Counter({hx.Status.RUNNING: 4}), "at 0.5s")
+    reporter.summary("summary: 10 orders", [("completed", "10")], ["a note"])
+    reporter.close()
+    text = buffer.getvalue()
+    assert "engine 1 crashed" in text
+    assert "summary: 10 orders" in text
+    assert "a note" in text
+
+    plain = io.StringIO()
+    reporter2 = PlainReporter(plain)
+    reporter2.phase("engine 2", 10)
+    reporter2.update(Counter(), 0.0)  # nothing known yet: no line
+    reporter2.update(Counter({hx.Status.COMPLETED: 10}), 1.0)
+    reporter2.update(Counter({hx.Status.COMPLETED: 10}), 1.5)  # unchanged: no line
+    reporter2.end_phase("finished", Counter({hx.Status.COMPLETED: 10}), "every order")
+    reporter2.summary("summary", [("completed", "10")], [])
+    assert plain.getvalue().splitlines()[:2] == [
+        "[engine 2] 10/10 finished (completed 10) at 1.0s",
+        "[engine 2] finished every order",
+    ]

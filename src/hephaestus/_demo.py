@@ -22,13 +22,13 @@ what was not acknowledged, and every order finishes.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,7 +150,7 @@ class Reporter(Protocol):
 
     def update(self, counts: Counter[hx.Status], elapsed: float) -> None: ...
 
-    def end_phase(self, note: str) -> None: ...
+    def end_phase(self, outcome: str, counts: Counter[hx.Status], note: str) -> None: ...
 
     def summary(self, title: str, rows: Sequence[tuple[str, str]], notes: Sequence[str]) -> None:
         ...
@@ -176,14 +176,16 @@ class PlainReporter:
         self._title, self._total, self._last = title, total, ""
 
     def update(self, counts: Counter[hx.Status], elapsed: float) -> None:
+        if not counts:
+            return
         done = sum(counts[s] for s in TERMINAL)
         text = f"[{self._title}] {done}/{self._total} finished ({_counts_text(counts)})"
         if text != self._last:
             self._last = text
             self.line(f"{text} at {elapsed:.1f}s")
 
-    def end_phase(self, note: str) -> None:
-        self.line(f"[{self._title}] {note}")
+    def end_phase(self, outcome: str, counts: Counter[hx.Status], note: str) -> None:
+        self.line(f"[{self._title}] {outcome} {note}")
 
     def summary(self, title: str, rows: Sequence[tuple[str, str]], notes: Sequence[str]) -> None:
         width = max(len(k) for k, _ in rows)
@@ -212,16 +214,15 @@ class RichReporter:
             BarColumn,
             MofNCompleteColumn,
             Progress,
-            SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
         )
 
         self._console = console
         self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            TextColumn("[bold]{task.description:<9}"),
+            TextColumn("{task.fields[outcome]:<8}"),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[counts]}"),
@@ -236,7 +237,7 @@ class RichReporter:
         self._progress.refresh()
 
     def phase(self, title: str, total: int) -> None:
-        self._task = self._progress.add_task(title, total=total, counts="")
+        self._task = self._progress.add_task(title, total=total, counts="", outcome="")
         self._progress.refresh()
 
     def update(self, counts: Counter[hx.Status], elapsed: float) -> None:
@@ -244,11 +245,16 @@ class RichReporter:
         self._progress.update(self._task, completed=done, counts=_counts_text(counts))
         self._progress.refresh()
 
-    def end_phase(self, note: str) -> None:
-        task = self._progress.tasks[-1]
-        self._progress.update(self._task, description=f"{task.description} [dim]({note})")
+    def end_phase(self, outcome: str, counts: Counter[hx.Status], note: str) -> None:
+        colour = "red" if outcome == "crashed" else "green"
+        self._progress.update(
+            self._task,
+            completed=sum(counts[s] for s in TERMINAL),
+            counts=_counts_text(counts),
+            outcome=f"[{colour}]{outcome}",
+        )
         self._progress.stop_task(self._task)
-        self._progress.refresh()
+        self.line(f"[{colour}]{self._progress.tasks[-1].description} {outcome}[/] {note}")
 
     def summary(self, title: str, rows: Sequence[tuple[str, str]], notes: Sequence[str]) -> None:
         from rich.table import Table
@@ -283,6 +289,20 @@ def make_reporter() -> Reporter:
 # -- the run ----------------------------------------------------------------------------
 
 
+def _initial(i: int) -> dict[str, Any]:
+    items = 0 if i % INVALID_EVERY == INVALID_EVERY - 1 else 1 + i % 4
+    return {"items": items, "customer": f"c{i % 97:02d}"}
+
+
+def _confirm_after(i: int) -> float | None:
+    """Seconds after its start at which order ``i``'s delivery is confirmed; None: never."""
+    if not _initial(i)["items"] or i % UNCONFIRMED_EVERY == UNCONFIRMED_EVERY - 1:
+        return None
+    # Spread over 0.1-1.0 s: an early confirmation arrives before the order is packed and
+    # waits in the instance's inbox until await_delivery suspends.
+    return 0.1 + 0.9 * ((i * 37) % 100) / 100
+
+
 @dataclass
 class _Delivery:
     instance_id: str
@@ -291,25 +311,36 @@ class _Delivery:
 
 
 @dataclass
-class _Run:
-    """State the demo's "client" keeps across the crash: what it started and confirmed."""
+class _Client:
+    """What the demo's client knows, in memory, across the engine crash.
 
-    ids: list[str]
+    It keeps only what the engine acknowledged: the ids ``start`` returned and the
+    confirmations ``resume`` accepted. Confirmations that were not acknowledged are
+    sent again after the crash with the same dedupe key, so none counts twice.
+    """
+
+    n: int
+    ids: dict[int, str] = field(default_factory=dict)
     deliveries: list[_Delivery] = field(default_factory=list)
+    planned: int = 0
+    acked: int = 0
     late: int = 0
-    crash_after: int = 0  # confirmations acknowledged before the simulated crash
     crash_time: trio.Event = field(default_factory=trio.Event)
 
-    @property
-    def acked(self) -> int:
-        return sum(d.acked for d in self.deliveries)
+    async def start_order(
+        self, engine: hx.Engine, token: str, i: int, limiter: trio.CapacityLimiter,
+        nursery: trio.Nursery,
+    ) -> None:
+        async with limiter:
+            iid = await engine.start(order, f"{token}-{i:05d}", _initial(i))
+        self.ids[i] = iid
+        delay = _confirm_after(i)
+        if delay is not None:
+            delivery = _Delivery(iid, trio.current_time() + delay)
+            self.deliveries.append(delivery)
+            nursery.start_soon(self.confirm, engine, delivery)
 
-
-async def _courier(engine: hx.Engine, run: _Run) -> None:
-    """Confirm deliveries when due; idempotent thanks to the dedupe key, so re-sending is safe."""
-    for delivery in sorted(run.deliveries, key=lambda d: d.due):
-        if delivery.acked:
-            continue
+    async def confirm(self, engine: hx.Engine, delivery: _Delivery) -> None:
         await trio.sleep_until(delivery.due)
         try:
             await engine.resume(
@@ -317,25 +348,23 @@ async def _courier(engine: hx.Engine, run: _Run) -> None:
                 dedupe_key=f"delivered:{delivery.instance_id}",
             )
         except hx.EventRejected:
-            run.late += 1  # the order timed out (or finished) before the confirmation came
+            self.late += 1  # the order timed out before the confirmation came
         delivery.acked = True
-        if run.acked >= run.crash_after:
-            run.crash_time.set()
+        self.acked += 1
+        if self.acked * 2 >= self.planned:
+            self.crash_time.set()
 
 
-async def _counts(engine: hx.Engine, ours: set[str]) -> Counter[hx.Status]:
+async def _counts(engine: hx.Engine, ours: Collection[str]) -> Counter[hx.Status]:
     return Counter(i.status for i in await engine.list(workflow=order.name) if i.id in ours)
 
 
-async def _watch(engine: hx.Engine, ours: set[str], reporter: Reporter, t0: float) -> None:
+async def _watch(engine: hx.Engine, client: _Client, reporter: Reporter, t0: float) -> None:
     while True:
-        reporter.update(await _counts(engine, ours), trio.current_time() - t0)
+        if client.ids:
+            counts = await _counts(engine, set(client.ids.values()))
+            reporter.update(counts, trio.current_time() - t0)
         await trio.sleep(reporter.interval)
-
-
-def _initial(i: int) -> dict[str, Any]:
-    items = 0 if i % INVALID_EVERY == INVALID_EVERY - 1 else 1 + i % 4
-    return {"items": items, "customer": f"c{i % 97:02d}"}
 
 
 @dataclass
@@ -344,48 +373,43 @@ class DemoResult:
 
     instances: list[hx.Instance]
     seconds: float
-    in_flight_at_crash: int
     recovered: int
+    timers_rearmed: int
+    late: int
     ok: bool
 
 
 async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
     """Run ``n`` orders on the FileStorage at ``path``: engine 1, a crash, engine 2."""
     token = secrets.token_hex(2)  # a fresh id prefix, so a reused --store starts new orders
-    run = _Run(ids=[])
-    ours: set[str] = set()
+    client = _Client(n, planned=sum(_confirm_after(i) is not None for i in range(n)))
     t0 = trio.current_time()
 
     # ---- engine 1: start every order, confirm deliveries, crash midway ----------------
     reporter.phase("engine 1", n)
-    crash_counts: Counter[hx.Status] = Counter()
     with trio.CancelScope() as crash:
         async with (
             hx.open_engine(workflows=[order], storage=hx.FileStorage(path)) as engine,
             trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(_watch, engine, ours, reporter, t0)
-            for i in range(n):
-                initial = _initial(i)
-                iid = await engine.start(order, f"{token}-{i:05d}", initial)
-                run.ids.append(iid)
-                ours.add(iid)
-                if initial["items"] and i % UNCONFIRMED_EVERY != UNCONFIRMED_EVERY - 1:
-                    # Confirm 0.1-1.0 s after the start; early ones wait in the inbox.
-                    delay = 0.1 + 0.9 * ((i * 37) % 100) / 100
-                    run.deliveries.append(_Delivery(iid, trio.current_time() + delay))
-            # The crash comes once about half the confirmations are in (or after 1 s),
-            # while orders are running, waiting for confirmations, and retrying payments.
-            run.crash_after = math.ceil(len(run.deliveries) / 2)
-            nursery.start_soon(_courier, engine, run)
+            nursery.start_soon(_watch, engine, client, reporter, t0)
+            limiter = trio.CapacityLimiter(64)
+            async with trio.open_nursery() as starts:
+                for i in range(n):
+                    starts.start_soon(client.start_order, engine, token, i, limiter, nursery)
+            # Every start is acknowledged. Crash once about half the confirmations are in
+            # (or after a second): orders are running, retrying payments, and waiting.
             with trio.move_on_after(1.0):
-                await run.crash_time.wait()
-            crash_counts = await _counts(engine, ours)
+                await client.crash_time.wait()
+            counts = await _counts(engine, set(client.ids.values()))
             crash.cancel()
-    in_flight = sum(crash_counts[s] for s in ACTIVE)
     reporter.end_phase(
-        f"crashed at {trio.current_time() - t0:.1f}s with {in_flight} orders in flight"
+        "crashed", counts,
+        f"at {trio.current_time() - t0:.1f}s with orders in flight: "
+        + ", ".join(f"{s.value} {counts[s]}" for s in ACTIVE if counts[s]),
     )
+    ids = [client.ids[i] for i in range(n)]
+    ours = set(ids)
 
     # ---- engine 2: reopen the store, recover, finish -----------------------------------
     t_open = trio.current_time()
@@ -401,48 +425,53 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
         )
         reporter.phase("engine 2", n)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, engine, ours, reporter, t0)
-            nursery.start_soon(_courier, engine, run)
-            for iid in run.ids:
+            nursery.start_soon(_watch, engine, client, reporter, t0)
+            for delivery in client.deliveries:
+                if not delivery.acked:
+                    nursery.start_soon(client.confirm, engine, delivery)
+            for iid in ids:
                 await engine.wait(iid)
             nursery.cancel_scope.cancel()
-        final = [await engine.get(iid) for iid in run.ids]
-        reporter.update(Counter(i.status for i in final), trio.current_time() - t0)
-        reporter.end_phase("every order finished")
+        final = [await engine.get(iid) for iid in ids]
+        reporter.end_phase(
+            "finished", Counter(i.status for i in final),
+            f"every order at {trio.current_time() - t0:.1f}s",
+        )
     return DemoResult(
         instances=final,
         seconds=trio.current_time() - t0,
-        in_flight_at_crash=in_flight,
         recovered=len(unfinished),
+        timers_rearmed=timers,
+        late=client.late,
         ok=all(i.status.is_terminal for i in final),
     )
 
 
-def summarise(result: DemoResult) -> tuple[list[tuple[str, str]], list[str]]:
-    """Return the summary table's rows and the notes under it."""
-    statuses = Counter(i.status for i in result.instances)
+def summarise(result: DemoResult) -> list[tuple[str, str]]:
+    """Return the summary table's rows."""
+    instances = result.instances
+    statuses = Counter(i.status for i in instances)
     rows = [(f"{s.value}", str(statuses[s])) for s in hx.Status if statuses[s]]
-    delivered = sum("close_order" in i.results for i in result.instances)
-    escalated = sum("escalate" in i.results for i in result.instances)
-    invalid = sum(
-        any(h.step == "validate_order" and h.event == "invalid" for h in i.history)
-        for i in result.instances
-    )
-    retried = sum(
-        1 for i in result.instances for h in i.history
-        if h.step == "charge_payment" and h.event is None
-    )
     rows += [
-        ("  delivered and closed", str(delivered)),
-        ("  timed out, escalated", str(escalated)),
-        ("  rejected by validation", str(invalid)),
-        ("failed payment attempts retried", str(retried)),
-        ("in flight at the crash", str(result.in_flight_at_crash)),
-        ("recovered by engine 2", str(result.recovered)),
+        ("  delivered and closed", str(sum("close_order" in i.completed for i in instances))),
+        ("  timed out, escalated", str(sum("escalate" in i.completed for i in instances))),
+        ("  rejected by validation", str(sum(
+            any(h.step == "validate_order" and h.event == "invalid" for h in i.history)
+            for i in instances
+        ))),
+        ("failed payment attempts, retried", str(sum(
+            1 for i in instances for h in i.history
+            if h.step == "charge_payment" and h.event is None
+        ))),
+        ("recovered after the crash", str(result.recovered)),
+        ("durable timers re-armed", str(result.timers_rearmed)),
+        ("snapshots written", str(sum(i.revision for i in instances))),
         ("total time", f"{result.seconds:.2f} s"),
-        ("instances/s", f"{len(result.instances) / result.seconds:.1f}"),
+        ("instances/s", f"{len(instances) / result.seconds:.1f}"),
     ]
-    return rows, []
+    if result.late:
+        rows.append(("confirmations after the timeout", str(result.late)))
+    return rows
 
 
 @contextlib.contextmanager
@@ -470,14 +499,14 @@ def run_demo(*, store: str | None, instances: int, reporter: Reporter | None = N
                 f"-> pack (join) -> wait for delivery (timeout {DELIVERY_TIMEOUT:g}s) -> close"
             )
             result = trio.run(demo_run, path, instances, reporter)
-            rows, notes = summarise(result)
+            notes: list[str] = []
             if store is not None:
-                notes = [*notes, f"look inside: hephaestus list --store {store}"]
-                if result.instances:
-                    notes.append(
-                        f"             hephaestus show --store {store} {result.instances[-1].id}"
-                    )
-            reporter.summary(f"summary: {instances} orders", rows, notes)
+                quoted = shlex.quote(store)
+                notes.append(f"look inside: hephaestus list --store {quoted}")
+                pick = next((i for i in result.instances if "escalate" in i.completed),
+                            result.instances[-1])
+                notes.append(f"             hephaestus show --store {quoted} {pick.id}")
+            reporter.summary(f"summary: {instances} orders", summarise(result), notes)
     finally:
         reporter.close()
     if not result.ok:  # pragma: no cover - a bug in the engine

@@ -155,11 +155,14 @@ def format_instance(instance: Instance, *, now: float | None = None) -> str:
         )
     section("results", [f"{step}: {_compact(res)}" for step, res in instance.results.items()])
     history = []
+    step_width = max((len(entry.step) for entry in instance.history), default=0)
     for entry in instance.history:
         outcome = f"-> {entry.event}" if entry.event is not None else "failed"
         if entry.error:
             outcome += f" ({entry.error})"
-        history.append(f"{iso(entry.at)}  {entry.step}  attempt {entry.attempt}  {outcome}")
+        history.append(
+            f"{iso(entry.at)}  {entry.step.ljust(step_width)}  attempt {entry.attempt}  {outcome}"
+        )
     section("history", history)
     return "\n".join(out)
 
@@ -374,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except HephaestusError as exc:
         print(f"{PROG}: error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`hephaestus list ... | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     except OSError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
