@@ -196,6 +196,25 @@ def test_error_info_objects_and_mappings_are_understood(
     assert by_name["workflow order"].status.description == "StepTimeout: took too long"
 
 
+def test_undeclared_event_and_unknown_errors(
+    handler: OTelHandler, exporter: InMemorySpanExporter
+) -> None:
+    handler(ev("workflow.start"))
+    handler(ev("step.start", "charge"))
+    handler(ev("step.exception", "charge", event="oops"))
+    handler(ev("step.start", "reserve"))
+    handler(ev("step.exception", "reserve"))
+    handler(ev("workflow.exception"))
+    by_name = spans(exporter)
+    charge = by_name["step charge"]
+    assert charge.status.description == (
+        "UndeclaredEvent: the step ended with undeclared event 'oops'"
+    )
+    assert by_name["step reserve"].status.status_code is StatusCode.ERROR
+    assert by_name["step reserve"].status.description == "step.exception"
+    assert by_name["workflow order"].status.status_code is StatusCode.ERROR
+
+
 def test_cancel_is_not_an_error(handler: OTelHandler, exporter: InMemorySpanExporter) -> None:
     handler(ev("workflow.start"))
     handler(ev("step.start", "ship"))

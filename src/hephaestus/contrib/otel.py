@@ -80,7 +80,8 @@ def _error(event: TelemetryEvent) -> tuple[str, str, BaseException | None] | Non
 
     Understands ``metadata["error"]`` as an exception, an object with ``type``
     and ``message`` (``hx.ErrorInfo``), a mapping with those keys, or a type name
-    with the message in ``metadata["message"]``.
+    with the message in ``metadata["message"]``; a ``step.exception`` with only
+    an ``event`` is a step that returned an event it did not declare.
     """
     meta = event.metadata
     error = meta.get("error")
@@ -95,6 +96,8 @@ def _error(event: TelemetryEvent) -> tuple[str, str, BaseException | None] | Non
         return str(error), "" if message is None else str(message), None
     if message is not None:
         return "Error", str(message), None
+    if event.name == "step.exception" and meta.get("event") is not None:
+        return "UndeclaredEvent", f"the step ended with undeclared event {meta['event']!r}", None
     return None
 
 
