@@ -87,7 +87,7 @@ def measure(n: int = 100_000, *, repeat: int = 5) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("-n", type=int, default=200_000, help="calls per run")
     parser.add_argument("--repeat", type=int, default=5, help="runs per case (best is kept)")
     args = parser.parse_args()
