@@ -38,7 +38,13 @@ def write_snapshot(directory: str, name: str, data: bytes, *, sync: bool) -> Non
             happened, the previous file is untouched.
     """
     tmp = os.path.join(directory, temp_name(name, secrets.token_hex(8)))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except FileExistsError:
+        raise  # not ours to remove (a 64-bit random name: practically impossible)
+    except BaseException:
+        remove_temp(tmp)  # a failing open may still have created the file
+        raise
     try:
         try:
             _write_all(fd, data)
