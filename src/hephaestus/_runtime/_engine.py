@@ -121,9 +121,9 @@ class Engine:
         wf = self._resolve(workflow, version)
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
         instance_id = build_instance_id(wf.unique, value, suffix)
-        initial_dict = dict(initial) if initial is not None else {}
+        initial_dict = _as_dict(initial) if initial is not None else {}
         check_serialisable(initial_dict, "initial")
-        metadata_dict = dict(metadata) if metadata is not None else None
+        metadata_dict = _as_dict(metadata)
         check_serialisable(metadata_dict, "metadata")
         held = self._registry.get(instance_id)
         if held is not None and held.state != FINISHED:
@@ -185,7 +185,7 @@ class Engine:
         """
         if not isinstance(event, str) or not event:
             raise EventRejected(f"event must be a non-empty string, got {event!r}")
-        payload_dict = dict(payload) if payload is not None else None
+        payload_dict = _as_dict(payload)
         check_serialisable(payload_dict, "payload")
         await self._request(instance_id, Deliver(event, payload_dict, step, dedupe_key))
 
@@ -470,6 +470,11 @@ class Engine:
 
     def _close(self) -> None:
         self._closed = True
+
+
+def _as_dict(value: Any) -> Any:
+    """Copy a mapping to a dict; leave anything else for check_serialisable to reject."""
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def _answer_terminal(instance: Instance, event: Input) -> Any:
