@@ -123,7 +123,7 @@ class Runner:
                 raise
             self.instance = self.entry.instance = transition.instance
         if engine.telemetry.enabled:
-            self.report(message.input, transition)
+            self.report(message.input, before, transition)
         self.carry_out(transition.commands)
         if message.reply is not None:
             message.reply.set(transition.reply)
@@ -200,7 +200,7 @@ class Runner:
         began = self.started.pop(step, None)
         return {} if began is None else {"duration": trio.current_time() - began}
 
-    def report(self, event: Input, transition: Transition) -> None:
+    def report(self, event: Input, before: Instance, transition: Transition) -> None:
         """Emit the telemetry events that ``transition`` of ``event`` implies."""
         instance = transition.instance
         match event:
@@ -219,13 +219,23 @@ class Runner:
                 if transition.changed:
                     self.emit("step.suspend", step, measurements=self.duration(step),
                               metadata={"attempt": attempt, "timeout": timeout})
+                    if step in instance.completed[len(before.completed):]:  # inbox event
+                        self.emit("step.resume", step, metadata={"event": instance.history[
+                            -1].event})
+                        self.emit("step.stop", step, metadata={"event": instance.history[
+                            -1].event})
             case Deliver(ev, _, step, _):
                 if transition.changed:
-                    self.emit("step.resume", step, metadata={"event": ev,
-                                                             "queued": transition.reply})
+                    for resumed in instance.completed[len(before.completed):]:
+                        self.emit("step.resume", resumed, metadata={"event": ev})
+                        self.emit("step.stop", resumed, metadata={"event": ev})
+                    if transition.reply == "queued":
+                        self.emit("step.resume", step, metadata={"event": ev, "queued": True})
             case TimerFired(timer_id):
                 if transition.changed:
                     self.emit("timer.fire", metadata={"timer": timer_id})
+                    for resumed in instance.completed[len(before.completed):]:
+                        self.emit("step.stop", resumed, metadata={"event": "timeout"})
         if transition.changed:
             self.emit("workflow.transition", metadata={
                 "input": type(event).__name__, "status": instance.status.value,
