@@ -396,9 +396,15 @@ class Engine:
         assert workflow is not None
         crashes: list[float] = []
         commands: Sequence[Command] = first_commands
+        reload = False
         try:
             while True:
                 try:
+                    if reload:  # inside the try: a storage error here is one more crash
+                        stored = await self.storage.get(entry.instance.id)
+                        if stored is not None:
+                            entry.instance = stored
+                        reload = False
                     if self.telemetry.enabled:
                         self.telemetry.emit("runner.init", instance_id=entry.instance.id,
                                             workflow=workflow.name,
@@ -424,13 +430,12 @@ class Engine:
                         self._drain(entry, RunnerFailed(self._stuck_message(entry)))
                         _log.error("%s", self._stuck_message(entry))
                         return
-                    stored = await self.storage.get(entry.instance.id)
-                    if stored is not None:
-                        entry.instance = stored
+                    reload = True
                     commands = ()
                     assert entry.mailbox is not None
-                    # Recover must be the first message the new runner sees.
-                    queued = _take_all(entry.mailbox)
+                    # Recover must be the first message the new runner sees (and only once).
+                    queued = [m for m in _take_all(entry.mailbox)
+                              if not isinstance(m.input, Recover)]
                     for message in [Message(Recover()), *queued]:
                         entry.mailbox.put(message)
                     if self.telemetry.enabled:
