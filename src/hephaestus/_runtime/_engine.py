@@ -413,6 +413,10 @@ class Engine:
                     await Runner(self, entry, workflow).run(commands)
                     break
                 except Exception as exc:
+                    # The runner's nursery wraps what broke it: report that, not the group.
+                    cause: BaseException = exc
+                    while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                        cause = cause.exceptions[0]
                     now = trio.current_time()
                     crashes = [t for t in crashes if now - t <= self.restart_window]
                     crashes.append(now)
@@ -422,8 +426,8 @@ class Engine:
                     if self.telemetry.enabled:
                         self.telemetry.emit("runner.crash", instance_id=entry.instance.id,
                                             workflow=workflow.name,
-                                            metadata={"error": type(exc).__name__,
-                                                      "message": str(exc),
+                                            metadata={"error": type(cause).__name__,
+                                                      "message": str(cause),
                                                       "crashes": len(crashes)})
                     if len(crashes) > self.max_restarts:
                         entry.mark_done(STUCK)
