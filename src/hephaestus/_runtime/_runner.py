@@ -166,8 +166,15 @@ class Runner:
 
     async def run_timer(self, timer: Timer, scope: trio.CancelScope) -> None:
         with scope:
-            delay = timer.deadline - self.engine.clock.now()
-            await trio.sleep_until(trio.current_time() + max(0.0, delay))
+            clock = self.engine.clock
+            now = clock.now()
+            await trio.sleep_until(trio.current_time() + max(0.0, timer.deadline - now))
+            # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
+            # wall clock is slewed or stepped): never fire before the deadline by the
+            # engine's clock, unless that clock stands still.
+            while (later := clock.now()) < timer.deadline and later != now:
+                now = later
+                await trio.sleep_until(trio.current_time() + (timer.deadline - now))
             if self.scopes.get(timer.id) is scope:
                 del self.scopes[timer.id]
             self.post(TimerFired(timer.id))
