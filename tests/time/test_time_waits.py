@@ -291,3 +291,50 @@ async def test_schedule_resume_survives_a_restart(
     assert entries(final, clock) == [
         ("approval", "timeout", 1, pytest.approx(t0 + fires_at, abs=1e-6), None)
     ]
+
+
+# --- the engine's clock is the authority on deadlines -----------------------------------------
+
+
+class SteppableClock:
+    """VirtualClock whose reading can be set back, like a wall clock corrected by NTP."""
+
+    def __init__(self) -> None:
+        self.start = hx.testing.VirtualClock().start
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return self.start + trio.current_time() - self.offset
+
+
+async def test_timer_never_fires_before_its_deadline_by_the_engine_clock_stepped_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    clock = SteppableClock()
+    wf = one_step(hx.Wait(10, key="nap"))
+    async with hx.open_engine(workflows=[wf], clock=clock) as engine:
+        t0 = trio.current_time()
+        iid = await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        deadline = (await engine.get(iid)).timers[0].deadline
+        await trio.sleep(2)
+        clock.offset = 5.0  # the clock is set back 5 s while the timer sleeps
+        final = await finish(engine, iid)
+        assert trio.current_time() - t0 == 15  # 10 s by the engine's clock, not by trio's
+    assert [h.at for h in final.history] == [deadline]
+
+
+async def test_timer_never_fires_before_its_deadline_despite_epoch_rounding(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Epoch seconds near 1.8e9 round to 2.4e-7 s: started half a step past a whole second,
+    # the deadline rounds up while trio's own wake-up time, read back as epoch, rounds down.
+    clock = hx.testing.VirtualClock()
+    wf = one_step(hx.Wait(1.0, key="nap"))
+    async with hx.open_engine(workflows=[wf], clock=clock) as engine:
+        await trio.sleep_until(trio.current_time() + 1.192092896e-07)
+        iid = await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        deadline = (await engine.get(iid)).timers[0].deadline
+        final = await finish(engine, iid)
+    assert final.history[0].at >= deadline
