@@ -1,0 +1,181 @@
+"""Scenarios 3 and 8: what a parked instance costs, how fast they resume, start cost vs population.
+
+Each run is a fresh interpreter (:func:`in_subprocess`): it warms up on a
+small batch, then starts N instances of a one-step ``WaitForEvent`` workflow
+on MemoryStorage, timing every batch of starts, waits until every task is
+blocked, and reads the memory delta: RSS (from /proc) in the timed runs,
+tracemalloc in separate runs of their own (tracing slows everything and costs
+memory itself). Then it resumes every instance, one acknowledged ``resume``
+after the other, and times until all are completed.
+
+Baseline: N bare Trio tasks, each parked on ``receive()`` of its own memory
+channel (unbounded, like a runner's mailbox), woken with one ``send`` each.
+
+The memory per parked instance includes its MemoryStorage snapshot (encoded
+bytes, kept in the same process): with FileStorage that part is on disk.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+from typing import Any
+
+import trio
+import trio.testing
+
+import hephaestus as hx
+
+from ._harness import Config, Row, Section, Stat, in_subprocess, rss_bytes, verdict
+from ._workflows import PARKED
+
+SIZES = (10_000, 100_000)
+BATCH = 1_000
+KIB = 1024
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/src/"):
+        if marker in filename:
+            return filename.split(marker)[-1]
+    return filename
+
+
+def _memory_mark(trace: bool) -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] if trace else rss_bytes()
+
+
+async def _engine_parked(n: int, batch: int, trace: bool) -> dict[str, Any]:
+    async with hx.open_engine(workflows=[PARKED], storage=hx.MemoryStorage()) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        before = _memory_mark(trace)
+        snapshot = tracemalloc.take_snapshot() if trace else None
+        batches: list[float] = []
+        ids: list[str] = []
+        began = time.perf_counter()
+        for first in range(0, n, batch):
+            mark = time.perf_counter()
+            for i in range(first, min(n, first + batch)):
+                ids.append(await engine.start(PARKED, str(i)))
+            batches.append(time.perf_counter() - mark)
+        await trio.testing.wait_all_tasks_blocked()
+        parked_s = time.perf_counter() - began
+        for instance_id in (ids[0], ids[-1]):
+            status = (await engine.get(instance_id)).status
+            if status is not hx.Status.WAITING:
+                raise RuntimeError(f"{instance_id} is {status}, not waiting")
+        after = _memory_mark(trace)
+        top: list[str] = []
+        if snapshot is not None:
+            diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
+            top = [f"{d.size_diff / n:,.0f} B/inst {_short(d.traceback[0].filename)}"
+                   f":{d.traceback[0].lineno}" for d in diff[:12]]
+        began = time.perf_counter()
+        for instance_id in ids:
+            await engine.resume(instance_id, "go")
+        acked_s = time.perf_counter() - began
+        for instance_id in ids:
+            await engine.wait(instance_id)
+        resumed_s = time.perf_counter() - began
+        status = (await engine.get(ids[-1])).status
+        if status is not hx.Status.COMPLETED:
+            raise RuntimeError(f"{ids[-1]} is {status} after resume, not completed")
+    return {"bytes": after - before, "batches": batches, "parked_s": parked_s,
+            "acked_s": acked_s, "resumed_s": resumed_s, "top": top}
+
+
+async def _bare_parked(n: int, trace: bool) -> dict[str, Any]:
+    done: list[str] = []
+
+    async def parked(receive: trio.MemoryReceiveChannel[str]) -> None:
+        async with receive:
+            done.append(await receive.receive())
+
+    async with trio.open_nursery() as nursery:
+        await trio.testing.wait_all_tasks_blocked()
+        before = _memory_mark(trace)
+        senders: list[trio.MemorySendChannel[str]] = []
+        for _ in range(n):
+            send, receive = trio.open_memory_channel[str](float("inf"))
+            senders.append(send)
+            nursery.start_soon(parked, receive)
+        await trio.testing.wait_all_tasks_blocked()
+        after = _memory_mark(trace)
+        began = time.perf_counter()
+        for send in senders:
+            await send.send("go")
+        acked_s = time.perf_counter() - began
+    resumed_s = time.perf_counter() - began
+    assert len(done) == n
+    return {"bytes": after - before, "acked_s": acked_s, "resumed_s": resumed_s}
+
+
+def child(kind: str, n: int, warm: int, trace: bool) -> dict[str, Any]:
+    """One measured run in this (fresh) process; ``kind`` is ``engine`` or ``bare``."""
+    if trace:
+        tracemalloc.start(1)
+    if kind == "engine":
+        trio.run(_engine_parked, warm, BATCH, False)
+        gc.collect()
+        return trio.run(_engine_parked, n, min(BATCH, max(1, n // 10)), trace)
+    trio.run(_bare_parked, warm, False)
+    gc.collect()
+    return trio.run(_bare_parked, n, trace)
+
+
+def run(cfg: Config) -> Section:
+    section = Section("Parked instances, resumes, start cost (scenarios 3, 8)")
+    warm = cfg.size(1_000)
+    trace_runs = 1 if cfg.smoke else min(cfg.repeats, 3)
+    for size in SIZES[:1] if cfg.smoke else SIZES:
+        n = cfg.size(size)
+        runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+        for trace, count in ((False, cfg.repeats), (True, trace_runs)):
+            for i in range(count):
+                for kind in ("bare", "engine"):
+                    cfg.log(f"scenario 3: {kind} N={n:,} {'tracemalloc' if trace else 'RSS'} "
+                            f"run {i + 1}/{count}")
+                    runs.setdefault((kind, trace), []).append(
+                        in_subprocess("parked:child", kind=kind, n=n, warm=warm, trace=trace))
+        for trace, label in ((False, "RSS"), (True, "tracemalloc")):
+            engine = Stat.of([r["bytes"] / n / KIB for r in runs[("engine", trace)]])
+            bare = Stat.of([r["bytes"] / n / KIB for r in runs[("bare", trace)]])
+            section.rows.append(Row(
+                "3", f"memory per parked instance ({label}), N={n:,}", engine, "KiB",
+                baseline=bare, ratio=Stat.one(engine.median / bare.median),
+                ratio_label="memory: engine / bare",
+                target="<= 8 KiB (goal < 6.2 KB = 6.05 KiB)",
+                verdict=verdict(engine.median, 8.0, 6.2 * 1000 / KIB),
+            ))
+        engine_runs, bare_runs = runs[("engine", False)], runs[("bare", False)]
+        resume = Stat.of([n / r["resumed_s"] for r in engine_runs])
+        bare_resume = Stat.of([n / r["resumed_s"] for r in bare_runs])
+        section.rows.append(Row(
+            "3", f"resume all, one caller, to completed, N={n:,}", resume, "resumes/s",
+            baseline=bare_resume, ratio=Stat.one(bare_resume.median / resume.median),
+            ratio_label="resumes/s: bare / engine", target="(Elixir: 16-18k/s)",
+        ))
+        acked = Stat.of([n / r["acked_s"] for r in engine_runs])
+        section.rows.append(Row("3", f"resume all, acknowledged only, N={n:,}", acked,
+                                "resumes/s"))
+        if runs[("engine", True)][0]["top"]:
+            section.notes.append(
+                f"top allocation sites of {n:,} parked instances (tracemalloc, first run): "
+                + "; ".join(runs[("engine", True)][0]["top"][:8]))
+        batches = [r["batches"] for r in engine_runs]
+        count = len(batches[0])
+        per_batch = n // count
+        positions = sorted({0, count // 10, count // 2, count - 1})
+        first = Stat.of([per_batch / b[0] for b in batches])
+        for position in positions:
+            rate = Stat.of([per_batch / b[position] for b in batches])
+            slowdown = Stat.of([b[position] / b[0] for b in batches])
+            section.rows.append(Row(
+                "8", f"start (unique check) at instances {position * per_batch + 1:,}-"
+                f"{(position + 1) * per_batch:,} of {n:,}", rate, "starts/s", baseline=first,
+                ratio=slowdown, ratio_label="batch time / first batch time (start cost)",
+                target="flat (<= 1.5x)", verdict=verdict(slowdown.median, 1.5),
+            ))
+    return section

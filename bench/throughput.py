@@ -1,0 +1,140 @@
+"""Scenarios 1, 2 and 9: instances/s on MemoryStorage against bare Trio, and how it scales.
+
+Engine run: one task starts N instances one after the other (each ``start``
+returns once the snapshot is stored; the runners work meanwhile), then waits
+for every one of them; the figure is N / (first start -> last completion).
+
+Bare-Trio run: N tasks in a nursery, each doing the same awaits
+(``trio.lowlevel.checkpoint()``) and a dict update per step, no engine. The
+overhead ratio is engine time / bare time, per alternating pair of runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+import hephaestus as hx
+
+from ._harness import Config, Row, Section, Stat, paired, ratios, verdict
+from ._workflows import FANOUT, LINEAR
+
+SIZES = (1_000, 10_000, 100_000)
+
+
+async def engine_run(n: int, workflow: hx.Workflow,
+                     telemetry: Sequence[Callable[[hx.TelemetryEvent], object]] = ()) -> float:
+    """Start ``n`` instances of ``workflow``, wait for all; return the seconds it took."""
+    async with hx.open_engine(workflows=[workflow], storage=hx.MemoryStorage(),
+                              telemetry=telemetry) as engine:
+        began = time.perf_counter()
+        ids = [await engine.start(workflow, str(i)) for i in range(n)]
+        for instance_id in ids:
+            await engine.wait(instance_id)
+        elapsed = time.perf_counter() - began
+        for instance_id in (ids[0], ids[-1]):
+            status = (await engine.get(instance_id)).status
+            if status is not hx.Status.COMPLETED:
+                raise RuntimeError(f"{instance_id} ended {status}, not completed")
+    return elapsed
+
+
+async def bare_linear(n: int) -> float:
+    """N bare tasks, each: three checkpoints, each followed by a dict update."""
+    done: dict[int, dict[str, str]] = {}
+
+    async def one(i: int) -> None:
+        state: dict[str, str] = {}
+        for key in ("a", "b", "c"):
+            await trio.lowlevel.checkpoint()
+            state[key] = "ok"
+        done[i] = state
+
+    began = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    elapsed = time.perf_counter() - began
+    assert len(done) == n
+    return elapsed
+
+
+async def bare_fanout(n: int) -> float:
+    """N bare tasks, each: a checkpoint, three child tasks with one each, then a last one."""
+    done: dict[int, dict[str, str]] = {}
+
+    async def branch(state: dict[str, str], key: str) -> None:
+        await trio.lowlevel.checkpoint()
+        state[key] = "ok"
+
+    async def one(i: int) -> None:
+        state: dict[str, str] = {}
+        await trio.lowlevel.checkpoint()
+        state["a"] = "ok"
+        async with trio.open_nursery() as nursery:
+            for key in ("b", "c", "d"):
+                nursery.start_soon(branch, state, key)
+        await trio.lowlevel.checkpoint()
+        state["e"] = "ok"
+        done[i] = state
+
+    began = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    elapsed = time.perf_counter() - began
+    assert len(done) == n
+    return elapsed
+
+
+def _pair(cfg: Config, n: int, workflow: hx.Workflow,
+          bare: Callable[[int], object]) -> dict[str, list[float]]:
+    warm = cfg.size(1_000) if n > 10_000 else n  # a 100k warm-up teaches nothing a 1k one does not
+    return paired(
+        {"bare": lambda: trio.run(bare, n), "engine": lambda: trio.run(engine_run, n, workflow)},
+        cfg,
+        warmups={"bare": lambda: trio.run(bare, warm),
+                 "engine": lambda: trio.run(engine_run, warm, workflow)},
+    )
+
+
+def run(cfg: Config) -> Section:
+    section = Section("Throughput on MemoryStorage (scenarios 1, 2, 9)")
+    per_instance: dict[tuple[str, str], dict[int, Stat]] = {}
+    for number, label, workflow, bare in (
+        ("1", "linear 3-step", LINEAR, bare_linear),
+        ("2", "fan-out 3 / fan-in", FANOUT, bare_fanout),
+    ):
+        for size in SIZES:
+            n = cfg.size(size)
+            cfg.log(f"scenario {number}: {label}, N={n:,}")
+            times = _pair(cfg, n, workflow, bare)
+            engine_rate = Stat.of([n / t for t in times["engine"]])
+            bare_rate = Stat.of([n / t for t in times["bare"]])
+            overhead = ratios(times["engine"], times["bare"])
+            target = "<= 10x (goal 4x)" if number == "1" else "<= 10x (as 1)"
+            section.rows.append(Row(
+                number, f"{label}, N={n:,}", engine_rate, "inst/s", baseline=bare_rate,
+                ratio=overhead, ratio_label="engine / bare time", target=target,
+                verdict=verdict(overhead.median, 10.0, 4.0 if number == "1" else None),
+            ))
+            per_instance.setdefault((number, "engine"), {})[size] = Stat.of(
+                [t / n * 1e6 for t in times["engine"]])
+            per_instance.setdefault((number, "bare"), {})[size] = Stat.of(
+                [t / n * 1e6 for t in times["bare"]])
+    for (number, who), costs in per_instance.items():
+        first = costs[SIZES[0]]
+        for size in SIZES[1:]:
+            cost = costs[size]
+            growth = cost.median / first.median
+            section.rows.append(Row(
+                "9", f"{'linear' if number == '1' else 'fan-out'} {who}: per-instance cost, "
+                f"N={cfg.size(size):,} vs {cfg.size(SIZES[0]):,}",
+                cost, "us/inst", baseline=first,
+                ratio=Stat.one(growth), ratio_label="cost(N) / cost(1k)",
+                target="flat (<= 1.5x)" if who == "engine" else "(reference)",
+                verdict=verdict(growth, 1.5) if who == "engine" else "",
+            ))
+    return section

@@ -1,0 +1,60 @@
+"""The benchmark suite still runs end to end (tiny N, one run): it cannot rot unnoticed.
+
+Nothing here looks at a figure: the machine running the tests says nothing
+about the engine's speed. It checks that every scenario group ran, produced
+rows or said why it skipped, and wrote no report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = (
+    "(scenarios 1, 2, 9)",
+    "(scenarios 3, 8)",
+    "(scenario 4)",
+    "(scenario 5)",
+    "(scenario 6",
+    "(scenario 7)",
+)
+
+
+@pytest.mark.skipif(not (ROOT / "bench" / "__main__.py").exists(), reason="no bench/ checkout")
+def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
+    report = ROOT / "docs" / "benchmarks.md"
+    before = report.read_bytes() if report.exists() else None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--no-write", "--quiet",
+         "--tmp-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for title in SECTIONS:
+        assert title in proc.stdout, f"no section {title!r} in:\n{proc.stdout}"
+    assert "FAILED" not in proc.stdout
+    assert "SMOKE" in proc.stdout
+    assert (report.read_bytes() if report.exists() else None) == before
+    assert not any(tmp_path.iterdir()), "the suite left files behind"
+
+
+def test_bench_markdown_renders_a_row() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench._harness import Config, Row, Section, Stat
+        from bench._report import render_markdown
+    finally:
+        sys.path.remove(str(ROOT))
+    section = Section("demo", rows=[Row("1", "case", Stat.of([1.0, 2.0, 3.0]), "inst/s",
+                                        baseline=Stat.one(4.0), ratio=Stat.of([2.0, 4.0]))])
+    text = render_markdown([section], Config(repeats=3), 1.0, "python -m bench")
+    assert "| 1 | case | 2.00 inst/s | 1.00-3.00 | 4.00 inst/s | 3.00 x | 2.00-4.00 |" in text
+    assert "Python" in text
+    assert "cores" in text
