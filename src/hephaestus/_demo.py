@@ -72,10 +72,11 @@ async def charge_payment(ctx: hx.StepContext) -> hx.StepResult:
     await trio.sleep(0.01)
     if ctx.attempt == 1:
         raise PaymentGatewayError("payment gateway timed out (the demo fails every 1st attempt)")
-    # The instance id and attempt make a natural idempotency key for the real charge.
+    # The idempotency key for the real gateway: the same in every attempt and in a re-run
+    # after a crash, so the customer is charged once however often this step runs.
     return hx.Emit(
         "charged",
-        {"payment_id": f"pay-{ctx.instance_id}-{ctx.attempt}",
+        {"payment_id": f"pay-{ctx.instance_id}", "attempt": ctx.attempt,
          "amount": ctx.results["validate_order"]["total"]},
     )
 
