@@ -260,6 +260,7 @@ class Engine:
         Raises:
             InstanceNotFound: no instance has that id.
             RunnerFailed: its runner crashed past the restart budget.
+            EngineClosed: the engine closed before the instance finished.
             EventRejected: this engine does not run the instance (its workflow
                 is not registered), so it would never finish here.
         """
@@ -270,6 +271,9 @@ class Engine:
             if entry.finished is None:
                 entry.finished = trio.Event()
             await entry.finished.wait()
+            if entry.state == LIVE:  # woken by the engine closing, not by the instance
+                raise EngineClosed(
+                    f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
@@ -452,6 +456,8 @@ class Engine:
             self._drain(entry, EngineClosed("instance finished"))
         finally:
             if entry.state == LIVE:  # the engine is closing
+                if entry.finished is not None:
+                    entry.finished.set()  # wait() callers outside the engine get EngineClosed
                 self._drain(entry, EngineClosed(
                     f"the engine closed before instance {entry.instance.id!r} answered"))
 
