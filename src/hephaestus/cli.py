@@ -371,7 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         handler: Callable[[argparse.Namespace], int] = getattr(args, "handler", _no_command)
-        return handler(args)
+        try:
+            return handler(args)
+        except BaseExceptionGroup as group:
+            # The demo's nurseries wrap errors in groups: unwrap a lone one, however nested.
+            lone: BaseException = group
+            while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
+                lone = lone.exceptions[0]
+            if isinstance(lone, Exception) and not isinstance(lone, BaseExceptionGroup):
+                raise lone from None
+            raise
     except CliError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
