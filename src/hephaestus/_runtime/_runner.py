@@ -155,6 +155,9 @@ class Runner:
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:
+            # Cancelled before it began (a sibling failed, the instance was cancelled, in the
+            # same batch of messages that started it): its code must not run at all.
+            await trio.lowlevel.checkpoint_if_cancelled()
             ctx = step_context(self.workflow, self.instance, key, attempt)
             if self.engine.telemetry.enabled:
                 self.started[key] = trio.current_time()
