@@ -1,0 +1,182 @@
+"""Crash points, and the storage wrapper that makes the engine "die" at one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self, TypeAlias, final
+
+import trio
+
+from .._core._model import Instance, Status
+from ..storage._memory import MemoryStorage
+
+
+@final
+@dataclass(frozen=True, repr=False)
+class CrashPoint:
+    """Kill the engine just before it persists its ``write``-th snapshot, then recover.
+
+    Writes are counted over the whole run, after the one that records the
+    start: ``write=1`` is usually the outcome of the start step. The snapshot
+    being written is lost, as in a real crash, so whatever it recorded (a step
+    that ended, a timer that fired, an event that came in) happens again, or
+    differently, after recovery. The harness then leaves the engine's
+    ``async with`` block, waits ``downtime`` virtual seconds and opens a new
+    engine on the same storage, which recovers the instance.
+
+    Raises:
+        ValueError: ``write`` is not an int >= 1, or ``downtime`` is negative.
+    """
+
+    write: int
+    downtime: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.write, bool) or not isinstance(self.write, int) or self.write < 1:
+            raise ValueError(f"CrashPoint.write must be an int >= 1, got {self.write!r}")
+        if not (isinstance(self.downtime, int | float) and math.isfinite(self.downtime)
+                and self.downtime >= 0):
+            raise ValueError(f"CrashPoint.downtime must be seconds >= 0, got {self.downtime!r}")
+
+    def __repr__(self) -> str:
+        downtime = f", downtime={self.downtime!r}" if self.downtime else ""
+        return f"CrashPoint(write={self.write!r}{downtime})"
+
+
+CrashAt: TypeAlias = int | CrashPoint | Sequence[int | CrashPoint] | None
+"""``crash_at=``: a write number, a CrashPoint, several of them, or None."""
+
+
+def crash_plan(crash_at: CrashAt) -> tuple[CrashPoint, ...]:
+    """Return the crash points of ``crash_at``, sorted by write, one per write."""
+    if crash_at is None:
+        return ()
+    items: Iterable[int | CrashPoint] = (
+        [crash_at] if isinstance(crash_at, int | CrashPoint) else crash_at
+    )
+    points = {}
+    for item in items:
+        point = item if isinstance(item, CrashPoint) else CrashPoint(item)
+        points.setdefault(point.write, point)
+    return tuple(points[write] for write in sorted(points))
+
+
+@final
+@dataclass(frozen=True)
+class CrashReport:
+    """A crash that happened: its point and the snapshot it lost (and the one before)."""
+
+    point: CrashPoint
+    lost: Instance
+    previous: Instance | None
+
+    def describe(self) -> str:
+        """Say in one line what the lost write would have recorded."""
+        before = self.previous
+        lost = self.lost
+        told = []
+        history = lost.history[len(before.history):] if before is not None else lost.history
+        for entry in history:
+            if entry.event is not None:
+                told.append(f"step {entry.step!r} attempt {entry.attempt} ended with "
+                            f"{entry.event!r}")
+            else:
+                told.append(f"step {entry.step!r} attempt {entry.attempt} failed "
+                            f"({entry.error})")
+        if before is not None:
+            suspended = sorted(set(lost.waiting) - set(before.waiting))
+            told.extend(f"step {key!r} suspended" for key in suspended)
+            started = [key for key in lost.active if key not in before.active]
+            if started and not history:
+                told.append(f"steps {started!r} were due to start")
+        if not told:
+            told.append(f"instance became {lost.status.value}")
+        downtime = f", down for {self.point.downtime:g} s" if self.point.downtime else ""
+        return (f"the engine died before persisting write {self.point.write} "
+                f"(revision {lost.revision}: {'; '.join(told)}){downtime}")
+
+
+@final
+class CrashingStorage:
+    """A MemoryStorage whose writes stop for good at the planned crash points.
+
+    At a crash point ``put`` stores nothing, sets :attr:`crashed` and blocks
+    until cancelled: the harness then tears the engine down. While crashed,
+    every call blocks (a dead process does nothing); :meth:`revive` ends that.
+    It also keeps every snapshot it stored, in order, for the invariant checks.
+    """
+
+    def __init__(self, plan: Sequence[CrashPoint]) -> None:
+        self.inner = MemoryStorage()
+        self.plan = list(plan)
+        self.writes = -1  # the start snapshot is write 0
+        self.dead = False
+        self.crashed = trio.Event()
+        self.snapshots: list[Instance] = []
+        self.crashes: list[CrashReport] = []
+        self.on_crash: Callable[[], object] = lambda: None
+
+    @property
+    def is_open(self) -> bool:
+        return self.inner.is_open
+
+    async def aopen(self) -> None:
+        await self.inner.aopen()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.aopen()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _dead(self) -> None:
+        if self.dead:
+            await trio.sleep_forever()
+
+    async def get(self, instance_id: str) -> Instance | None:
+        await self._dead()
+        return await self.inner.get(instance_id)
+
+    async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
+        await self._dead()
+        self.writes += 1
+        if self.plan and self.plan[0].write == self.writes:
+            point = self.plan.pop(0)
+            self.crashes.append(CrashReport(
+                point, instance, self.snapshots[-1] if self.snapshots else None))
+            self.dead = True
+            self.crashed.set()
+            self.on_crash()
+            await trio.sleep_forever()
+        await self.inner.put(instance, expected_revision=expected_revision)
+        self.snapshots.append(instance)
+
+    async def delete(self, instance_id: str) -> None:
+        await self._dead()
+        await self.inner.delete(instance_id)
+
+    async def query(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+    ) -> list[Instance]:
+        await self._dead()
+        return await self.inner.query(workflow=workflow, status=status)
+
+    def revive(self) -> None:
+        """Let the storage work again, for the engine that recovers after a crash."""
+        self.dead = False
+        self.crashed = trio.Event()
