@@ -311,6 +311,23 @@ def test_show_unknown_id(store: Path) -> None:
     )
 
 
+def test_a_corrupt_snapshot_is_reported_not_fatal(store: Path) -> None:
+    damaged = store / "order%3a%3ab2.snap"
+    assert damaged.exists()
+    damaged.write_bytes(b"garbage")
+    proc = hx_cli("list", "--store", str(store))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "2 instances"
+    [warning] = proc.stderr.splitlines()
+    assert warning.startswith("hephaestus: warning: unreadable snapshot ")
+    assert "order%3a%3ab2.snap" in warning
+    assert_one_line_error(
+        hx_cli("show", "--store", str(store), "order::b2"),
+        "the snapshot of 'order::b2' is unreadable", "order%3a%3ab2.snap",
+    )
+    assert damaged.read_bytes() == b"garbage"  # read-only: left in place
+
+
 def test_format_instance_timer_relative_times() -> None:
     text = format_instance(WAITING, now=NOW)
     assert "(in 90.0s)" in text

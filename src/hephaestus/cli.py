@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import re
 import sys
@@ -179,15 +180,30 @@ def _print_json(value: Any) -> None:
 # -- commands ---------------------------------------------------------------------------
 
 
-def _store(path: str) -> Any:
-    """Return the store at ``path`` opened read-only (not yet entered)."""
-    if not os.path.exists(path):
-        raise CliError(f"no store at {path!r}: the directory does not exist")
-    if not os.path.isdir(path):
-        raise CliError(f"no store at {path!r}: it is not a directory")
-    from .storage import FileStorage
+class _ReadOnlyStore:
+    """A read-only FileStorage plus the bad snapshots it came across.
 
-    return FileStorage(path, read_only=True)
+    Bad snapshots are reported once each, as ``hephaestus: warning: ...`` lines
+    on stderr, instead of through the storage's log records.
+    """
+
+    def __init__(self, path: str, *, warn: bool = True) -> None:
+        if not os.path.exists(path):
+            raise CliError(f"no store at {path!r}: the directory does not exist")
+        if not os.path.isdir(path):
+            raise CliError(f"no store at {path!r}: it is not a directory")
+        from .storage import FileStorage
+
+        logging.getLogger("hephaestus.storage").setLevel(logging.CRITICAL)
+        self.bad: dict[str, str] = {}
+        self.warn = warn
+        self.storage = FileStorage(path, read_only=True, on_quarantine=self._bad)
+
+    def _bad(self, path: str, reason: str) -> None:
+        if path not in self.bad:
+            self.bad[path] = reason = reason.removesuffix(" (read-only: left in place)")
+            if self.warn:
+                print(f"{PROG}: warning: unreadable snapshot {path}: {reason}", file=sys.stderr)
 
 
 def _parse_statuses(text: str | None) -> list[Status] | None:
@@ -208,7 +224,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import trio
 
     statuses = _parse_statuses(args.status)
-    storage = _store(args.store)
+    storage = _ReadOnlyStore(args.store).storage
 
     async def query() -> list[Instance]:
         async with storage:
@@ -227,14 +243,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show one instance in detail."""
     import trio
 
-    storage = _store(args.store)
+    store = _ReadOnlyStore(args.store, warn=False)
 
     async def get() -> Instance | None:
-        async with storage:
-            found: Instance | None = await storage.get(args.id)
+        async with store.storage:
+            found: Instance | None = await store.storage.get(args.id)
             return found
 
     instance = trio.run(get)
+    if store.bad:
+        path, reason = next(iter(store.bad.items()))
+        raise CliError(f"the snapshot of {args.id!r} is unreadable: {path}: {reason}")
     if instance is None:
         raise CliError(f"no instance {args.id!r} in store {args.store!r}")
     if args.json:
