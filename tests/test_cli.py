@@ -161,6 +161,20 @@ def test_graph_renders_each_format(project: Path, fmt: str) -> None:
     assert proc.stdout == getattr(flows.flow, f"to_{fmt}")()
 
 
+def test_console_script_imports_from_the_current_directory(project: Path) -> None:
+    # The installed `hephaestus` script (unlike `python -m`) does not put the current
+    # directory on sys.path by itself: the CLI does.
+    script = Path(sys.executable).parent / "hephaestus"
+    if not script.exists():
+        pytest.skip("the hephaestus console script is not installed next to this python")
+    proc = subprocess.run(
+        [str(script), "graph", "flows:flow", "--format", "ascii"],
+        capture_output=True, text=True, cwd=project, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("workflow flow v1\n")
+
+
 def test_graph_default_is_mermaid_and_dotted_attr_works(project: Path) -> None:
     proc = hx_cli("graph", "flows:Holder.inner", cwd=project)
     assert proc.returncode == 0, proc.stderr
