@@ -110,6 +110,10 @@ class Engine:
     ) -> str:
         """Create an instance and persist it before returning its id.
 
+        Once the write has begun, cancelling the caller does not interrupt it:
+        the instance is stored and run, and the cancellation is delivered at the
+        caller's next checkpoint.
+
         Raises:
             UnknownWorkflow: the workflow (or that version) is not registered.
             InvalidBusinessKey: ``value`` is not a valid business value.
@@ -135,20 +139,24 @@ class Engine:
         entry = Entry(wf, transition.instance, LIVE)
         self._registry[instance_id] = entry  # claims the id before the first await
         try:
-            try:
-                await self.storage.put(transition.instance, expected_revision=0)
-            except RevisionConflict:
-                stored = await self.storage.get(instance_id)
-                if stored is not None and not stored.status.is_terminal:
-                    raise self._already_running(wf, instance_id, Entry(None, stored, ORPHAN)
-                                                ) from None
-                previous = 0 if stored is None else stored.revision
-                fresh = new_instance(wf, instance_id, initial=initial_dict,
-                                     metadata=metadata_dict, now=now,
-                                     previous_revision=previous)
-                transition = apply(wf, fresh, Start(), now)
-                entry.instance = transition.instance
-                await self.storage.put(transition.instance, expected_revision=previous)
+            # Shielded: a write that landed before the caller was cancelled must get its
+            # runner, or the stored instance would sit unrun with its id blocked.
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.storage.put(transition.instance, expected_revision=0)
+                except RevisionConflict:
+                    stored = await self.storage.get(instance_id)
+                    if stored is not None and not stored.status.is_terminal:
+                        raise self._already_running(
+                            wf, instance_id, Entry(None, stored, ORPHAN)) from None
+                    previous = 0 if stored is None else stored.revision
+                    fresh = new_instance(wf, instance_id, initial=initial_dict,
+                                         metadata=metadata_dict, now=now,
+                                         previous_revision=previous)
+                    transition = apply(wf, fresh, Start(), now)
+                    entry.instance = transition.instance
+                    await self.storage.put(transition.instance, expected_revision=previous)
+            self._check_open()  # closed meanwhile: the next open_engine recovers it
         except BaseException as exc:
             if self._registry.get(instance_id) is entry:
                 del self._registry[instance_id]
