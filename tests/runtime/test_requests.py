@@ -10,7 +10,7 @@ import trio.testing
 
 import hephaestus as hx
 
-from .helpers import Recorder, clock, event_workflow, fan_workflow
+from .helpers import Recorder, clock, event_workflow, fan_expected, fan_workflow
 from .test_crash_isolation import InjectedFaultError, break_put
 
 
@@ -129,3 +129,30 @@ async def test_requests_pending_when_the_engine_closes_get_engine_closed(
         stored = await storage.get(iid)
     assert stored is not None
     assert stored.status is hx.Status.WAITING  # nothing was acknowledged, nothing applied
+
+
+async def test_start_cancelled_after_its_write_still_runs_the_instance(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database-like storage: the write lands, then the acknowledgement takes a while.
+    # A caller cancelled while waiting for it must not leave a stored instance that
+    # nobody runs and whose id stays blocked.
+    wf = fan_workflow(delay=1.0)
+    storage = hx.MemoryStorage()
+    real_put = storage.put
+
+    async def put(instance: hx.Instance, *, expected_revision: int | None = None) -> None:
+        await real_put(instance, expected_revision=expected_revision)
+        await trio.sleep(1)  # waiting for the acknowledgement
+
+    monkeypatch.setattr(storage, "put", put)
+    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
+        with trio.move_on_after(0.5):
+            await engine.start(wf, "a", {"n": 3})
+        stored = await storage.get("fan::a")
+        assert stored is not None  # it was written: this engine must run it to the end
+        final = await engine.wait("fan::a")
+        assert final.status is hx.Status.COMPLETED
+        assert final.results == fan_expected(3)
+        again = await engine.start(wf, "a", {"n": 4})  # and the id is free again
+        assert (await engine.wait(again)).results == fan_expected(4)
