@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
 
 import pytest
@@ -204,7 +205,41 @@ def _diamond_with_awkward_names() -> hx.Workflow:
     )
 
 
-WORKFLOWS = [ORDER, _linear(1), _linear(5), _diamond_with_awkward_names()]
+def _random_dag(seed: int) -> hx.Workflow:
+    """A random valid workflow: every step's events lead to later steps, Done, or a Route."""
+    rng = random.Random(seed)
+    n = rng.randint(2, 9)
+    events = [tuple(f"e{j}" for j in range(rng.randint(1, 3))) for _ in range(n)]
+    steps = [
+        hx.step(lambda ctx: "e0", events=events[i], key=f"s{i}") for i in range(n)
+    ]
+    transitions: dict[tuple[hx.Step, str], object] = {}
+    reached = {0}
+    for i in range(n):
+        for event in events[i]:
+            later = list(range(i + 1, n))
+            if i + 1 < n and i + 1 not in reached:
+                choice: list[int] = [i + 1]  # keep every step reachable
+            elif not later or rng.random() < 0.2:
+                transitions[(steps[i], event)] = hx.Done
+                continue
+            else:
+                choice = rng.sample(later, rng.randint(1, min(3, len(later))))
+            reached.update(choice)
+            targets = [steps[j] for j in choice]
+            if rng.random() < 0.25:
+                transitions[(steps[i], event)] = hx.Route(lambda ctx: [], targets)
+            else:
+                transitions[(steps[i], event)] = targets if len(targets) > 1 else targets[0]
+    return hx.Workflow(
+        f"random{seed}", start=steps[0], transitions=transitions, unique=hx.Unique("r")
+    )
+
+
+WORKFLOWS = [
+    ORDER, _linear(1), _linear(5), _diamond_with_awkward_names(),
+    *(_random_dag(seed) for seed in range(25)),
+]
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda w: w.name)
