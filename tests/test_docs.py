@@ -147,3 +147,9 @@ def test_pasted_command_output_is_current(page: Path, capsys: pytest.CaptureFixt
         capsys.readouterr()
         assert main(shlex.split(mark["args"])) == 0
         assert capsys.readouterr().out == block.code, f"{page.name}:{block.line}"
+
+
+def test_every_page_is_in_the_nav_and_every_nav_entry_exists() -> None:
+    config = (DOCS.parent / "mkdocs.yml").read_text()
+    nav = re.findall(r"^\s+- [^:\n]+: (\S+\.md)\s*$", config, re.M)
+    assert sorted(nav) == sorted(p.name for p in PAGES)
