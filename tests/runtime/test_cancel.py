@@ -148,3 +148,28 @@ async def test_cancel_one_instance_leaves_others_running(autojump_clock: Any) ->
                 assert final.results == {"slow": {"i": i}}
             else:
                 assert final.status is hx.Status.CANCELLED
+
+
+async def test_step_cancelling_its_own_instance(autojump_clock: Any) -> None:
+    engines: list[hx.Engine] = []
+    log: list[str] = []
+
+    @hx.step(events=("ok",))
+    async def quit_early(ctx: hx.StepContext) -> hx.StepResult:
+        try:
+            await engines[0].cancel(ctx.instance_id, "changed my mind")
+            log.append("returned")  # pragma: no cover - the cancel reaches this step too
+        except trio.Cancelled:
+            log.append("cancelled")
+            raise
+        return "ok"  # pragma: no cover
+
+    wf = hx.Workflow("selfc", start=quit_early, transitions={(quit_early, "ok"): hx.Done},
+                     unique=hx.Unique("selfc"))
+    async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
+        engines.append(engine)
+        with trio.fail_after(60):
+            final = await engine.wait(await engine.start(wf, "a"))
+    assert final.status is hx.Status.CANCELLED
+    assert final.cancel_reason == "changed my mind"
+    assert log == ["cancelled"]

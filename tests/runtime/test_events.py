@@ -147,3 +147,34 @@ async def test_event_for_a_dead_branch_is_rejected(autojump_clock: Any) -> None:
         final = await engine.wait(iid)
     assert final.status is hx.Status.COMPLETED
     assert "left" not in final.completed
+
+
+async def test_step_resuming_a_sibling_of_its_own_instance(autojump_clock: Any) -> None:
+    engines: list[hx.Engine] = []
+
+    @hx.step(events=("ok",))
+    async def begin(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    gate = hx.WaitForEvent("open", key="gate")
+
+    @hx.step(events=("ok",))
+    async def opener(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(3)
+        await engines[0].resume(ctx.instance_id, "open", {"by": "opener"})
+        return "ok"
+
+    @hx.step(events=("ok",))
+    async def end(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    wf = hx.Workflow("sib", start=begin, transitions={
+        (begin, "ok"): [gate, opener], (gate, "open"): end, (opener, "ok"): end,
+        (end, "ok"): hx.Done,
+    }, unique=hx.Unique("sib"))
+    async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
+        engines.append(engine)
+        with trio.fail_after(60):
+            final = await engine.wait(await engine.start(wf, "a"))
+    assert final.status is hx.Status.COMPLETED
+    assert final.results == {"gate": {"by": "opener"}}
