@@ -276,3 +276,34 @@ async def test_step_exception_with_empty_message_is_reported(autojump_clock: Any
     assert final.error is not None
     assert final.error.type == "WeirdError"
     assert final.error.message  # never empty: says at least what was raised
+
+
+async def test_failing_transition_is_a_runner_crash_of_that_instance_only(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hephaestus._runtime import _runner
+
+    wf = fan_workflow(delay=1.0)
+    real_apply = _runner.apply
+    broken: list[str] = []
+
+    def apply(workflow: hx.Workflow, instance: hx.Instance, event: Any, now: float) -> Any:
+        if instance.id == "fan::victim" and "split" in instance.completed and len(broken) < 2:
+            broken.append(type(event).__name__)
+            raise RuntimeError("bug in a transition")
+        return real_apply(workflow, instance, event, now)
+
+    monkeypatch.setattr(_runner, "apply", apply)
+    recorder = Recorder()
+    async with hx.open_engine(workflows=[wf], storage=hx.MemoryStorage(), clock=clock(),
+                              telemetry=recorder, max_restarts=3) as engine:
+        victim = await engine.start(wf, "victim", {"n": 7})
+        siblings = await start_siblings(engine, wf, 5)
+        final = await engine.wait(victim)
+        await check_siblings(engine, siblings)
+    assert len(broken) == 2
+    assert final.status is hx.Status.COMPLETED
+    assert final.results == fan_expected(7)
+    crashes = recorder.named("runner.crash")
+    assert [c.instance_id for c in crashes] == [victim, victim]
+    assert crashes[0].metadata["message"] == "bug in a transition"

@@ -216,6 +216,48 @@ async def test_concurrent_starts_of_same_id_exactly_one_wins(autojump_clock: Any
         assert len(await engine.list()) == 1
 
 
+async def test_concurrent_starts_across_workflows_sharing_a_global_key(
+    autojump_clock: Any,
+) -> None:
+    first = fan_workflow("first", key="order", delay=1.0, scope="global")
+    second = fan_workflow("second", key="order", delay=1.0, scope="global")
+    won: list[str] = []
+    lost: list[str] = []
+    async with hx.open_engine(workflows=[first, second], clock=clock()) as engine:
+
+        async def attempt(wf: hx.Workflow) -> None:
+            try:
+                await engine.start(wf, "same", {"n": 1})
+                won.append(wf.name)
+            except hx.AlreadyRunning:
+                lost.append(wf.name)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(attempt, first)
+                nursery.start_soon(attempt, second)
+        assert len(won) == 1
+        assert len(lost) == 9
+        final = await engine.wait("order::same")
+        assert final.workflow == won[0]
+
+
+async def test_concurrent_starts_with_scope_none_all_win(autojump_clock: Any) -> None:
+    wf = fan_workflow(delay=1.0, scope="none")
+    ids: list[str] = []
+    async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
+
+        async def attempt(n: int) -> None:
+            ids.append(await engine.start(wf, "same", {"n": n}))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(attempt, n)
+        assert len(set(ids)) == 20
+        for iid in ids:
+            assert (await engine.wait(iid)).status is hx.Status.COMPLETED
+
+
 async def test_finished_id_starts_again_with_growing_revision(autojump_clock: Any) -> None:
     wf = fan_workflow(delay=1.0)
     storage = hx.MemoryStorage()
