@@ -284,7 +284,7 @@ async def test_failing_transition_is_a_runner_crash_of_that_instance_only(
     from hephaestus._runtime import _runner
 
     wf = fan_workflow(delay=1.0)
-    real_apply = _runner.apply
+    real_apply = _runner.apply  # type: ignore[attr-defined]
     broken: list[str] = []
 
     def apply(workflow: hx.Workflow, instance: hx.Instance, event: Any, now: float) -> Any:

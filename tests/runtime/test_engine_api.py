@@ -315,7 +315,7 @@ async def test_resume_delivers_to_suspended_step(autojump_clock: Any) -> None:
         waiting = await engine.get(iid)
         assert waiting.status is hx.Status.WAITING
         assert "approve" in waiting.waiting
-        assert await engine.resume(iid, "go", {"by": "alice"}) is None
+        await engine.resume(iid, "go", {"by": "alice"})
         stored = await storage.get(iid)  # persisted before resume returned
         assert stored is not None
         assert "approve" in stored.completed
@@ -380,7 +380,7 @@ async def test_resume_errors(autojump_clock: Any) -> None:
         with pytest.raises(hx.InvalidResult):
             await engine.resume(iid, "go", {"bad": object()})
         with pytest.raises(hx.InvalidResult):
-            await engine.resume(iid, "go", {3: "int key"})
+            await engine.resume(iid, "go", {3: "int key"})  # type: ignore[dict-item]
         with pytest.raises(hx.InvalidResult, match="dict"):
             await engine.resume(iid, "go", [("by", "x")])  # type: ignore[arg-type]
         with pytest.raises(hx.EventRejected):
@@ -531,7 +531,7 @@ async def test_cancel_is_idempotent_and_rejected_on_finished(autojump_clock: Any
             await engine.cancel("ev::missing")
         iid = await engine.start(wf, "a")
         await trio.testing.wait_all_tasks_blocked()
-        assert await engine.cancel(iid, "because") is None
+        await engine.cancel(iid, "because")
         cancelled = await engine.get(iid)
         assert cancelled.status is hx.Status.CANCELLED
         assert cancelled.cancel_reason == "because"
