@@ -241,11 +241,24 @@ def test_a_crash_while_waiting_for_the_webhook_keeps_the_event() -> None:
 def test_several_crashes_and_downtime() -> None:
     run = trace_workflow(order, "o1", {"amount": 30}, events=[(10, "paid")],
                          crash_at=[CrashPoint(2, downtime=600), 5, 1])
-    assert [c.point.write for c in run.crashes] == [1, 2, 5]
+    assert [c.write for c in run.crashes] == [1, 2, 5]
     assert run.instance.status is hx.Status.COMPLETED
     # the webhook came during the downtime: the client retried once the engine was back
     assert run.events[0].at == pytest.approx(10.001)
     assert run.instance.updated_at - run.instance.created_at > 600
+
+
+def test_a_crash_named_by_step_loses_that_steps_outcome() -> None:
+    run = trace_workflow(broken_order, "o1", {"amount": 30}, events=[(10, "paid")],
+                         crash_at=CrashPoint(step="charge"))
+    [report] = run.crashes
+    assert report.write == 5
+    assert "step 'charge' attempt 1 ended with 'charged'" in report.describe()
+    assert PROVIDER.times_charged(run.instance.id) == 2
+    waiting = trace_workflow(order, "o1", {"amount": 30}, events=[(10, "paid")],
+                             crash_at=CrashPoint(step="await_payment"))
+    assert "step 'await_payment' suspended" in waiting.crashes[0].describe()
+    assert waiting.instance.status is hx.Status.COMPLETED
 
 
 def test_a_crash_point_past_the_last_write_is_no_crash() -> None:
@@ -259,7 +272,12 @@ def test_crash_points_are_validated() -> None:
     with pytest.raises(ValueError, match="downtime"):
         CrashPoint(1, downtime=-1)
     assert repr(CrashPoint(3)) == "CrashPoint(write=3)"
-    assert repr(CrashPoint(3, 60)) == "CrashPoint(write=3, downtime=60)"
+    assert repr(CrashPoint(3, downtime=60)) == "CrashPoint(write=3, downtime=60)"
+    assert repr(CrashPoint(step="charge")) == "CrashPoint(step='charge')"
+    with pytest.raises(ValueError, match="one of them"):
+        CrashPoint(3, step="charge")
+    with pytest.raises(ValueError, match="one of them"):
+        CrashPoint()
 
 
 def test_snapshots_and_telemetry_are_kept() -> None:

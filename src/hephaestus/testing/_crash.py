@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from types import TracebackType
 from typing import Self, TypeAlias, final
 
@@ -17,7 +17,13 @@ from ..storage._memory import MemoryStorage
 @final
 @dataclass(frozen=True, repr=False)
 class CrashPoint:
-    """Kill the engine just before it persists its ``write``-th snapshot, then recover.
+    """Kill the engine just before it persists a snapshot, then recover.
+
+    Name the snapshot either by number, ``CrashPoint(write=3)``, or by what
+    it records, ``CrashPoint(step="charge")``: the first write that records
+    an outcome of step ``charge`` (it ended, failed or suspended). That is the
+    classic idempotency test: the step did its work, the engine died before
+    storing that, so the step runs again after recovery.
 
     Writes are counted over the whole run, after the one that records the
     start: ``write=1`` is usually the outcome of the start step. The snapshot
@@ -28,22 +34,42 @@ class CrashPoint:
     engine on the same storage, which recovers the instance.
 
     Raises:
-        ValueError: ``write`` is not an int >= 1, or ``downtime`` is negative.
+        ValueError: neither or both of ``write`` and ``step``, ``write`` not an
+            int >= 1, or a negative ``downtime``.
     """
 
-    write: int
+    write: int | None = None
+    _: KW_ONLY
+    step: str | None = None
     downtime: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.write, bool) or not isinstance(self.write, int) or self.write < 1:
+        if (self.write is None) == (self.step is None):
+            raise ValueError("CrashPoint needs write=N or step='key' (one of them)")
+        if self.write is not None and (
+            isinstance(self.write, bool) or not isinstance(self.write, int) or self.write < 1
+        ):
             raise ValueError(f"CrashPoint.write must be an int >= 1, got {self.write!r}")
+        if self.step is not None and (not isinstance(self.step, str) or not self.step):
+            raise ValueError(f"CrashPoint.step must be a step key, got {self.step!r}")
         if not (isinstance(self.downtime, int | float) and math.isfinite(self.downtime)
                 and self.downtime >= 0):
             raise ValueError(f"CrashPoint.downtime must be seconds >= 0, got {self.downtime!r}")
 
     def __repr__(self) -> str:
+        where = f"write={self.write!r}" if self.write is not None else f"step={self.step!r}"
         downtime = f", downtime={self.downtime!r}" if self.downtime else ""
-        return f"CrashPoint(write={self.write!r}{downtime})"
+        return f"CrashPoint({where}{downtime})"
+
+    def hits(self, write: int, instance: Instance, previous: Instance | None) -> bool:
+        """True when the ``write``-th snapshot, ``instance``, is the one to lose."""
+        if self.write is not None:
+            return self.write == write
+        if previous is None:
+            return False
+        told = instance.history[len(previous.history):]
+        return any(entry.step == self.step for entry in told) or (
+            self.step in instance.waiting and self.step not in previous.waiting)
 
 
 CrashAt: TypeAlias = int | CrashPoint | Sequence[int | CrashPoint] | None
@@ -51,17 +77,18 @@ CrashAt: TypeAlias = int | CrashPoint | Sequence[int | CrashPoint] | None
 
 
 def crash_plan(crash_at: CrashAt) -> tuple[CrashPoint, ...]:
-    """Return the crash points of ``crash_at``, sorted by write, one per write."""
+    """Return the distinct crash points of ``crash_at``."""
     if crash_at is None:
         return ()
     items: Iterable[int | CrashPoint] = (
         [crash_at] if isinstance(crash_at, int | CrashPoint) else crash_at
     )
-    points = {}
+    points: list[CrashPoint] = []
     for item in items:
         point = item if isinstance(item, CrashPoint) else CrashPoint(item)
-        points.setdefault(point.write, point)
-    return tuple(points[write] for write in sorted(points))
+        if point not in points:
+            points.append(point)
+    return tuple(points)
 
 
 @final
@@ -70,6 +97,7 @@ class CrashReport:
     """A crash that happened: its point and the snapshot it lost (and the one before)."""
 
     point: CrashPoint
+    write: int
     lost: Instance
     previous: Instance | None
 
@@ -95,7 +123,7 @@ class CrashReport:
         if not told:
             told.append(f"instance became {lost.status.value}")
         downtime = f", down for {self.point.downtime:g} s" if self.point.downtime else ""
-        return (f"the engine died before persisting write {self.point.write} "
+        return (f"the engine died before persisting write {self.write} "
                 f"(revision {lost.revision}: {'; '.join(told)}){downtime}")
 
 
@@ -152,10 +180,11 @@ class CrashingStorage:
     async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
         await self._dead()
         self.writes += 1
-        if self.plan and self.plan[0].write == self.writes:
-            point = self.plan.pop(0)
-            self.crashes.append(CrashReport(
-                point, instance, self.snapshots[-1] if self.snapshots else None))
+        previous = self.snapshots[-1] if self.snapshots else None
+        point = next((p for p in self.plan if p.hits(self.writes, instance, previous)), None)
+        if point is not None:
+            self.plan.remove(point)
+            self.crashes.append(CrashReport(point, self.writes, instance, previous))
             self.dead = True
             self.crashed.set()
             self.on_crash()

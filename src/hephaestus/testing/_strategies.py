@@ -124,26 +124,33 @@ def event_schedules(
     # Half the draws come in the first minute, where most interesting races are.
     delays = st.integers(0, min(60, max_delay)) | st.integers(0, max_delay)
 
-    def item(event: str) -> st.SearchStrategy[ScheduledEvent]:
-        payload = payload_for.get(event, st.none())
-        return st.tuples(delays, st.just(event), payload)
-
-    drawn = st.lists(st.sampled_from(names).flatmap(item), max_size=max_size)
+    item = st.one_of([st.tuples(delays, st.just(event), payload_for.get(event, st.none()))
+                      for event in names])
+    drawn = st.lists(item, max_size=max_size)
     return drawn.map(lambda schedule: sorted(schedule, key=lambda entry: entry[0]))
 
 
 def crash_points(
-    *, max_write: int = 12, max_downtime: int = 0
+    workflow: Workflow | None = None, *, max_write: int = 12, max_downtime: int = 0
 ) -> st.SearchStrategy[CrashPoint | None]:
-    """Draw where to crash and recover: None (no crash) or ``CrashPoint(write=...)``.
+    """Draw where to crash and recover: None (no crash), or a :class:`CrashPoint`.
 
     Args:
-        max_write: the latest write to crash before; a point past the run's
-            last write means no crash.
+        workflow: draw ``CrashPoint(step=key)`` for its steps (lose the write
+            that records the step's outcome or suspension). Such a point stays
+            put when other parts of the example change, so examples shrink well.
+            Without it, draw ``CrashPoint(write=n)``.
+        max_write: the latest ``CrashPoint(write=n)`` to draw; a point past the
+            run's last write means no crash.
         max_downtime: up to this many virtual seconds between the crash and the
             recovery (default 0: the engine comes straight back).
     """
     downtime: st.SearchStrategy[int] = (
         st.integers(0, max_downtime) if max_downtime > 0 else st.just(0)
     )
-    return st.none() | st.builds(CrashPoint, write=st.integers(1, max_write), downtime=downtime)
+    if workflow is not None:
+        point = st.builds(CrashPoint, step=st.sampled_from(workflow.topo_order),
+                          downtime=downtime)
+    else:
+        point = st.builds(CrashPoint, write=st.integers(1, max_write), downtime=downtime)
+    return st.none() | point
