@@ -259,10 +259,10 @@ def test_list_table(store: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["ID", "WORKFLOW", "STATUS", "UPDATED", "DETAIL"]
-    # Oldest first.
-    assert [line.split()[0] for line in lines[1:4]] == ["signup::c3", "order::b2", "order::a1"]
-    assert "waiting await_delivery" in lines[3]
-    assert iso(NOW - 1) in lines[3]
+    # Ordered by id, as engine.list orders them.
+    assert [line.split()[0] for line in lines[1:4]] == ["order::a1", "order::b2", "signup::c3"]
+    assert "waiting await_delivery" in lines[1]
+    assert iso(NOW - 1) in lines[1]
     assert "charge: RuntimeError after 3 attempt(s)" in lines[2]
     assert lines[-1] == "3 instances"
 

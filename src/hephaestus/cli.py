@@ -231,7 +231,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             found: list[Instance] = await storage.query(workflow=args.workflow, status=statuses)
             return found
 
-    instances = sorted(trio.run(query), key=lambda i: (i.created_at, i.id))
+    instances = sorted(trio.run(query), key=lambda i: i.id)  # as engine.list orders them
     if args.json:
         _print_json([instance_json(i) for i in instances])
     else:
