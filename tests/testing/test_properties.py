@@ -87,7 +87,8 @@ def test_outcomes_are_declared_events_or_failures(drawn: dict[str, Any]) -> None
         last = plan[-1]
         assert last in step.events or isinstance(last, SimulatedFailure)
         if isinstance(outcome, list):
-            assert step.retry is not None and len(plan) <= step.retry.max_attempts
+            assert step.retry is not None
+            assert len(plan) <= step.retry.max_attempts
 
 
 @settings(max_examples=30)

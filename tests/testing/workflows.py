@@ -64,7 +64,7 @@ async def charge(ctx: hx.StepContext) -> hx.StepResult:
     """Capture the payment, idempotently: the instance id is the idempotency key."""
     charge_id = PROVIDER.charge(ctx.instance_id, ctx.initial["amount"],
                                 idempotency_key=ctx.instance_id)
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()
     return hx.Emit("charged", {"charge_id": charge_id})
 
 
@@ -72,7 +72,7 @@ async def charge(ctx: hx.StepContext) -> hx.StepResult:
 async def charge_without_key(ctx: hx.StepContext) -> hx.StepResult:
     """The bug: no idempotency key, so a re-run after a crash charges again."""
     charge_id = PROVIDER.charge(ctx.instance_id, ctx.initial["amount"])
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()
     return hx.Emit("charged", {"charge_id": charge_id})
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, Literal
 
 from hypothesis import strategies as st
@@ -62,14 +62,20 @@ def outcomes(
             options.append(st.builds(SimulatedFailure, st.just(step.key)))
         retries = step.retry.max_attempts - 1 if step.retry is not None else 0
         if failures and retries > 0:
-            options.append(st.tuples(st.integers(1, retries), event).map(
-                lambda drawn, key=step.key: [
-                    *(SimulatedFailure(key) for _ in range(drawn[0])), drawn[1]]
-            ))
+            options.append(st.tuples(st.integers(1, retries), event).map(_transient(step.key)))
         per_step[step.key] = st.one_of(options)
     return st.fixed_dictionaries(per_step).map(
         lambda drawn: {key: value for key, value in drawn.items() if value is not _KEEP}
     )
+
+
+def _transient(key: str) -> Callable[[tuple[int, Any]], list[Any]]:
+    """Return a function turning (failures, outcome) into that many failures, then the outcome."""
+
+    def plan(drawn: tuple[int, Any]) -> list[Any]:
+        return [*(SimulatedFailure(key) for _ in range(drawn[0])), drawn[1]]
+
+    return plan
 
 
 def resumable_events(workflow: Workflow) -> list[str]:

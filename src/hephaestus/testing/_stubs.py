@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias, final
+from typing import Any, TypeAlias, cast, final
 
 import trio
 
@@ -23,7 +23,7 @@ from .._core._workflow import Workflow
 
 
 @final
-class SimulatedFailure(Exception):
+class SimulatedFailure(Exception):  # noqa: N818 - named like hx's errors (EventRejected)
     """The exception a failing stub raises (what ``outcomes()`` draws for a failure)."""
 
 
@@ -143,7 +143,7 @@ def _check(step: Step, outcome: object) -> None:
 def _stub(key: str, plan: tuple[Outcome, ...]) -> Callable[[StepContext], Any]:
     async def stub(ctx: StepContext) -> StepResult:
         await trio.lowlevel.checkpoint()
-        outcome = plan[min(ctx.attempt, len(plan)) - 1]
+        outcome: Any = plan[min(ctx.attempt, len(plan)) - 1]
         if isinstance(outcome, type) and issubclass(outcome, BaseException):
             raise outcome(f"simulated failure of step {key!r}, attempt {ctx.attempt}")
         if isinstance(outcome, BaseException):
@@ -153,7 +153,7 @@ def _stub(key: str, plan: tuple[Outcome, ...]) -> Callable[[StepContext], Any]:
         result = outcome(ctx)
         if inspect.isawaitable(result):
             result = await result
-        return result  # type: ignore[no-any-return]
+        return cast(StepResult, result)
 
     stub.__name__ = stub.__qualname__ = key
     return stub
