@@ -467,6 +467,7 @@ def summarise(result: DemoResult) -> list[tuple[str, str]]:
             if h.step == "charge_payment" and h.event is None
         ))),
         ("recovered after the crash", str(result.recovered)),
+        ("steps run again after the crash", str(sum(len(rerun_steps(i)) for i in instances))),
         ("durable timers re-armed", str(result.timers_rearmed)),
         ("snapshots written", str(sum(i.revision for i in instances))),
         ("total time", f"{result.seconds:.2f} s"),
@@ -475,6 +476,28 @@ def summarise(result: DemoResult) -> list[tuple[str, str]]:
     if result.late:
         rows.append(("confirmations after the timeout", str(result.late)))
     return rows
+
+
+def rerun_steps(instance: hx.Instance) -> list[str]:
+    """Return the steps of ``instance`` that ran again after a crash.
+
+    Every finished attempt has a history entry; an attempt number with no entry
+    for the attempt before it means that attempt was interrupted and run again.
+    """
+    seen: dict[str, set[int]] = {}
+    for entry in instance.history:
+        seen.setdefault(entry.step, set()).add(entry.attempt)
+    return [step for step, attempts in seen.items()
+            if any(a > 1 and a - 1 not in attempts for a in attempts)]
+
+
+def _interest(instance: hx.Instance) -> tuple[bool, bool, bool]:
+    """How much an instance shows off: a re-run after the crash, a retry, a timeout."""
+    return (
+        bool(rerun_steps(instance)),
+        any(h.event is None for h in instance.history),
+        "escalate" in instance.completed,
+    )
 
 
 @contextlib.contextmanager
@@ -506,8 +529,7 @@ def run_demo(*, store: str | None, instances: int, reporter: Reporter | None = N
             if store is not None:
                 quoted = shlex.quote(store)
                 notes.append(f"look inside: hephaestus list --store {quoted}")
-                pick = next((i for i in result.instances if "escalate" in i.completed),
-                            result.instances[-1])
+                pick = max(result.instances, key=_interest)
                 notes.append(f"             hephaestus show --store {quoted} {pick.id}")
             reporter.summary(f"summary: {instances} orders", summarise(result), notes)
     finally:
