@@ -454,3 +454,18 @@ def test_rich_reporter_draws_progress_and_summary() -> None:
         "[engine 2] 10/10 finished (completed 10) at 1.0s",
         "[engine 2] finished every order",
     ]
+
+
+def test_rerun_steps_spots_attempts_interrupted_by_a_crash() -> None:
+    from hephaestus._demo import rerun_steps
+
+    def entry(step: str, attempt: int, event: str | None) -> hx.HistoryEntry:
+        return hx.HistoryEntry(step=step, event=event, attempt=attempt, at=NOW)
+
+    retried = WAITING  # charge: attempt 1 failed, attempt 2 charged: a retry, no re-run
+    assert rerun_steps(retried) == []
+    crashed = hx.Instance(
+        id="order::r1", workflow="order", version=1,
+        history=(entry("a", 1, None), entry("a", 3, "ok"), entry("b", 2, "ok")),
+    )
+    assert rerun_steps(crashed) == ["a", "b"]
