@@ -21,6 +21,7 @@ from .._core._engine import (
     Recover,
     ScheduleResume,
     Start,
+    Transition,
     apply,
     new_instance,
 )
@@ -133,9 +134,15 @@ class Engine:
         if held is not None and held.state != FINISHED:
             raise self._already_running(wf, instance_id, held)
         now = self.clock.now()
-        fresh = new_instance(wf, instance_id, initial=initial_dict, metadata=metadata_dict,
-                             now=now)
-        transition = apply(wf, fresh, Start(), now)
+
+        def started(stored_revision: int) -> Transition:
+            # The unsaved pending instance sits at the stored revision, so the started
+            # snapshot, the first change persisted, is exactly one above it.
+            fresh = new_instance(wf, instance_id, initial=initial_dict, metadata=metadata_dict,
+                                 now=now, previous_revision=stored_revision - 1)
+            return apply(wf, fresh, Start(), now)
+
+        transition = started(0)
         entry = Entry(wf, transition.instance, LIVE)
         self._registry[instance_id] = entry  # claims the id before the first await
         try:
@@ -150,10 +157,7 @@ class Engine:
                         raise self._already_running(
                             wf, instance_id, Entry(None, stored, ORPHAN)) from None
                     previous = 0 if stored is None else stored.revision
-                    fresh = new_instance(wf, instance_id, initial=initial_dict,
-                                         metadata=metadata_dict, now=now,
-                                         previous_revision=previous)
-                    transition = apply(wf, fresh, Start(), now)
+                    transition = started(previous)
                     entry.instance = transition.instance
                     await self.storage.put(transition.instance, expected_revision=previous)
             self._check_open()  # closed meanwhile: the next open_engine recovers it
