@@ -393,6 +393,18 @@ async def test_list_and_show_work_while_an_engine_holds_the_store(tmp_path: Path
 # -- the demo ---------------------------------------------------------------------------
 
 
+async def test_demo_on_a_locked_store_is_one_line(tmp_path: Path) -> None:
+    async with hx.FileStorage(tmp_path / "held"):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "hephaestus", "demo", "--store", str(tmp_path / "held"),
+             "--instances", "3"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert proc.returncode == 1
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("hephaestus: error: StorageLocked: ")
+
+
 def test_demo_smoke(tmp_path: Path) -> None:
     store = tmp_path / "demo-store"
     proc = hx_cli("demo", "--instances", "30", "--store", str(store), timeout=60)
