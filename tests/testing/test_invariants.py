@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import hephaestus as hx
 from hephaestus._telemetry import TelemetryEvent
-from hephaestus.testing import assert_workflow_invariants, trace_workflow
+from hephaestus.testing import SimulatedFailure, assert_workflow_invariants, trace_workflow
 from hephaestus.testing._invariants import compare_runs, run_problems
 
 from .workflows import PROVIDER, broken_order, order, warehouse
@@ -89,3 +89,14 @@ def test_compare_runs_allows_races_but_not_different_decisions() -> None:
                               step_overrides={"request_payment": "declined"})
     assert compare_runs(paid, declined) == [
         "step 'request_payment' ended with 'declined' after the crash, 'approved' without"]
+
+
+def test_no_step_code_runs_after_a_sibling_failed_the_instance() -> None:
+    # Regression (found by assert_workflow_invariants on the warehouse): reserve's success
+    # starts cool_down in the same batch of messages in which pack's failure fails the
+    # instance; cool_down's task then began anyway, emitting step.start and running its
+    # code after the instance was FAILED. Scheduling decides the order: try a few times.
+    for _ in range(20):
+        run = trace_workflow(warehouse, "s1", step_overrides={"pack": SimulatedFailure("pack")})
+        assert run.instance.status is hx.Status.FAILED
+        assert run_problems(run) == []

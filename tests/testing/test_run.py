@@ -227,7 +227,7 @@ def test_the_crash_report_says_what_was_lost() -> None:
                          crash_at=CrashPoint(5))
     [report] = run.crashes
     assert report.describe() == (
-        "the engine died before persisting write 5 (revision 7: step 'charge' attempt 1 "
+        "the engine died before persisting write 5 (step 'charge' attempt 1 "
         "ended with 'charged')")
     assert ("charge", 2) in run.attempts
     assert PROVIDER.times_charged(run.instance.id) == 2  # the bug the harness is for

@@ -124,7 +124,7 @@ class CrashReport:
             told.append(f"instance became {lost.status.value}")
         downtime = f", down for {self.point.downtime:g} s" if self.point.downtime else ""
         return (f"the engine died before persisting write {self.write} "
-                f"(revision {lost.revision}: {'; '.join(told)}){downtime}")
+                f"({'; '.join(told)}){downtime}")
 
 
 @final
