@@ -8,10 +8,11 @@ Where things live, under ``path``:
 - ``hephaestus.lock``: the exclusive lock of the process that has the store open;
 - ``quarantine/``: snapshots that failed their checks, each with a ``.reason``.
 
-Blocking work runs in worker threads (``_diskio``); the event loop only keeps
-the index (id -> workflow, status, revision), the per-id locks that make
-compare-and-set atomic, and the group commit of directory fsyncs
-(``_group_sync``).
+Blocking work runs in worker threads (``_diskio``; a durable put is one
+thread call: write, fsync, rename, then the directory fsync it shares with
+concurrent puts, ``_group_sync``). The event loop keeps the index (id ->
+workflow, status, revision) and the per-id locks that make compare-and-set
+atomic.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class FileStorage(StorageBase):
             _log.info("removed leftover temp file %s", os.path.join(self.path, name))
         for path, reason in found.bad:
             self._report(path, reason)
-        self._dir_sync = GroupSync(self._flush_dir, self._limiter)
+        self._dir_sync = GroupSync(self._flush_dir)
 
     def _lock_and_prepare(self) -> StoreLock:
         created = not os.path.isdir(self.path)
@@ -193,9 +194,9 @@ class FileStorage(StorageBase):
     async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
         """Store ``instance``, replacing any earlier snapshot of its id.
 
-        Returns once the snapshot is in place and, when ``durable``, on disk.
-        If cancelled while waiting for the shared directory fsync, the new
-        snapshot may already be visible.
+        Returns once the snapshot is in place and, when ``durable``, on disk
+        (its directory fsync is shared with concurrent puts). The disk work
+        cannot be interrupted: a cancellation takes effect once it is done.
 
         Raises:
             RevisionConflict: when ``expected_revision`` is given and differs
@@ -221,9 +222,7 @@ class FileStorage(StorageBase):
                     )
                 self._check_writable()
                 try:
-                    await self._run(
-                        _diskio.write_snapshot, self.path, name, data, sync=self.durable
-                    )
+                    await self._run(self._write, name, data, self._durability())
                 except BaseException:
                     # The rename may or may not have happened: re-read the file next time.
                     self._stale.add(instance.id)
@@ -231,8 +230,6 @@ class FileStorage(StorageBase):
                 self._index[instance.id] = _Entry(
                     instance.workflow, instance.status, instance.revision
                 )
-            if self.durable:
-                await self._sync_dir()
 
     async def delete(self, instance_id: str) -> None:
         """Remove the instance's snapshot; a missing id is not an error.
@@ -246,16 +243,12 @@ class FileStorage(StorageBase):
         with self._operation():
             async with self._locks.hold(instance_id):
                 try:
-                    existed = await self._run(
-                        _diskio.remove_snapshot, self.path, snapshot_name(instance_id)
-                    )
+                    await self._run(self._remove, snapshot_name(instance_id), self._durability())
                 except BaseException:
                     self._stale.add(instance_id)
                     raise
                 self._index.pop(instance_id, None)
                 self._stale.discard(instance_id)
-            if existed and self.durable:
-                await self._sync_dir()
 
     async def query(
         self,
@@ -355,9 +348,19 @@ class FileStorage(StorageBase):
             self._report(os.path.join(self.path, name), f"{exc} (read-only: left in place)")
             return None
 
-    async def _sync_dir(self) -> None:
-        assert self._dir_sync is not None
-        await self._dir_sync.sync()
+    def _write(self, name: str, data: bytes, dir_sync: GroupSync | None) -> None:
+        """In a worker thread: replace snapshot ``name``, then wait for ``dir_sync``."""
+        _diskio.write_snapshot(self.path, name, data, sync=dir_sync is not None)
+        if dir_sync is not None:
+            dir_sync.sync()
+
+    def _remove(self, name: str, dir_sync: GroupSync | None) -> None:
+        """In a worker thread: remove snapshot ``name``, then wait for ``dir_sync``."""
+        if _diskio.remove_snapshot(self.path, name) and dir_sync is not None:
+            dir_sync.sync()
+
+    def _durability(self) -> GroupSync | None:
+        return self._dir_sync if self.durable else None
 
     def _report(self, path: str, reason: str) -> None:
         _log.warning("quarantined snapshot %s: %s", path, reason)
