@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._harness import ROOT, Config, Section
-from ._report import render_markdown, render_text
+from ._report import peers_block, render_markdown, render_text
 
 GROUPS: dict[str, str] = {
     "throughput": "scenarios 1, 2, 9: linear and fan-out instances/s vs bare Trio, scaling",
-    "parked": "scenarios 3, 8: memory per parked instance, resumes/s, start cost vs population",
+    "parked": "scenarios 3, 5, 8: memory per parked instance, recovery from MemoryStorage, "
+              "resumes/s, start cost vs population",
     "durable": "scenario 4: FileStorage workflows/s vs the raw-disk limit, bytes per instance",
-    "recovery": "scenario 5: open_engine entry to all runners live, 10k and 100k instances",
+    "recovery": "scenario 5: open_engine entry to all runners live, from FileStorage",
     "timers_scenario": "scenario 6: 100k timers on distinct deadlines (bench/timers.py)",
     "telemetry": "scenario 7: scenario 1 with no handler, a no-op handler, LogHandler",
 }
@@ -33,6 +34,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
                         help="tiny N and one run each: a seconds-long check that nothing rotted")
+    parser.add_argument("--full", action="store_true",
+                        help="also the slowest 100k cases (fan-out, tracemalloc, FileStorage "
+                        "recovery): about twice as long")
     parser.add_argument("--no-write", action="store_true", help="do not write the report file")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
                         help="where the report goes (default: docs/benchmarks.md)")
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 5)
-    cfg = Config(smoke=args.smoke, repeats=repeats, verbose=not args.quiet,
+    cfg = Config(smoke=args.smoke, full=args.full, repeats=repeats, verbose=not args.quiet,
                  **({"tmp_dir": args.tmp_dir} if args.tmp_dir else {}))
     began = time.perf_counter()
     sections: list[Section] = []
@@ -83,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_text(sections, cfg, elapsed))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(render_markdown(sections, cfg, elapsed, command),
+        kept = peers_block(args.output)
+        args.output.write_text(render_markdown(sections, cfg, elapsed, command, kept),
                                encoding="utf-8")
         cfg.log(f"wrote {args.output}")
     return 1 if failed else 0

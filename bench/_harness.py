@@ -30,6 +30,7 @@ class Config:
     """How big and how often: one object, handed to every scenario."""
 
     smoke: bool = False
+    full: bool = False
     repeats: int = 5
     tmp_dir: str = tempfile.gettempdir()
     verbose: bool = True

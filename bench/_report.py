@@ -8,6 +8,7 @@ import platform
 import subprocess
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 
 from ._harness import ROOT, Config, Row, Section, fmt_range, fmt_stat
 
@@ -81,9 +82,38 @@ def render_text(sections: Sequence[Section], cfg: Config, elapsed: float) -> str
     return "\n".join(lines)
 
 
+def markdown_section(section: Section, level: int = 2) -> str:
+    """Return one section: heading, table, ratio legend, notes, time taken."""
+    out = [f"{'#' * level} {section.title}", ""]
+    if section.rows:
+        out.append("| " + " | ".join(HEADERS) + " |")
+        out.append("|" + "|".join("---" for _ in HEADERS) + "|")
+        for row in section.rows:
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
+        labels = sorted({row.ratio_label for row in section.rows if row.ratio_label})
+        if labels:
+            out += ["", "Ratio: " + "; ".join(labels) + "."]
+    if section.notes:
+        out.append("")
+        out += [f"- {note}" for note in section.notes]
+    out += ["", f"_Section time: {section.seconds:.0f} s._"]
+    return "\n".join(out)
+
+
+def peers_block(report: Path) -> str | None:
+    """Return the peers block of an existing report (kept across re-runs), if any."""
+    from .peers import PEERS_BEGIN, PEERS_END
+
+    if not report.exists():
+        return None
+    text = report.read_text(encoding="utf-8")
+    begin, end = text.find(PEERS_BEGIN), text.find(PEERS_END)
+    return text[begin:end + len(PEERS_END)] if 0 <= begin < end else None
+
+
 def render_markdown(sections: Sequence[Section], cfg: Config, elapsed: float,
-                    command: str) -> str:
-    """Return docs/benchmarks.md."""
+                    command: str, peers_block: str | None = None) -> str:
+    """Return docs/benchmarks.md, with ``peers_block`` (from ``bench.peers``) kept at the end."""
     info = machine()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -106,21 +136,11 @@ def render_markdown(sections: Sequence[Section], cfg: Config, elapsed: float,
     out += [
         "",
         "Ratio column: what it divides is said in each section. Verdicts compare the "
-        "median ratio with the target of docs/DESIGN.md (Performance targets).",
+        "median ratio with the targets of the design document (Performance targets).",
     ]
     for section in sections:
-        out += ["", f"## {section.title}", ""]
-        if section.rows:
-            out.append("| " + " | ".join(HEADERS) + " |")
-            out.append("|" + "|".join("---" for _ in HEADERS) + "|")
-            for row in section.rows:
-                out.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
-            labels = sorted({row.ratio_label for row in section.rows if row.ratio_label})
-            if labels:
-                out += ["", "Ratio: " + "; ".join(labels) + "."]
-        if section.notes:
-            out.append("")
-            out += [f"- {note}" for note in section.notes]
-        out += ["", f"_Section time: {section.seconds:.0f} s._"]
+        out += ["", markdown_section(section)]
+    if peers_block:
+        out += ["", peers_block]
     out.append("")
     return "\n".join(out)

@@ -1,6 +1,6 @@
 """Scenario 7: what telemetry costs a whole workflow, and one ``emit`` call.
 
-Scenario 1 (linear 3-step, MemoryStorage, N = 10k) with no handler, one
+Scenario 1 (linear 3-step, MemoryStorage, N = 5k) with no handler, one
 handler that does nothing, and ``hx.LogHandler`` on a logger at INFO whose
 only handler is a ``logging.NullHandler`` (records are built, nothing is
 written). The three run alternately; the ratio is time / time without a
@@ -20,7 +20,7 @@ from ._harness import Config, Row, Section, Stat, paired, ratios, verdict
 from ._workflows import LINEAR
 from .throughput import engine_run
 
-N = 10_000
+N = 5_000
 
 
 def _noop(event: hx.TelemetryEvent) -> None:

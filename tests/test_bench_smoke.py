@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = (
     "(scenarios 1, 2, 9)",
-    "(scenarios 3, 8)",
+    "(scenarios 3, 5, 8)",
     "(scenario 4)",
     "(scenario 5)",
     "(scenario 6",
@@ -58,3 +58,25 @@ def test_bench_markdown_renders_a_row() -> None:
     assert "| 1 | case | 2.00 inst/s | 1.00-3.00 | 4.00 inst/s | 3.00 x | 2.00-4.00 |" in text
     assert "Python" in text
     assert "cores" in text
+
+
+def test_bench_keeps_the_peers_block(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench._harness import Config, Row, Section, Stat
+        from bench._report import peers_block, render_markdown
+        from bench.peers import write_block
+    finally:
+        sys.path.remove(str(ROOT))
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\nold table\n", encoding="utf-8")
+    peers = Section("Peers", rows=[Row("peer", "durable", Stat.one(700.0), "wf/s",
+                                       baseline=Stat.one(70.0), ratio=Stat.one(10.0))])
+    write_block(report, peers, Config(repeats=1), "python -m bench.peers")
+    write_block(report, peers, Config(repeats=1), "python -m bench.peers")
+    kept = peers_block(report)
+    assert kept is not None
+    assert kept.count("| peer | durable |") == 1
+    fresh = render_markdown([Section("new")], Config(), 1.0, "python -m bench", kept)
+    assert "old table" not in fresh
+    assert kept in fresh

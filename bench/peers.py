@@ -1,0 +1,172 @@
+"""Peer comparison: the same durable 3-step workflow on DBOS (SQLite) and on ours, alternately.
+
+``python -m bench.peers`` (``nox -s bench_peers``: a virtualenv of its own
+with ``dbos`` installed). DBOS runs with its SQLite system database
+(``system_database_url="sqlite:///..."``, its defaults otherwise); ours runs
+on ``FileStorage(durable=True)``; both in a fresh directory under the same
+temp dir (same disk), each run in a fresh interpreter after a 20-workflow
+warm-up, DBOS and ours alternating ``repeats`` times. The workflow: three
+steps that each return a value, run to completion, ``inflight`` at a time
+(1 by default: a caller that waits for each workflow).
+
+The result replaces the peers block of docs/benchmarks.md (``python -m bench``
+keeps that block when it rewrites the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import trio
+
+from ._harness import ROOT, Config, Row, Section, Stat, in_subprocess, ratios, verdict
+from ._report import machine, render_text
+
+PEERS_BEGIN = "<!-- peers:begin -->"
+PEERS_END = "<!-- peers:end -->"
+WARMUP = 20
+
+
+def _dbos_run(path: str, n: int, inflight: int) -> float:
+    """Run ``WARMUP`` then ``n`` DBOS 3-step workflows; return the seconds for the ``n``."""
+    from dbos import DBOS
+
+    DBOS(config={"name": "hxbench", "system_database_url": f"sqlite:///{path}/dbos.sqlite"})
+
+    @DBOS.step()
+    def step_a(i: int) -> str:
+        return "ok"
+
+    @DBOS.step()
+    def step_b(i: int) -> str:
+        return "ok"
+
+    @DBOS.step()
+    def step_c(i: int) -> str:
+        return "ok"
+
+    @DBOS.workflow()
+    def three_steps(i: int) -> str:
+        return step_a(i) + step_b(i) + step_c(i)
+
+    DBOS.launch()
+    try:
+        for i in range(WARMUP):
+            three_steps(-1 - i)
+        began = time.perf_counter()
+        if inflight == 1:
+            for i in range(n):
+                three_steps(i)
+        else:
+            with ThreadPoolExecutor(max_workers=inflight) as pool:
+                results = list(pool.map(three_steps, range(n)))
+            assert results == ["okokok"] * n
+        return time.perf_counter() - began
+    finally:
+        DBOS.destroy()
+
+
+def _ours_run(path: str, n: int, inflight: int) -> float:
+    from .durable import engine_run
+
+    trio.run(engine_run, os.path.join(path, "warm"), True, WARMUP, 1)
+    return trio.run(engine_run, os.path.join(path, "store"), True, n, inflight)
+
+
+def side(which: str, n: int, inflight: int, tmp_dir: str) -> float:
+    """One measured run of ``which`` (``dbos`` or ``ours``) in a fresh directory."""
+    path = tempfile.mkdtemp(prefix=f"hx-peers-{which}-", dir=tmp_dir)
+    try:
+        return (_dbos_run if which == "dbos" else _ours_run)(path, n, inflight)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def compare(cfg: Config, n: int, inflights: Sequence[int]) -> Section:
+    section = Section("Peers: DBOS on SQLite vs FileStorage(durable=True), same disk")
+    for inflight in inflights:
+        times: dict[str, list[float]] = {"dbos": [], "ours": []}
+        for i in range(cfg.repeats):
+            for which in ("dbos", "ours"):
+                cfg.log(f"peers: {which}, N={n:,}, {inflight} in flight, run {i + 1}/"
+                        f"{cfg.repeats}")
+                times[which].append(in_subprocess("peers:side", which=which, n=n,
+                                                  inflight=inflight, tmp_dir=cfg.tmp_dir))
+        ours = Stat.of([n / t for t in times["ours"]])
+        dbos = Stat.of([n / t for t in times["dbos"]])
+        speedup = ratios(times["dbos"], times["ours"])
+        section.rows.append(Row(
+            "peer", f"durable 3-step, N={n:,}, {inflight} in flight", ours, "wf/s",
+            baseline=dbos, ratio=speedup, ratio_label="ours wf/s / DBOS wf/s (baseline: DBOS)",
+            target=">= 10x DBOS", verdict=verdict(speedup.median, 10.0, lower=False),
+        ))
+    from importlib import metadata
+
+    section.notes.append(f"dbos {metadata.version('dbos')}, SQLite "
+                         f"{__import__('sqlite3').sqlite_version}; each run a fresh process "
+                         f"and directory after {WARMUP} warm-up workflows; DBOS and ours "
+                         "alternate")
+    return section
+
+
+def write_block(report: Path, section: Section, cfg: Config, command: str) -> None:
+    """Put the peers table into ``report`` between the peers markers."""
+    from ._report import markdown_section
+
+    info = machine()
+    block = "\n".join([
+        PEERS_BEGIN,
+        markdown_section(section, level=2),
+        "",
+        f"_Command: `{command}` (or `nox -s bench_peers`); {time.strftime('%Y-%m-%d %H:%M')} "
+        f"UTC; {cfg.repeats} runs per side; Python {info['python']}, trio {info['trio']}, "
+        f"commit `{info['commit']}`._",
+        PEERS_END,
+    ])
+    text = report.read_text(encoding="utf-8") if report.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(PEERS_BEGIN) + ".*?" + re.escape(PEERS_END), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
+        text.rstrip("\n") + "\n\n" + block + "\n")
+    report.write_text(text, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.peers",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1_000, help="workflows per run (default 1000)")
+    parser.add_argument("--inflight", default="1",
+                        help="comma-separated concurrency levels (default 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per side (default 5)")
+    parser.add_argument("--tmp-dir", default=tempfile.gettempdir())
+    parser.add_argument("--no-write", action="store_true", help="do not touch the report")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    try:
+        import dbos  # noqa: F401 - only checking that it is there
+    except ImportError as exc:
+        print(f"bench.peers needs dbos in this environment (pip install dbos): {exc}",
+              file=sys.stderr)
+        return 1
+    cfg = Config(repeats=args.repeats, tmp_dir=args.tmp_dir)
+    began = time.perf_counter()
+    section = compare(cfg, args.n, [int(x) for x in args.inflight.split(",")])
+    section.seconds = time.perf_counter() - began
+    print(render_text([section], cfg, section.seconds))
+    if not args.no_write:
+        command = " ".join(["python -m bench.peers", *(sys.argv[1:] if argv is None else argv)])
+        write_block(args.output, section, cfg, command)
+        cfg.log(f"wrote the peers block of {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
