@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -481,3 +482,21 @@ def test_rerun_steps_spots_attempts_interrupted_by_a_crash() -> None:
         history=(entry("a", 1, None), entry("a", 3, "ok"), entry("b", 2, "ok")),
     )
     assert rerun_steps(crashed) == ["a", "b"]
+
+
+def test_demo_interrupted_with_ctrl_c_exits_quietly(tmp_path: Path) -> None:
+    # A real SIGINT, mid-run: no traceback, exit status 130. (SIGINT must not be
+    # ignored in the child, as it is for background jobs of a non-interactive shell.)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hephaestus", "demo", "--store", str(tmp_path / "s"),
+         "--instances", "40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    while not proc.stdout.readline().startswith("[engine 1]"):  # engine 1 is running
+        pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "hephaestus: interrupted\n"

@@ -397,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lone: BaseException = group
             while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
                 lone = lone.exceptions[0]
-            if isinstance(lone, Exception) and not isinstance(lone, BaseExceptionGroup):
+            if not isinstance(lone, BaseExceptionGroup):  # e.g. KeyboardInterrupt, OSError
                 raise lone from None
             raise
     except CliError as exc:
