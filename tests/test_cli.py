@@ -494,8 +494,9 @@ def test_demo_interrupted_with_ctrl_c_exits_quietly(tmp_path: Path) -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
-    while not proc.stdout.readline().startswith("[engine 1]"):  # engine 1 is running
-        pass
+    for line in proc.stdout:  # wait until engine 1 is running
+        if line.startswith("[engine 1]"):
+            break
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
