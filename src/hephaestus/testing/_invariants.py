@@ -9,7 +9,7 @@ import hypothesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 
-from .._core._model import Instance
+from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ._crash import CrashPoint
 from ._run import ScheduledEvent, WorkflowRun, terminal_index, trace_workflow
@@ -69,16 +69,18 @@ def compare_runs(plain: WorkflowRun, crashed: WorkflowRun) -> list[str]:
     A crash re-runs the steps that were in flight, so they finish later. When
     that lets an outside event or a timer decide a suspended step differently
     (the webhook now beats the timeout), the runs may rightly take different
-    paths. So the rules are: the status is the same; a step that decided by
-    its own code decided the same; a step that completed in both runs the
-    same way has the same results; and when no step decided differently, a
-    COMPLETED run completed the same steps. (Which siblings finish before a
-    failure or a cancellation depends on timing, so FAILED and CANCELLED runs
-    are not compared step by step.)
+    paths, and a scheduled cancellation may come before or after the end.
+    So the rules are: the status is the same (unless one run was cancelled);
+    a step that decided by its own code decided the same; a step that
+    completed in both runs the same way has the same results; and when no
+    step decided differently, a COMPLETED run completed the same steps.
+    (Which siblings finish before a failure or a cancellation depends on
+    timing, so FAILED and CANCELLED runs are not compared step by step.)
     """
     a, b = plain.instance, crashed.instance
     problems: list[str] = []
-    if a.status is not b.status:
+    cancelled = Status.CANCELLED in (a.status, b.status)  # a scheduled cancel raced the end
+    if a.status is not b.status and not cancelled:
         problems.append(f"status: {b.status.value} after the crash, {a.status.value} without")
     decided_a, decided_b = _decisions(a), _decisions(b)
     races = _suspended(plain) | _suspended(crashed)
@@ -92,7 +94,7 @@ def compare_runs(plain: WorkflowRun, crashed: WorkflowRun) -> list[str]:
         elif a.results.get(key) != b.results.get(key):
             problems.append(f"results[{key!r}]: {b.results.get(key)!r} after the crash, "
                             f"{a.results.get(key)!r} without")
-    if (not diverged and a.status is b.status and a.status.value == "completed"
+    if (not diverged and a.status is b.status and a.status is Status.COMPLETED
             and set(a.completed) != set(b.completed)):
         problems.append(f"completed steps: {sorted(b.completed)!r} after the crash, "
                         f"{sorted(a.completed)!r} without")
