@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.log(f"== {name}: {GROUPS[name]}")
         started = time.perf_counter()
         try:
-            section: Section = importlib.import_module(f"bench.{name}").run(cfg)
+            module = importlib.import_module(f"bench.{name}")
+            section: Section = module.run(cfg)
+            section.method = section.method or (module.__doc__ or "").partition("\n\n")[2]
         except Exception:
             failed = True
             section = Section(f"{name} (FAILED)", notes=[

@@ -93,6 +93,7 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    method: str = ""
 
 
 def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Stat:

@@ -85,6 +85,9 @@ def render_text(sections: Sequence[Section], cfg: Config, elapsed: float) -> str
 def markdown_section(section: Section, level: int = 2) -> str:
     """Return one section: heading, table, ratio legend, notes, time taken."""
     out = [f"{'#' * level} {section.title}", ""]
+    if section.method.strip():
+        out += ["<details><summary>How it is measured</summary>", "",
+                section.method.strip(), "", "</details>", ""]
     if section.rows:
         out.append("| " + " | ".join(HEADERS) + " |")
         out.append("|" + "|".join("---" for _ in HEADERS) + "|")
