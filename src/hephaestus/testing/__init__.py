@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._clock import VirtualClock as VirtualClock
+from ._crash import CrashAt as CrashAt
 from ._crash import CrashPoint as CrashPoint
 from ._crash import CrashReport as CrashReport
 from ._run import CANCEL as CANCEL
 from ._run import EVENT_LAG as EVENT_LAG
 from ._run import EventOutcome as EventOutcome
+from ._run import ScheduledEvent as ScheduledEvent
 from ._run import WorkflowRun as WorkflowRun
 from ._run import WorkflowStuck as WorkflowStuck
 from ._run import run_workflow as run_workflow
@@ -27,6 +29,7 @@ from ._run import run_workflow_async as run_workflow_async
 from ._run import trace_workflow as trace_workflow
 from ._run import trace_workflow_async as trace_workflow_async
 from ._stubs import SimulatedFailure as SimulatedFailure
+from ._stubs import StepOverride as StepOverride
 from ._stubs import with_overrides as with_overrides
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ __all__ = [
     "EVENT_LAG",
     # stubs and crashes
     "with_overrides", "SimulatedFailure", "CrashPoint", "CrashReport",
+    # type aliases of the arguments
+    "ScheduledEvent", "StepOverride", "CrashAt",
     # hypothesis
     "outcomes", "event_schedules", "crash_points", "resumable_events",
     "assert_workflow_invariants",
