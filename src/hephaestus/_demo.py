@@ -28,7 +28,7 @@ import shlex
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -356,14 +356,23 @@ class _Client:
             self.crash_time.set()
 
 
-async def _counts(engine: hx.Engine, ours: Collection[str]) -> Counter[hx.Status]:
-    return Counter(i.status for i in await engine.list(workflow=order.name) if i.id in ours)
-
-
 async def _watch(engine: hx.Engine, client: _Client, reporter: Reporter, t0: float) -> None:
+    """Report the orders' statuses every ``reporter.interval`` seconds.
+
+    ``engine.get`` answers from the engine's memory for live instances; finished
+    ones are remembered, so a poll never rereads the whole store.
+    """
+    finished: dict[str, hx.Status] = {}
     while True:
-        if client.ids:
-            counts = await _counts(engine, set(client.ids.values()))
+        counts: Counter[hx.Status] = Counter()
+        for iid in list(client.ids.values()):
+            status = finished.get(iid)
+            if status is None:
+                status = (await engine.get(iid)).status
+                if status.is_terminal:
+                    finished[iid] = status
+            counts[status] += 1
+        if counts:
             reporter.update(counts, trio.current_time() - t0)
         await trio.sleep(reporter.interval)
 
@@ -517,7 +526,8 @@ def run_demo(*, store: str | None, instances: int, reporter: Reporter | None = N
         with _store_dir(store) as path:
             where = path if store is not None else f"{path} (temporary)"
             reporter.line(
-                f"hephaestus demo: {instances} orders of workflow 'order' on "
+                f"hephaestus demo: {instances} {'order' if instances == 1 else 'orders'} "
+                "of workflow 'order' on "
                 f"FileStorage {where}"
             )
             reporter.line(
@@ -531,7 +541,8 @@ def run_demo(*, store: str | None, instances: int, reporter: Reporter | None = N
                 notes.append(f"look inside: hephaestus list --store {quoted}")
                 pick = max(result.instances, key=_interest)
                 notes.append(f"             hephaestus show --store {quoted} {pick.id}")
-            reporter.summary(f"summary: {instances} orders", summarise(result), notes)
+            noun = "order" if instances == 1 else "orders"
+            reporter.summary(f"summary: {instances} {noun}", summarise(result), notes)
     finally:
         reporter.close()
     if not result.ok:  # pragma: no cover - a bug in the engine
