@@ -207,4 +207,35 @@ def run(cfg: Config) -> Section:
                     baseline=Stat.of([u[1] / total for u in usage]),
                     ratio_label="", target="baseline column: allocated (st_blocks)",
                 ))
+    _put_rows(cfg, section)
     return section
+
+
+def _put_rows(cfg: Config, section: Section) -> None:
+    """Add ``bench/file_storage.py``'s puts/s against the raw protocol (its owner's measure)."""
+    try:
+        from . import file_storage
+    except ImportError as exc:
+        section.notes.append(f"SKIPPED FileStorage.put vs raw: bench/file_storage.py is "
+                             f"missing or broken ({exc})")
+        return
+    n = 40 if cfg.smoke else 1_000
+    concurrency = (1, 10) if cfg.smoke else INFLIGHT
+    cfg.log(f"scenario 4: bench.file_storage.measure(n={n}, repeats={cfg.repeats})")
+    result = file_storage.measure(cfg.tmp_dir, n, concurrency, cfg.repeats)
+    runs = result.get("repeats", cfg.repeats)
+    for key, label in (("durable", "durable"), ("non_durable", "durable=False")):
+        for c, stored in result["file_storage"][key].items():
+            raw, ratio = result["raw"][key][c], result["ratio"][key][c]
+            section.rows.append(Row(
+                "4", f"FileStorage.put ({label}), {c} concurrent", Stat(stored, stored, stored,
+                                                                      runs), "puts/s",
+                baseline=Stat(raw, raw, raw, runs), ratio=Stat(ratio, ratio, ratio, runs),
+                ratio_label="put rows: FileStorage puts/s / raw protocol writes/s "
+                "(bench/file_storage.py)",
+                target="~1 (> 1: group commit)",
+            ))
+    section.notes.append(
+        f"put rows: bench.file_storage.measure(n={n}, durable runs n/4, repeats={runs}), "
+        f"payload {result.get('payload_bytes')} B; medians of alternating runs (it reports "
+        "no range)")
