@@ -55,7 +55,7 @@ class Syscalls:
 
     def _relevant(self, name: str, args: tuple[Any, ...]) -> bool:
         if name in ("open", "replace", "unlink"):
-            return os.fspath(args[0]).startswith(self.root)
+            return str(os.fspath(args[0])).startswith(self.root)
         return args[0] in self._fds
 
     def _wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:

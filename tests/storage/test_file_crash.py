@@ -82,17 +82,17 @@ async def test_sigkill_storm_never_loses_an_acknowledged_write(store_path: Path)
             await child.process.wait()
         for line in child.lines:
             if line.startswith("ack "):
-                _, iid, revision = line.split()
-                acked[iid] = max(acked.get(iid, 0), int(revision))
+                _, iid, text = line.split()
+                acked[iid] = max(acked.get(iid, 0), int(text))
                 total_acks += 1
         rounds_with_temps += bool(temp_files(store_path))
         async with FileStorage(store_path, on_quarantine=report) as s:
             assert reports == []  # a process crash never tears a snapshot
             assert temp_files(store_path) == []
-            for iid, revision in acked.items():
+            for iid, last in acked.items():
                 got = await s.get(iid)
                 assert got is not None, f"round {round_}: {iid} lost"
-                assert got.revision >= revision, f"round {round_}: {iid} went back"
+                assert got.revision >= last, f"round {round_}: {iid} went back"
     assert total_acks > ROUNDS  # the child really was writing when killed
     print(
         f"{ROUNDS} kills in {time.monotonic() - started:.1f}s, {total_acks} acknowledged "
