@@ -371,3 +371,8 @@ async def test_many_instances_reopen_quickly(store_path: Path) -> None:
     async with FileStorage(store_path) as store:
         got: list[Instance] = await store.query()
         assert got == instances
+
+
+def test_an_empty_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs the path"):
+        FileStorage("")

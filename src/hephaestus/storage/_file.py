@@ -58,7 +58,7 @@ class FileStorage(StorageBase):
 
     Args:
         path: the store's directory; created (with its parents) on open unless
-            ``read_only``.
+            ``read_only``. Relative paths are resolved once, here.
         durable: fsync each snapshot before renaming it into place and fsync
             the directory after (shared between concurrent writes), so an
             acknowledged ``put`` survives a power loss. With ``durable=False``
@@ -86,6 +86,9 @@ class FileStorage(StorageBase):
     previous snapshot then stays in place (or, if only the directory fsync
     failed, the new one, whose durability is unknown). After a failed
     directory fsync the store refuses further writes until it is reopened.
+
+    Raises:
+        ValueError: for an empty ``path`` (here, in the constructor).
     """
 
     def __init__(
@@ -96,6 +99,8 @@ class FileStorage(StorageBase):
         read_only: bool = False,
         on_quarantine: QuarantineHandler | None = None,
     ) -> None:
+        if not os.fspath(path):
+            raise ValueError("FileStorage needs the path of its directory, not ''")
         self.path = os.path.abspath(os.fspath(path))
         self.durable = durable
         self.read_only = read_only
