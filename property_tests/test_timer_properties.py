@@ -154,12 +154,16 @@ async def scenario(specs: list[TimerSpec], crash_at: float, downtime: float) -> 
 
 
 def expected_fire_times(out: Outcome, set_at: float, due: float) -> list[float]:
-    """When the timer should fire, given when engines were up."""
+    """When the timer should fire, given when engines were up.
+
+    The persisted deadline is epoch seconds, so a deadline within EPS of the crash
+    (a delay of 1e-19 s rounds away entirely) counts as due at the crash.
+    """
     if set_at >= out.crash_at:  # set by the second engine
         return [due]
-    if due < out.crash_at:  # due while the first engine was up
+    if due < out.crash_at - EPS:  # due while the first engine was up
         return [due]
-    if due > out.crash_at:  # due while no engine ran, or later: on recovery at the earliest
+    if due > out.crash_at + EPS:  # due while no engine ran, or later: on recovery at the earliest
         return [max(due, out.reopened_at)]
     return [due, out.reopened_at]  # due at the very moment of the crash: either engine
 
@@ -175,6 +179,10 @@ def expected_fire_times(out: Outcome, set_at: float, due: float) -> list[float]:
            TimerSpec("wait_for_event", 1.0, 30.0, 10.0),
            TimerSpec("wait_for_event", 2.0, 10.0, 25.0)],
     crash_at=15.0, downtime=30.0,
+)
+@example(  # a delay far below the resolution of epoch seconds, a crash just after it
+    specs=[TimerSpec("wait", 0.0, 9.711281137854427e-20)], crash_at=1.4440960579622853e-264,
+    downtime=1.0,
 )
 def test_every_timer_fires_exactly_once_never_early_across_a_crash(
     specs: list[TimerSpec], crash_at: float, downtime: float
