@@ -376,3 +376,15 @@ async def test_many_instances_reopen_quickly(store_path: Path) -> None:
 def test_an_empty_path_is_refused() -> None:
     with pytest.raises(ValueError, match="needs the path"):
         FileStorage("")
+
+
+async def test_a_quarantine_that_cannot_be_created_does_not_stop_open(store_path: Path) -> None:
+    os.makedirs(store_path)
+    (store_path / "quarantine").write_bytes(b"a file where the directory should be")
+    write_raw(store_path, "orderid::x", b"junk")
+    reports: list[str] = []
+    async with FileStorage(store_path, on_quarantine=lambda p, r: reports.append(r)) as store:
+        await store.put(make_instance("orderid::y"))
+        assert [i.id for i in await store.query()] == ["orderid::y"]
+    assert len(reports) == 1
+    assert "could not move it to quarantine" in reports[0]

@@ -166,11 +166,13 @@ def scan(directory: str, *, writable: bool) -> ScanResult:
     Files whose names are not snapshot or temp names (the lock file, the
     quarantine directory, anything foreign) are ignored. With ``writable``,
     leftover temp files are removed and bad snapshots are quarantined (their
-    reason then says where they went); otherwise both are left alone.
+    reason then says where they went, or why they could not be moved);
+    otherwise both are left alone. Bad snapshots are never in ``instances``.
 
     Raises:
-        OSError: when the directory cannot be listed, or a snapshot cannot be
-            read or quarantined.
+        OSError: when the directory cannot be listed or a snapshot cannot be
+            read: an unreadable snapshot is not known to be bad, so it is
+            not skipped.
     """
     result = ScanResult()
     with os.scandir(directory) as entries:
@@ -189,8 +191,12 @@ def scan(directory: str, *, writable: bool) -> ScanResult:
             path = os.path.join(directory, name)
             reason = str(exc)
             if writable:
-                moved = quarantine(directory, name, reason)
-                reason = f"{reason}; moved to {moved}"
+                try:
+                    moved = quarantine(directory, name, reason)
+                except OSError as exc:  # left in place: tried again at the next open
+                    reason = f"{reason}; could not move it to quarantine: {exc}"
+                else:
+                    reason = f"{reason}; moved to {moved}"
             else:
                 reason = f"{reason} (read-only: left in place)"
             result.bad.append((path, reason))
