@@ -330,6 +330,7 @@ async def test_corruption_after_open_is_quarantined_by_get_and_query(
         assert len(reports) == 2
         snap(store_path, "orderid::d").unlink()  # vanished behind our back: absent
         assert await store.get("orderid::d") is None
+        assert "vanished" in caplog.text
         assert [i.id for i in await store.query()] == ["payid::c"]
     assert len(quarantined(store_path)) == 4
 

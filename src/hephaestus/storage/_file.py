@@ -319,8 +319,16 @@ class FileStorage(StorageBase):
             OSError: when the file exists but cannot be read (the id stays stale).
         """
         name = snapshot_name(instance_id)
+        expected = instance_id in self._index and instance_id not in self._stale
         try:
             instance = await self._run(_diskio.read_snapshot, self.path, name, instance_id)
+            if instance is None and expected:
+                _log.warning(
+                    "the snapshot of %r vanished from %s: something other than this store "
+                    "removed it",
+                    instance_id,
+                    self.path,
+                )
         except CorruptSnapshot as exc:
             path = os.path.join(self.path, name)
             reason = str(exc)
