@@ -389,3 +389,27 @@ async def test_a_quarantine_that_cannot_be_created_does_not_stop_open(store_path
         assert [i.id for i in await store.query()] == ["orderid::y"]
     assert len(reports) == 1
     assert "could not move it to quarantine" in reports[0]
+
+
+async def test_every_truncation_and_sampled_bit_flips_are_quarantined_at_open(
+    store_path: Path,
+) -> None:
+    victim = make_instance("orderid::victim", metadata={"note": "some text"})
+    good = encode_frame(encode_instance(victim))
+    damaged = [good[:n] for n in range(len(good))]
+    for bit in range(0, len(good) * 8, 11):
+        flipped = bytearray(good)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        damaged.append(bytes(flipped))
+    async with FileStorage(store_path, durable=False) as store:
+        await store.put(make_instance("orderid::bystander"))
+    reports: list[str] = []
+    for data in damaged:
+        write_raw(store_path, "orderid::victim", data)
+        async with FileStorage(
+            store_path, durable=False, on_quarantine=lambda p, r: reports.append(r)
+        ) as store:
+            assert await store.get("orderid::victim") is None
+            assert [i.id for i in await store.query()] == ["orderid::bystander"]
+    assert len(reports) == len(damaged)
+    assert len(quarantined(store_path)) == 2 * len(damaged)
