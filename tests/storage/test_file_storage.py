@@ -276,6 +276,9 @@ def _corruptions() -> dict[str, bytes]:
         "bad magic": os.urandom(64),
         "newer than this release": bytes(future),
         "cannot decode": encode_frame(b"\x93\x01\x02"),
+        "snapshot format 2 is newer": encode_frame(
+            encode_instance(make_instance("orderid::victim", format=2))
+        ),
         "does not match the instance id": encode_frame(
             encode_instance(make_instance("orderid::someone-else"))
         ),
