@@ -2,9 +2,9 @@
 
 Its loop is: receive a message -> apply the pure transition -> persist the new
 snapshot -> carry out the commands (start steps, arm and disarm timers) ->
-acknowledge the sender. Step and timer tasks live in the runner's own nursery
-and report back through the same mailbox, so only the runner ever touches
-the instance.
+acknowledge the sender. Step tasks live in the runner's own nursery and report
+back through the same mailbox; armed timers are deadlines the runner sleeps on
+while it waits for mail. So only the runner ever touches the instance.
 """
 
 from __future__ import annotations
@@ -66,11 +66,20 @@ class Entry:
             self.finished.set()
 
 
+def _deadline(timer: Timer) -> float:
+    return timer.deadline
+
+
 @final
 class Runner:
-    """Drives one instance until it is terminal, the engine closes, or it crashes."""
+    """Drives one instance until it is terminal, the engine closes, or it crashes.
 
-    __slots__ = ("engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
+    Step attempts run as tasks in the runner's nursery; armed timers are slept
+    on by the runner itself while it waits for its next message.
+    """
+
+    __slots__ = ("armed", "engine", "entry", "instance", "nursery", "scopes", "started",
+                 "workflow")
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
@@ -78,6 +87,7 @@ class Runner:
         self.workflow = workflow
         self.instance = entry.instance
         self.scopes: dict[str, trio.CancelScope] = {}
+        self.armed: dict[str, Timer] = {}
         self.started: dict[str, float] = {}
         self.nursery: trio.Nursery | None = None
 
@@ -96,9 +106,31 @@ class Runner:
             while not self.instance.status.is_terminal:
                 message = mailbox.take_nowait()
                 if message is None:
-                    message = await mailbox.take()
+                    message = await self.next_message(mailbox)
                 await self.handle(message)
             nursery.cancel_scope.cancel()
+
+    async def next_message(self, mailbox: Mailbox) -> Message:
+        """Wait for the next message, or for the earliest armed timer to come due.
+
+        The runner sleeps on its own timers rather than giving each a task: a
+        sleeping instance then costs no more than a parked one.
+        """
+        clock = self.engine.clock
+        slept_at: float | None = None
+        while self.armed:
+            timer = min(self.armed.values(), key=_deadline)
+            now = clock.now()
+            # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
+            # wall clock is slewed or stepped): never fire before the deadline by the
+            # engine's clock, unless that clock stood still while we slept.
+            if now >= timer.deadline or now == slept_at:
+                del self.armed[timer.id]
+                return Message(TimerFired(timer.id))
+            slept_at = now
+            with trio.move_on_at(trio.current_time() + (timer.deadline - now)):
+                return await mailbox.take()
+        return await mailbox.take()
 
     async def handle(self, message: Message) -> None:
         """Apply one message: transition, persist, carry out, acknowledge."""
@@ -140,12 +172,9 @@ class Runner:
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
                 case ArmTimer(timer):
-                    scope = self.scopes[timer.id] = trio.CancelScope()
-                    nursery.start_soon(self.run_timer, timer, scope)
+                    self.armed[timer.id] = timer
                 case DisarmTimer(timer_id):
-                    found = self.scopes.pop(timer_id, None)
-                    if found is not None:
-                        found.cancel()
+                    self.armed.pop(timer_id, None)
                 case CancelStep(step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
@@ -166,21 +195,6 @@ class Runner:
             if self.scopes.get(key) is scope:
                 del self.scopes[key]
             self.post(result)
-
-    async def run_timer(self, timer: Timer, scope: trio.CancelScope) -> None:
-        with scope:
-            clock = self.engine.clock
-            now = clock.now()
-            await trio.sleep_until(trio.current_time() + max(0.0, timer.deadline - now))
-            # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
-            # wall clock is slewed or stepped): never fire before the deadline by the
-            # engine's clock, unless that clock stands still.
-            while (later := clock.now()) < timer.deadline and later != now:
-                now = later
-                await trio.sleep_until(trio.current_time() + (timer.deadline - now))
-            if self.scopes.get(timer.id) is scope:
-                del self.scopes[timer.id]
-            self.post(TimerFired(timer.id))
 
     def post(self, event: Input) -> None:
         mailbox = self.entry.mailbox
