@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -36,8 +35,24 @@ def run_threads(n: int, target: object) -> list[BaseException | None]:
 
 
 def test_concurrent_callers_share_flushes() -> None:
-    group = GroupSync(lambda: time.sleep(0.005))
-    assert run_threads(20, group.sync) == [None] * 20
+    arrived = 0
+    everyone_in = threading.Event()
+    lock = threading.Lock()
+
+    def flush() -> None:  # the first flush lasts until every caller has arrived
+        assert everyone_in.wait(10)
+
+    group = GroupSync(flush)
+
+    def call() -> None:
+        nonlocal arrived
+        with lock:
+            arrived += 1
+            if arrived == 20:
+                everyone_in.set()
+        group.sync()
+
+    assert run_threads(20, call) == [None] * 20
     assert 1 <= group.flushes < 20
 
 
@@ -57,8 +72,7 @@ def test_a_flush_only_covers_calls_made_before_it_started() -> None:
     first.start()
     assert started.wait(5), "the first flush never started"
     second = threading.Thread(target=group.sync)  # arrives while flush #1 runs
-    second.start()
-    time.sleep(0.01)
+    second.start()  # whenever it looks, flush #1 started before it: it needs #2
     release.set()
     first.join()
     second.join()
