@@ -153,6 +153,12 @@ class FileStorage(StorageBase):
         self._dir_sync = GroupSync(self._flush_dir)
 
     def _lock_and_prepare(self) -> StoreLock:
+        """In a worker thread: create the directory (durably) and take the lock.
+
+        Raises:
+            StorageLocked: the lock is held elsewhere.
+            OSError: the directory cannot be created or the lock file opened.
+        """
         created = not os.path.isdir(self.path)
         os.makedirs(self.path, exist_ok=True)
         if created and self.durable:
@@ -160,6 +166,7 @@ class FileStorage(StorageBase):
         return StoreLock.acquire(self.path)
 
     def _flush_dir(self) -> None:
+        """In a worker thread: fsync the store's directory (the group-commit flush)."""
         _diskio.fsync_dir(self.path)
 
     async def _close(self) -> None:
@@ -171,6 +178,7 @@ class FileStorage(StorageBase):
         self._dir_sync = None
 
     async def _release_lock(self) -> None:
+        """Release the store lock if this object holds it."""
         lock, self._store_lock = self._store_lock, None
         if lock is not None:
             await self._run(lock.release)
@@ -304,6 +312,7 @@ class FileStorage(StorageBase):
     # -- helpers ------------------------------------------------------------------------
 
     def _read_many(self, ids: list[str]) -> list[Instance | None]:
+        """In a worker thread: read these snapshots; None for any that is not plainly fine."""
         out: list[Instance | None] = []
         for iid in ids:
             try:
@@ -348,12 +357,18 @@ class FileStorage(StorageBase):
         return instance
 
     async def _revision(self, instance_id: str) -> int:
+        """Return the stored revision (0: none), re-reading a stale entry (hold the id's lock).
+
+        Raises:
+            OSError: when a stale entry's file cannot be read.
+        """
         if instance_id in self._stale:
             await self._load(instance_id)
         entry = self._index.get(instance_id)
         return 0 if entry is None else entry.revision
 
     async def _read_reporting(self, instance_id: str) -> Instance | None:
+        """Read-only ``get``: read the file; report (do not move) a bad one and return None."""
         name = snapshot_name(instance_id)
         try:
             return await self._run(_diskio.read_snapshot, self.path, name, instance_id)
@@ -373,9 +388,11 @@ class FileStorage(StorageBase):
             dir_sync.sync()
 
     def _durability(self) -> GroupSync | None:
+        """The group commit a write must wait for, or None when not ``durable``."""
         return self._dir_sync if self.durable else None
 
     def _report(self, path: str, reason: str) -> None:
+        """Log a bad snapshot and tell ``on_quarantine``; never raises because of the handler."""
         _log.warning("quarantined snapshot %s: %s", path, reason)
         handler = self.on_quarantine
         if handler is not None:
@@ -385,6 +402,12 @@ class FileStorage(StorageBase):
                 _log.exception("on_quarantine handler %r raised; ignored", handler)
 
     def _check_writable(self) -> None:
+        """Raise unless writes are allowed now.
+
+        Raises:
+            RuntimeError: the store is not open, or is read-only.
+            OSError: an earlier directory fsync failed (reopen the store).
+        """
         self._check_open()
         if self.read_only:
             raise RuntimeError(f"{self!r} is read-only: it refuses writes")
@@ -398,6 +421,7 @@ class FileStorage(StorageBase):
 
     @contextlib.contextmanager
     def _operation(self) -> Iterator[None]:
+        """Count an operation in progress, so that ``aclose`` can wait for it."""
         assert self._idle is not None
         if self._operations == 0:
             self._idle = trio.Event()
