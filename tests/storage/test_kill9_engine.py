@@ -86,7 +86,7 @@ async def test_engine_survives_sigkill_at_random_moments(store_path: Path) -> No
             n = int(iid.removeprefix("k::i"))
             assert f"go-{n}" in stored[iid].dedupe_keys, f"round {round_}: lost resume of {iid}"
     total = PER_ROUND * ROUNDS
-    assert len(started) > total // 2  # the children did real work before being killed
+    assert len(started) >= ROUNDS  # the children did real work before being killed
 
     async with hx.open_engine(workflows=[KILL9], storage=hx.FileStorage(store_path)) as engine:
         async with trio.open_nursery() as nursery:
