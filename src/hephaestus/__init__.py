@@ -6,7 +6,8 @@ snapshot stores, ``_runtime`` is the Trio shell that runs instances, and
 ``testing`` is the harness for users' own tests.
 """
 
-from . import testing as testing
+from typing import TYPE_CHECKING, Any
+
 from ._core._errors import AlreadyRunning as AlreadyRunning
 from ._core._errors import CorruptSnapshot as CorruptSnapshot
 from ._core._errors import EngineClosed as EngineClosed
@@ -72,3 +73,16 @@ __all__ = [
     # helpers
     "testing",
 ]
+
+if TYPE_CHECKING:
+    from . import testing as testing
+
+
+def __getattr__(name: str) -> Any:
+    # hephaestus.testing pulls in trio.testing (and with it pytest): import it only
+    # when asked for, so that `import hephaestus` stays cheap for the CLI and servers.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.testing")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
