@@ -1,4 +1,4 @@
-"""Snapshots: encode -> decode is the identity, bad bytes are CorruptSnapshot, old ones still read."""
+"""Snapshots: encode -> decode is the identity, bad bytes are CorruptSnapshot, old ones read."""
 
 from __future__ import annotations
 
@@ -93,9 +93,11 @@ def test_identity_keeps_types() -> None:
     decoded = decode_instance(encode_instance(instance))
     assert decoded == instance
     assert decoded.status is hx.Status.WAITING
-    assert isinstance(decoded.waiting["w"], tuple) and isinstance(decoded.completed, tuple)
+    assert isinstance(decoded.waiting["w"], tuple)
+    assert isinstance(decoded.completed, tuple)
     assert isinstance(decoded.timers[0], hx.Timer)
-    assert decoded.initial["b"] == b"\x00\xff" and isinstance(decoded.initial["b"], bytes)
+    assert decoded.initial["b"] == b"\x00\xff"
+    assert isinstance(decoded.initial["b"], bytes)
 
 
 def test_encoding_is_deterministic() -> None:
@@ -152,8 +154,11 @@ def test_unknown_fields_are_ignored_and_missing_ones_defaulted() -> None:
         "field_from_the_future": {"x": 1}, "format": 1,
     })
     instance = decode_instance(data)
-    assert instance.status is hx.Status.RUNNING and instance.revision == 0
-    assert instance.inbox == () and instance.attempts == {} and instance.next_timer == 1
+    assert instance.status is hx.Status.RUNNING
+    assert instance.revision == 0
+    assert instance.inbox == ()
+    assert instance.attempts == {}
+    assert instance.next_timer == 1
 
 
 # --- stored fixtures: snapshots written by an earlier release -----------------------------------
@@ -225,8 +230,10 @@ def test_stored_fixture_still_drives_the_engine() -> None:
     instance = decode_instance((FIXTURES / "snapshot-format1-running.msgpack").read_bytes())
     # "wait" suspends: the queued "approved" is delivered; "ship" still waits for b and c.
     t = apply(wf, instance, StepSuspended("wait", 1, None), 1700000002.0)
-    assert t.instance.revision == 8 and t.instance.inbox == ()
-    assert t.instance.results["wait"] == {"by": "ann"} and t.commands[0] == DisarmTimerOf("t3")
+    assert t.instance.revision == 8
+    assert t.instance.inbox == ()
+    assert t.instance.results["wait"] == {"by": "ann"}
+    assert t.commands[0] == DisarmTimerOf("t3")
     t = apply(wf, t.instance, TimerFired("t2"), 1700000004.0)
     assert t.commands == (RunStep("b", 2),)
 

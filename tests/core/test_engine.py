@@ -52,7 +52,8 @@ def test_linear() -> None:
     run = Driver(linear())
     t = run(Start())
     assert t.commands == (RunStep("a", 1),)
-    assert run.status is hx.Status.RUNNING and run.instance.active == ("a",)
+    assert run.status is hx.Status.RUNNING
+    assert run.instance.active == ("a",)
     assert run.instance.revision == 2
 
     t = run(StepSucceeded("a", 1, "ok", {"x": 1}, {"trace": "t1"}))
@@ -60,7 +61,8 @@ def test_linear() -> None:
     run.now = 1001.0
     assert run.instance.results == {"a": {"x": 1}}
     assert run.instance.metadata == {"trace": "t1"}
-    assert run.instance.completed == ("a",) and run.instance.active == ("b",)
+    assert run.instance.completed == ("a",)
+    assert run.instance.active == ("b",)
 
     run(StepSucceeded("b", 1, "ok", None, {"more": 2}))
     assert run.instance.metadata == {"trace": "t1", "more": 2}
@@ -68,11 +70,13 @@ def test_linear() -> None:
     assert t.commands == (Finished(hx.Status.COMPLETED),)
     assert run.status is hx.Status.COMPLETED
     assert run.instance.completed == ("a", "b", "c")
-    assert run.instance.active == () and run.instance.error is None
+    assert run.instance.active == ()
+    assert run.instance.error is None
     assert [(h.step, h.event, h.attempt) for h in run.instance.history] == [
         ("a", "ok", 1), ("b", "ok", 1), ("c", "ok", 1)
     ]
-    assert run.instance.history[0].at == 1000.0 and run.instance.history[1].at == 1001.0
+    assert run.instance.history[0].at == 1000.0
+    assert run.instance.history[1].at == 1001.0
     assert run.instance.revision == 5
 
 
@@ -80,7 +84,8 @@ def test_start_twice_changes_nothing() -> None:
     run = Driver(linear())
     run(Start())
     t = run(Start())
-    assert not t.changed and t.commands == ()
+    assert not t.changed
+    assert t.commands == ()
 
 
 def test_branching_takes_one_branch() -> None:
@@ -91,7 +96,8 @@ def test_branching_takes_one_branch() -> None:
     t = run(StepSucceeded("a", 1, "right"))
     assert t.commands == (RunStep("c", 1),)
     t = run(StepSucceeded("c", 1, "ok"))
-    assert run.status is hx.Status.COMPLETED and "b" not in run.instance.completed
+    assert run.status is hx.Status.COMPLETED
+    assert "b" not in run.instance.completed
     assert t.commands == (Finished(hx.Status.COMPLETED),)
 
 
@@ -116,7 +122,8 @@ def test_fan_out_then_fan_in_waits_for_both() -> None:
     assert set(run.instance.active) == {"b", "c"}
     t = run(StepSucceeded("c", 1, "ok"))
     assert t.commands == ()  # d waits: b may still lead to it
-    assert run.status is hx.Status.RUNNING and "d" not in run.instance.active
+    assert run.status is hx.Status.RUNNING
+    assert "d" not in run.instance.active
     t = run(StepSucceeded("b", 1, "ok"))
     assert t.commands == (RunStep("d", 1),)
     assert set(run.instance.fired["d"]) == {"b", "c"}
@@ -133,7 +140,8 @@ def test_fan_in_waits_for_a_suspended_or_retrying_branch() -> None:
     run(StepSucceeded("a", 1, "ok"))
     run(StepFailed("b", 1, "Boom", "first try"))  # b backs off: still live
     t = run(StepSucceeded("c", 1, "ok"))
-    assert t.commands == () and run.status is hx.Status.WAITING
+    assert t.commands == ()
+    assert run.status is hx.Status.WAITING
     (timer,) = run.instance.timers
     t = run(TimerFired(timer.id))
     assert t.commands == (RunStep("b", 2),)
@@ -215,9 +223,13 @@ def test_route_valid_choice_sees_the_step_results() -> None:
     t = run(StepSucceeded("a", 1, "ok", {"pick": "c"}))
     assert t.commands == (RunStep("c", 1, {"fast": True}),)  # the Target's config
     (ctx,) = seen
-    assert ctx.step == "a" and ctx.attempt == 1 and ctx.initial == {"n": 1}
-    assert ctx.instance_id == "order::abc" and ctx.workflow == "wf"
-    assert run.instance.fired == {"c": ("a",)} and "b" not in run.instance.fired
+    assert ctx.step == "a"
+    assert ctx.attempt == 1
+    assert ctx.initial == {"n": 1}
+    assert ctx.instance_id == "order::abc"
+    assert ctx.workflow == "wf"
+    assert run.instance.fired == {"c": ("a",)}
+    assert "b" not in run.instance.fired
     run(StepSucceeded("c", 1, "ok"))
     assert run.status is hx.Status.COMPLETED
 
@@ -251,9 +263,13 @@ def test_route_choice_outside_targets_fails_the_attempt(choice: Any) -> None:
     assert run.status is hx.Status.FAILED
     assert t.commands == (Finished(hx.Status.FAILED),)
     error = run.instance.error
-    assert error is not None and error.step == "a" and error.type == "RouteError"
-    assert "('a', 'ok')" in error.message and error.attempts == 1
-    assert run.instance.completed == () and run.instance.results == {}
+    assert error is not None
+    assert error.step == "a"
+    assert error.type == "RouteError"
+    assert "('a', 'ok')" in error.message
+    assert error.attempts == 1
+    assert run.instance.completed == ()
+    assert run.instance.results == {}
     assert run.instance.history[-1].event is None
     assert run.instance.history[-1].error == "RouteError"
 
@@ -272,12 +288,15 @@ def test_route_choose_raising_fails_the_attempt_and_is_retried() -> None:
     run(Start())
     t = run(StepSucceeded("a", 1, "ok"))
     (arm,) = of_type(t.commands, ArmTimer)
-    assert arm.timer.kind == "retry" and run.status is hx.Status.WAITING
-    assert run.instance.history[-1].error == "RouteError" and run.instance.error is None
+    assert arm.timer.kind == "retry"
+    assert run.status is hx.Status.WAITING
+    assert run.instance.history[-1].error == "RouteError"
+    assert run.instance.error is None
     t = run(TimerFired(arm.timer.id))
     assert t.commands == (RunStep("a", 2),)
     t = run(StepSucceeded("a", 2, "ok"))
-    assert t.commands == (RunStep("b", 1),) and calls == [1, 2]
+    assert t.commands == (RunStep("b", 1),)
+    assert calls == [1, 2]
 
 
 def test_route_choose_raising_without_retry_names_the_exception() -> None:
@@ -314,7 +333,8 @@ def at_wait(wf: hx.Workflow | None = None) -> Driver:
 def test_suspend_then_resume() -> None:
     run = at_wait()
     t = run(StepSuspended("wait", 1, None))
-    assert t.commands == () and run.status is hx.Status.WAITING
+    assert t.commands == ()
+    assert run.status is hx.Status.WAITING
     assert run.instance.waiting == {"wait": ("approved", "rejected", "timeout")}
     assert run.instance.active == ()
     t = run(Deliver("approved", {"by": "ann"}))
@@ -331,12 +351,15 @@ def test_suspend_with_timeout_arms_a_timer_that_completes_with_timeout() -> None
     t = run(StepSuspended("wait", 1, 30.0))
     (arm,) = t.commands
     assert isinstance(arm, ArmTimer)
-    assert arm.timer.deadline == 2030.0 and arm.timer.kind == "timeout"
-    assert arm.timer.step == "wait" and run.instance.timers == (arm.timer,)
+    assert arm.timer.deadline == 2030.0
+    assert arm.timer.kind == "timeout"
+    assert arm.timer.step == "wait"
+    assert run.instance.timers == (arm.timer,)
     run.now = 2030.0
     t = run(TimerFired(arm.timer.id))
     assert t.commands == (Finished(hx.Status.COMPLETED),)
-    assert run.instance.history[-1].event == "timeout" and run.instance.timers == ()
+    assert run.instance.history[-1].event == "timeout"
+    assert run.instance.timers == ()
 
 
 def test_resume_before_the_timeout_disarms_it() -> None:
@@ -345,7 +368,8 @@ def test_resume_before_the_timeout_disarms_it() -> None:
     assert isinstance(arm, ArmTimer)
     t = run(Deliver("rejected"))
     assert DisarmTimer(arm.timer.id) in t.commands
-    assert run.status is hx.Status.COMPLETED and run.instance.timers == ()
+    assert run.status is hx.Status.COMPLETED
+    assert run.instance.timers == ()
     # the timer firing late changes nothing
     assert not run(TimerFired(arm.timer.id)).changed
 
@@ -354,7 +378,8 @@ def test_suspend_with_timeout_without_declaring_timeout_fails_the_attempt() -> N
     run = at_wait(approval(timeout_event=False))
     run(StepSuspended("wait", 1, 5.0))
     assert run.status is hx.Status.FAILED
-    assert run.instance.error is not None and run.instance.error.type == "UndeclaredEvent"
+    assert run.instance.error is not None
+    assert run.instance.error.type == "UndeclaredEvent"
     assert "'timeout'" in run.instance.error.message
 
 
@@ -363,8 +388,11 @@ def test_step_ending_with_an_undeclared_event_fails_the_attempt() -> None:
     run(Start())
     run(StepSucceeded("a", 1, "surprise"))
     error = run.instance.error
-    assert error is not None and error.type == "UndeclaredEvent" and error.step == "a"
-    assert "'surprise'" in error.message and "'ok'" in error.message
+    assert error is not None
+    assert error.type == "UndeclaredEvent"
+    assert error.step == "a"
+    assert "'surprise'" in error.message
+    assert "'ok'" in error.message
 
 
 def test_wait_step_sleeps_then_times_out() -> None:
@@ -373,7 +401,8 @@ def test_wait_step_sleeps_then_times_out() -> None:
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     (arm,) = run(StepSuspended("nap", 1, 60.0)).commands
-    assert isinstance(arm, ArmTimer) and arm.timer.deadline == run.now + 60
+    assert isinstance(arm, ArmTimer)
+    assert arm.timer.deadline == run.now + 60
     assert run(TimerFired(arm.timer.id)).commands == (RunStep("b", 1),)
 
 
@@ -383,9 +412,11 @@ def test_early_events_wait_in_the_inbox_and_are_delivered_fifo() -> None:
     t1 = run(Deliver("rejected", {"n": 1}))  # "wait" has not even started
     t2 = run(Deliver("approved", {"n": 2}))
     assert t1.reply == t2.reply == "queued"
-    assert t1.changed and t1.commands == ()
+    assert t1.changed
+    assert t1.commands == ()
     assert [e.event for e in run.instance.inbox] == ["rejected", "approved"]
-    assert run.instance.inbox[0].payload == {"n": 1} and run.instance.inbox[0].at == run.now
+    assert run.instance.inbox[0].payload == {"n": 1}
+    assert run.instance.inbox[0].at == run.now
     run(StepSucceeded("a", 1, "ok"))
     t = run(StepSuspended("wait", 1, 30.0))
     assert not of_type(t.commands, ArmTimer)  # delivered at once: no timeout timer
@@ -402,19 +433,24 @@ def test_inbox_event_for_a_named_step_goes_to_that_step_only() -> None:
     run(Deliver("go", {"for": "c"}, step="c"))
     run(StepSucceeded("a", 1, "ok"))
     run(StepSuspended("b", 1, None))
-    assert run.instance.waiting == {"b": ("go",)} and len(run.instance.inbox) == 1
+    assert run.instance.waiting == {"b": ("go",)}
+    assert len(run.instance.inbox) == 1
     run(StepSuspended("c", 1, None))
-    assert run.instance.results == {"c": {"for": "c"}} and run.instance.inbox == ()
+    assert run.instance.results == {"c": {"for": "c"}}
+    assert run.instance.inbox == ()
 
 
 def test_dedupe_key_is_accepted_once() -> None:
     run = at_wait()
     run(StepSuspended("wait", 1, None))
     first = run(Deliver("approved", None, dedupe_key="pay-1"))
-    assert first.reply == "delivered" and run.instance.dedupe_keys == ("pay-1",)
+    assert first.reply == "delivered"
+    assert run.instance.dedupe_keys == ("pay-1",)
     revision = run.instance.revision
     again = run(Deliver("approved", None, dedupe_key="pay-1"))
-    assert again.reply == "duplicate" and not again.changed and again.commands == ()
+    assert again.reply == "duplicate"
+    assert not again.changed
+    assert again.commands == ()
     assert run.instance.revision == revision
 
 
@@ -423,7 +459,8 @@ def test_dedupe_key_of_a_queued_event() -> None:
     run(Start())
     assert run(Deliver("approved", dedupe_key="k")).reply == "queued"
     assert run(Deliver("approved", dedupe_key="k")).reply == "duplicate"
-    assert len(run.instance.inbox) == 1 and run.instance.inbox[0].dedupe_key == "k"
+    assert len(run.instance.inbox) == 1
+    assert run.instance.inbox[0].dedupe_key == "k"
 
 
 def test_rejected_delivery_does_not_burn_its_dedupe_key() -> None:
@@ -487,9 +524,11 @@ def test_several_suspended_steps_need_step() -> None:
     run(StepSuspended("c", 1, None))
     with pytest.raises(hx.EventRejected, match=r"step=") as info:
         run(Deliver("go"))
-    assert "'b'" in str(info.value) and "'c'" in str(info.value)
+    assert "'b'" in str(info.value)
+    assert "'c'" in str(info.value)
     run(Deliver("go", {"x": 1}, step="c"))
-    assert run.instance.completed == ("a", "c") and set(run.instance.waiting) == {"b"}
+    assert run.instance.completed == ("a", "c")
+    assert set(run.instance.waiting) == {"b"}
     assert run(Deliver("go")).reply == "delivered"  # one waiter left: no step= needed
     assert run.status is hx.Status.COMPLETED
 
@@ -514,18 +553,22 @@ def test_retry_then_success() -> None:
     t = run(StepFailed("a", 1, "ValueError", "bad input"))
     (arm,) = t.commands
     assert isinstance(arm, ArmTimer)
-    assert arm.timer.kind == "retry" and arm.timer.step == "a"
+    assert arm.timer.kind == "retry"
+    assert arm.timer.step == "a"
     assert arm.timer.deadline == 1012.0  # now + initial
-    assert run.status is hx.Status.WAITING and run.instance.retrying == ("a",)
+    assert run.status is hx.Status.WAITING
+    assert run.instance.retrying == ("a",)
     entry = run.instance.history[-1]
     assert (entry.step, entry.event, entry.attempt, entry.error) == ("a", None, 1, "ValueError")
 
     run.now = 1012.0
     assert run(TimerFired(arm.timer.id)).commands == (RunStep("a", 2),)
-    assert run.status is hx.Status.RUNNING and run.instance.timers == ()
+    assert run.status is hx.Status.RUNNING
+    assert run.instance.timers == ()
     run.now = 1013.0
     (arm2,) = run(StepFailed("a", 2, "ValueError", "again")).commands
-    assert isinstance(arm2, ArmTimer) and arm2.timer.deadline == 1013.0 + 4.0
+    assert isinstance(arm2, ArmTimer)
+    assert arm2.timer.deadline == 1013.0 + 4.0
     assert arm2.timer.id != arm.timer.id
     run(TimerFired(arm2.timer.id))
     t = run(StepSucceeded("a", 3, "ok"))
@@ -553,7 +596,8 @@ def test_retries_exhausted_fail_the_instance_and_cancel_siblings() -> None:
     assert CancelStep("c") in t.commands
     assert DisarmTimer(d_timer.timer.id) in t.commands
     assert t.commands[-1] == Finished(hx.Status.FAILED)
-    assert run.instance.active == () and run.instance.waiting == {}
+    assert run.instance.active == ()
+    assert run.instance.waiting == {}
     assert run.instance.timers == ()
     # the cancelled sibling reporting late changes nothing
     assert not run(StepSucceeded("c", 1, "ok")).changed
@@ -589,7 +633,8 @@ def test_jitter_is_deterministic_and_within_half_to_full_delay() -> None:
         delay = min(8.0 * 2 ** (n - 1), 1000.0)
         for i in range(50):
             jittered = retry_delay(s, f"order::{i}", n)
-            assert jittered is not None and delay / 2 <= jittered <= delay
+            assert jittered is not None
+            assert delay / 2 <= jittered <= delay
             assert retry_delay(s, f"order::{i}", n) == jittered
             seen.add(jittered / delay)
     assert len(seen) > 100  # really spread, not a constant factor
@@ -622,8 +667,11 @@ def test_cancel_stops_everything() -> None:
     assert set(t.commands) == {CancelStep("c"), DisarmTimer(sr.timer.id),
                                Finished(hx.Status.CANCELLED)}
     assert t.commands[-1] == Finished(hx.Status.CANCELLED)
-    assert run.status is hx.Status.CANCELLED and run.instance.cancel_reason == "customer asked"
-    assert run.instance.active == () and run.instance.waiting == {} and run.instance.timers == ()
+    assert run.status is hx.Status.CANCELLED
+    assert run.instance.cancel_reason == "customer asked"
+    assert run.instance.active == ()
+    assert run.instance.waiting == {}
+    assert run.instance.timers == ()
 
 
 def test_cancel_is_idempotent_on_a_cancelled_instance() -> None:
@@ -631,7 +679,8 @@ def test_cancel_is_idempotent_on_a_cancelled_instance() -> None:
     run(Start())
     run(Cancel("first"))
     t = run(Cancel("second"))
-    assert not t.changed and t.commands == ()
+    assert not t.changed
+    assert t.commands == ()
     assert run.instance.cancel_reason == "first"
 
 
@@ -665,8 +714,10 @@ def test_schedule_resume_fires_timeout_on_the_suspended_step() -> None:
     run(StepSuspended("wait", 1, None))
     t = run(ScheduleResume("wait", 15.0))
     (arm,) = t.commands
-    assert isinstance(arm, ArmTimer) and t.reply == arm.timer.id
-    assert arm.timer.kind == "resume" and arm.timer.deadline == run.now + 15.0
+    assert isinstance(arm, ArmTimer)
+    assert t.reply == arm.timer.id
+    assert arm.timer.kind == "resume"
+    assert arm.timer.deadline == run.now + 15.0
     t = run(TimerFired(arm.timer.id))
     assert run.instance.history[-1].event == "timeout"
     assert run.status is hx.Status.COMPLETED
@@ -687,10 +738,13 @@ def test_cancel_timer() -> None:
     run(StepSuspended("wait", 1, None))
     timer_id = run(ScheduleResume("wait", 15.0)).reply
     t = run(CancelTimer(timer_id))
-    assert t.reply is True and t.commands == (DisarmTimer(timer_id),)
-    assert run.instance.timers == () and run.status is hx.Status.WAITING
+    assert t.reply is True
+    assert t.commands == (DisarmTimer(timer_id),)
+    assert run.instance.timers == ()
+    assert run.status is hx.Status.WAITING
     again = run(CancelTimer(timer_id))
-    assert again.reply is False and not again.changed
+    assert again.reply is False
+    assert not again.changed
     assert not run(TimerFired(timer_id)).changed
 
 
@@ -742,7 +796,9 @@ def test_stale_inputs_are_ignored(stale: Input) -> None:
     run(Start())
     before = run.instance
     t = run(stale)
-    assert not t.changed and t.commands == () and run.instance is before
+    assert not t.changed
+    assert t.commands == ()
+    assert run.instance is before
 
 
 @pytest.mark.parametrize(
@@ -757,7 +813,9 @@ def test_inputs_after_cancel_are_ignored(late: Input) -> None:
     run(Cancel())
     before = run.instance
     t = run(late)
-    assert not t.changed and t.commands == () and run.instance is before
+    assert not t.changed
+    assert t.commands == ()
+    assert run.instance is before
 
 
 # --- recover -----------------------------------------------------------------------------------
@@ -774,7 +832,8 @@ def test_recover_reruns_running_steps_and_rearms_every_timer() -> None:
     (retry,) = run(StepFailed("b", 1, "E", "m")).commands
     (timeout,) = run(StepSuspended("d", 1, 60.0)).commands
     resume = run(ScheduleResume("d", 5.0)).reply
-    assert isinstance(retry, ArmTimer) and isinstance(timeout, ArmTimer)
+    assert isinstance(retry, ArmTimer)
+    assert isinstance(timeout, ArmTimer)
     timers = run.instance.timers
     assert {t.id for t in timers} == {retry.timer.id, timeout.timer.id, resume}
 
@@ -782,7 +841,8 @@ def test_recover_reruns_running_steps_and_rearms_every_timer() -> None:
     assert t.changed
     assert of_type(t.commands, RunStep) == [RunStep("c", 2)]  # only the running one, attempt+1
     assert [c.timer for c in of_type(t.commands, ArmTimer)] == list(timers)
-    assert run.instance.timers == timers and run.instance.waiting == {"d": d.events}
+    assert run.instance.timers == timers
+    assert run.instance.waiting == {"d": d.events}
     # the pre-crash attempt reporting late is stale; the new one counts
     assert not run(StepSucceeded("c", 1, "ok")).changed
     assert run(StepSucceeded("c", 2, "ok")).changed
@@ -793,13 +853,15 @@ def test_recover_of_a_waiting_instance_only_rearms() -> None:
     run = at_wait()
     (arm,) = run(StepSuspended("wait", 1, 30.0)).commands
     t = run(Recover())
-    assert t.commands == (arm,) and not t.changed
+    assert t.commands == (arm,)
+    assert not t.changed
 
 
 def test_recover_of_a_pending_instance_starts_it() -> None:
     run = Driver(linear())
     t = run(Recover())
-    assert t.commands == (RunStep("a", 1),) and run.status is hx.Status.RUNNING
+    assert t.commands == (RunStep("a", 1),)
+    assert run.status is hx.Status.RUNNING
 
 
 def test_recover_of_a_terminal_instance_does_nothing() -> None:
@@ -807,7 +869,8 @@ def test_recover_of_a_terminal_instance_does_nothing() -> None:
     run(Start())
     run(StepFailed("a", 1, "E", "m"))
     t = run(Recover())
-    assert not t.changed and t.commands == ()
+    assert not t.changed
+    assert t.commands == ()
 
 
 def test_recover_counts_towards_retries() -> None:
@@ -817,7 +880,8 @@ def test_recover_counts_towards_retries() -> None:
     assert run(Recover()).commands == (RunStep("a", 2),)
     run(StepFailed("a", 2, "E", "m"))
     assert run.status is hx.Status.FAILED
-    assert run.instance.error is not None and run.instance.error.attempts == 2
+    assert run.instance.error is not None
+    assert run.instance.error.attempts == 2
 
 
 # --- rejections leave the instance untouched ---------------------------------------------------
@@ -843,7 +907,8 @@ def test_rejections_leave_the_instance_identical(name: str, event: Input) -> Non
     with pytest.raises(hx.EventRejected):
         apply(run.wf, before, event, run.now + 1)
     assert encode_instance(before) == encoded
-    assert run.instance is before and before.revision == 4
+    assert run.instance is before
+    assert before.revision == 4
     # and the instance still works: the next real input gets revision + 1
     run(Deliver("approved"))
     assert run.instance.revision == 5
@@ -858,7 +923,8 @@ def test_rejections_on_terminal_instances() -> None:
     for event in (Deliver("ok"), Cancel(), ScheduleResume("a", 1.0)):
         with pytest.raises(hx.EventRejected):
             run(event)
-    assert run.instance is before and encode_instance(before) == encoded
+    assert run.instance is before
+    assert encode_instance(before) == encoded
 
 
 def test_cancel_timer_does_not_drop_a_retry_backoff() -> None:
@@ -870,8 +936,10 @@ def test_cancel_timer_does_not_drop_a_retry_backoff() -> None:
     (arm,) = run(StepFailed("b", 1, "E", "m")).commands
     assert isinstance(arm, ArmTimer)
     t = run(CancelTimer(arm.timer.id))
-    assert t.reply is False and not t.changed
-    assert run.status is hx.Status.WAITING and run.instance.retrying == ("b",)
+    assert t.reply is False
+    assert not t.changed
+    assert run.status is hx.Status.WAITING
+    assert run.instance.retrying == ("b",)
     assert run(TimerFired(arm.timer.id)).commands == (RunStep("b", 2),)
 
 
@@ -889,7 +957,8 @@ def test_schedule_resume_on_a_pending_instance_does_not_block_its_start() -> Non
 def test_early_event_on_a_pending_instance_is_queued() -> None:
     run = Driver(approval())
     t = run(Deliver("approved", {"n": 1}))
-    assert t.reply == "queued" and run.status is hx.Status.PENDING
+    assert t.reply == "queued"
+    assert run.status is hx.Status.PENDING
     assert live_steps(run.wf, run.instance) == {"a", "wait", "ship"}
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
