@@ -64,6 +64,11 @@ class Stat:
     def one(cls, value: float) -> Stat:
         return cls(value, value, value, 1)
 
+    @classmethod
+    def derived(cls, value: float) -> Stat:
+        """A figure computed from other medians (it has no range of its own)."""
+        return cls(value, value, value, 0)
+
     def map(self, fn: Callable[[float], float]) -> Stat:
         """Apply a monotonic ``fn`` (e.g. seconds -> rate), keeping low <= high."""
         a, b = fn(self.low), fn(self.high)
@@ -207,6 +212,8 @@ def fmt_stat(stat: Stat | None, unit: str = "") -> str:
 def fmt_range(stat: Stat | None) -> str:
     if stat is None:
         return ""
+    if stat.runs == 0:
+        return "(of medians)"
     if stat.runs == 1 or stat.low == stat.high:
         return "(1 run)" if stat.runs == 1 else ""
     return f"{fmt(stat.low)}-{fmt(stat.high)}"

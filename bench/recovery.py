@@ -120,7 +120,7 @@ def run(cfg: Config) -> Section:
             stat = seconds[(kind, size)] = Stat.of(result["times"])
             label = "MemoryStorage" if kind == "memory" else "FileStorage(durable=True)"
             first = seconds.get((kind, SIZES[0]))
-            growth = None if first is None or size == SIZES[0] else Stat.one(
+            growth = None if first is None or size == SIZES[0] else Stat.derived(
                 (stat.median / n) / (first.median / cfg.size(SIZES[0])))
             section.rows.append(Row(
                 "5", f"recover {n:,} parked instances, {label}", stat, "s",
