@@ -212,17 +212,30 @@ def retry_delay(step: Step, instance_id: str, failed_attempt: int) -> float | No
 
 def derive_status(instance: Instance) -> Status:
     """Return the status that the instance's state implies."""
-    if instance.cancelled:
+    return _status(instance.cancelled, instance.error, instance.attempts, instance.active,
+                   instance.waiting, instance.timers, instance.completed)
+
+
+def _status(
+    cancelled: bool,
+    error: ErrorInfo | None,
+    attempts: Mapping[str, int],
+    active: Sequence[str],
+    waiting: Mapping[str, object],
+    timers: Sequence[Timer],
+    completed: Sequence[str],
+) -> Status:
+    if cancelled:
         return Status.CANCELLED
-    if instance.error is not None:
+    if error is not None:
         return Status.FAILED
-    if not instance.attempts:  # never started: a timer or inbox event does not start it
+    if not attempts:  # never started: a timer or inbox event does not start it
         return Status.PENDING
-    if instance.active:
+    if active:
         return Status.RUNNING
-    if instance.waiting or instance.timers:
+    if waiting or timers:
         return Status.WAITING
-    if not instance.completed:
+    if not completed:
         return Status.PENDING
     return Status.COMPLETED
 
@@ -638,11 +651,18 @@ class _Draft:
         busy.update(t.step for t in self.timers if t.kind == "retry")
         pending = [key for key in self.fired if key not in busy]
         if pending:
-            snapshot = self.snapshot()
-            live = live_steps(self.workflow, snapshot)
+            completed = set(self.completed)
+            live: set[str] | None = None  # computed only for joins that need it
             for key in self.workflow.topo_order:
-                if key in pending and not (self.workflow.predecessors[key] & live):
-                    self.run(key, 1)
+                if key not in pending:
+                    continue
+                predecessors = self.workflow.predecessors[key]
+                if not predecessors <= completed:
+                    if live is None:
+                        live = live_steps(self.workflow, self.snapshot())
+                    if predecessors & live:
+                        continue
+                self.run(key, 1)
         if not self.active and not self.waiting and not any(
             t.kind == "retry" for t in self.timers
         ):
@@ -650,9 +670,10 @@ class _Draft:
 
     # -- result --------------------------------------------------------------------------------
 
-    def snapshot(self) -> Instance:
+    def snapshot(self, **final: Any) -> Instance:
         return msgspec.structs.replace(
             self.original,
+            **final,
             active=tuple(self.active),
             completed=tuple(self.completed),
             waiting=dict(self.waiting),
@@ -674,10 +695,10 @@ class _Draft:
     def finish(self) -> Transition:
         if not self.changed:
             return Transition(self.original, self.commands, self.reply, changed=False)
-        instance = self.snapshot()
-        status = derive_status(instance)
-        instance = msgspec.structs.replace(
-            instance, status=status, updated_at=self.now, revision=self.original.revision + 1,
+        status = _status(self.cancelled, self.error, self.attempts, self.active, self.waiting,
+                         self.timers, self.completed)
+        instance = self.snapshot(
+            status=status, updated_at=self.now, revision=self.original.revision + 1
         )
         if status.is_terminal and not self.terminal:
             self.commands.append(Finished(status))
