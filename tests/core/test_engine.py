@@ -28,6 +28,7 @@ from hephaestus._core._engine import (
     apply,
     live_steps,
     retry_delay,
+    step_context,
 )
 
 from .helpers import Driver, mk, of_type, workflow
@@ -965,3 +966,27 @@ def test_early_event_on_a_pending_instance_is_queued() -> None:
     assert run(StepSuspended("wait", 1, None)).commands == (RunStep("ship", 1),)
     with pytest.raises(hx.UndeclaredEvent):
         Driver(approval())(Deliver("nonsense"))
+
+
+def test_cancel_timer_does_not_drop_a_wait_timeout() -> None:
+    nap = hx.Wait(30, key="nap")
+    run = Driver(workflow(nap, {(nap, "timeout"): hx.Done}))
+    run(Start())
+    (arm,) = run(StepSuspended("nap", 1, 30.0)).commands
+    assert isinstance(arm, ArmTimer)
+    t = run(CancelTimer(arm.timer.id))
+    assert t.reply is False
+    assert not t.changed
+    assert run(TimerFired(arm.timer.id)).instance.status is hx.Status.COMPLETED
+
+
+def test_step_context_is_a_copy_that_step_code_cannot_use_to_change_the_instance() -> None:
+    a, b = mk("a"), mk("b")
+    run = Driver(workflow(a, {(a, "ok"): b, (b, "ok"): hx.Done}))
+    run(Start())
+    run(StepSucceeded("a", 1, "ok", {"items": [1, 2]}))
+    ctx = step_context(run.wf, run.instance, "b", 1)
+    ctx.results["a"]["items"].append(3)  # nested data is the step's own copy
+    assert run.instance.results["a"] == {"items": [1, 2]}
+    with pytest.raises(TypeError):
+        ctx.results["a"]["extra"] = 1  # type: ignore[index]

@@ -37,6 +37,12 @@ def decode_instance(data: bytes) -> Instance:
     return instance
 
 
+def detached_copy(value: dict[str, Any]) -> dict[str, Any]:
+    """Return a deep copy of a snapshot's plain data (a msgpack round trip)."""
+    copied: dict[str, Any] = _plain_decoder.decode(_encoder.encode(value))
+    return copied
+
+
 def check_serialisable(value: Any, what: str) -> None:
     """Return if ``value`` can be stored in a snapshot (msgpack, str keys).
 

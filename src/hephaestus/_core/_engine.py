@@ -18,6 +18,7 @@ from typing import Any, final
 
 import msgspec
 
+from ._codec import detached_copy
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
@@ -185,14 +186,19 @@ def new_instance(
 
 
 def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int) -> StepContext:
-    """Return the context that attempt ``attempt`` of ``step`` receives."""
+    """Return the context that attempt ``attempt`` of ``step`` receives.
+
+    Its data is a copy: step code that mutates a nested list or dict cannot
+    change the instance.
+    """
+    config = instance.configs.get(step)
     return StepContext(
         instance_id=instance.id,
         workflow=workflow.name,
         version=workflow.version,
-        initial=instance.initial,
-        results=instance.results,
-        config=instance.configs.get(step),
+        initial=detached_copy(instance.initial),
+        results=detached_copy(instance.results),
+        config=None if config is None else detached_copy(config),
         attempt=attempt,
         step=step,
     )
@@ -624,10 +630,10 @@ class _Draft:
         self.reply = self.add_timer("resume", step, delay).id
 
     def cancel_timer(self, timer_id: str) -> None:
-        # A retry timer is the only thing that keeps a failed step alive: dropping it
-        # would end the instance as COMPLETED (or PENDING) without that step.
+        # Only schedule_resume's timers are the caller's to drop: a retry timer is what
+        # keeps a failed step alive, and without its timeout a Wait would sleep forever.
         before = len(self.timers)
-        self.drop_timers(keep=lambda timer: timer.id != timer_id or timer.kind == "retry")
+        self.drop_timers(keep=lambda timer: timer.id != timer_id or timer.kind != "resume")
         self.reply = len(self.timers) < before
 
     def cancel(self, reason: str | None) -> None:
