@@ -254,7 +254,7 @@ def step(
     retry: Retry | None = None,
     timeout: float | None = None,
 ) -> Step | Callable[[StepFunction], Step]:
-    """Turn a function into a :class:`Step`; use as ``@step(events=...)`` or ``step(fn, events=...)``.
+    """Turn a function into a :class:`Step`: ``@step(events=...)`` or ``step(fn, events=...)``.
 
     Args:
         events: every event the step can end with, including events it can be
@@ -387,6 +387,3 @@ class Route:
 
     def __repr__(self) -> str:
         return f"Route({[t.key if isinstance(t, Step) else t for t in self.targets]!r})"
-
-
-TransitionTarget: TypeAlias = "Step | _DoneType | Target | Route | Sequence[Step | _DoneType | Target]"

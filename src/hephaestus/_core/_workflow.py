@@ -7,7 +7,7 @@ from typing import Any, final
 
 from ._errors import WorkflowDefinitionError
 from ._ids import Unique
-from ._steps import Done, Route, Step, Target, _DoneType
+from ._steps import Route, Step, Target, _DoneType
 
 
 @final

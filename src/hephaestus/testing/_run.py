@@ -89,7 +89,7 @@ class WorkflowRun:
 
 
 @final
-class WorkflowStuck(AssertionError):  # noqa: N818 - named like hx's errors (EventRejected)
+class WorkflowStuck(AssertionError):
     """The instance stopped making progress before reaching a terminal status.
 
     It waits for events no one will send (the schedule is exhausted) and no

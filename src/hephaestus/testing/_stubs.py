@@ -23,7 +23,7 @@ from .._core._workflow import Workflow
 
 
 @final
-class SimulatedFailure(Exception):  # noqa: N818 - named like hx's errors (EventRejected)
+class SimulatedFailure(Exception):
     """The exception a failing stub raises (what ``outcomes()`` draws for a failure)."""
 
 
