@@ -874,15 +874,20 @@ def test_recover_of_a_terminal_instance_does_nothing() -> None:
     assert t.commands == ()
 
 
-def test_recover_counts_towards_retries() -> None:
-    a = mk("a", retry=hx.Retry(max_attempts=2))
+def test_an_attempt_cut_short_by_a_crash_uses_up_no_retry() -> None:
+    a = mk("a", retry=hx.Retry(max_attempts=2, initial=1.0))
     run = Driver(workflow(a, {(a, "ok"): hx.Done}))
     run(Start())
-    assert run(Recover()).commands == (RunStep("a", 2),)
-    run(StepFailed("a", 2, "E", "m"))
+    assert run(Recover()).commands == (RunStep("a", 2),)  # attempt 1 died with the engine
+    (arm,) = run(StepFailed("a", 2, "E", "m")).commands  # the first failure: one retry left
+    assert isinstance(arm, ArmTimer)
+    assert arm.timer.deadline == run.now + 1.0
+    assert run(TimerFired(arm.timer.id)).commands == (RunStep("a", 3),)
+    run(StepFailed("a", 3, "E", "m"))
     assert run.status is hx.Status.FAILED
     assert run.instance.error is not None
-    assert run.instance.error.attempts == 2
+    assert run.instance.error.attempts == 3
+    assert run.instance.failures == {"a": 2}
 
 
 # --- rejections leave the instance untouched ---------------------------------------------------

@@ -332,6 +332,7 @@ class _Draft:
         self.results = instance.results
         self.metadata = instance.metadata
         self.attempts = instance.attempts
+        self.failures = instance.failures
         self.configs = instance.configs
         self.fired = instance.fired
         self.dedupe_keys = instance.dedupe_keys
@@ -493,7 +494,10 @@ class _Draft:
         if step in self.active:
             self.active.remove(step)
         self.waiting.pop(step, None)
-        delay = retry_delay(self.workflow.steps[step], self.original.id, attempt)
+        # Retries count failed attempts: an attempt cut short by a crash is not a failure.
+        failed = self.failures.get(step, 0) + 1
+        self.failures = {**self.failures, step: failed}
+        delay = retry_delay(self.workflow.steps[step], self.original.id, failed)
         if delay is not None:
             self.drop_timers(keep=lambda timer: timer.step != step)
             self.add_timer("retry", step, delay)
@@ -689,6 +693,7 @@ class _Draft:
             results=self.results,
             metadata=self.metadata,
             attempts=self.attempts,
+            failures=self.failures,
             configs=self.configs,
             fired=self.fired,
             dedupe_keys=self.dedupe_keys,

@@ -105,6 +105,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     revision: int = 0
     # Engine bookkeeping (stable field names: part of the snapshot format).
     attempts: dict[str, int] = {}
+    failures: dict[str, int] = {}
     configs: dict[str, dict[str, Any]] = {}
     fired: dict[str, tuple[str, ...]] = {}
     dedupe_keys: tuple[str, ...] = ()

@@ -48,7 +48,9 @@ StepResult: TypeAlias = str | Emit | Suspend
 class Retry(msgspec.Struct, frozen=True):
     """How often, and how far apart, a failing step is attempted.
 
-    ``max_attempts`` counts the first attempt. The delay after failed attempt
+    ``max_attempts`` counts the first attempt; an attempt cut short by a crash
+    (and run again on recovery) is not a failed one and does not count. The
+    delay after failed attempt
     ``n`` is ``initial * 2**(n-1)`` (exponential), ``initial * n`` (linear) or
     ``initial`` (constant), capped at ``max_backoff``. With ``jitter`` each
     delay is spread over ``[delay/2, delay]``, deterministically per instance,
