@@ -40,7 +40,7 @@ class Scenario:
     exit_by: str  # how the engine's block is left at a crash point: "return", "raise", "cancel"
 
 
-class SimulatedCrash(Exception):  # noqa: N818 - not an error of the code under test
+class SimulatedCrash(Exception):
     """Raised inside the engine's block to leave it by exception."""
 
 
