@@ -168,9 +168,9 @@ def run(cfg: Config) -> Section:
         section.notes.append(f"SKIPPED the engine side: {missing}; only the raw-disk limit "
                              "was measured")
     else:
-        usage: list[tuple[int, int]] = []
-        _in_fresh_dir(cfg, "size", lambda p: trio.run(engine_run, p, False, 20, 1), usage)
-        size = max(64, usage[0][0] // 20)
+        sized: list[tuple[int, int]] = []
+        _in_fresh_dir(cfg, "size", lambda p: trio.run(engine_run, p, False, 20, 1), sized)
+        size = max(64, sized[0][0] // 20)
     section.notes.append(f"a linear 3-step instance stores {puts:g} snapshots; the raw loop "
                          f"writes {size} B per file (bytes on disk per finished instance, or "
                          "600 B when FileStorage is missing)")

@@ -44,8 +44,10 @@ def run(cfg: Config) -> Section:
         "LogHandler -> NullHandler": [hx.LogHandler(_null_logger())],
     }
     cfg.log(f"scenario 7: linear 3-step N={n:,} x {len(handlers)} telemetry set-ups")
-    times = paired({name: (lambda h=h: trio.run(engine_run, n, LINEAR, h))
-                    for name, h in handlers.items()}, cfg)
+    def case(chosen: list[Callable[[hx.TelemetryEvent], object]]) -> Callable[[], float]:
+        return lambda: trio.run(engine_run, n, LINEAR, chosen)
+
+    times = paired({name: case(chosen) for name, chosen in handlers.items()}, cfg)
     bare = times["no handler"]
     for name, values in times.items():
         ratio = ratios(values, bare)

@@ -12,7 +12,7 @@ overhead ratio is engine time / bare time, per alternating pair of runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -90,7 +90,7 @@ async def bare_fanout(n: int) -> float:
 
 
 def _pair(cfg: Config, n: int, workflow: hx.Workflow,
-          bare: Callable[[int], object]) -> dict[str, list[float]]:
+          bare: Callable[[int], Awaitable[float]]) -> dict[str, list[float]]:
     warm = cfg.size(1_000) if n > 10_000 else n  # a 100k warm-up teaches nothing a 1k one does not
     return paired(
         {"bare": lambda: trio.run(bare, n), "engine": lambda: trio.run(engine_run, n, workflow)},
