@@ -22,7 +22,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and formatting with ruff."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "property_tests", "bench", "noxfile.py")
+    paths = ["src", "tests", "property_tests", "bench", "noxfile.py", "conftest.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PYTHON)
@@ -44,3 +46,10 @@ def bench(session: nox.Session) -> None:
     """Run the benchmark suite and write docs/benchmarks.md (`-- --smoke` for a quick run)."""
     session.install("-e", ".[rich]")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_peers(session: nox.Session) -> None:
+    """Compare durable 3-step workflows with DBOS on SQLite, on the same disk (own virtualenv)."""
+    session.install("-e", ".", "dbos")
+    session.run("python", "-m", "bench.peers", *session.posargs)

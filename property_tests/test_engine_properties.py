@@ -50,8 +50,11 @@ from hephaestus._core._engine import (
 )
 
 PROPERTY_SETTINGS = settings(
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
     deadline=None,
 )
 
@@ -72,7 +75,7 @@ class Spec:
     """A generated workflow plus the plain data the checks use (independent of the engine)."""
 
     workflow: hx.Workflow
-    keys: list[str]                                   # in a topological order
+    keys: list[str]  # in a topological order
     events: dict[str, tuple[str, ...]]
     successors: dict[str, set[str]]
     predecessors: dict[str, set[str]] = field(default_factory=dict)
@@ -100,14 +103,17 @@ def workflows(draw: st.DrawFn) -> Spec:
         if draw(st.booleans()):  # can suspend with a timeout, or be resumed by a timer
             chosen.append("timeout")
         events[key] = tuple(chosen)
-        retries[key] = draw(st.none() | st.builds(
-            hx.Retry,
-            max_attempts=st.integers(1, 3),
-            backoff=st.sampled_from(["exponential", "linear", "constant"]),
-            initial=st.sampled_from([0.0, 0.5, 2.0]),
-            max_backoff=st.sampled_from([1.0, 30.0]),
-            jitter=st.booleans(),
-        ))
+        retries[key] = draw(
+            st.none()
+            | st.builds(
+                hx.Retry,
+                max_attempts=st.integers(1, 3),
+                backoff=st.sampled_from(["exponential", "linear", "constant"]),
+                initial=st.sampled_from([0.0, 0.5, 2.0]),
+                max_backoff=st.sampled_from([1.0, 30.0]),
+                jitter=st.booleans(),
+            )
+        )
 
     # Abstract targets: ("done",) | ("step", j, config) | ("fan", [j..]) | ("route", [j..])
     edges: dict[tuple[int, str], tuple[Any, ...]] = {}
@@ -122,8 +128,7 @@ def workflows(draw: st.DrawFn) -> Spec:
                 config = draw(st.none() | st.fixed_dictionaries({"c": st.integers(0, 9)}))
                 edges[(i, event)] = ("step", draw(st.sampled_from(later)), config)
             else:
-                picked = draw(st.lists(st.sampled_from(later), min_size=1, max_size=3,
-                                       unique=True))
+                picked = draw(st.lists(st.sampled_from(later), min_size=1, max_size=3, unique=True))
                 edges[(i, event)] = (kind, picked)
 
     def targets_of(edge: tuple[Any, ...]) -> list[int]:
@@ -152,8 +157,9 @@ def workflows(draw: st.DrawFn) -> Spec:
             edges[(i, event)] = (old[0], [*old[1], j])
         reachable.add(j)
 
-    steps = {key: hx.step(never_called, key=key, events=events[key], retry=retries[key])
-             for key in keys}
+    steps = {
+        key: hx.step(never_called, key=key, events=events[key], retry=retries[key]) for key in keys
+    }
     outsider = hx.step(never_called, key="outsider", events=("ok",))
 
     def make_choose(allowed: list[str]) -> Any:
@@ -166,6 +172,7 @@ def workflows(draw: st.DrawFn) -> Spec:
             if pick == ROUTE_ALL:
                 return [steps[k] for k in allowed]
             return steps[allowed[pick % len(allowed)]]
+
         return choose
 
     transitions: list[tuple[tuple[hx.Step, str], object]] = []
@@ -186,10 +193,14 @@ def workflows(draw: st.DrawFn) -> Spec:
             target = hx.Route(make_choose(target_keys), [steps[k] for k in target_keys])
         transitions.append(((source, event), target))
 
-    wf = hx.Workflow("random", start=steps[keys[0]], transitions=transitions,
-                     unique=hx.Unique("prop"))
+    wf = hx.Workflow(
+        "random", start=steps[keys[0]], transitions=transitions, unique=hx.Unique("prop")
+    )
     return Spec(
-        workflow=wf, keys=list(keys), events=events, successors=successors,
+        workflow=wf,
+        keys=list(keys),
+        events=events,
+        successors=successors,
         max_attempts={k: (r.max_attempts if r else 1) for k, r in retries.items()},
     )
 
@@ -218,11 +229,12 @@ class Checker:
         self.spec = spec
         self.wf = spec.workflow
         self.now = 1_000_000.0
-        self.instance = new_instance(self.wf, "prop::x", initial={"n": 1}, metadata=None,
-                                     now=self.now)
-        self.running: dict[str, int] = {}        # step -> attempt the runtime is running
-        self.stale: list[tuple[str, int]] = []   # attempts that were cancelled or lost
-        self.armed: dict[str, hx.Timer] = {}     # timers the runtime sleeps on
+        self.instance = new_instance(
+            self.wf, "prop::x", initial={"n": 1}, metadata=None, now=self.now
+        )
+        self.running: dict[str, int] = {}  # step -> attempt the runtime is running
+        self.stale: list[tuple[str, int]] = []  # attempts that were cancelled or lost
+        self.armed: dict[str, hx.Timer] = {}  # timers the runtime sleeps on
         self.highest_attempt: dict[str, int] = {}
         self.inputs = 0
         self.recoveries = 0
@@ -267,7 +279,7 @@ class Checker:
             assert after.active
         if status is hx.Status.WAITING:
             assert not after.active
-            assert (after.waiting or after.timers)
+            assert after.waiting or after.timers
         if status.is_terminal:
             assert not after.active
             assert not after.waiting
@@ -282,7 +294,7 @@ class Checker:
             assert may_still_run(spec, after) == set()
         # history is append-only; finished attempts only
         assert after.history[: len(before.history)] == before.history
-        for entry in after.history[len(before.history):]:
+        for entry in after.history[len(before.history) :]:
             assert entry.at == self.now
             assert (entry.event is None) != (entry.error is None)
             if entry.event is not None:
@@ -313,14 +325,18 @@ class Checker:
         """The input did what it says: a due timer fires, a delivered event ends its step."""
         if before.status.is_terminal:
             return
-        new_entries = after.history[len(before.history):]
+        new_entries = after.history[len(before.history) :]
         if isinstance(event, TimerFired):
             timer = next((tm for tm in before.timers if tm.id == event.timer_id), None)
             if timer is None:
                 assert not t.changed
             elif timer.kind == "retry":
-                assert RunStep(timer.step, before.attempts[timer.step] + 1,
-                               before.configs.get(timer.step)) in t.commands
+                assert (
+                    RunStep(
+                        timer.step, before.attempts[timer.step] + 1, before.configs.get(timer.step)
+                    )
+                    in t.commands
+                )
             elif timer.step in before.waiting:  # its "timeout" ends the suspended step
                 assert timer.step not in after.waiting
                 assert new_entries[0].step == timer.step
@@ -342,8 +358,10 @@ class Checker:
                 assert new_entries[0].error == "UndeclaredEvent"
             else:
                 # the first queued event this step accepts is delivered at once (FIFO)
-                first = next((q for q in before.inbox if q.event in events
-                              and q.step in (None, event.step)), None)
+                first = next(
+                    (q for q in before.inbox if q.event in events and q.step in (None, event.step)),
+                    None,
+                )
                 if first is None:
                     assert after.waiting[event.step] == events
                     assert new_entries == ()
@@ -358,16 +376,22 @@ class Checker:
                         assert after.results[event.step] == first.payload
         if isinstance(event, StepFailed) and t.changed:
             entry = new_entries[0]
-            assert (entry.step, entry.error, entry.attempt) == (event.step, event.error_type,
-                                                                event.attempt)
+            assert (entry.step, entry.error, entry.attempt) == (
+                event.step,
+                event.error_type,
+                event.attempt,
+            )
             limit = self.spec.max_attempts[event.step]
             if event.attempt < limit:
                 assert after.error is None
                 assert event.step in after.retrying
             else:
-                assert after.error == hx.ErrorInfo(step=event.step, type=event.error_type,
-                                                   message=event.message,
-                                                   attempts=event.attempt)
+                assert after.error == hx.ErrorInfo(
+                    step=event.step,
+                    type=event.error_type,
+                    message=event.message,
+                    attempts=event.attempt,
+                )
 
     def check_commands(
         self, before: hx.Instance, after: hx.Instance, t: Transition, event: Input
@@ -423,7 +447,9 @@ class Checker:
             if run.step != spec.keys[0] and run.attempt == 1:
                 # a join never starts while a predecessor may still reach it
                 assert not (spec.predecessors[run.step] & live_after), (
-                    run.step, spec.predecessors[run.step] & live_after)
+                    run.step,
+                    spec.predecessors[run.step] & live_after,
+                )
                 assert after.fired.get(run.step), "a step started without an edge to it"
         # the engine's own liveness agrees with the independent model
         if not after.status.is_terminal:
@@ -497,8 +523,23 @@ class Checker:
         raise AssertionError(f"not terminal after {limit} resolving inputs: {self.instance}")
 
 
-MOVES = ("report", "report", "report", "report", "deliver", "deliver", "deliver", "fire",
-         "fire", "stale", "schedule", "cancel_timer", "recover", "cancel", "start")
+MOVES = (
+    "report",
+    "report",
+    "report",
+    "report",
+    "deliver",
+    "deliver",
+    "deliver",
+    "fire",
+    "fire",
+    "stale",
+    "schedule",
+    "cancel_timer",
+    "recover",
+    "cancel",
+    "start",
+)
 
 
 def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
@@ -513,20 +554,27 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
         if move == "report" and env.running:
             step = data.draw(st.sampled_from(sorted(env.running)), label="step")
             attempt = env.running[step]
-            outcome = data.draw(st.sampled_from(["succeed", "succeed", "fail", "suspend",
-                                                 "suspend", "undeclared"]), label="outcome")
+            outcome = data.draw(
+                st.sampled_from(["succeed", "succeed", "fail", "suspend", "suspend", "undeclared"]),
+                label="outcome",
+            )
             if outcome == "succeed":
                 event = data.draw(st.sampled_from(spec.events[step]), label="event")
-                results = data.draw(st.none() | st.fixed_dictionaries({"route": st.sampled_from(
-                    [0, 1, 2, ROUTE_OUTSIDE, ROUTE_RAISE, ROUTE_ALL])}), label="results")
-                metadata = data.draw(st.none() | st.fixed_dictionaries(
-                    {"m": st.integers(0, 3)}), label="metadata")
+                results = data.draw(
+                    st.none()
+                    | st.fixed_dictionaries(
+                        {"route": st.sampled_from([0, 1, 2, ROUTE_OUTSIDE, ROUTE_RAISE, ROUTE_ALL])}
+                    ),
+                    label="results",
+                )
+                metadata = data.draw(
+                    st.none() | st.fixed_dictionaries({"m": st.integers(0, 3)}), label="metadata"
+                )
                 env.report(StepSucceeded(step, attempt, event, results, metadata))
             elif outcome == "fail":
                 env.report(StepFailed(step, attempt, "Boom", "it broke"))
             elif outcome == "suspend":
-                timeout = data.draw(st.none() | st.sampled_from([0.0, 1.0, 10.0]),
-                                    label="timeout")
+                timeout = data.draw(st.none() | st.sampled_from([0.0, 1.0, 10.0]), label="timeout")
                 env.report(StepSuspended(step, attempt, timeout))
             else:
                 env.report(StepSucceeded(step, attempt, "bogus"))
@@ -535,11 +583,14 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             running = sorted(env.running)
             # mostly events a running step declares: they queue up in the inbox
             pool = sorted({e for k in running for e in spec.events[k]}) or all_events
-            event = data.draw(st.sampled_from(pool) | st.sampled_from(all_events),
-                              label="deliver event")
+            event = data.draw(
+                st.sampled_from(pool) | st.sampled_from(all_events), label="deliver event"
+            )
             target = data.draw(st.none() | st.sampled_from(waiting or spec.keys), label="to")
-            payload = data.draw(st.fixed_dictionaries(
-                {}, optional={"route": st.sampled_from([0, 1, ROUTE_ALL])}), label="payload")
+            payload = data.draw(
+                st.fixed_dictionaries({}, optional={"route": st.sampled_from([0, 1, ROUTE_ALL])}),
+                label="payload",
+            )
             payload["serial"] = env.inputs  # tells apart events that are otherwise equal
             dedupe = data.draw(st.none() | st.sampled_from(["d1", "d2"]), label="dedupe")
             seen = dedupe is not None and dedupe in env.instance.dedupe_keys
@@ -553,11 +604,18 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             # a lost attempt reporting late, or a timer that is no longer armed
             if env.stale:
                 step, attempt = data.draw(st.sampled_from(env.stale), label="stale")
-                t = env.feed(data.draw(st.sampled_from([
-                    StepSucceeded(step, attempt, spec.events[step][0]),
-                    StepFailed(step, attempt, "Late", "late"),
-                    StepSuspended(step, attempt, None),
-                ]), label="stale outcome"))
+                t = env.feed(
+                    data.draw(
+                        st.sampled_from(
+                            [
+                                StepSucceeded(step, attempt, spec.events[step][0]),
+                                StepFailed(step, attempt, "Late", "late"),
+                                StepSuspended(step, attempt, None),
+                            ]
+                        ),
+                        label="stale outcome",
+                    )
+                )
                 assert t is not None
                 assert not t.changed
                 assert t.commands == ()
@@ -612,10 +670,17 @@ def test_random_runs_keep_every_invariant_and_terminate(spec: Spec, data: st.Dat
     assert env.finished
     # after Finished, every input yields no command or a rejection
     final = env.instance
-    for event in (Start(), Recover(), TimerFired("t1"), CancelTimer("t1"),
-                  StepSucceeded(spec.keys[0], 1, spec.events[spec.keys[0]][0]),
-                  StepFailed(spec.keys[0], 1, "E", "m"), Deliver("ok"),
-                  ScheduleResume(spec.keys[0], 1.0), Cancel()):
+    for event in (
+        Start(),
+        Recover(),
+        TimerFired("t1"),
+        CancelTimer("t1"),
+        StepSucceeded(spec.keys[0], 1, spec.events[spec.keys[0]][0]),
+        StepFailed(spec.keys[0], 1, "E", "m"),
+        Deliver("ok"),
+        ScheduleResume(spec.keys[0], 1.0),
+        Cancel(),
+    ):
         t = env.feed(event)
         assert t is None or t.commands == ()
     assert env.instance is final
@@ -665,15 +730,18 @@ def test_crash_anywhere_then_recover_ends_like_no_crash(spec: Spec, data: st.Dat
 
 @PROPERTY_SETTINGS
 @given(
-    st.integers(1, 20), st.text(min_size=1, max_size=30),
-    st.floats(0.0, 100.0), st.sampled_from(["exponential", "linear", "constant"]),
+    st.integers(1, 20),
+    st.text(min_size=1, max_size=30),
+    st.floats(0.0, 100.0),
+    st.sampled_from(["exponential", "linear", "constant"]),
 )
 def test_jitter_is_deterministic_and_bounded(
     failed: int, instance_id: str, initial: float, backoff: Any
 ) -> None:
     plain = hx.Retry(max_attempts=25, backoff=backoff, initial=initial, max_backoff=50.0)
-    jittered = hx.Retry(max_attempts=25, backoff=backoff, initial=initial, max_backoff=50.0,
-                        jitter=True)
+    jittered = hx.Retry(
+        max_attempts=25, backoff=backoff, initial=initial, max_backoff=50.0, jitter=True
+    )
     a = hx.step(never_called, key="a", events=("ok",), retry=plain)
     b = hx.step(never_called, key="a", events=("ok",), retry=jittered)
     delay = retry_delay(a, instance_id, failed)
@@ -689,16 +757,21 @@ def test_jitter_is_deterministic_and_bounded(
 @given(workflows(), st.data())
 def test_a_back_edge_is_always_reported_as_a_cycle(spec: Spec, data: st.DataObject) -> None:
     """Validation: adding an edge from a step back to one of its ancestors is a cycle."""
-    pairs = [(src, dst) for src in spec.keys for dst in spec.keys
-             if src == dst or src in spec.descendants[dst]]
+    pairs = [
+        (src, dst)
+        for src in spec.keys
+        for dst in spec.keys
+        if src == dst or src in spec.descendants[dst]
+    ]
     src, dst = data.draw(st.sampled_from(pairs), label="back edge")
     steps = spec.workflow.steps
     loop = hx.step(never_called, key=src, events=(*spec.events[src], "loop"))
     transitions: list[Any] = []
     for (key, event), edge in spec.workflow.edges.items():
         source = loop if key == src else steps[key]
-        target: object = hx.Done if edge.done else [
-            (loop if k == src else steps[k]) for k in edge.target_keys]
+        target: object = (
+            hx.Done if edge.done else [(loop if k == src else steps[k]) for k in edge.target_keys]
+        )
         transitions.append(((source, event), target))
     transitions.append(((loop, "loop"), loop if dst == src else steps[dst]))
     start = loop if spec.keys[0] == src else steps[spec.keys[0]]

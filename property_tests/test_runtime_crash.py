@@ -59,8 +59,10 @@ def build(sc: Scenario) -> hx.Workflow:
             value = ctx.initial["n"] * 10 + KEYS.index(key)
             value += sum(int(r.get("v", 1)) for r in seen)
             event = events[0] if len(events) == 1 else events[ctx.initial["n"] % 2]
-            return hx.Emit(event, {"v": value, "from": sorted(
-                p for p in predecessors[key] if p in ctx.results)})
+            return hx.Emit(
+                event,
+                {"v": value, "from": sorted(p for p in predecessors[key] if p in ctx.results)},
+            )
 
         return hx.step(body, events=events, key=key)
 
@@ -68,22 +70,34 @@ def build(sc: Scenario) -> hx.Workflow:
     if sc.shape == "linear":
         a, b, c = make("a", ("ok",)), make("b", ("ok",)), make("c", ("ok",))
         transitions: dict[Any, Any] = {
-            (a, "ok"): w, (w, "go"): b, (b, "ok"): c, (c, "ok"): hx.Done,
+            (a, "ok"): w,
+            (w, "go"): b,
+            (b, "ok"): c,
+            (c, "ok"): hx.Done,
         }
     elif sc.shape == "fan":
         a, b, c, d = (make(k, ("ok",)) for k in KEYS)
         transitions = {
-            (a, "ok"): [b, c], (b, "ok"): w, (w, "go"): d, (c, "ok"): d, (d, "ok"): hx.Done,
+            (a, "ok"): [b, c],
+            (b, "ok"): w,
+            (w, "go"): d,
+            (c, "ok"): d,
+            (d, "ok"): hx.Done,
         }
     else:
         a = make("a", ("left", "right"))
         b, c, d = (make(k, ("ok",)) for k in KEYS[1:])
         transitions = {
-            (a, "left"): b, (a, "right"): c, (b, "ok"): d, (c, "ok"): d, (d, "ok"): w,
+            (a, "left"): b,
+            (a, "right"): c,
+            (b, "ok"): d,
+            (c, "ok"): d,
+            (d, "ok"): w,
             (w, "go"): hx.Done,
         }
-    return hx.Workflow(f"crash_{sc.shape}", start=a, transitions=transitions,
-                       unique=hx.Unique("crash"))
+    return hx.Workflow(
+        f"crash_{sc.shape}", start=a, transitions=transitions, unique=hx.Unique("crash")
+    )
 
 
 def run(sc: Scenario, crash_points: list[int]) -> hx.Instance:
@@ -108,7 +122,9 @@ def run(sc: Scenario, crash_points: list[int]) -> hx.Instance:
 
         with trio.CancelScope() as outer, contextlib.suppress(SimulatedCrash):
             async with hx.open_engine(
-                workflows=[wf], storage=storage, clock=hx.testing.VirtualClock(),
+                workflows=[wf],
+                storage=storage,
+                clock=hx.testing.VirtualClock(),
                 telemetry=on_event,
             ) as engine:
 

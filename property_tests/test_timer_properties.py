@@ -74,10 +74,16 @@ def workflow_for(index: int, spec: TimerSpec) -> hx.Workflow:
     elif spec.kind == "resume":
         pause = parked
     else:
-        pause = hx.step(fail_once, key="pause", events=("done",), retry=hx.Retry(
-            max_attempts=2, backoff="constant", initial=spec.delay, max_backoff=1e9))
+        pause = hx.step(
+            fail_once,
+            key="pause",
+            events=("done",),
+            retry=hx.Retry(max_attempts=2, backoff="constant", initial=spec.delay, max_backoff=1e9),
+        )
     return hx.Workflow(
-        f"w{index}", start=pause, transitions={(pause, e): hx.Done for e in pause.events},
+        f"w{index}",
+        start=pause,
+        transitions={(pause, e): hx.Done for e in pause.events},
         unique=hx.Unique("p"),
     )
 
@@ -128,11 +134,15 @@ async def scenario(specs: list[TimerSpec], crash_at: float, downtime: float) -> 
         out.set_at[index] = now()  # Wait/WaitForEvent suspend, retry fails: all at once
 
     actions = [(spec.start_at, 0, "start", i) for i, spec in enumerate(specs)]
-    actions += [(spec.start_at + spec.event_after, 1, "event", i)
-                for i, spec in enumerate(specs) if spec.event_after is not None]
+    actions += [
+        (spec.start_at + spec.event_after, 1, "event", i)
+        for i, spec in enumerate(specs)
+        if spec.event_after is not None
+    ]
     actions.sort()
-    async with hx.open_engine(workflows=workflows, storage=store, clock=clock,
-                              telemetry=observe) as engine:
+    async with hx.open_engine(
+        workflows=workflows, storage=store, clock=clock, telemetry=observe
+    ) as engine:
         for at, _, action, index in actions:
             if at >= crash_at:
                 break
@@ -140,8 +150,9 @@ async def scenario(specs: list[TimerSpec], crash_at: float, downtime: float) -> 
             await act(engine, action, index)
         await trio.sleep_until(t0 + crash_at)
     await trio.sleep(downtime)
-    async with hx.open_engine(workflows=workflows, storage=store, clock=clock,
-                              telemetry=observe) as engine:
+    async with hx.open_engine(
+        workflows=workflows, storage=store, clock=clock, telemetry=observe
+    ) as engine:
         out.reopened_at = now()
         for at, _, action, index in actions:
             if at >= crash_at:
@@ -174,21 +185,28 @@ def expected_fire_times(out: Outcome, set_at: float, due: float) -> list[float]:
     downtime=times,
 )
 @example(  # timers due exactly at the crash and during the downtime; an event racing one
-    specs=[TimerSpec("wait", 0.0, 10.0), TimerSpec("resume", 5.0, 10.0),
-           TimerSpec("wait_for_event", 12.0, 0.0), TimerSpec("retry", 3.0, 20.0),
-           TimerSpec("wait_for_event", 1.0, 30.0, 10.0),
-           TimerSpec("wait_for_event", 2.0, 10.0, 25.0)],
-    crash_at=15.0, downtime=30.0,
+    specs=[
+        TimerSpec("wait", 0.0, 10.0),
+        TimerSpec("resume", 5.0, 10.0),
+        TimerSpec("wait_for_event", 12.0, 0.0),
+        TimerSpec("retry", 3.0, 20.0),
+        TimerSpec("wait_for_event", 1.0, 30.0, 10.0),
+        TimerSpec("wait_for_event", 2.0, 10.0, 25.0),
+    ],
+    crash_at=15.0,
+    downtime=30.0,
 )
 @example(  # a delay far below the resolution of epoch seconds, a crash just after it
-    specs=[TimerSpec("wait", 0.0, 9.711281137854427e-20)], crash_at=1.4440960579622853e-264,
+    specs=[TimerSpec("wait", 0.0, 9.711281137854427e-20)],
+    crash_at=1.4440960579622853e-264,
     downtime=1.0,
 )
 def test_every_timer_fires_exactly_once_never_early_across_a_crash(
     specs: list[TimerSpec], crash_at: float, downtime: float
 ) -> None:
-    out = trio.run(scenario, specs, crash_at, downtime,
-                   clock=trio.testing.MockClock(autojump_threshold=0))
+    out = trio.run(
+        scenario, specs, crash_at, downtime, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
     for index, spec in enumerate(specs):
         context = (index, spec, out)
         set_at = out.set_at[index]

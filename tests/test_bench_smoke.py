@@ -32,9 +32,22 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--no-write", "--quiet",
-         "--tmp-dir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--no-write",
+            "--quiet",
+            "--tmp-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for title in SECTIONS:
@@ -52,8 +65,19 @@ def test_bench_markdown_renders_a_row() -> None:
         from bench._report import render_markdown
     finally:
         sys.path.remove(str(ROOT))
-    section = Section("demo", rows=[Row("1", "case", Stat.of([1.0, 2.0, 3.0]), "inst/s",
-                                        baseline=Stat.one(4.0), ratio=Stat.of([2.0, 4.0]))])
+    section = Section(
+        "demo",
+        rows=[
+            Row(
+                "1",
+                "case",
+                Stat.of([1.0, 2.0, 3.0]),
+                "inst/s",
+                baseline=Stat.one(4.0),
+                ratio=Stat.of([2.0, 4.0]),
+            )
+        ],
+    )
     text = render_markdown([section], Config(repeats=3), 1.0, "python -m bench")
     assert "| 1 | case | 2.00 inst/s | 1.00-3.00 | 4.00 inst/s | 3.00 x | 2.00-4.00 |" in text
     assert "Python" in text
@@ -70,8 +94,19 @@ def test_bench_keeps_the_peers_block(tmp_path: Path) -> None:
         sys.path.remove(str(ROOT))
     report = tmp_path / "benchmarks.md"
     report.write_text("# Benchmarks\n\nold table\n", encoding="utf-8")
-    peers = Section("Peers", rows=[Row("peer", "durable", Stat.one(700.0), "wf/s",
-                                       baseline=Stat.one(70.0), ratio=Stat.one(10.0))])
+    peers = Section(
+        "Peers",
+        rows=[
+            Row(
+                "peer",
+                "durable",
+                Stat.one(700.0),
+                "wf/s",
+                baseline=Stat.one(70.0),
+                ratio=Stat.one(10.0),
+            )
+        ],
+    )
     write_block(report, peers, Config(repeats=1), "python -m bench.peers")
     write_block(report, peers, Config(repeats=1), "python -m bench.peers")
     kept = peers_block(report)

@@ -26,7 +26,12 @@ def hx_cli(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
     return subprocess.run(
         [sys.executable, "-m", "hephaestus", *args],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -57,8 +62,13 @@ WAITING = hx.Instance(
     timers=(hx.Timer(id="t1", kind="timeout", step="await_delivery", deadline=NOW + 90.0),),
     history=(
         hx.HistoryEntry(step="validate", event="valid", attempt=1, at=NOW - 3),
-        hx.HistoryEntry(step="charge", event=None, attempt=1, at=NOW - 2,
-                        error="RuntimeError: gateway timed out"),
+        hx.HistoryEntry(
+            step="charge",
+            event=None,
+            attempt=1,
+            at=NOW - 2,
+            error="RuntimeError: gateway timed out",
+        ),
         hx.HistoryEntry(step="charge", event="charged", attempt=2, at=NOW - 1),
     ),
     created_at=NOW - 3,
@@ -103,7 +113,7 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-WORKFLOW_MODULE = '''
+WORKFLOW_MODULE = """
 import hephaestus as hx
 
 @hx.step(events=("ok",))
@@ -124,7 +134,7 @@ class Holder:
     inner = flow
 
 not_a_workflow = 42
-'''
+"""
 
 
 @pytest.fixture
@@ -132,7 +142,8 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "flows.py").write_text(WORKFLOW_MODULE)
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "badimport.py").write_text("import no_such_dependency_here\n")
-    (tmp_path / "badflow.py").write_text(textwrap.dedent('''
+    (tmp_path / "badflow.py").write_text(
+        textwrap.dedent("""
         import hephaestus as hx
 
         @hx.step(events=("ok", "other"))
@@ -141,7 +152,8 @@ def project(tmp_path: Path) -> Path:
 
         flow = hx.Workflow("bad", start=first, transitions={(first, "ok"): hx.Done},
                            unique=hx.Unique("bad"))
-    '''))
+    """)
+    )
     return tmp_path
 
 
@@ -170,7 +182,11 @@ def test_console_script_imports_from_the_current_directory(project: Path) -> Non
         pytest.skip("the hephaestus console script is not installed next to this python")
     proc = subprocess.run(
         [str(script), "graph", "flows:flow", "--format", "ascii"],
-        capture_output=True, text=True, cwd=project, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        cwd=project,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("workflow flow v1\n")
@@ -179,7 +195,7 @@ def test_console_script_imports_from_the_current_directory(project: Path) -> Non
 def test_graph_default_is_mermaid_and_dotted_attr_works(project: Path) -> None:
     proc = hx_cli("graph", "flows:Holder.inner", cwd=project)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("---\ntitle: \"flow v1\"\n---\nflowchart TD\n")
+    assert proc.stdout.startswith('---\ntitle: "flow v1"\n---\nflowchart TD\n')
 
 
 def test_graph_of_the_demo_workflow() -> None:
@@ -338,7 +354,8 @@ def test_a_corrupt_snapshot_is_reported_not_fatal(store: Path) -> None:
     assert "order%3a%3ab2.snap" in warning
     assert_one_line_error(
         hx_cli("show", "--store", str(store), "order::b2"),
-        "the snapshot of 'order::b2' is unreadable", "order%3a%3ab2.snap",
+        "the snapshot of 'order::b2' is unreadable",
+        "order%3a%3ab2.snap",
     )
     assert damaged.read_bytes() == b"garbage"  # read-only: left in place
 
@@ -375,11 +392,15 @@ async def test_list_and_show_work_while_an_engine_holds_the_store(tmp_path: Path
                 await trio.sleep(0.005)
         listed = await trio.run_process(
             [sys.executable, "-m", "hephaestus", "list", "--store", str(path)],
-            capture_stdout=True, capture_stderr=True, check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
         shown = await trio.run_process(
             [sys.executable, "-m", "hephaestus", "show", "--store", str(path), iid],
-            capture_stdout=True, capture_stderr=True, check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
         await engine.cancel(iid)
     assert listed.returncode == 0, listed.stderr
@@ -397,9 +418,19 @@ async def test_list_and_show_work_while_an_engine_holds_the_store(tmp_path: Path
 async def test_demo_on_a_locked_store_is_one_line(tmp_path: Path) -> None:
     async with hx.FileStorage(tmp_path / "held"):
         proc = await trio.run_process(
-            [sys.executable, "-m", "hephaestus", "demo", "--store", str(tmp_path / "held"),
-             "--instances", "3"],
-            capture_stdout=True, capture_stderr=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "hephaestus",
+                "demo",
+                "--store",
+                str(tmp_path / "held"),
+                "--instances",
+                "3",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
     assert proc.returncode == 1
     [line] = proc.stderr.decode().splitlines()
@@ -478,7 +509,9 @@ def test_rerun_steps_spots_attempts_interrupted_by_a_crash() -> None:
     retried = WAITING  # charge: attempt 1 failed, attempt 2 charged: a retry, no re-run
     assert rerun_steps(retried) == []
     crashed = hx.Instance(
-        id="order::r1", workflow="order", version=1,
+        id="order::r1",
+        workflow="order",
+        version=1,
         history=(entry("a", 1, None), entry("a", 3, "ok"), entry("b", 2, "ok")),
     )
     assert rerun_steps(crashed) == ["a", "b"]
@@ -488,9 +521,19 @@ def test_demo_interrupted_with_ctrl_c_exits_quietly(tmp_path: Path) -> None:
     # A real SIGINT, mid-run: no traceback, exit status 130. (SIGINT must not be
     # ignored in the child, as it is for background jobs of a non-interactive shell.)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hephaestus", "demo", "--store", str(tmp_path / "s"),
-         "--instances", "40"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hephaestus",
+            "demo",
+            "--store",
+            str(tmp_path / "s"),
+            "--instances",
+            "40",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None

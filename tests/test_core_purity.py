@@ -18,27 +18,92 @@ import pytest
 CORE = Path(__file__).resolve().parent.parent / "src" / "hephaestus" / "_core"
 
 # Modules the core must never import (top-level package names).
-FORBIDDEN_MODULES = frozenset({
-    "trio", "trio_util", "anyio", "asyncio", "os", "io", "sys", "socket", "pathlib",
-    "subprocess", "time", "datetime", "random", "secrets", "shutil", "tempfile", "select",
-    "selectors", "threading", "multiprocessing", "concurrent", "sqlite3", "urllib", "http",
-    "logging", "signal", "mmap", "glob", "fcntl", "importlib", "ctypes", "builtins",
-})
+FORBIDDEN_MODULES = frozenset(
+    {
+        "trio",
+        "trio_util",
+        "anyio",
+        "asyncio",
+        "os",
+        "io",
+        "sys",
+        "socket",
+        "pathlib",
+        "subprocess",
+        "time",
+        "datetime",
+        "random",
+        "secrets",
+        "shutil",
+        "tempfile",
+        "select",
+        "selectors",
+        "threading",
+        "multiprocessing",
+        "concurrent",
+        "sqlite3",
+        "urllib",
+        "http",
+        "logging",
+        "signal",
+        "mmap",
+        "glob",
+        "fcntl",
+        "importlib",
+        "ctypes",
+        "builtins",
+    }
+)
 # Builtins that do I/O or load code at run time.
-FORBIDDEN_CALLS = frozenset({
-    "open", "print", "input", "breakpoint", "exec", "eval", "compile", "__import__",
-})
+FORBIDDEN_CALLS = frozenset(
+    {
+        "open",
+        "print",
+        "input",
+        "breakpoint",
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+    }
+)
 # uuid is imported to parse business values; these would read the host or randomness.
-FORBIDDEN_ATTRIBUTES = frozenset({
-    ("uuid", "uuid1"), ("uuid", "uuid4"), ("uuid", "getnode"),
-})
+FORBIDDEN_ATTRIBUTES = frozenset(
+    {
+        ("uuid", "uuid1"),
+        ("uuid", "uuid4"),
+        ("uuid", "getnode"),
+    }
+)
 # Modules blocked in the import check: everything above that the interpreter itself,
 # msgspec and the stdlib modules the core legitimately uses can live without.
 BLOCKED_AT_IMPORT = (
-    "trio", "trio_util", "anyio", "asyncio", "socket", "subprocess", "pathlib", "random",
-    "secrets", "shutil", "tempfile", "select", "selectors", "multiprocessing", "sqlite3",
-    "urllib", "http", "logging", "signal", "mmap", "glob", "fcntl",
-    "hephaestus._runtime", "hephaestus.storage", "hephaestus.testing", "hephaestus.cli",
+    "trio",
+    "trio_util",
+    "anyio",
+    "asyncio",
+    "socket",
+    "subprocess",
+    "pathlib",
+    "random",
+    "secrets",
+    "shutil",
+    "tempfile",
+    "select",
+    "selectors",
+    "multiprocessing",
+    "sqlite3",
+    "urllib",
+    "http",
+    "logging",
+    "signal",
+    "mmap",
+    "glob",
+    "fcntl",
+    "hephaestus._runtime",
+    "hephaestus.storage",
+    "hephaestus.testing",
+    "hephaestus.cli",
     "hephaestus._telemetry",
 )
 
@@ -153,8 +218,10 @@ def test_core_imports_with_trio_and_io_blocked() -> None:
 
 def test_import_check_can_fail() -> None:
     """The subprocess check really blocks trio: importing it there fails."""
-    script = IMPORT_SCRIPT.format(blocked=BLOCKED_AT_IMPORT, package=str(CORE.parent),
-                                  modules=[]) + "\nimport trio\n"
+    script = (
+        IMPORT_SCRIPT.format(blocked=BLOCKED_AT_IMPORT, package=str(CORE.parent), modules=[])
+        + "\nimport trio\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )

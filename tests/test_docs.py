@@ -53,7 +53,7 @@ def extract_blocks(text: str) -> list[Block]:
         while i < len(lines) and not (
             lines[i].strip().startswith(fence) and lines[i].strip().strip(fence[0]) == ""
         ):
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
             i += 1
         i += 1  # the closing fence
         skipped = "title=" in info or previous == "<!-- skip -->"
@@ -86,7 +86,7 @@ def test_page_code_runs(page: Path) -> None:
 
 
 def test_extract_blocks_handles_skips_titles_and_nesting() -> None:
-    text = textwrap.dedent('''\
+    text = textwrap.dedent("""\
         intro
 
         ```python
@@ -112,10 +112,13 @@ def test_extract_blocks_handles_skips_titles_and_nesting() -> None:
         ```sh
         ls
         ```
-    ''')
+    """)
     blocks = extract_blocks(text)
     assert [(b.info, b.skipped) for b in blocks] == [
-        ("python", False), ("python", True), ('python title="app.py"', True), ("python", False),
+        ("python", False),
+        ("python", True),
+        ('python title="app.py"', True),
+        ("python", False),
         ("sh", False),
     ]
     assert blocks[3].code == "if a:\n    b = 2\n"

@@ -175,9 +175,7 @@ def _all_edges(workflow: hx.Workflow) -> set[tuple[str, str, str | None]]:
 
 
 def _linear(n: int) -> hx.Workflow:
-    steps = [
-        hx.step(lambda ctx: "next", events=("next",), key=f"step_{i}") for i in range(n)
-    ]
+    steps = [hx.step(lambda ctx: "next", events=("next",), key=f"step_{i}") for i in range(n)]
     transitions: dict[tuple[hx.Step, str], object] = {
         (a, "next"): b for a, b in itertools.pairwise(steps)
     }
@@ -210,9 +208,7 @@ def _random_dag(seed: int) -> hx.Workflow:
     rng = random.Random(seed)
     n = rng.randint(2, 9)
     events = [tuple(f"e{j}" for j in range(rng.randint(1, 3))) for _ in range(n)]
-    steps = [
-        hx.step(lambda ctx: "e0", events=events[i], key=f"s{i}") for i in range(n)
-    ]
+    steps = [hx.step(lambda ctx: "e0", events=events[i], key=f"s{i}") for i in range(n)]
     transitions: dict[tuple[hx.Step, str], object] = {}
     reached = {0}
     for i in range(n):
@@ -237,7 +233,10 @@ def _random_dag(seed: int) -> hx.Workflow:
 
 
 WORKFLOWS = [
-    ORDER, _linear(1), _linear(5), _diamond_with_awkward_names(),
+    ORDER,
+    _linear(1),
+    _linear(5),
+    _diamond_with_awkward_names(),
     *(_random_dag(seed) for seed in range(25)),
 ]
 

@@ -288,7 +288,10 @@ def test_restarted_step_and_workflow_end_the_stale_spans(
     assert handler.open_spans == 1
     finished = exporter.get_finished_spans()
     assert [s.name for s in finished] == [
-        "step charge", "step charge", "step charge", "workflow order"
+        "step charge",
+        "step charge",
+        "step charge",
+        "workflow order",
     ]
     crashed = finished[0]
     assert crashed.status.status_code is StatusCode.ERROR
@@ -431,7 +434,11 @@ async def test_spans_from_a_real_engine_run(
     assert "step.retry" in [e.name for e in root.events]
     steps = [s for s in finished if s is not root]
     assert sorted(s.name for s in steps) == [
-        "step charge", "step charge", "step reserve", "step ship", "step validate"
+        "step charge",
+        "step charge",
+        "step reserve",
+        "step ship",
+        "step validate",
     ]
     for span in steps:
         assert span.parent is not None

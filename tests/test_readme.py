@@ -21,7 +21,10 @@ def test_readme_has_one_example_of_at_most_forty_lines() -> None:
 def test_readme_example_runs_and_prints_the_completed_order() -> None:
     result = subprocess.run(
         [sys.executable, "-c", python_blocks()[0]],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "completed {'tracking': '1Z999'}"

@@ -76,8 +76,11 @@ async def charge_payment(ctx: hx.StepContext) -> hx.StepResult:
     # after a crash, so the customer is charged once however often this step runs.
     return hx.Emit(
         "charged",
-        {"payment_id": f"pay-{ctx.instance_id}", "attempt": ctx.attempt,
-         "amount": ctx.results["validate_order"]["total"]},
+        {
+            "payment_id": f"pay-{ctx.instance_id}",
+            "attempt": ctx.attempt,
+            "amount": ctx.results["validate_order"]["total"],
+        },
     )
 
 
@@ -107,8 +110,9 @@ async def close_order(ctx: hx.StepContext) -> hx.StepResult:
 @hx.step(events=("escalated",))
 async def escalate(ctx: hx.StepContext) -> hx.StepResult:
     """Open a support ticket: no delivery confirmation came in time."""
-    return hx.Emit("escalated", {"ticket": f"T-{ctx.instance_id}"},
-                   metadata={"outcome": "escalated"})
+    return hx.Emit(
+        "escalated", {"ticket": f"T-{ctx.instance_id}"}, metadata={"outcome": "escalated"}
+    )
 
 
 order = hx.Workflow(
@@ -153,8 +157,9 @@ class Reporter(Protocol):
 
     def end_phase(self, outcome: str, counts: Counter[hx.Status], note: str) -> None: ...
 
-    def summary(self, title: str, rows: Sequence[tuple[str, str]], notes: Sequence[str]) -> None:
-        ...
+    def summary(
+        self, title: str, rows: Sequence[tuple[str, str]], notes: Sequence[str]
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -329,7 +334,11 @@ class _Client:
     crash_time: trio.Event = field(default_factory=trio.Event)
 
     async def start_order(
-        self, engine: hx.Engine, token: str, i: int, limiter: trio.CapacityLimiter,
+        self,
+        engine: hx.Engine,
+        token: str,
+        i: int,
+        limiter: trio.CapacityLimiter,
         nursery: trio.Nursery,
     ) -> None:
         async with limiter:
@@ -345,7 +354,9 @@ class _Client:
         await trio.sleep_until(delivery.due)
         try:
             await engine.resume(
-                delivery.instance_id, "delivered", {"signed_by": "courier"},
+                delivery.instance_id,
+                "delivered",
+                {"signed_by": "courier"},
                 dedupe_key=f"delivered:{delivery.instance_id}",
             )
         except hx.EventRejected:
@@ -419,7 +430,8 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
     async with hx.FileStorage(path, read_only=True) as view:
         counts = Counter(i.status for i in await view.query(workflow=order.name) if i.id in ours)
     reporter.end_phase(
-        "crashed", counts,
+        "crashed",
+        counts,
         f"at {crashed_at:.1f}s; on disk: {_counts_text(counts)}",
     )
 
@@ -427,8 +439,9 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
     t_open = trio.current_time()
     async with hx.open_engine(workflows=[order], storage=hx.FileStorage(path)) as engine:
         recovery = trio.current_time() - t_open
-        unfinished = [i for i in await engine.list(workflow=order.name, status=ACTIVE)
-                      if i.id in ours]
+        unfinished = [
+            i for i in await engine.list(workflow=order.name, status=ACTIVE) if i.id in ours
+        ]
         timers = sum(len(i.timers) for i in unfinished)
         reporter.line(
             f"engine 2 reopened the store in {recovery * 1000:.0f} ms and recovered "
@@ -446,7 +459,8 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
             nursery.cancel_scope.cancel()
         final = [await engine.get(iid) for iid in ids]
         reporter.end_phase(
-            "finished", Counter(i.status for i in final),
+            "finished",
+            Counter(i.status for i in final),
             f"every order at {trio.current_time() - t0:.1f}s",
         )
     return DemoResult(
@@ -467,14 +481,26 @@ def summarise(result: DemoResult) -> list[tuple[str, str]]:
     rows += [
         ("  delivered and closed", str(sum("close_order" in i.completed for i in instances))),
         ("  timed out, escalated", str(sum("escalate" in i.completed for i in instances))),
-        ("  rejected by validation", str(sum(
-            any(h.step == "validate_order" and h.event == "invalid" for h in i.history)
-            for i in instances
-        ))),
-        ("failed payment attempts, retried", str(sum(
-            1 for i in instances for h in i.history
-            if h.step == "charge_payment" and h.event is None
-        ))),
+        (
+            "  rejected by validation",
+            str(
+                sum(
+                    any(h.step == "validate_order" and h.event == "invalid" for h in i.history)
+                    for i in instances
+                )
+            ),
+        ),
+        (
+            "failed payment attempts, retried",
+            str(
+                sum(
+                    1
+                    for i in instances
+                    for h in i.history
+                    if h.step == "charge_payment" and h.event is None
+                )
+            ),
+        ),
         ("recovered after the crash", str(result.recovered)),
         ("steps run again after the crash", str(sum(len(rerun_steps(i)) for i in instances))),
         ("durable timers re-armed", str(result.timers_rearmed)),
@@ -496,8 +522,11 @@ def rerun_steps(instance: hx.Instance) -> list[str]:
     seen: dict[str, set[int]] = {}
     for entry in instance.history:
         seen.setdefault(entry.step, set()).add(entry.attempt)
-    return [step for step, attempts in seen.items()
-            if any(a > 1 and a - 1 not in attempts for a in attempts)]
+    return [
+        step
+        for step, attempts in seen.items()
+        if any(a > 1 and a - 1 not in attempts for a in attempts)
+    ]
 
 
 def _interest(instance: hx.Instance) -> tuple[bool, bool, bool]:

@@ -79,8 +79,10 @@ def _detail(instance: Instance) -> str:
 def format_table(rows: Sequence[Sequence[str]]) -> str:
     """Return ``rows`` (the first one the header) as left-aligned, space-separated columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -118,8 +120,11 @@ def format_instance(instance: Instance, *, now: float | None = None) -> str:
     if instance.error is not None:
         err = instance.error
         fields.append(
-            ("error", f"step {err.step} failed after {err.attempts} attempt(s): "
-                      f"{err.type}: {err.message}")
+            (
+                "error",
+                f"step {err.step} failed after {err.attempts} attempt(s): "
+                f"{err.type}: {err.message}",
+            )
         )
     if instance.cancelled or instance.status is Status.CANCELLED:
         fields.append(("cancelled", instance.cancel_reason or "(no reason given)"))
@@ -294,8 +299,11 @@ def load_workflow(spec: str) -> Workflow:
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, Workflow):
-        what = f"the class {obj.__name__}" if isinstance(obj, type) else (
-            f"an object of type {type(obj).__name__}")
+        what = (
+            f"the class {obj.__name__}"
+            if isinstance(obj, type)
+            else (f"an object of type {type(obj).__name__}")
+        )
         raise CliError(f"{spec!r} is {what}, not an hx.Workflow")
     return obj
 
@@ -334,8 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``hephaestus`` command."""
     parser = _Parser(
         prog=PROG,
-        description="hephaestus: a durable workflow engine for Trio. "
-        "Start with 'hephaestus demo'.",
+        description="hephaestus: a durable workflow engine for Trio. Start with 'hephaestus demo'.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -345,37 +352,59 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a sample order workflow over a FileStorage, crash the engine while "
         "instances are in flight, reopen the store and watch every instance finish.",
     )
-    demo.add_argument("--store", metavar="PATH",
-                      help="store directory to use (default: a temporary directory)")
-    demo.add_argument("--instances", metavar="N", type=_int, default=200,
-                      help="number of order instances to run (default: 200)")
+    demo.add_argument(
+        "--store", metavar="PATH", help="store directory to use (default: a temporary directory)"
+    )
+    demo.add_argument(
+        "--instances",
+        metavar="N",
+        type=_int,
+        default=200,
+        help="number of order instances to run (default: 200)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
-    lst = sub.add_parser("list", help="list the instances in a store (read-only)",
-                         description="List the instances in a store. Read-only: it works "
-                         "while an engine holds the store.")
+    lst = sub.add_parser(
+        "list",
+        help="list the instances in a store (read-only)",
+        description="List the instances in a store. Read-only: it works "
+        "while an engine holds the store.",
+    )
     lst.add_argument("--store", metavar="PATH", required=True, help="the store directory")
-    lst.add_argument("--status", metavar="S",
-                     help="only these statuses, comma-separated "
-                     f"({', '.join(s.value for s in Status)})")
+    lst.add_argument(
+        "--status",
+        metavar="S",
+        help=f"only these statuses, comma-separated ({', '.join(s.value for s in Status)})",
+    )
     lst.add_argument("--workflow", metavar="W", help="only instances of this workflow")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(handler=cmd_list)
 
-    show = sub.add_parser("show", help="show one instance in detail (read-only)",
-                          description="Show an instance: status, results, waiting steps, "
-                          "timers with their due times, and history.")
+    show = sub.add_parser(
+        "show",
+        help="show one instance in detail (read-only)",
+        description="Show an instance: status, results, waiting steps, "
+        "timers with their due times, and history.",
+    )
     show.add_argument("--store", metavar="PATH", required=True, help="the store directory")
     show.add_argument("id", metavar="ID", help="the instance id, e.g. orderid::abc123")
     show.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     show.set_defaults(handler=cmd_show)
 
-    graph = sub.add_parser("graph", help="render a workflow as mermaid, dot or ASCII",
-                           description="Render the workflow found at MODULE:ATTR.")
-    graph.add_argument("target", metavar="MODULE:ATTR",
-                       help="where the workflow is, e.g. myapp.flows:order")
-    graph.add_argument("--format", choices=sorted(RENDERERS), default="mermaid",
-                       help="output format (default: mermaid)")
+    graph = sub.add_parser(
+        "graph",
+        help="render a workflow as mermaid, dot or ASCII",
+        description="Render the workflow found at MODULE:ATTR.",
+    )
+    graph.add_argument(
+        "target", metavar="MODULE:ATTR", help="where the workflow is, e.g. myapp.flows:order"
+    )
+    graph.add_argument(
+        "--format",
+        choices=sorted(RENDERERS),
+        default="mermaid",
+        help="output format (default: mermaid)",
+    )
     graph.set_defaults(handler=cmd_graph)
     return parser
 

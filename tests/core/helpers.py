@@ -37,7 +37,11 @@ class Driver:
     """Feeds inputs to ``apply`` by hand, keeping the latest instance and every transition."""
 
     def __init__(
-        self, wf: hx.Workflow, *, now: float = 1000.0, instance_id: str = "order::abc",
+        self,
+        wf: hx.Workflow,
+        *,
+        now: float = 1000.0,
+        instance_id: str = "order::abc",
         initial: dict[str, Any] | None = None,
     ) -> None:
         self.wf = wf

@@ -24,10 +24,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # --- round trips -------------------------------------------------------------------------------
 
 plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False) | st.text(max_size=8) | st.binary(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 docs = st.dictionaries(st.text(max_size=6), plain, max_size=4)
@@ -35,15 +40,32 @@ keys = st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True)
 events = st.text(min_size=1, max_size=6)
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 
-timers = st.builds(hx.Timer, id=st.from_regex(r"t[0-9]{1,3}", fullmatch=True),
-                   kind=st.sampled_from(["timeout", "resume", "retry"]), step=keys,
-                   deadline=times)
-inbox = st.builds(hx.InboxEvent, event=events, payload=st.none() | docs,
-                  step=st.none() | keys, dedupe_key=st.none() | st.text(max_size=6), at=times)
-history = st.builds(hx.HistoryEntry, step=keys, event=st.none() | events,
-                    attempt=st.integers(1, 9), at=times, error=st.none() | st.text(max_size=9))
-errors = st.builds(hx.ErrorInfo, step=keys, type=st.text(max_size=9), message=st.text(),
-                   attempts=st.integers(1, 9))
+timers = st.builds(
+    hx.Timer,
+    id=st.from_regex(r"t[0-9]{1,3}", fullmatch=True),
+    kind=st.sampled_from(["timeout", "resume", "retry"]),
+    step=keys,
+    deadline=times,
+)
+inbox = st.builds(
+    hx.InboxEvent,
+    event=events,
+    payload=st.none() | docs,
+    step=st.none() | keys,
+    dedupe_key=st.none() | st.text(max_size=6),
+    at=times,
+)
+history = st.builds(
+    hx.HistoryEntry,
+    step=keys,
+    event=st.none() | events,
+    attempt=st.integers(1, 9),
+    at=times,
+    error=st.none() | st.text(max_size=9),
+)
+errors = st.builds(
+    hx.ErrorInfo, step=keys, type=st.text(max_size=9), message=st.text(), attempts=st.integers(1, 9)
+)
 
 instances = st.builds(
     hx.Instance,
@@ -85,9 +107,13 @@ def test_encode_decode_is_the_identity(instance: hx.Instance) -> None:
 
 def test_identity_keeps_types() -> None:
     instance = hx.Instance(
-        id="order::1", workflow="order", version=1, status=hx.Status.WAITING,
+        id="order::1",
+        workflow="order",
+        version=1,
+        status=hx.Status.WAITING,
         initial={"b": b"\x00\xff", "f": 1.5, "n": None, "l": [1, "x"], "d": {"k": True}},
-        waiting={"w": ("go", "timeout")}, completed=("a",),
+        waiting={"w": ("go", "timeout")},
+        completed=("a",),
         timers=(hx.Timer(id="t1", kind="timeout", step="w", deadline=12.5),),
     )
     decoded = decode_instance(encode_instance(instance))
@@ -114,15 +140,16 @@ def test_encoding_is_deterministic() -> None:
     "data",
     [
         b"",
-        b"\xc1",                          # never-used msgpack byte
+        b"\xc1",  # never-used msgpack byte
         b"garbage, not msgpack at all",
         msgspec.msgpack.encode(42),
         msgspec.msgpack.encode(["order::1", "order", 1]),
         msgspec.msgpack.encode({"workflow": "order", "version": 1}),  # no id
         msgspec.msgpack.encode({"id": "order::1", "workflow": "order", "version": "one"}),
         msgspec.msgpack.encode({"id": "x", "workflow": "w", "version": 1, "status": "exploded"}),
-        msgspec.msgpack.encode({"id": "x", "workflow": "w", "version": 1,
-                                "timers": [{"id": "t1"}]}),
+        msgspec.msgpack.encode(
+            {"id": "x", "workflow": "w", "version": 1, "timers": [{"id": "t1"}]}
+        ),
     ],
 )
 def test_garbage_is_corrupt_snapshot(data: bytes) -> None:
@@ -149,10 +176,16 @@ def test_future_format_is_corrupt_snapshot() -> None:
 
 def test_unknown_fields_are_ignored_and_missing_ones_defaulted() -> None:
     """Forward and backward compatibility within one format version."""
-    data = msgspec.msgpack.encode({
-        "id": "order::1", "workflow": "order", "version": 1, "status": "running",
-        "field_from_the_future": {"x": 1}, "format": 1,
-    })
+    data = msgspec.msgpack.encode(
+        {
+            "id": "order::1",
+            "workflow": "order",
+            "version": 1,
+            "status": "running",
+            "field_from_the_future": {"x": 1},
+            "format": 1,
+        }
+    )
     instance = decode_instance(data)
     assert instance.status is hx.Status.RUNNING
     assert instance.revision == 0
@@ -166,49 +199,92 @@ def test_unknown_fields_are_ignored_and_missing_ones_defaulted() -> None:
 
 def fixture_workflow() -> hx.Workflow:
     """The workflow the fixtures were written with (see the test below for how)."""
-    a, wait, c, ship = mk("a"), mk("wait", "approved", "timeout"), mk("c", "go", "timeout"), mk(
-        "ship")
+    a, wait, c, ship = (
+        mk("a"),
+        mk("wait", "approved", "timeout"),
+        mk("c", "go", "timeout"),
+        mk("ship"),
+    )
     b = mk("b", retry=hx.Retry(max_attempts=3, initial=2.0))
     return hx.Workflow(
-        "order", start=a, unique=hx.Unique("orderid"), version=2,
-        transitions={(a, "ok"): [hx.Target(wait, {"region": "eu"}), b, c],
-                     (wait, "approved"): ship, (wait, "timeout"): hx.Done, (b, "ok"): ship,
-                     (c, "go"): ship, (c, "timeout"): hx.Done, (ship, "ok"): hx.Done},
+        "order",
+        start=a,
+        unique=hx.Unique("orderid"),
+        version=2,
+        transitions={
+            (a, "ok"): [hx.Target(wait, {"region": "eu"}), b, c],
+            (wait, "approved"): ship,
+            (wait, "timeout"): hx.Done,
+            (b, "ok"): ship,
+            (c, "go"): ship,
+            (c, "timeout"): hx.Done,
+            (ship, "ok"): hx.Done,
+        },
     )
 
 
 RUNNING = hx.Instance(
-    id="orderid::abc123", workflow="order", version=2, status=hx.Status.RUNNING,
-    initial={"item_count": 3, "sku": "X-1", "price": 9.5, "tags": ["a", "b"],
-             "raw": b"\x00\x01", "gift": None, "rush": True},
+    id="orderid::abc123",
+    workflow="order",
+    version=2,
+    status=hx.Status.RUNNING,
+    initial={
+        "item_count": 3,
+        "sku": "X-1",
+        "price": 9.5,
+        "tags": ["a", "b"],
+        "raw": b"\x00\x01",
+        "gift": None,
+        "rush": True,
+    },
     results={"a": {"checked": True, "nested": {"k": [1, 2.5, "x"]}}},
     metadata={"trace": "abc"},
-    active=("wait",), completed=("a",), waiting={"c": ("go", "timeout")},
+    active=("wait",),
+    completed=("a",),
+    waiting={"c": ("go", "timeout")},
     timers=(
         hx.Timer(id="t1", kind="timeout", step="c", deadline=1700000301.75),
         hx.Timer(id="t2", kind="retry", step="b", deadline=1700000003.75),
         hx.Timer(id="t3", kind="resume", step="wait", deadline=1700000061.75),
     ),
-    inbox=(hx.InboxEvent(event="approved", payload={"by": "ann"}, step=None,
-                         dedupe_key="evt-1", at=1700000001.5),),
+    inbox=(
+        hx.InboxEvent(
+            event="approved", payload={"by": "ann"}, step=None, dedupe_key="evt-1", at=1700000001.5
+        ),
+    ),
     history=(
         hx.HistoryEntry(step="a", event="ok", attempt=1, at=1700000001.5, error=None),
-        hx.HistoryEntry(step="b", event=None, attempt=1, at=1700000001.75,
-                        error="ConnectionError"),
+        hx.HistoryEntry(step="b", event=None, attempt=1, at=1700000001.75, error="ConnectionError"),
     ),
-    error=None, created_at=1700000000.0, updated_at=1700000001.75, revision=7,
-    attempts={"a": 1, "b": 1, "c": 1, "wait": 1}, configs={"wait": {"region": "eu"}},
-    fired={"wait": ("a",), "b": ("a",), "c": ("a",)}, dedupe_keys=("evt-1",),
-    cancel_reason=None, cancelled=False, next_timer=4, format=1,
+    error=None,
+    created_at=1700000000.0,
+    updated_at=1700000001.75,
+    revision=7,
+    attempts={"a": 1, "b": 1, "c": 1, "wait": 1},
+    configs={"wait": {"region": "eu"}},
+    fired={"wait": ("a",), "b": ("a",), "c": ("a",)},
+    dedupe_keys=("evt-1",),
+    cancel_reason=None,
+    cancelled=False,
+    next_timer=4,
+    format=1,
 )
 
 FAILED = hx.Instance(
-    id="orderid::def456", workflow="order", version=2, status=hx.Status.FAILED,
-    history=(hx.HistoryEntry(step="a", event=None, attempt=1, at=1700000100.0,
-                             error="ValueError"),),
+    id="orderid::def456",
+    workflow="order",
+    version=2,
+    status=hx.Status.FAILED,
+    history=(
+        hx.HistoryEntry(step="a", event=None, attempt=1, at=1700000100.0, error="ValueError"),
+    ),
     error=hx.ErrorInfo(step="a", type="ValueError", message="bad sku", attempts=1),
-    created_at=1700000100.0, updated_at=1700000100.0, revision=3, attempts={"a": 1},
-    next_timer=1, format=1,
+    created_at=1700000100.0,
+    updated_at=1700000100.0,
+    revision=3,
+    attempts={"a": 1},
+    next_timer=1,
+    format=1,
 )
 
 

@@ -74,7 +74,9 @@ def test_linear() -> None:
     assert run.instance.active == ()
     assert run.instance.error is None
     assert [(h.step, h.event, h.attempt) for h in run.instance.history] == [
-        ("a", "ok", 1), ("b", "ok", 1), ("c", "ok", 1)
+        ("a", "ok", 1),
+        ("b", "ok", 1),
+        ("c", "ok", 1),
     ]
     assert run.instance.history[0].at == 1000.0
     assert run.instance.history[1].at == 1001.0
@@ -91,8 +93,9 @@ def test_start_twice_changes_nothing() -> None:
 
 def test_branching_takes_one_branch() -> None:
     a, b, c = mk("a", "left", "right"), mk("b"), mk("c")
-    run = Driver(workflow(a, {(a, "left"): b, (a, "right"): c, (b, "ok"): hx.Done,
-                              (c, "ok"): hx.Done}))
+    run = Driver(
+        workflow(a, {(a, "left"): b, (a, "right"): c, (b, "ok"): hx.Done, (c, "ok"): hx.Done})
+    )
     run(Start())
     t = run(StepSucceeded("a", 1, "right"))
     assert t.commands == (RunStep("c", 1),)
@@ -135,8 +138,7 @@ def test_fan_out_then_fan_in_waits_for_both() -> None:
 def test_fan_in_waits_for_a_suspended_or_retrying_branch() -> None:
     a, c, d = mk("a"), mk("c"), mk("d")
     b = mk("b", "ok", retry=hx.Retry(max_attempts=2))
-    run = Driver(workflow(a, {(a, "ok"): [b, c], (b, "ok"): d, (c, "ok"): d,
-                              (d, "ok"): hx.Done}))
+    run = Driver(workflow(a, {(a, "ok"): [b, c], (b, "ok"): d, (c, "ok"): d, (d, "ok"): hx.Done}))
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     run(StepFailed("b", 1, "Boom", "first try"))  # b backs off: still live
@@ -152,8 +154,9 @@ def test_fan_in_waits_for_a_suspended_or_retrying_branch() -> None:
 
 def exclusive_join() -> hx.Workflow:
     a, b, c, d = mk("a", "left", "right"), mk("b"), mk("c"), mk("d")
-    return workflow(a, {(a, "left"): b, (a, "right"): c, (b, "ok"): d, (c, "ok"): d,
-                        (d, "ok"): hx.Done})
+    return workflow(
+        a, {(a, "left"): b, (a, "right"): c, (b, "ok"): d, (c, "ok"): d, (d, "ok"): hx.Done}
+    )
 
 
 @pytest.mark.parametrize(("event", "branch"), [("left", "b"), ("right", "c")])
@@ -170,8 +173,18 @@ def test_join_after_exclusive_branches_activates(event: str, branch: str) -> Non
 def test_join_when_a_parallel_branch_ends_elsewhere() -> None:
     a, b, d = mk("a"), mk("b"), mk("d")
     c = mk("c", "to_d", "skip")
-    run = Driver(workflow(a, {(a, "ok"): [b, c], (b, "ok"): d, (c, "to_d"): d,
-                              (c, "skip"): hx.Done, (d, "ok"): hx.Done}))
+    run = Driver(
+        workflow(
+            a,
+            {
+                (a, "ok"): [b, c],
+                (b, "ok"): d,
+                (c, "to_d"): d,
+                (c, "skip"): hx.Done,
+                (d, "ok"): hx.Done,
+            },
+        )
+    )
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     assert run(StepSucceeded("b", 1, "ok")).commands == ()
@@ -182,8 +195,11 @@ def test_join_waits_for_a_predecessor_that_is_live_only_by_reachability() -> Non
     # a -> [b, x]; x -> y -> d; b -> d. When b completes, y has not started but x
     # may still lead to it: d must wait.
     a, b, x, y, d = mk("a"), mk("b"), mk("x"), mk("y"), mk("d")
-    run = Driver(workflow(a, {(a, "ok"): [b, x], (b, "ok"): d, (x, "ok"): y, (y, "ok"): d,
-                              (d, "ok"): hx.Done}))
+    run = Driver(
+        workflow(
+            a, {(a, "ok"): [b, x], (b, "ok"): d, (x, "ok"): y, (y, "ok"): d, (d, "ok"): hx.Done}
+        )
+    )
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     assert run(StepSucceeded("b", 1, "ok")).commands == ()
@@ -207,8 +223,14 @@ def test_target_config_reaches_run_step() -> None:
 def routed(choose: Any, *, retry: hx.Retry | None = None) -> hx.Workflow:
     a = mk("a", "ok", retry=retry)
     b, c = mk("b"), mk("c")
-    return workflow(a, {(a, "ok"): hx.Route(choose, [b, hx.Target(c, {"fast": True})]),
-                        (b, "ok"): hx.Done, (c, "ok"): hx.Done})
+    return workflow(
+        a,
+        {
+            (a, "ok"): hx.Route(choose, [b, hx.Target(c, {"fast": True})]),
+            (b, "ok"): hx.Done,
+            (c, "ok"): hx.Done,
+        },
+    )
 
 
 def test_route_valid_choice_sees_the_step_results() -> None:
@@ -246,18 +268,25 @@ def test_route_can_pick_several_and_a_bare_step() -> None:
 @pytest.mark.parametrize(
     "choice",
     [
-        lambda other: other,               # a step of the workflow outside the targets
-        lambda other: mk("b"),             # same key, but not the workflow's step
-        lambda other: "b",                 # not a step at all
-        lambda other: [],                  # nothing
-        lambda other: hx.Target(other),    # a Target outside the targets
+        lambda other: other,  # a step of the workflow outside the targets
+        lambda other: mk("b"),  # same key, but not the workflow's step
+        lambda other: "b",  # not a step at all
+        lambda other: [],  # nothing
+        lambda other: hx.Target(other),  # a Target outside the targets
     ],
 )
 def test_route_choice_outside_targets_fails_the_attempt(choice: Any) -> None:
     a, b, c, other = mk("a", "ok", "alt"), mk("b"), mk("c"), mk("other")
-    wf = workflow(a, {(a, "ok"): hx.Route(lambda ctx: choice(other), [b, c]),
-                      (a, "alt"): other, (b, "ok"): hx.Done, (c, "ok"): hx.Done,
-                      (other, "ok"): hx.Done})
+    wf = workflow(
+        a,
+        {
+            (a, "ok"): hx.Route(lambda ctx: choice(other), [b, c]),
+            (a, "alt"): other,
+            (b, "ok"): hx.Done,
+            (c, "ok"): hx.Done,
+            (other, "ok"): hx.Done,
+        },
+    )
     run = Driver(wf)
     run(Start())
     t = run(StepSucceeded("a", 1, "ok"))
@@ -317,8 +346,12 @@ def test_route_choose_raising_without_retry_names_the_exception() -> None:
 def approval(*, timeout_event: bool = True) -> hx.Workflow:
     events = ("approved", "rejected", "timeout") if timeout_event else ("approved", "rejected")
     a, wait, ship = mk("a"), mk("wait", *events), mk("ship")
-    transitions: dict[Any, Any] = {(a, "ok"): wait, (wait, "approved"): ship,
-                                   (wait, "rejected"): hx.Done, (ship, "ok"): hx.Done}
+    transitions: dict[Any, Any] = {
+        (a, "ok"): wait,
+        (wait, "approved"): ship,
+        (wait, "rejected"): hx.Done,
+        (ship, "ok"): hx.Done,
+    }
     if timeout_event:
         transitions[(wait, "timeout")] = hx.Done
     return workflow(a, transitions)
@@ -502,8 +535,16 @@ def test_event_of_a_dead_step_is_rejected() -> None:
 
 def exclusive_join_with_events() -> hx.Workflow:
     a, b, c, wait = mk("a", "ok", "right"), mk("b"), mk("c", "poke"), mk("wait", "approved")
-    return workflow(a, {(a, "ok"): wait, (a, "right"): c, (wait, "approved"): b,
-                        (c, "poke"): b, (b, "ok"): hx.Done})
+    return workflow(
+        a,
+        {
+            (a, "ok"): wait,
+            (a, "right"): c,
+            (wait, "approved"): b,
+            (c, "poke"): b,
+            (b, "ok"): hx.Done,
+        },
+    )
 
 
 def test_unknown_step_is_rejected() -> None:
@@ -581,8 +622,18 @@ def test_retries_exhausted_fail_the_instance_and_cancel_siblings() -> None:
     a = mk("a")
     b = mk("b", retry=hx.Retry(max_attempts=2, backoff="constant", initial=1.0))
     c, d = mk("c"), mk("d", "ok", "timeout")
-    run = Driver(workflow(a, {(a, "ok"): [b, c, d], (b, "ok"): hx.Done, (c, "ok"): hx.Done,
-                              (d, "ok"): hx.Done, (d, "timeout"): hx.Done}))
+    run = Driver(
+        workflow(
+            a,
+            {
+                (a, "ok"): [b, c, d],
+                (b, "ok"): hx.Done,
+                (c, "ok"): hx.Done,
+                (d, "ok"): hx.Done,
+                (d, "timeout"): hx.Done,
+            },
+        )
+    )
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     (d_timer,) = run(StepSuspended("d", 1, 100.0)).commands
@@ -592,8 +643,9 @@ def test_retries_exhausted_fail_the_instance_and_cancel_siblings() -> None:
     run(TimerFired(retry.timer.id))
     t = run(StepFailed("b", 2, "IOError", "disk still"))
     assert run.status is hx.Status.FAILED
-    assert run.instance.error == hx.ErrorInfo(step="b", type="IOError", message="disk still",
-                                              attempts=2)
+    assert run.instance.error == hx.ErrorInfo(
+        step="b", type="IOError", message="disk still", attempts=2
+    )
     assert CancelStep("c") in t.commands
     assert DisarmTimer(d_timer.timer.id) in t.commands
     assert t.commands[-1] == Finished(hx.Status.FAILED)
@@ -609,8 +661,7 @@ def test_no_retry_policy_fails_at_once() -> None:
     run(Start())
     t = run(StepFailed("a", 1, "KeyError", "'x'"))
     assert t.commands == (Finished(hx.Status.FAILED),)
-    assert run.instance.error == hx.ErrorInfo(step="a", type="KeyError", message="'x'",
-                                              attempts=1)
+    assert run.instance.error == hx.ErrorInfo(step="a", type="KeyError", message="'x'", attempts=1)
 
 
 @pytest.mark.parametrize(
@@ -657,16 +708,22 @@ def test_jittered_retry_timer_uses_the_jittered_delay() -> None:
 
 def test_cancel_stops_everything() -> None:
     a, b, c = mk("a"), mk("b", "go", "timeout"), mk("c")
-    run = Driver(workflow(a, {(a, "ok"): [b, c], (b, "go"): hx.Done, (b, "timeout"): hx.Done,
-                              (c, "ok"): hx.Done}))
+    run = Driver(
+        workflow(
+            a, {(a, "ok"): [b, c], (b, "go"): hx.Done, (b, "timeout"): hx.Done, (c, "ok"): hx.Done}
+        )
+    )
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     run(StepSuspended("b", 1, None))
     (sr,) = run(ScheduleResume("b", 50.0)).commands
     assert isinstance(sr, ArmTimer)
     t = run(Cancel("customer asked"))
-    assert set(t.commands) == {CancelStep("c"), DisarmTimer(sr.timer.id),
-                               Finished(hx.Status.CANCELLED)}
+    assert set(t.commands) == {
+        CancelStep("c"),
+        DisarmTimer(sr.timer.id),
+        Finished(hx.Status.CANCELLED),
+    }
     assert t.commands[-1] == Finished(hx.Status.CANCELLED)
     assert run.status is hx.Status.CANCELLED
     assert run.instance.cancel_reason == "customer asked"
@@ -731,7 +788,7 @@ def test_schedule_resume_before_the_step_suspends() -> None:
     run(StepSucceeded("a", 1, "ok"))
     run(StepSuspended("wait", 1, None))
     run(TimerFired(timer_id))
-    assert run.instance.history[-1] .event == "timeout"
+    assert run.instance.history[-1].event == "timeout"
 
 
 def test_cancel_timer() -> None:
@@ -759,8 +816,11 @@ def test_cancel_timer() -> None:
 )
 def test_schedule_resume_rejections(step: str, error: type[Exception], needle: str) -> None:
     a, wait, ship = mk("a", "ok"), mk("wait", "go", "timeout"), mk("ship")
-    run = Driver(workflow(a, {(a, "ok"): wait, (wait, "go"): ship, (wait, "timeout"): ship,
-                              (ship, "ok"): hx.Done}))
+    run = Driver(
+        workflow(
+            a, {(a, "ok"): wait, (wait, "go"): ship, (wait, "timeout"): ship, (ship, "ok"): hx.Done}
+        )
+    )
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     if step == "a":  # make "a" a step that declares timeout? it does not: use a completed one
@@ -804,8 +864,15 @@ def test_stale_inputs_are_ignored(stale: Input) -> None:
 
 @pytest.mark.parametrize(
     "late",
-    [StepSucceeded("b", 1, "ok"), StepFailed("b", 1, "E", "m"), StepSuspended("b", 1, 5.0),
-     TimerFired("t1"), Recover(), Start(), CancelTimer("t1")],
+    [
+        StepSucceeded("b", 1, "ok"),
+        StepFailed("b", 1, "E", "m"),
+        StepSuspended("b", 1, 5.0),
+        TimerFired("t1"),
+        Recover(),
+        Start(),
+        CancelTimer("t1"),
+    ],
 )
 def test_inputs_after_cancel_are_ignored(late: Input) -> None:
     run = Driver(linear())
@@ -826,8 +893,18 @@ def test_recover_reruns_running_steps_and_rearms_every_timer() -> None:
     a = mk("a")
     b = mk("b", retry=hx.Retry(max_attempts=3))
     c, d = mk("c"), mk("d", "go", "timeout")
-    run = Driver(workflow(a, {(a, "ok"): [b, c, d], (b, "ok"): hx.Done, (c, "ok"): hx.Done,
-                              (d, "go"): hx.Done, (d, "timeout"): hx.Done}))
+    run = Driver(
+        workflow(
+            a,
+            {
+                (a, "ok"): [b, c, d],
+                (b, "ok"): hx.Done,
+                (c, "ok"): hx.Done,
+                (d, "go"): hx.Done,
+                (d, "timeout"): hx.Done,
+            },
+        )
+    )
     run(Start())
     run(StepSucceeded("a", 1, "ok"))
     (retry,) = run(StepFailed("b", 1, "E", "m")).commands

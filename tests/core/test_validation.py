@@ -33,8 +33,9 @@ def only(problems: list[str], *needles: str) -> str:
 
 def test_valid_workflow_builds_graph() -> None:
     a, b, c, d = mk("a", "x", "y"), mk("b"), mk("c"), mk("d")
-    wf = workflow(a, {(a, "x"): [b, c], (a, "y"): hx.Done, (b, "ok"): d, (c, "ok"): d,
-                      (d, "ok"): hx.Done})
+    wf = workflow(
+        a, {(a, "x"): [b, c], (a, "y"): hx.Done, (b, "ok"): d, (c, "ok"): d, (d, "ok"): hx.Done}
+    )
     assert wf.successors["a"] == {"b", "c"}
     assert wf.predecessors["d"] == {"b", "c"}
     assert wf.topo_order[0] == "a"
@@ -100,8 +101,9 @@ def test_transition_on_undeclared_event() -> None:
 def test_two_steps_with_the_same_key() -> None:
     first, second = mk("same"), mk("same")
     a = mk("a", "l", "r")
-    problems = problems_of(a, {(a, "l"): first, (a, "r"): second,
-                               (first, "ok"): hx.Done, (second, "ok"): hx.Done})
+    problems = problems_of(
+        a, {(a, "l"): first, (a, "r"): second, (first, "ok"): hx.Done, (second, "ok"): hx.Done}
+    )
     message = only(problems, "two different steps")
     assert "'same'" in message
     assert "key=" in message
@@ -125,8 +127,12 @@ def test_non_step_target(target: object) -> None:
 def test_non_step_inside_fan_out_and_target() -> None:
     a, b = mk("a", "x", "y"), mk("b")
     problems = problems_of(
-        a, {(a, "x"): [b, "c"], (a, "y"): hx.Target("nope", None),  # type: ignore[arg-type]
-            (b, "ok"): hx.Done}
+        a,
+        {
+            (a, "x"): [b, "c"],
+            (a, "y"): hx.Target("nope", None),  # type: ignore[arg-type]
+            (b, "ok"): hx.Done,
+        },
     )
     assert "not a step" in only(problems, "('a', 'x')", "'c'")
     assert "not a step" in only(problems, "('a', 'y')", "'nope'")
@@ -156,8 +162,11 @@ def test_route_with_empty_targets() -> None:
 def test_route_with_non_step_target_and_uncallable_choose() -> None:
     a, b = mk("a"), mk("b")
     problems = problems_of(
-        a, {(a, "ok"): hx.Route("not callable", [b, "c"]),  # type: ignore[arg-type]
-            (b, "ok"): hx.Done}
+        a,
+        {
+            (a, "ok"): hx.Route("not callable", [b, "c"]),  # type: ignore[arg-type]
+            (b, "ok"): hx.Done,
+        },
     )
     assert only(problems, "not callable")
     assert only(problems, "'c'", "not a step")
@@ -360,8 +369,10 @@ def test_invalid_business_value(value: Any) -> None:
         build_instance_id(hx.Unique("order"), value)
 
 
-@pytest.mark.parametrize("value", ["a", "a" * 128, "A-b_9", str(uuid.UUID(int=7)),
-                                   "{12345678-1234-5678-1234-567812345678}"])
+@pytest.mark.parametrize(
+    "value",
+    ["a", "a" * 128, "A-b_9", str(uuid.UUID(int=7)), "{12345678-1234-5678-1234-567812345678}"],
+)
 def test_valid_business_value(value: str) -> None:
     from hephaestus._core._ids import check_business_value
 
@@ -387,14 +398,14 @@ def test_every_problem_is_reported_at_once() -> None:
         [
             ((a, "go"), [b, c]),
             ((a, "stop"), hx.Done),
-            ((a, "typo"), hx.Done),                 # undeclared event
+            ((a, "typo"), hx.Done),  # undeclared event
             ((b, "ok"), c),
-            ((c, "ok"), b),                         # cycle b -> c -> b
-            ((c, "ko"), twin),                      # another step keyed 'b'
+            ((c, "ok"), b),  # cycle b -> c -> b
+            ((c, "ko"), twin),  # another step keyed 'b'
             ((orphan, "ok"), hx.Route(lambda ctx: [], [])),  # unreachable + empty route
-            ((orphan, "ok"), hx.Done),              # duplicate transition
-            ((c, ""), hx.Done),                     # empty event
-            ((c, "ko"), 42),                        # duplicate and non-step target
+            ((orphan, "ok"), hx.Done),  # duplicate transition
+            ((c, ""), hx.Done),  # empty event
+            ((c, "ko"), 42),  # duplicate and non-step target
         ],
         unique=hx.Unique("order"),
         version=0,

@@ -23,8 +23,11 @@ class Recorder:
             hook(event)
 
     def named(self, name: str, instance_id: str | None = None) -> list[hx.TelemetryEvent]:
-        return [e for e in self.events
-                if e.name == name and (instance_id is None or e.instance_id == instance_id)]
+        return [
+            e
+            for e in self.events
+            if e.name == name and (instance_id is None or e.instance_id == instance_id)
+        ]
 
     def count(self, name: str, instance_id: str | None = None) -> int:
         return len(self.named(name, instance_id))
@@ -55,8 +58,14 @@ def clock() -> hx.testing.VirtualClock:
 # --- workflows ---------------------------------------------------------------------------------
 
 
-def fan_workflow(name: str = "fan", *, key: str = "fan", delay: float = 0.0,
-                 scope: str = "workflow", version: int = 1) -> hx.Workflow:
+def fan_workflow(
+    name: str = "fan",
+    *,
+    key: str = "fan",
+    delay: float = 0.0,
+    scope: str = "workflow",
+    version: int = 1,
+) -> hx.Workflow:
     """split -> [left, right] -> join -> Done; results are computed from ``initial["n"]``."""
 
     @hx.step(events=("ok",))
@@ -94,8 +103,12 @@ def fan_workflow(name: str = "fan", *, key: str = "fan", delay: float = 0.0,
 
 
 def fan_expected(n: int) -> dict[str, dict[str, Any]]:
-    return {"split": {"n": n}, "left": {"v": 2 * n}, "right": {"v": n + 1},
-            "join": {"sum": 3 * n + 1}}
+    return {
+        "split": {"n": n},
+        "left": {"v": 2 * n},
+        "right": {"v": n + 1},
+        "join": {"sum": 3 * n + 1},
+    }
 
 
 def event_workflow(name: str = "ev", *, key: str = "ev") -> hx.Workflow:
@@ -125,10 +138,16 @@ def event_workflow(name: str = "ev", *, key: str = "ev") -> hx.Workflow:
 
 
 def single_step_workflow(
-    fn: Any, *, name: str = "one", key: str = "one", events: tuple[str, ...] = ("ok",),
-    retry: hx.Retry | None = None, timeout: float | None = None,
+    fn: Any,
+    *,
+    name: str = "one",
+    key: str = "one",
+    events: tuple[str, ...] = ("ok",),
+    retry: hx.Retry | None = None,
+    timeout: float | None = None,
 ) -> hx.Workflow:
     """A workflow of one step ``fn`` (key "work") whose every event ends the instance."""
     work = hx.step(fn, events=events, key="work", retry=retry, timeout=timeout)
-    return hx.Workflow(name, start=work, transitions={(work, e): hx.Done for e in events},
-                       unique=hx.Unique(key))
+    return hx.Workflow(
+        name, start=work, transitions={(work, e): hx.Done for e in events}, unique=hx.Unique(key)
+    )

@@ -43,14 +43,22 @@ async def test_cancel_while_steps_are_mid_await(autojump_clock: Any) -> None:
         log.append("join ran")
         return "ok"
 
-    wf = hx.Workflow("cx", start=begin, transitions={
-        (begin, "ok"): [left, right], (left, "ok"): join, (right, "ok"): join,
-        (join, "ok"): hx.Done,
-    }, unique=hx.Unique("cx"))
+    wf = hx.Workflow(
+        "cx",
+        start=begin,
+        transitions={
+            (begin, "ok"): [left, right],
+            (left, "ok"): join,
+            (right, "ok"): join,
+            (join, "ok"): hx.Done,
+        },
+        unique=hx.Unique("cx"),
+    )
     storage = hx.MemoryStorage()
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              telemetry=recorder) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder
+    ) as engine:
         iid = await engine.start(wf, "a")
         await started["left"].wait()
         await started["right"].wait()
@@ -64,8 +72,7 @@ async def test_cancel_while_steps_are_mid_await(autojump_clock: Any) -> None:
         final = await engine.wait(iid)
         assert final.status is hx.Status.CANCELLED
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(log) == ["left cancelled", "left finally", "right cancelled",
-                               "right finally"]
+        assert sorted(log) == ["left cancelled", "left finally", "right cancelled", "right finally"]
         step_starts = recorder.count("step.start", iid)
         transitions = recorder.count("workflow.transition", iid)
         await trio.sleep(5000)  # long past the steps' sleep: nothing more happens
@@ -86,9 +93,12 @@ async def test_cancel_drops_timers(autojump_clock: Any) -> None:
     async def after(ctx: hx.StepContext) -> hx.StepResult:
         raise AssertionError("must not run after cancel")  # pragma: no cover
 
-    wf = hx.Workflow("tm", start=waiter, transitions={(waiter, "timeout"): after,
-                                                      (after, "ok"): hx.Done},
-                     unique=hx.Unique("tm"))
+    wf = hx.Workflow(
+        "tm",
+        start=waiter,
+        transitions={(waiter, "timeout"): after, (after, "ok"): hx.Done},
+        unique=hx.Unique("tm"),
+    )
     recorder = Recorder()
     async with hx.open_engine(workflows=[wf], clock=clock(), telemetry=recorder) as engine:
         iid = await engine.start(wf, "a")
@@ -114,8 +124,7 @@ async def test_cancel_during_thread_step_ignores_its_late_result(autojump_clock:
         return hx.Emit("ok", {"late": True})
 
     work = hx.step(blocking, events=("ok",), key="work")
-    wf = hx.Workflow("th", start=work, transitions={(work, "ok"): hx.Done},
-                     unique=hx.Unique("th"))
+    wf = hx.Workflow("th", start=work, transitions={(work, "ok"): hx.Done}, unique=hx.Unique("th"))
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
         await entered.wait()
@@ -134,8 +143,9 @@ async def test_cancel_one_instance_leaves_others_running(autojump_clock: Any) ->
         await trio.sleep(100)
         return hx.Emit("ok", {"i": ctx.initial["i"]})
 
-    wf = hx.Workflow("many", start=slow, transitions={(slow, "ok"): hx.Done},
-                     unique=hx.Unique("many"))
+    wf = hx.Workflow(
+        "many", start=slow, transitions={(slow, "ok"): hx.Done}, unique=hx.Unique("many")
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         ids = [await engine.start(wf, f"i{i}", {"i": i}) for i in range(10)]
         await trio.sleep(50)
@@ -164,8 +174,12 @@ async def test_step_cancelling_its_own_instance(autojump_clock: Any) -> None:
             raise
         return "ok"  # pragma: no cover
 
-    wf = hx.Workflow("selfc", start=quit_early, transitions={(quit_early, "ok"): hx.Done},
-                     unique=hx.Unique("selfc"))
+    wf = hx.Workflow(
+        "selfc",
+        start=quit_early,
+        transitions={(quit_early, "ok"): hx.Done},
+        unique=hx.Unique("selfc"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         engines.append(engine)
         with trio.fail_after(60):

@@ -82,8 +82,14 @@ async def test_runner_crash_restarts_that_runner_and_instance_completes(
     wf = fan_workflow(delay=1.0)
     storage = hx.MemoryStorage()
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(), telemetry=recorder,
-                              max_restarts=3, restart_window=5.0) as engine:
+    async with hx.open_engine(
+        workflows=[wf],
+        storage=storage,
+        clock=clock(),
+        telemetry=recorder,
+        max_restarts=3,
+        restart_window=5.0,
+    ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
         failed_at = break_put(monkeypatch, storage, victim, failures, when=split_done)
         siblings = await start_siblings(engine, wf, 5)
@@ -111,8 +117,14 @@ async def test_runner_past_restart_budget_is_left_as_stored_and_reported(
     wf = fan_workflow(delay=1.0)
     storage = hx.MemoryStorage()
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(), telemetry=recorder,
-                              max_restarts=2, restart_window=5.0) as engine:
+    async with hx.open_engine(
+        workflows=[wf],
+        storage=storage,
+        clock=clock(),
+        telemetry=recorder,
+        max_restarts=2,
+        restart_window=5.0,
+    ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
         failed_at = break_put(monkeypatch, storage, victim, 3, when=split_done)
         siblings = await start_siblings(engine, wf, 5)
@@ -153,8 +165,9 @@ async def test_stuck_instance_can_still_be_cancelled(
 ) -> None:
     wf = fan_workflow(delay=1.0)
     storage = hx.MemoryStorage()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              max_restarts=0) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), max_restarts=0
+    ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
         break_put(monkeypatch, storage, victim, 1, when=split_done)
         with pytest.raises(hx.RunnerFailed):
@@ -183,8 +196,12 @@ async def test_restart_budget_counts_crashes_within_the_window(
         return hx.step(body, events=("ok",), key=key)
 
     a, b, c = slow("a"), slow("b"), slow("c")
-    wf = hx.Workflow("lin", start=a, transitions={(a, "ok"): b, (b, "ok"): c, (c, "ok"): hx.Done},
-                     unique=hx.Unique("lin"))
+    wf = hx.Workflow(
+        "lin",
+        start=a,
+        transitions={(a, "ok"): b, (b, "ok"): c, (c, "ok"): hx.Done},
+        unique=hx.Unique("lin"),
+    )
     storage = hx.MemoryStorage()
     seen: set[tuple[str, ...]] = set()
 
@@ -194,8 +211,9 @@ async def test_restart_budget_counts_crashes_within_the_window(
             return True
         return False
 
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              max_restarts=1, restart_window=window) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), max_restarts=1, restart_window=window
+    ) as engine:
         iid = await engine.start(wf, "x")
         failed_at = break_put(monkeypatch, storage, iid, 2, when=first_put_of_each_completion)
         if stuck:
@@ -214,8 +232,9 @@ async def test_failing_reload_after_a_crash_is_one_more_crash(
     wf = fan_workflow(delay=1.0)
     storage = hx.MemoryStorage()
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              telemetry=recorder, max_restarts=3) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder, max_restarts=3
+    ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
         break_put(monkeypatch, storage, victim, 1, when=split_done)
         get_failures = break_get(monkeypatch, storage, victim, 1)
@@ -237,13 +256,15 @@ async def test_step_that_keeps_raising_is_a_step_failure_not_a_runner_crash(
         calls.append(ctx.attempt)
         raise RuntimeError(f"bug in step code, attempt {ctx.attempt}")
 
-    bad = single_step_workflow(broken, name="bad", key="bad",
-                               retry=hx.Retry(max_attempts=4, initial=0.5))
+    bad = single_step_workflow(
+        broken, name="bad", key="bad", retry=hx.Retry(max_attempts=4, initial=0.5)
+    )
     good = fan_workflow(delay=1.0)
     recorder = Recorder()
     # With no restart budget at all, any runner crash would leave an instance stuck.
-    async with hx.open_engine(workflows=[bad, good], clock=clock(), telemetry=recorder,
-                              max_restarts=0) as engine:
+    async with hx.open_engine(
+        workflows=[bad, good], clock=clock(), telemetry=recorder, max_restarts=0
+    ) as engine:
         bad_ids = [await engine.start(bad, f"b{i}") for i in range(10)]
         siblings = await start_siblings(engine, good, 10)
         for iid in bad_ids:
@@ -295,8 +316,13 @@ async def test_failing_transition_is_a_runner_crash_of_that_instance_only(
 
     monkeypatch.setattr(_runner, "apply", apply)
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=hx.MemoryStorage(), clock=clock(),
-                              telemetry=recorder, max_restarts=3) as engine:
+    async with hx.open_engine(
+        workflows=[wf],
+        storage=hx.MemoryStorage(),
+        clock=clock(),
+        telemetry=recorder,
+        max_restarts=3,
+    ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
         siblings = await start_siblings(engine, wf, 5)
         final = await engine.wait(victim)

@@ -339,8 +339,12 @@ async def test_resume_with_dedupe_key_is_accepted_once(autojump_clock: Any) -> N
 async def test_resume_duplicate_dedupe_key_is_ignored_while_active(autojump_clock: Any) -> None:
     two = hx.WaitForEvent("go", key="two")
     one = hx.WaitForEvent("go", key="one")
-    wf = hx.Workflow("dd", start=one, transitions={(one, "go"): two, (two, "go"): hx.Done},
-                     unique=hx.Unique("dd"))
+    wf = hx.Workflow(
+        "dd",
+        start=one,
+        transitions={(one, "go"): two, (two, "go"): hx.Done},
+        unique=hx.Unique("dd"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
         await trio.testing.wait_all_tasks_blocked()
@@ -405,9 +409,17 @@ async def test_resume_ambiguous_needs_step(autojump_clock: Any) -> None:
     async def end(ctx: hx.StepContext) -> hx.StepResult:
         return "ok"
 
-    wf = hx.Workflow("amb", start=begin, transitions={
-        (begin, "ok"): [left, right], (left, "go"): end, (right, "go"): end, (end, "ok"): hx.Done,
-    }, unique=hx.Unique("amb"))
+    wf = hx.Workflow(
+        "amb",
+        start=begin,
+        transitions={
+            (begin, "ok"): [left, right],
+            (left, "go"): end,
+            (right, "go"): end,
+            (end, "ok"): hx.Done,
+        },
+        unique=hx.Unique("amb"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
         await trio.testing.wait_all_tasks_blocked()
@@ -448,9 +460,16 @@ def _parked_workflow() -> hx.Workflow:
     async def plain(ctx: hx.StepContext) -> hx.StepResult:
         return "ok"
 
-    return hx.Workflow("parked", start=plain, transitions={
-        (plain, "ok"): park, (park, "go"): hx.Done, (park, "timeout"): hx.Done,
-    }, unique=hx.Unique("parked"))
+    return hx.Workflow(
+        "parked",
+        start=plain,
+        transitions={
+            (plain, "ok"): park,
+            (park, "go"): hx.Done,
+            (park, "timeout"): hx.Done,
+        },
+        unique=hx.Unique("parked"),
+    )
 
 
 async def test_schedule_resume_fires_after_delay(autojump_clock: Any) -> None:
@@ -521,6 +540,7 @@ async def test_schedule_resume_errors(autojump_clock: Any) -> None:
 
 async def test_cancel_is_idempotent_and_rejected_on_finished(autojump_clock: Any) -> None:
     wf = event_workflow()
+
     async def boom(ctx: hx.StepContext) -> hx.StepResult:
         raise RuntimeError("boom")
 
@@ -636,7 +656,8 @@ async def test_list_filters_by_workflow_and_status(autojump_clock: Any) -> None:
         assert ids(await engine.list(workflow="ev")) == sorted([*parked, gone])
         assert ids(await engine.list(status=hx.Status.WAITING)) == sorted(parked)
         assert ids(await engine.list(status=[hx.Status.CANCELLED, hx.Status.COMPLETED])) == sorted(
-            [*done, gone])
+            [*done, gone]
+        )
         assert ids(await engine.list(workflow="ev", status=hx.Status.COMPLETED)) == []
         assert await engine.list(workflow="nope") == []
         with pytest.raises(ValueError, match="status"):

@@ -29,12 +29,14 @@ async def test_event_sent_while_step_runs_is_delivered_when_it_suspends(
     gates = {"review": trio.Event()}
     started = {"review": trio.Event()}
     review = _gated(gates, started, "review")
-    wf = hx.Workflow("early", start=review, transitions={(review, "go"): hx.Done},
-                     unique=hx.Unique("early"))
+    wf = hx.Workflow(
+        "early", start=review, transitions={(review, "go"): hx.Done}, unique=hx.Unique("early")
+    )
     storage = hx.MemoryStorage()
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              telemetry=recorder) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder
+    ) as engine:
         iid = await engine.start(wf, "a")
         await started["review"].wait()
         await engine.resume(iid, "go", {"by": "early bird"})
@@ -58,8 +60,12 @@ async def test_two_early_events_are_delivered_first_in_first_out(autojump_clock:
     started = {"one": trio.Event(), "two": trio.Event()}
     one = _gated(gates, started, "one")
     two = _gated(gates, started, "two")
-    wf = hx.Workflow("fifo", start=one, transitions={(one, "go"): two, (two, "go"): hx.Done},
-                     unique=hx.Unique("fifo"))
+    wf = hx.Workflow(
+        "fifo",
+        start=one,
+        transitions={(one, "go"): two, (two, "go"): hx.Done},
+        unique=hx.Unique("fifo"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
         await started["one"].wait()
@@ -84,9 +90,15 @@ async def test_early_event_for_a_later_step_waits_for_it(autojump_clock: Any) ->
         return "ok"
 
     approve = hx.WaitForEvent("approved", key="approve")
-    wf = hx.Workflow("later", start=work, transitions={
-        (work, "ok"): approve, (approve, "approved"): hx.Done,
-    }, unique=hx.Unique("later"))
+    wf = hx.Workflow(
+        "later",
+        start=work,
+        transitions={
+            (work, "ok"): approve,
+            (approve, "approved"): hx.Done,
+        },
+        unique=hx.Unique("later"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
         await engine.resume(iid, "approved", {"ok": True})
@@ -102,9 +114,15 @@ async def test_early_event_survives_an_engine_restart(autojump_clock: Any) -> No
         return "ok"
 
     approve = hx.WaitForEvent("approved", key="approve")
-    wf = hx.Workflow("later", start=work, transitions={
-        (work, "ok"): approve, (approve, "approved"): hx.Done,
-    }, unique=hx.Unique("later"))
+    wf = hx.Workflow(
+        "later",
+        start=work,
+        transitions={
+            (work, "ok"): approve,
+            (approve, "approved"): hx.Done,
+        },
+        unique=hx.Unique("later"),
+    )
     storage = hx.MemoryStorage()
     async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
         iid = await engine.start(wf, "a")
@@ -129,10 +147,17 @@ async def test_event_for_a_dead_branch_is_rejected(autojump_clock: Any) -> None:
         await trio.sleep(5)
         return "ok"
 
-    wf = hx.Workflow("dead", start=choose, transitions={
-        (choose, "left"): left, (choose, "right"): right,
-        (left, "go"): hx.Done, (right, "ok"): hx.Done,
-    }, unique=hx.Unique("dead"))
+    wf = hx.Workflow(
+        "dead",
+        start=choose,
+        transitions={
+            (choose, "left"): left,
+            (choose, "right"): right,
+            (left, "go"): hx.Done,
+            (right, "ok"): hx.Done,
+        },
+        unique=hx.Unique("dead"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
         await trio.sleep(7)  # choose went right: left can no longer run
@@ -168,10 +193,17 @@ async def test_step_resuming_a_sibling_of_its_own_instance(autojump_clock: Any) 
     async def end(ctx: hx.StepContext) -> hx.StepResult:
         return "ok"
 
-    wf = hx.Workflow("sib", start=begin, transitions={
-        (begin, "ok"): [gate, opener], (gate, "open"): end, (opener, "ok"): end,
-        (end, "ok"): hx.Done,
-    }, unique=hx.Unique("sib"))
+    wf = hx.Workflow(
+        "sib",
+        start=begin,
+        transitions={
+            (begin, "ok"): [gate, opener],
+            (gate, "open"): end,
+            (opener, "ok"): end,
+            (end, "ok"): hx.Done,
+        },
+        unique=hx.Unique("sib"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         engines.append(engine)
         with trio.fail_after(60):

@@ -28,10 +28,17 @@ def _tracked_fan(runs: list[tuple[str, int]]) -> hx.Workflow:
     left = slow("left", lambda ctx: {"v": ctx.results["begin"]["n"] * 2})
     right = slow("right", lambda ctx: {"v": ctx.results["begin"]["n"] + 1})
     join = slow("join", lambda ctx: {"sum": ctx.results["left"]["v"] + ctx.results["right"]["v"]})
-    return hx.Workflow("tracked", start=begin, transitions={
-        (begin, "ok"): [left, right], (left, "ok"): join, (right, "ok"): join,
-        (join, "ok"): hx.Done,
-    }, unique=hx.Unique("tracked"))
+    return hx.Workflow(
+        "tracked",
+        start=begin,
+        transitions={
+            (begin, "ok"): [left, right],
+            (left, "ok"): join,
+            (right, "ok"): join,
+            (join, "ok"): hx.Done,
+        },
+        unique=hx.Unique("tracked"),
+    )
 
 
 async def test_running_steps_run_again_with_next_attempt(autojump_clock: Any) -> None:
@@ -50,15 +57,23 @@ async def test_running_steps_run_again_with_next_attempt(autojump_clock: Any) ->
     assert sorted(stored.active) == ["left", "right"]
     assert stored.completed == ("begin",)
     assert runs == [("begin", 1), ("left", 1), ("right", 1)] or runs == [
-        ("begin", 1), ("right", 1), ("left", 1)]
+        ("begin", 1),
+        ("right", 1),
+        ("left", 1),
+    ]
 
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              telemetry=recorder) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder
+    ) as engine:
         final = await engine.wait(iid)
     assert final.status is hx.Status.COMPLETED
-    assert final.results == {"begin": {"n": 3}, "left": {"v": 6}, "right": {"v": 4},
-                             "join": {"sum": 10}}
+    assert final.results == {
+        "begin": {"n": 3},
+        "left": {"v": 6},
+        "right": {"v": 4},
+        "join": {"sum": 10},
+    }
     assert sorted(runs[3:]) == [("join", 1), ("left", 2), ("right", 2)]
     attempts = {h.step: h.attempt for h in final.history}
     assert attempts == {"begin": 1, "left": 2, "right": 2, "join": 1}
@@ -97,8 +112,7 @@ async def test_instances_of_unregistered_workflows_are_left_untouched(
     kept = fan_workflow(delay=1.0)
     dropped = event_workflow()
     storage = hx.MemoryStorage()
-    async with hx.open_engine(workflows=[kept, dropped], storage=storage,
-                              clock=clock()) as engine:
+    async with hx.open_engine(workflows=[kept, dropped], storage=storage, clock=clock()) as engine:
         orphan = await engine.start(dropped, "orphan")
         running = await engine.start(kept, "k", {"n": 2})
         await trio.testing.wait_all_tasks_blocked()
@@ -109,8 +123,9 @@ async def test_instances_of_unregistered_workflows_are_left_untouched(
     assert before.status is hx.Status.WAITING
 
     recorder = Recorder()
-    async with hx.open_engine(workflows=[kept], storage=storage, clock=clock(),
-                              telemetry=recorder) as engine:
+    async with hx.open_engine(
+        workflows=[kept], storage=storage, clock=clock(), telemetry=recorder
+    ) as engine:
         assert (await engine.wait(running)).results == fan_expected(2)
         await trio.sleep(7200)  # long past the orphan's 1 h timeout: still not run
         assert await storage.get(orphan) == before
@@ -133,12 +148,18 @@ async def test_instance_of_another_version_is_not_run(autojump_clock: Any) -> No
     async with hx.open_engine(workflows=[v1], storage=storage, clock=clock()) as engine:
         iid = await engine.start(v1, "a")
         await trio.testing.wait_all_tasks_blocked()
-    v2 = hx.Workflow("ev", start=v1.start, transitions=[
-        ((v1.steps["prepare"], "ok"), v1.steps["approve"]),
-        ((v1.steps["approve"], "go"), v1.steps["finish"]),
-        ((v1.steps["approve"], "timeout"), hx.Done),
-        ((v1.steps["finish"], "ok"), hx.Done),
-    ], unique=hx.Unique("ev"), version=2)
+    v2 = hx.Workflow(
+        "ev",
+        start=v1.start,
+        transitions=[
+            ((v1.steps["prepare"], "ok"), v1.steps["approve"]),
+            ((v1.steps["approve"], "go"), v1.steps["finish"]),
+            ((v1.steps["approve"], "timeout"), hx.Done),
+            ((v1.steps["finish"], "ok"), hx.Done),
+        ],
+        unique=hx.Unique("ev"),
+        version=2,
+    )
     async with storage:
         before = await storage.get(iid)
     async with hx.open_engine(workflows=[v2], storage=storage, clock=clock()) as engine:
@@ -157,9 +178,12 @@ async def test_timers_are_rearmed_and_overdue_ones_fire_at_once(autojump_clock: 
     async def after(ctx: hx.StepContext) -> hx.StepResult:
         return hx.Emit("ok", {"at": trio.current_time()})
 
-    wf = hx.Workflow("tmr", start=pause, transitions={(pause, "timeout"): after,
-                                                      (after, "ok"): hx.Done},
-                     unique=hx.Unique("tmr"))
+    wf = hx.Workflow(
+        "tmr",
+        start=pause,
+        transitions={(pause, "timeout"): after, (after, "ok"): hx.Done},
+        unique=hx.Unique("tmr"),
+    )
     storage = hx.MemoryStorage()
     t0 = trio.current_time()
     async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:

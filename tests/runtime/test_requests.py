@@ -36,8 +36,9 @@ async def test_unacknowledged_resume_gets_the_error_and_can_be_sent_again(
     wf = event_workflow()
     storage = hx.MemoryStorage()
     recorder = Recorder()
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              telemetry=recorder) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder
+    ) as engine:
         iid = await engine.start(wf, "a")
         await trio.testing.wait_all_tasks_blocked()
         break_put(monkeypatch, storage, iid, 1)
@@ -57,8 +58,9 @@ async def test_requests_queued_behind_a_crash_are_served_by_the_restarted_runner
 ) -> None:
     two = hx.WaitForEvent("go", key="two")
     one = hx.WaitForEvent("go", key="one")
-    wf = hx.Workflow("q", start=one, transitions={(one, "go"): two, (two, "go"): hx.Done},
-                     unique=hx.Unique("q"))
+    wf = hx.Workflow(
+        "q", start=one, transitions={(one, "go"): two, (two, "go"): hx.Done}, unique=hx.Unique("q")
+    )
     storage = hx.MemoryStorage()
     outcomes: dict[str, object] = {}
     async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
@@ -84,8 +86,6 @@ async def test_requests_queued_behind_a_crash_are_served_by_the_restarted_runner
         await engine.resume(iid, "go", {"n": 3})
         final = await engine.wait(iid)
     assert final.results == {"one": {"n": 2}, "two": {"n": 3}}
-
-
 
 
 async def test_requests_pending_when_the_engine_closes_get_engine_closed(

@@ -17,8 +17,9 @@ async def test_thousand_concurrent_fan_out_fan_in_instances(autojump_clock: Any)
     recorder = Recorder()
     finals: dict[str, hx.Instance] = {}
     n = 1000
-    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock(),
-                              telemetry=recorder) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder
+    ) as engine:
         ids: dict[int, str] = {}
 
         async def start(i: int) -> None:

@@ -26,11 +26,13 @@ def _busy_workflows(release: threading.Event) -> list[hx.Workflow]:
         return "ok"
 
     work = hx.step(blocking, events=("ok",), key="work")
-    threaded = hx.Workflow("threaded", start=work, transitions={(work, "ok"): hx.Done},
-                           unique=hx.Unique("threaded"))
+    threaded = hx.Workflow(
+        "threaded", start=work, transitions={(work, "ok"): hx.Done}, unique=hx.Unique("threaded")
+    )
     pause = hx.Wait(1000, key="pause")
-    sleepy = hx.Workflow("sleepy", start=pause, transitions={(pause, "timeout"): hx.Done},
-                         unique=hx.Unique("sleepy"))
+    sleepy = hx.Workflow(
+        "sleepy", start=pause, transitions={(pause, "timeout"): hx.Done}, unique=hx.Unique("sleepy")
+    )
     return [fan_workflow(delay=100.0), event_workflow(), threaded, sleepy]
 
 
@@ -53,8 +55,9 @@ async def test_normal_exit_leaves_no_task(autojump_clock: Any) -> None:
     release = threading.Event()
     storage = hx.MemoryStorage()
     before = all_tasks()
-    async with hx.open_engine(workflows=_busy_workflows(release), storage=storage,
-                              clock=clock()) as engine:
+    async with hx.open_engine(
+        workflows=_busy_workflows(release), storage=storage, clock=clock()
+    ) as engine:
         await _fill(engine)
         during = all_tasks() - before
         assert len(during) > 16  # the check below can see engine tasks
@@ -124,8 +127,9 @@ async def test_cancellation_leaves_no_task(autojump_clock: Any) -> None:
     storage = hx.MemoryStorage()
     before = all_tasks()
     with trio.move_on_after(50) as scope:
-        async with hx.open_engine(workflows=_busy_workflows(release), storage=storage,
-                                  clock=clock()) as engine:
+        async with hx.open_engine(
+            workflows=_busy_workflows(release), storage=storage, clock=clock()
+        ) as engine:
             await _fill(engine)
             await trio.sleep_forever()
     assert scope.cancelled_caught
@@ -139,8 +143,7 @@ async def test_cancellation_from_another_task_leaves_no_task(autojump_clock: Any
     ready = trio.Event()
 
     async def run_engine() -> None:
-        async with hx.open_engine(workflows=[fan_workflow(delay=100.0)],
-                                  clock=clock()) as engine:
+        async with hx.open_engine(workflows=[fan_workflow(delay=100.0)], clock=clock()) as engine:
             for i in range(10):
                 await engine.start("fan", f"x{i}", {"n": i})
             ready.set()

@@ -26,9 +26,12 @@ async def test_sync_step_runs_in_a_worker_thread(autojump_clock: Any) -> None:
         threads.append(threading.current_thread())
         return hx.Emit("ok", {"plus": ctx.results["first"]["double"] + 1})
 
-    wf = hx.Workflow("sync", start=first, transitions={(first, "ok"): second,
-                                                       (second, "ok"): hx.Done},
-                     unique=hx.Unique("sync"))
+    wf = hx.Workflow(
+        "sync",
+        start=first,
+        transitions={(first, "ok"): second, (second, "ok"): hx.Done},
+        unique=hx.Unique("sync"),
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         final = await engine.wait(await engine.start(wf, "a", {"n": 20}))
     assert final.status is hx.Status.COMPLETED
@@ -191,7 +194,10 @@ async def test_step_exception_with_retry_then_success(autojump_clock: Any) -> No
     assert attempts == [1, 2, 3]
     assert final.results == {"work": {"attempt": 3}}
     assert [(h.attempt, h.error) for h in final.history] == [
-        (1, "ConnectionError"), (2, "ConnectionError"), (3, None)]
+        (1, "ConnectionError"),
+        (2, "ConnectionError"),
+        (3, None),
+    ]
 
 
 async def test_step_context_is_what_the_api_promises(autojump_clock: Any) -> None:
@@ -207,15 +213,27 @@ async def test_step_context_is_what_the_api_promises(autojump_clock: Any) -> Non
         seen.append(ctx)
         return "ok"
 
-    wf = hx.Workflow("ctx", start=first, transitions={
-        (first, "ok"): hx.Target(second, {"mode": "fast"}), (second, "ok"): hx.Done,
-    }, unique=hx.Unique("ctx"), version=3)
+    wf = hx.Workflow(
+        "ctx",
+        start=first,
+        transitions={
+            (first, "ok"): hx.Target(second, {"mode": "fast"}),
+            (second, "ok"): hx.Done,
+        },
+        unique=hx.Unique("ctx"),
+        version=3,
+    )
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a", {"k": "v"})
         await engine.wait(iid)
     one, two = seen
     assert (one.instance_id, one.workflow, one.version, one.step, one.attempt) == (
-        iid, "ctx", 3, "first", 1)
+        iid,
+        "ctx",
+        3,
+        "first",
+        1,
+    )
     assert dict(one.initial) == {"k": "v"}
     assert dict(one.results) == {}
     assert one.config is None

@@ -17,10 +17,12 @@ async def test_two_engines_are_independent(autojump_clock: Any) -> None:
     first_store, second_store = hx.MemoryStorage(), hx.MemoryStorage()
     first_events, second_events = Recorder(), Recorder()
     async with (
-        hx.open_engine(workflows=[wf], storage=first_store, clock=clock(),
-                       telemetry=first_events) as first,
-        hx.open_engine(workflows=[wf], storage=second_store, clock=clock(),
-                       telemetry=second_events) as second,
+        hx.open_engine(
+            workflows=[wf], storage=first_store, clock=clock(), telemetry=first_events
+        ) as first,
+        hx.open_engine(
+            workflows=[wf], storage=second_store, clock=clock(), telemetry=second_events
+        ) as second,
     ):
         one = await first.start(wf, "same")
         two = await second.start(wf, "same")

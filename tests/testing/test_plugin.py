@@ -71,16 +71,20 @@ async def test_hx_open_engine_simulates_a_restart(
 
 
 def test_the_plugin_imports_nothing_heavy() -> None:
-    code = ("import sys, hephaestus.testing._plugin; "
-            "print(sorted(m for m in ('hypothesis', 'pytest_trio') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True).stdout
+    code = (
+        "import sys, hephaestus.testing._plugin; "
+        "print(sorted(m for m in ('hypothesis', 'pytest_trio') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_a_users_suite_gets_the_fixtures(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntrio_mode = true\n")
-    pytester.makepyfile(test_user='''
+    pytester.makepyfile(
+        test_user="""
         import pytest
         import trio
         import hephaestus as hx
@@ -105,6 +109,7 @@ def test_a_users_suite_gets_the_fixtures(pytester: pytest.Pytester) -> None:
         async def test_default_has_no_workflows(hx_open_engine, autojump_clock):
             async with hx_open_engine(workflows=[]) as engine:
                 assert engine.workflows == []
-    ''')
+    """
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)

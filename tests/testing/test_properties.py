@@ -31,14 +31,18 @@ from .workflows import PROVIDER, broken_order, order, warehouse
 # --- the ten lines ----------------------------------------------------------------------------
 
 
-@given(answers=outcomes(order, steps=["request_payment"], failures="transient"),
-       webhooks=event_schedules(order, max_delay=7200, cancel=True),
-       crash=crash_points(order))
+@given(
+    answers=outcomes(order, steps=["request_payment"], failures="transient"),
+    webhooks=event_schedules(order, max_delay=7200, cancel=True),
+    crash=crash_points(order),
+)
 def test_every_order_completes_or_is_cancelled_and_is_charged_at_most_once(
-        answers: Any, webhooks: Any, crash: Any) -> None:
+    answers: Any, webhooks: Any, crash: Any
+) -> None:
     PROVIDER.reset()
-    final = run_workflow(order, "o1", {"amount": 30}, events=webhooks,
-                         step_overrides=answers, crash_at=crash)
+    final = run_workflow(
+        order, "o1", {"amount": 30}, events=webhooks, step_overrides=answers, crash_at=crash
+    )
     assert final.status in (hx.Status.COMPLETED, hx.Status.CANCELLED)
     assert PROVIDER.times_charged(final.id) == (1 if "charge" in final.completed else 0)
 
@@ -49,16 +53,29 @@ def test_every_order_completes_or_is_cancelled_and_is_charged_at_most_once(
 def test_the_property_catches_the_double_charge_and_shrinks_it() -> None:
     # derandomize: the same examples on every run; no "explain" phase: it re-runs the
     # failing example under a tracer, slowly, to annotate it.
-    @settings(max_examples=400, derandomize=True, database=None, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow],
-              phases=[Phase.generate, Phase.shrink])
-    @given(answers=outcomes(broken_order, steps=["request_payment"], failures="transient"),
-           webhooks=event_schedules(broken_order, max_delay=7200, cancel=True),
-           crash=crash_points(broken_order))
+    @settings(
+        max_examples=400,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        phases=[Phase.generate, Phase.shrink],
+    )
+    @given(
+        answers=outcomes(broken_order, steps=["request_payment"], failures="transient"),
+        webhooks=event_schedules(broken_order, max_delay=7200, cancel=True),
+        crash=crash_points(broken_order),
+    )
     def user_property(answers: Any, webhooks: Any, crash: Any) -> None:
         PROVIDER.reset()
-        final = run_workflow(broken_order, "o1", {"amount": 30}, events=webhooks,
-                             step_overrides=answers, crash_at=crash)
+        final = run_workflow(
+            broken_order,
+            "o1",
+            {"amount": 30},
+            events=webhooks,
+            step_overrides=answers,
+            crash_at=crash,
+        )
         assert final.status in (hx.Status.COMPLETED, hx.Status.CANCELLED)
         assert PROVIDER.times_charged(final.id) == (1 if "charge" in final.completed else 0)
 
@@ -92,8 +109,15 @@ def test_outcomes_are_declared_events_or_failures(drawn: dict[str, Any]) -> None
 
 
 @settings(max_examples=30)
-@given(drawn=outcomes(order, steps=["request_payment", "charge"], failures=False,
-                      unchanged=False, results={"charge": st.just({"charge_id": "x"})}))
+@given(
+    drawn=outcomes(
+        order,
+        steps=["request_payment", "charge"],
+        failures=False,
+        unchanged=False,
+        results={"charge": st.just({"charge_id": "x"})},
+    )
+)
 def test_outcomes_can_be_narrowed(drawn: dict[str, Any]) -> None:
     assert set(drawn) == {"request_payment", "charge"}
     assert drawn["request_payment"] in ("approved", "declined")
@@ -109,8 +133,15 @@ def test_transient_failures_always_end_with_an_event(drawn: dict[str, Any]) -> N
 
 
 @settings(max_examples=40)
-@given(schedule=event_schedules(order, max_delay=100, max_size=4, cancel=True,
-                                payloads={"paid": st.fixed_dictionaries({"n": st.integers()})}))
+@given(
+    schedule=event_schedules(
+        order,
+        max_delay=100,
+        max_size=4,
+        cancel=True,
+        payloads={"paid": st.fixed_dictionaries({"n": st.integers()})},
+    )
+)
 def test_event_schedules(schedule: list[Any]) -> None:
     assert len(schedule) <= 4
     assert [delay for delay, _, _ in schedule] == sorted(delay for delay, _, _ in schedule)

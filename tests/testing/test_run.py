@@ -39,9 +39,13 @@ def path(instance: hx.Instance) -> list[tuple[str, str | None]]:
 def test_runs_to_completion_with_a_webhook() -> None:
     final = run_workflow(order, "o1", {"amount": 30}, events=[(120, "paid", {"ref": "w1"})])
     assert final.status is hx.Status.COMPLETED
-    assert path(final) == [("validate", "valid"), ("request_payment", "approved"),
-                           ("await_payment", "paid"), ("charge", "charged"),
-                           ("ship", "shipped")]
+    assert path(final) == [
+        ("validate", "valid"),
+        ("request_payment", "approved"),
+        ("await_payment", "paid"),
+        ("charge", "charged"),
+        ("ship", "shipped"),
+    ]
     assert final.results["await_payment"] == {"ref": "w1"}
     assert final.id == "orderid::o1"
     assert PROVIDER.times_charged(final.id) == 1
@@ -56,8 +60,9 @@ def test_an_hour_without_a_webhook_times_out_in_virtual_time() -> None:
 
 
 def test_a_late_event_is_recorded_as_rejected_and_the_run_goes_on() -> None:
-    run = trace_workflow(order, "o1", {"amount": 30},
-                         events=[(7200, "paid"), (10, "paid"), (DAY, CANCEL)])
+    run = trace_workflow(
+        order, "o1", {"amount": 30}, events=[(7200, "paid"), (10, "paid"), (DAY, CANCEL)]
+    )
     assert run.instance.status is hx.Status.COMPLETED
     assert [(e.at, e.event, e.rejected) for e in run.events] == [
         (pytest.approx(10.001), "paid", False),
@@ -75,8 +80,9 @@ def test_an_early_event_waits_in_the_inbox() -> None:
 
 
 def test_cancel_in_the_schedule_cancels() -> None:
-    run = trace_workflow(order, "o1", {"amount": 30},
-                         events=[(60, CANCEL, {"reason": "changed mind"})])
+    run = trace_workflow(
+        order, "o1", {"amount": 30}, events=[(60, CANCEL, {"reason": "changed mind"})]
+    )
     assert run.instance.status is hx.Status.CANCELLED
     assert run.instance.cancel_reason == "changed mind"
     assert run.events[0].reply == "cancelled"
@@ -91,8 +97,9 @@ def test_an_event_no_step_declares_is_refused_up_front() -> None:
 
 def test_a_stuck_instance_raises_workflow_stuck() -> None:
     waits = hx.WaitForEvent("approved", key="approval")
-    wf = hx.Workflow("approve", start=waits, transitions={(waits, "approved"): hx.Done},
-                     unique=hx.Unique("doc"))
+    wf = hx.Workflow(
+        "approve", start=waits, transitions={(waits, "approved"): hx.Done}, unique=hx.Unique("doc")
+    )
     stuck = r"steps wait \('approval' for \['approved'\]\)"
     with pytest.raises(WorkflowStuck, match=stuck) as info:
         run_workflow(wf, "d1")
@@ -103,8 +110,9 @@ def test_a_stuck_instance_raises_workflow_stuck() -> None:
 
 def test_a_thirty_day_wait_takes_no_real_time() -> None:
     month = hx.Wait(30 * DAY, key="month")
-    wf = hx.Workflow("slow", start=month, transitions={(month, "timeout"): hx.Done},
-                     unique=hx.Unique("slow"))
+    wf = hx.Workflow(
+        "slow", start=month, transitions={(month, "timeout"): hx.Done}, unique=hx.Unique("slow")
+    )
     final = run_workflow(wf, "s")
     assert final.updated_at - final.created_at == 30 * DAY
 
@@ -118,8 +126,13 @@ def test_run_workflow_refuses_to_nest_in_trio() -> None:
 
 
 async def test_run_workflow_async_in_a_trio_test(autojump_clock: trio.testing.MockClock) -> None:
-    final = await run_workflow_async(order, "o1", {"amount": 30}, events=[(DAY, "paid")],
-                                     step_overrides={"request_payment": "approved"})
+    final = await run_workflow_async(
+        order,
+        "o1",
+        {"amount": 30},
+        events=[(DAY, "paid")],
+        step_overrides={"request_payment": "approved"},
+    )
     assert path(final)[-1] == ("cancel_order", "cancelled")
     assert trio.current_time() >= DAY
 
@@ -132,9 +145,11 @@ def test_overrides_keep_the_graph_and_leave_the_workflow_alone() -> None:
     assert copy is not order
     assert list(copy.steps) == list(order.steps)
     assert {k: s.events for k, s in copy.steps.items()} == {
-        k: s.events for k, s in order.steps.items()}
+        k: s.events for k, s in order.steps.items()
+    }
     assert {k: (e.target_keys, e.done) for k, e in copy.edges.items()} == {
-        k: (e.target_keys, e.done) for k, e in order.edges.items()}
+        k: (e.target_keys, e.done) for k, e in order.edges.items()
+    }
     assert copy.steps["request_payment"].retry == order.steps["request_payment"].retry
     assert copy.steps["validate"] is order.steps["validate"]
     assert order.steps["request_payment"].fn.__name__ == "request_payment"
@@ -142,35 +157,49 @@ def test_overrides_keep_the_graph_and_leave_the_workflow_alone() -> None:
 
 
 def test_override_with_an_event_routes_the_other_way() -> None:
-    final = run_workflow(order, "o1", {"amount": 30},
-                         step_overrides={"request_payment": "declined"})
+    final = run_workflow(
+        order, "o1", {"amount": 30}, step_overrides={"request_payment": "declined"}
+    )
     assert path(final)[-2:] == [("request_payment", "declined"), ("cancel_order", "cancelled")]
 
 
 def test_override_with_emit_and_suspend() -> None:
     final = run_workflow(
-        order, "o1", {"amount": 30}, events=[(30, "approved")],
-        step_overrides={"request_payment": hx.Suspend(),
-                        "await_payment": hx.Emit("paid", {"x": 1})},
+        order,
+        "o1",
+        {"amount": 30},
+        events=[(30, "approved")],
+        step_overrides={
+            "request_payment": hx.Suspend(),
+            "await_payment": hx.Emit("paid", {"x": 1}),
+        },
     )
     assert final.status is hx.Status.COMPLETED
     assert final.results["await_payment"] == {"x": 1}
 
 
 def test_override_with_failures_then_success_uses_the_retry_policy() -> None:
-    final = run_workflow(order, "o1", {"amount": 30},
-                         step_overrides={"request_payment": [ConnectionError, "approved"]})
+    final = run_workflow(
+        order,
+        "o1",
+        {"amount": 30},
+        step_overrides={"request_payment": [ConnectionError, "approved"]},
+    )
     attempts = [(e.step, e.attempt, e.error) for e in final.history if e.step == "request_payment"]
-    assert attempts == [("request_payment", 1, "ConnectionError"),
-                        ("request_payment", 2, None)]
+    assert attempts == [("request_payment", 1, "ConnectionError"), ("request_payment", 2, None)]
 
 
 def test_override_with_a_permanent_failure_fails_the_instance() -> None:
-    final = run_workflow(order, "o1", {"amount": 30},
-                         step_overrides={"request_payment": SimulatedFailure("provider down")})
+    final = run_workflow(
+        order,
+        "o1",
+        {"amount": 30},
+        step_overrides={"request_payment": SimulatedFailure("provider down")},
+    )
     assert final.status is hx.Status.FAILED
-    assert final.error == hx.ErrorInfo(step="request_payment", type="SimulatedFailure",
-                                       message="provider down", attempts=3)
+    assert final.error == hx.ErrorInfo(
+        step="request_payment", type="SimulatedFailure", message="provider down", attempts=3
+    )
 
 
 def test_override_with_a_function() -> None:
@@ -186,22 +215,30 @@ def test_override_with_a_function() -> None:
 
 
 def test_overrides_reach_steps_chosen_by_a_route() -> None:
-    final = run_workflow(warehouse, "s1", {"items": 50},
-                         step_overrides={"send_big": hx.Emit("sent", {"by": "drone"})})
+    final = run_workflow(
+        warehouse,
+        "s1",
+        {"items": 50},
+        step_overrides={"send_big": hx.Emit("sent", {"by": "drone"})},
+    )
     assert final.results["send_big"] == {"by": "drone"}
 
 
-@pytest.mark.parametrize(("overrides", "error", "match"), [
-    ({"nope": "x"}, ValueError, r"names \['nope'\]"),
-    ({"charge": "shipped"}, ValueError, "does not declare"),
-    ({"charge": hx.Emit("lost")}, ValueError, "does not declare"),
-    ({"charge": hx.Suspend(timeout=5)}, ValueError, "'timeout'"),
-    ({"charge": []}, ValueError, "empty list"),
-    ({"charge": 42}, TypeError, "give an event name"),
-    ({"charge": KeyboardInterrupt}, TypeError, "Exception subclass"),
-])
-def test_bad_overrides_are_refused(overrides: dict[str, Any], error: type[Exception],
-                                   match: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"nope": "x"}, ValueError, r"names \['nope'\]"),
+        ({"charge": "shipped"}, ValueError, "does not declare"),
+        ({"charge": hx.Emit("lost")}, ValueError, "does not declare"),
+        ({"charge": hx.Suspend(timeout=5)}, ValueError, "'timeout'"),
+        ({"charge": []}, ValueError, "empty list"),
+        ({"charge": 42}, TypeError, "give an event name"),
+        ({"charge": KeyboardInterrupt}, TypeError, "Exception subclass"),
+    ],
+)
+def test_bad_overrides_are_refused(
+    overrides: dict[str, Any], error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         run_workflow(order, "o1", {"amount": 30}, step_overrides=overrides)
 
@@ -223,28 +260,33 @@ def test_a_crash_loses_the_write_and_recovery_finishes_the_run() -> None:
 
 
 def test_the_crash_report_says_what_was_lost() -> None:
-    run = trace_workflow(broken_order, "o1", {"amount": 30}, events=[(10, "paid")],
-                         crash_at=CrashPoint(5))
+    run = trace_workflow(
+        broken_order, "o1", {"amount": 30}, events=[(10, "paid")], crash_at=CrashPoint(5)
+    )
     [report] = run.crashes
     assert report.describe() == (
-        "the engine died before persisting write 5 (step 'charge' attempt 1 "
-        "ended with 'charged')")
+        "the engine died before persisting write 5 (step 'charge' attempt 1 ended with 'charged')"
+    )
     assert ("charge", 2) in run.attempts
     assert PROVIDER.times_charged(run.instance.id) == 2  # the bug the harness is for
 
 
 def test_a_crash_while_waiting_for_the_webhook_keeps_the_event() -> None:
     # write 4 records the webhook's delivery; losing it means the client retries the resume
-    run = trace_workflow(order, "o1", {"amount": 30}, events=[(10, "paid", {"n": 1})],
-                         crash_at=4)
+    run = trace_workflow(order, "o1", {"amount": 30}, events=[(10, "paid", {"n": 1})], crash_at=4)
     assert "step 'await_payment' attempt 1 ended with 'paid'" in run.crashes[0].describe()
     assert run.instance.results["await_payment"] == {"n": 1}
     assert [e.rejected for e in run.events] == [False]
 
 
 def test_several_crashes_and_downtime() -> None:
-    run = trace_workflow(order, "o1", {"amount": 30}, events=[(10, "paid")],
-                         crash_at=[CrashPoint(2, downtime=600), 5, 1])
+    run = trace_workflow(
+        order,
+        "o1",
+        {"amount": 30},
+        events=[(10, "paid")],
+        crash_at=[CrashPoint(2, downtime=600), 5, 1],
+    )
     assert [c.write for c in run.crashes] == [1, 2, 5]
     assert run.instance.status is hx.Status.COMPLETED
     # the webhook came during the downtime: the client retried once the engine was back
@@ -253,14 +295,24 @@ def test_several_crashes_and_downtime() -> None:
 
 
 def test_a_crash_named_by_step_loses_that_steps_outcome() -> None:
-    run = trace_workflow(broken_order, "o1", {"amount": 30}, events=[(10, "paid")],
-                         crash_at=CrashPoint(step="charge"))
+    run = trace_workflow(
+        broken_order,
+        "o1",
+        {"amount": 30},
+        events=[(10, "paid")],
+        crash_at=CrashPoint(step="charge"),
+    )
     [report] = run.crashes
     assert report.write == 5
     assert "step 'charge' attempt 1 ended with 'charged'" in report.describe()
     assert PROVIDER.times_charged(run.instance.id) == 2
-    waiting = trace_workflow(order, "o1", {"amount": 30}, events=[(10, "paid")],
-                             crash_at=CrashPoint(step="await_payment"))
+    waiting = trace_workflow(
+        order,
+        "o1",
+        {"amount": 30},
+        events=[(10, "paid")],
+        crash_at=CrashPoint(step="await_payment"),
+    )
     assert "step 'await_payment' suspended" in waiting.crashes[0].describe()
     assert waiting.instance.status is hx.Status.COMPLETED
 

@@ -62,8 +62,9 @@ await_payment = hx.WaitForEvent("paid", key="await_payment", timeout=3600)
 @hx.step(events=("charged",))
 async def charge(ctx: hx.StepContext) -> hx.StepResult:
     """Capture the payment, idempotently: the instance id is the idempotency key."""
-    charge_id = PROVIDER.charge(ctx.instance_id, ctx.initial["amount"],
-                                idempotency_key=ctx.instance_id)
+    charge_id = PROVIDER.charge(
+        ctx.instance_id, ctx.initial["amount"], idempotency_key=ctx.instance_id
+    )
     await trio.lowlevel.checkpoint()
     return hx.Emit("charged", {"charge_id": charge_id})
 

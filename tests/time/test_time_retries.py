@@ -27,7 +27,9 @@ async def finish(engine: hx.Engine, iid: str, within: float = 86_400.0) -> hx.In
 
 def one_step(start: hx.Step) -> hx.Workflow:
     return hx.Workflow(
-        "retrying", start=start, transitions={(start, e): hx.Done for e in start.events},
+        "retrying",
+        start=start,
+        transitions={(start, e): hx.Done for e in start.events},
         unique=hx.Unique("t"),
     )
 
@@ -35,14 +37,18 @@ def one_step(start: hx.Step) -> hx.Workflow:
 class Flaky:
     """A step that fails its first ``failures`` attempts, recording (attempt, virtual time)."""
 
-    def __init__(self, failures: float, retry: hx.Retry | None, timeout: float | None = None,
-                 hang: bool = False) -> None:
+    def __init__(
+        self,
+        failures: float,
+        retry: hx.Retry | None,
+        timeout: float | None = None,
+        hang: bool = False,
+    ) -> None:
         self.failures = failures
         self.hang = hang
         self.calls: list[tuple[int, float]] = []
         self.finished_hanging = 0
-        self.step = hx.step(self.run, key="flaky", events=("done",), retry=retry,
-                            timeout=timeout)
+        self.step = hx.step(self.run, key="flaky", events=("done",), retry=retry, timeout=timeout)
 
     async def run(self, ctx: hx.StepContext) -> hx.StepResult:
         self.calls.append((ctx.attempt, trio.current_time()))
@@ -105,14 +111,22 @@ async def test_fails_twice_then_succeeds_on_attempt_three_after_backoff(
         (hx.Retry(max_attempts=4, backoff="exponential", initial=0.5), [0.5, 1, 2]),
         (hx.Retry(max_attempts=4, backoff="linear", initial=2.0), [2, 4, 6]),
         (hx.Retry(max_attempts=4, backoff="constant", initial=3.0), [3, 3, 3]),
-        (hx.Retry(max_attempts=6, backoff="exponential", initial=1.0, max_backoff=5.0),
-         [1, 2, 4, 5, 5]),
-        (hx.Retry(max_attempts=5, backoff="linear", initial=4.0, max_backoff=10.0),
-         [4, 8, 10, 10]),
+        (
+            hx.Retry(max_attempts=6, backoff="exponential", initial=1.0, max_backoff=5.0),
+            [1, 2, 4, 5, 5],
+        ),
+        (hx.Retry(max_attempts=5, backoff="linear", initial=4.0, max_backoff=10.0), [4, 8, 10, 10]),
         (hx.Retry(max_attempts=3, backoff="constant", initial=90.0, max_backoff=7.0), [7, 7]),
     ],
-    ids=["exp-1", "exp-0.5", "linear", "constant", "exp-capped", "linear-capped",
-         "constant-capped"],
+    ids=[
+        "exp-1",
+        "exp-0.5",
+        "linear",
+        "constant",
+        "exp-capped",
+        "linear-capped",
+        "constant-capped",
+    ],
 )
 async def test_backoff_gaps(
     autojump_clock: trio.testing.MockClock, retry: hx.Retry, expected: list[float]
@@ -128,8 +142,9 @@ async def test_backoff_gaps(
 async def test_jitter_stays_within_half_to_full_delay_and_is_deterministic(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    retry = hx.Retry(max_attempts=6, backoff="exponential", initial=8.0, max_backoff=1000.0,
-                     jitter=True)
+    retry = hx.Retry(
+        max_attempts=6, backoff="exponential", initial=8.0, max_backoff=1000.0, jitter=True
+    )
     nominal = [8.0, 16.0, 32.0, 64.0, 128.0]
     first, _ = await run_to_end(Flaky(5, retry))
     again, _ = await run_to_end(Flaky(5, retry))  # same instance id, later virtual time
@@ -150,8 +165,9 @@ async def test_always_failing_step_fails_the_instance_after_max_attempts(
     flaky = Flaky(math.inf, hx.Retry(max_attempts=4, backoff="constant", initial=2.0))
     final, _ = await run_to_end(flaky)
     assert final.status is hx.Status.FAILED
-    assert final.error == hx.ErrorInfo(step="flaky", type="ValueError", message="boom 4",
-                                       attempts=4)
+    assert final.error == hx.ErrorInfo(
+        step="flaky", type="ValueError", message="boom 4", attempts=4
+    )
     assert outcomes(final) == [(n, None, "ValueError") for n in (1, 2, 3, 4)]
     assert gaps(final) == [2, 2, 2]
     assert final.timers == ()
@@ -164,8 +180,9 @@ async def test_failing_step_without_policy_fails_at_once(
 ) -> None:
     flaky = Flaky(math.inf, None)
     final, _ = await run_to_end(flaky)
-    assert final.error == hx.ErrorInfo(step="flaky", type="ValueError", message="boom 1",
-                                       attempts=1)
+    assert final.error == hx.ErrorInfo(
+        step="flaky", type="ValueError", message="boom 1", attempts=1
+    )
     assert len(flaky.calls) == 1
 
 
@@ -184,8 +201,12 @@ async def test_crash_during_backoff_retries_at_the_persisted_time(
         backing_off = await engine.get(iid)
         assert backing_off.status is hx.Status.WAITING
         assert backing_off.timers == (
-            hx.Timer(id=backing_off.timers[0].id, kind="retry", step="flaky",
-                     deadline=clock.start + t0 + 30),
+            hx.Timer(
+                id=backing_off.timers[0].id,
+                kind="retry",
+                step="flaky",
+                deadline=clock.start + t0 + 30,
+            ),
         )
     await trio.sleep_until(t0 + down_until)
     async with hx.open_engine(workflows=[wf], storage=store, clock=clock) as engine:
@@ -228,12 +249,15 @@ async def test_cancelling_during_backoff_cancels_the_pending_retry(
 async def test_step_timeout_fails_the_attempt_with_step_timeout_and_is_retried(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    flaky = Flaky(2, hx.Retry(max_attempts=3, backoff="constant", initial=2.0), timeout=5,
-                  hang=True)
+    flaky = Flaky(
+        2, hx.Retry(max_attempts=3, backoff="constant", initial=2.0), timeout=5, hang=True
+    )
     final, t0 = await run_to_end(flaky)
     assert final.status is hx.Status.COMPLETED
     assert outcomes(final) == [
-        (1, None, "StepTimeout"), (2, None, "StepTimeout"), (3, "done", None)
+        (1, None, "StepTimeout"),
+        (2, None, "StepTimeout"),
+        (3, "done", None),
     ]
     # attempt 1 times out at +5, backs off 2 s, attempt 2 times out 5 s later, ...
     assert flaky.calls == [(1, t0), (2, t0 + 7), (3, t0 + 14)]
@@ -245,13 +269,13 @@ async def test_step_timeout_fails_the_attempt_with_step_timeout_and_is_retried(
 async def test_step_timeout_exhausting_attempts_fails_with_step_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    flaky = Flaky(math.inf, hx.Retry(max_attempts=2, backoff="constant", initial=1.0),
-                  timeout=5, hang=True)
+    flaky = Flaky(
+        math.inf, hx.Retry(max_attempts=2, backoff="constant", initial=1.0), timeout=5, hang=True
+    )
     final, _ = await run_to_end(flaky)
     assert final.status is hx.Status.FAILED
     assert final.error is not None
-    assert (final.error.step, final.error.type, final.error.attempts) == (
-        "flaky", "StepTimeout", 2)
+    assert (final.error.step, final.error.type, final.error.attempts) == ("flaky", "StepTimeout", 2)
     assert "exceeded its timeout of 5.0 s" in final.error.message
     assert outcomes(final) == [(1, None, "StepTimeout"), (2, None, "StepTimeout")]
     assert issubclass(hx.StepTimeout, hx.HephaestusError)

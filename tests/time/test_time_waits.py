@@ -32,7 +32,9 @@ async def finish(engine: hx.Engine, iid: str, within: float = DAY) -> hx.Instanc
 def one_step(start: hx.Step, name: str = "timed") -> hx.Workflow:
     """A workflow of ``start`` alone: every event it declares ends the instance."""
     return hx.Workflow(
-        name, start=start, transitions={(start, e): hx.Done for e in start.events},
+        name,
+        start=start,
+        transitions={(start, e): hx.Done for e in start.events},
         unique=hx.Unique("t"),
     )
 
@@ -67,8 +69,9 @@ async def test_wait_completes_after_exactly_its_duration_with_timeout(
         assert early.status is hx.Status.WAITING
         assert early.history == ()
         assert early.timers == (
-            hx.Timer(id=early.timers[0].id, kind="timeout", step="nap",
-                     deadline=clock.start + t0 + 90),
+            hx.Timer(
+                id=early.timers[0].id, kind="timeout", step="nap", deadline=clock.start + t0 + 90
+            ),
         )
         final = await finish(engine, iid)
         assert trio.current_time() - t0 == pytest.approx(90, abs=1e-6)
@@ -176,8 +179,7 @@ async def _suspend_for_a_minute(ctx: hx.StepContext) -> hx.StepResult:
 WAITERS: dict[str, Callable[[], hx.Step]] = {
     "Wait": lambda: hx.Wait(60, key="pause"),
     "WaitForEvent": lambda: hx.WaitForEvent("approved", key="pause", timeout=60),
-    "Suspend": lambda: hx.step(_suspend_for_a_minute, key="pause",
-                               events=("approved", "timeout")),
+    "Suspend": lambda: hx.step(_suspend_for_a_minute, key="pause", events=("approved", "timeout")),
 }
 
 
@@ -241,8 +243,9 @@ async def test_schedule_resume_then_cancel_timer_never_fires(
     wf = one_step(approval)
     store = hx.MemoryStorage()
     seen: list[hx.TelemetryEvent] = []
-    async with hx.open_engine(workflows=[wf], storage=store, clock=clock,
-                              telemetry=seen.append) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=store, clock=clock, telemetry=seen.append
+    ) as engine:
         t0 = trio.current_time()
         iid = await engine.start(wf, "a")
         await trio.testing.wait_all_tasks_blocked()
@@ -258,8 +261,9 @@ async def test_schedule_resume_then_cancel_timer_never_fires(
         assert next_deadline() == math.inf
         await trio.sleep(1000)
         assert (await engine.get(iid)).revision == cancelled.revision
-    async with hx.open_engine(workflows=[wf], storage=store, clock=clock,
-                              telemetry=seen.append) as engine:
+    async with hx.open_engine(
+        workflows=[wf], storage=store, clock=clock, telemetry=seen.append
+    ) as engine:
         await trio.sleep(1000)  # a restart does not bring it back either
         still = await engine.get(iid)
         assert still.status is hx.Status.WAITING

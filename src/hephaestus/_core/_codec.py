@@ -57,8 +57,13 @@ def check_serialisable(value: Any, what: str) -> None:
         data = _encoder.encode(value)
         _plain_decoder.decode(data)
         problem = _unstorable(value)
-    except (TypeError, OverflowError, RecursionError, msgspec.EncodeError,
-            msgspec.ValidationError) as exc:
+    except (
+        TypeError,
+        OverflowError,
+        RecursionError,
+        msgspec.EncodeError,
+        msgspec.ValidationError,
+    ) as exc:
         problem = str(exc)
     if problem is not None:
         raise InvalidResult(

@@ -97,8 +97,16 @@ class Recover(msgspec.Struct, frozen=True, tag=True):
 
 
 Input = (
-    Start | StepSucceeded | StepFailed | StepSuspended | Deliver | TimerFired | ScheduleResume
-    | CancelTimer | Cancel | Recover
+    Start
+    | StepSucceeded
+    | StepFailed
+    | StepSuspended
+    | Deliver
+    | TimerFired
+    | ScheduleResume
+    | CancelTimer
+    | Cancel
+    | Recover
 )
 
 # --- commands ---------------------------------------------------------------------------------
@@ -218,8 +226,15 @@ def retry_delay(step: Step, instance_id: str, failed_attempt: int) -> float | No
 
 def derive_status(instance: Instance) -> Status:
     """Return the status that the instance's state implies."""
-    return _status(instance.cancelled, instance.error, instance.attempts, instance.active,
-                   instance.waiting, instance.timers, instance.completed)
+    return _status(
+        instance.cancelled,
+        instance.error,
+        instance.attempts,
+        instance.active,
+        instance.waiting,
+        instance.timers,
+        instance.completed,
+    )
 
 
 def _status(
@@ -360,7 +375,10 @@ class _Draft:
     def add_timer(self, kind: TimerKind, step: str, delay: float) -> Timer:
         self.changed = True
         timer = Timer(
-            id=f"t{self.next_timer}", kind=kind, step=step, deadline=self.now + max(0.0, delay),
+            id=f"t{self.next_timer}",
+            kind=kind,
+            step=step,
+            deadline=self.now + max(0.0, delay),
         )
         self.next_timer += 1
         self.timers.append(timer)
@@ -378,9 +396,15 @@ class _Draft:
         self.timers = kept
 
     def history_entry(self, step: str, event: str | None, error: str | None = None) -> None:
-        self.history.append(HistoryEntry(
-            step=step, event=event, attempt=self.attempts.get(step, 1), at=self.now, error=error,
-        ))
+        self.history.append(
+            HistoryEntry(
+                step=step,
+                event=event,
+                attempt=self.attempts.get(step, 1),
+                at=self.now,
+                error=error,
+            )
+        )
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -552,8 +576,7 @@ class _Draft:
         if step is not None:
             if step not in steps:
                 raise self.rejected(
-                    f"workflow {self.workflow.name!r} has no step {step!r} "
-                    f"(steps: {list(steps)!r})"
+                    f"workflow {self.workflow.name!r} has no step {step!r} (steps: {list(steps)!r})"
                 )
             if event not in steps[step].events:
                 raise self.rejected(
@@ -567,7 +590,8 @@ class _Draft:
                 UndeclaredEvent,
             )
         candidates = [
-            key for key, accepted in self.waiting.items()
+            key
+            for key, accepted in self.waiting.items()
             if event in accepted and (step is None or key == step)
         ]
         if len(candidates) > 1:
@@ -581,8 +605,10 @@ class _Draft:
             live = live_steps(self.workflow, self.original)
             completed = set(self.completed)
             takers = [
-                key for key in live
-                if key not in completed and event in steps[key].events
+                key
+                for key in live
+                if key not in completed
+                and event in steps[key].events
                 and (step is None or key == step)
             ]
             if not takers:
@@ -591,9 +617,15 @@ class _Draft:
                     f"event {event!r} cannot be accepted: neither {target} is suspended on it "
                     "nor will it be (the steps declaring it have completed or can no longer run)"
                 )
-            self.inbox.append(InboxEvent(
-                event=event, payload=payload, step=step, dedupe_key=dedupe_key, at=self.now,
-            ))
+            self.inbox.append(
+                InboxEvent(
+                    event=event,
+                    payload=payload,
+                    step=step,
+                    dedupe_key=dedupe_key,
+                    at=self.now,
+                )
+            )
             self.changed = True
             self.reply = "queued"
         if dedupe_key is not None:
@@ -673,9 +705,7 @@ class _Draft:
                     if predecessors & live:
                         continue
                 self.run(key, 1)
-        if not self.active and not self.waiting and not any(
-            t.kind == "retry" for t in self.timers
-        ):
+        if not self.active and not self.waiting and not any(t.kind == "retry" for t in self.timers):
             self.drop_timers()
 
     # -- result --------------------------------------------------------------------------------
@@ -706,8 +736,15 @@ class _Draft:
     def finish(self) -> Transition:
         if not self.changed:
             return Transition(self.original, self.commands, self.reply, changed=False)
-        status = _status(self.cancelled, self.error, self.attempts, self.active, self.waiting,
-                         self.timers, self.completed)
+        status = _status(
+            self.cancelled,
+            self.error,
+            self.attempts,
+            self.active,
+            self.waiting,
+            self.timers,
+            self.completed,
+        )
         instance = self.snapshot(
             status=status, updated_at=self.now, revision=self.original.revision + 1
         )

@@ -18,9 +18,7 @@ class WorkflowDefinitionError(HephaestusError):
     def __init__(self, name: str, problems: Sequence[str]) -> None:
         self.problems: list[str] = list(problems)
         bullet_list = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(
-            f"workflow {name!r} has {len(self.problems)} problem(s):\n{bullet_list}"
-        )
+        super().__init__(f"workflow {name!r} has {len(self.problems)} problem(s):\n{bullet_list}")
 
 
 class InvalidBusinessKey(HephaestusError, ValueError):

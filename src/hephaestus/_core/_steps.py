@@ -76,8 +76,7 @@ class Retry(msgspec.Struct, frozen=True):
             raise ValueError(f"Retry.max_attempts must be an int >= 1, got {self.max_attempts!r}")
         if self.backoff not in ("exponential", "linear", "constant"):
             raise ValueError(
-                "Retry.backoff must be 'exponential', 'linear' or 'constant', "
-                f"got {self.backoff!r}"
+                f"Retry.backoff must be 'exponential', 'linear' or 'constant', got {self.backoff!r}"
             )
         for name in ("initial", "max_backoff"):
             value = getattr(self, name)
@@ -105,8 +104,16 @@ class Retry(msgspec.Struct, frozen=True):
 class StepContext:
     """The read-only view of its instance that a step receives."""
 
-    __slots__ = ("attempt", "config", "initial", "instance_id", "results", "step", "version",
-                 "workflow")
+    __slots__ = (
+        "attempt",
+        "config",
+        "initial",
+        "instance_id",
+        "results",
+        "step",
+        "version",
+        "workflow",
+    )
 
     instance_id: str
     workflow: str
@@ -144,8 +151,10 @@ class StepContext:
         raise AttributeError("StepContext is read-only")
 
     def __repr__(self) -> str:
-        return (f"StepContext(instance_id={self.instance_id!r}, step={self.step!r}, "
-                f"attempt={self.attempt})")
+        return (
+            f"StepContext(instance_id={self.instance_id!r}, step={self.step!r}, "
+            f"attempt={self.attempt})"
+        )
 
 
 def _view(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -190,9 +199,7 @@ class Step:
         return f"<Step {self.key!r} events={list(self.events)!r}>"
 
 
-def _check_step(
-    key: str, events: object, retry: object, timeout: object
-) -> tuple[str, ...]:
+def _check_step(key: str, events: object, retry: object, timeout: object) -> tuple[str, ...]:
     problems: list[str] = []
     if not isinstance(key, str) or not STEP_KEY_PATTERN.fullmatch(key):
         problems.append(
@@ -296,8 +303,10 @@ def Wait(seconds: float, *, key: str) -> Step:  # noqa: N802 - public factory na
     Raises:
         WorkflowDefinitionError: for a bad key or a negative ``seconds``.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
-        math.isfinite(seconds) and seconds >= 0
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not (math.isfinite(seconds) and seconds >= 0)
     ):
         raise WorkflowDefinitionError(
             f"step {key}", [f"Wait seconds must be a finite number >= 0, got {seconds!r}"]
@@ -323,8 +332,10 @@ def WaitForEvent(  # noqa: N802 - public factory named as a type
             non-positive ``timeout``.
     """
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout) or timeout < 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout < 0
     ):
         raise WorkflowDefinitionError(
             f"step {key}", [f"WaitForEvent timeout must be a number >= 0 or None, got {timeout!r}"]

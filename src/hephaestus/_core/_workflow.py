@@ -52,8 +52,17 @@ class Workflow:
             transitions on undeclared events, and malformed targets.
     """
 
-    __slots__ = ("edges", "name", "predecessors", "start", "steps", "successors", "topo_order",
-                 "unique", "version")
+    __slots__ = (
+        "edges",
+        "name",
+        "predecessors",
+        "start",
+        "steps",
+        "successors",
+        "topo_order",
+        "unique",
+        "version",
+    )
 
     name: str
     version: int
@@ -101,9 +110,7 @@ class Workflow:
         else:
             problems.append(f"start must be a step, got {start!r}")
 
-        pairs = list(transitions.items()) if isinstance(transitions, Mapping) else list(
-            transitions
-        )
+        pairs = list(transitions.items()) if isinstance(transitions, Mapping) else list(transitions)
         edges: dict[tuple[str, str], Edge] = {}
         seen: set[tuple[str, str]] = set()  # also the pairs whose target was malformed
         for pair in pairs:
@@ -111,9 +118,7 @@ class Workflow:
                 source_key, target = pair
                 source, event = source_key
             except (TypeError, ValueError):
-                problems.append(
-                    f"transition {pair!r} must be ((step, 'event'), target)"
-                )
+                problems.append(f"transition {pair!r} must be ((step, 'event'), target)")
                 continue
             if not isinstance(source, Step):
                 problems.append(
@@ -187,7 +192,8 @@ class Workflow:
         order, cycle = _topological_order(successors)
         if cycle:
             problems.append(
-                "cycle: " + " -> ".join(repr(k) for k in cycle)
+                "cycle: "
+                + " -> ".join(repr(k) for k in cycle)
                 + ": workflows are acyclic; split the loop or use retries"
             )
 
@@ -301,7 +307,7 @@ def _topological_order(successors: Mapping[str, set[str]]) -> tuple[list[str], l
             if pending:
                 nxt = pending.pop()
                 if color[nxt] == grey:
-                    return [], [*path[path.index(nxt):], nxt]
+                    return [], [*path[path.index(nxt) :], nxt]
                 if color[nxt] == white:
                     color[nxt] = grey
                     path.append(nxt)

@@ -84,10 +84,13 @@ class Engine:
                 raise TypeError(f"workflows must hold hx.Workflow objects, got {workflow!r}")
             key = (workflow.name, workflow.version)
             if key in self._workflows and self._workflows[key] is not workflow:
-                raise WorkflowDefinitionError(workflow.name, [
-                    f"two different workflows are registered as {workflow.name!r} version "
-                    f"{workflow.version}: give one of them another version"
-                ])
+                raise WorkflowDefinitionError(
+                    workflow.name,
+                    [
+                        f"two different workflows are registered as {workflow.name!r} version "
+                        f"{workflow.version}: give one of them another version"
+                    ],
+                )
             self._workflows[key] = workflow
             latest = self._latest.get(workflow.name)
             if latest is None or latest.version < workflow.version:
@@ -138,8 +141,14 @@ class Engine:
         def started(stored_revision: int) -> Transition:
             # The unsaved pending instance sits at the stored revision, so the started
             # snapshot, the first change persisted, is exactly one above it.
-            fresh = new_instance(wf, instance_id, initial=initial_dict, metadata=metadata_dict,
-                                 now=now, previous_revision=stored_revision - 1)
+            fresh = new_instance(
+                wf,
+                instance_id,
+                initial=initial_dict,
+                metadata=metadata_dict,
+                now=now,
+                previous_revision=stored_revision - 1,
+            )
             return apply(wf, fresh, Start(), now)
 
         transition = started(0)
@@ -155,7 +164,8 @@ class Engine:
                     stored = await self.storage.get(instance_id)
                     if stored is not None and not stored.status.is_terminal:
                         raise self._already_running(
-                            wf, instance_id, Entry(None, stored, ORPHAN)) from None
+                            wf, instance_id, Entry(None, stored, ORPHAN)
+                        ) from None
                     previous = 0 if stored is None else stored.revision
                     transition = started(previous)
                     entry.instance = transition.instance
@@ -164,12 +174,20 @@ class Engine:
         except BaseException as exc:
             if self._registry.get(instance_id) is entry:
                 del self._registry[instance_id]
-            self._drain(entry, exc if isinstance(exc, Exception) else EngineClosed(
-                f"engine closed while starting {instance_id!r}"))
+            self._drain(
+                entry,
+                exc
+                if isinstance(exc, Exception)
+                else EngineClosed(f"engine closed while starting {instance_id!r}"),
+            )
             raise
         if self.telemetry.enabled:
-            self.telemetry.emit("workflow.start", instance_id=instance_id, workflow=wf.name,
-                                metadata={"version": wf.version})
+            self.telemetry.emit(
+                "workflow.start",
+                instance_id=instance_id,
+                workflow=wf.name,
+                metadata={"version": wf.version},
+            )
         self._nursery.start_soon(self._supervise, entry, transition.commands)
         return instance_id
 
@@ -215,8 +233,10 @@ class Engine:
             UndeclaredEvent: the step does not declare ``"timeout"``.
             ValueError: ``delay`` is negative or not finite.
         """
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
-            math.isfinite(delay) and delay >= 0
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not (math.isfinite(delay) and delay >= 0)
         ):
             raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
         timer_id: str = await self._request(instance_id, ScheduleResume(step, float(delay)))
@@ -284,8 +304,7 @@ class Engine:
                 entry.finished = trio.Event()
             await entry.finished.wait()
             if entry.state == LIVE:  # woken by the engine closing, not by the instance
-                raise EngineClosed(
-                    f"the engine closed before instance {instance_id!r} finished")
+                raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
@@ -306,8 +325,7 @@ class Engine:
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         if version is None and isinstance(workflow, Workflow):
             version = workflow.version
-        found = self._latest.get(name) if version is None else self._workflows.get(
-            (name, version))
+        found = self._latest.get(name) if version is None else self._workflows.get((name, version))
         if found is None:
             known = ", ".join(f"{n} v{v}" for n, v in sorted(self._workflows)) or "none"
             wanted = name if version is None else f"{name} v{version}"
@@ -397,8 +415,7 @@ class Engine:
                 continue
             if entry.instance.status.is_terminal and entry.workflow is not None:
                 try:
-                    outcome = apply(entry.workflow, entry.instance, message.input,
-                                    self.clock.now())
+                    outcome = apply(entry.workflow, entry.instance, message.input, self.clock.now())
                 except EventRejected as exc:
                     message.reply.fail(exc)
                 else:
@@ -422,10 +439,12 @@ class Engine:
                             entry.instance = stored
                         reload = False
                     if self.telemetry.enabled:
-                        self.telemetry.emit("runner.init", instance_id=entry.instance.id,
-                                            workflow=workflow.name,
-                                            metadata={"version": workflow.version,
-                                                      "restarts": len(crashes)})
+                        self.telemetry.emit(
+                            "runner.init",
+                            instance_id=entry.instance.id,
+                            workflow=workflow.name,
+                            metadata={"version": workflow.version, "restarts": len(crashes)},
+                        )
                     await Runner(self, entry, workflow).run(commands)
                     break
                 except Exception as exc:
@@ -436,15 +455,24 @@ class Engine:
                     now = trio.current_time()
                     crashes = [t for t in crashes if now - t <= self.restart_window]
                     crashes.append(now)
-                    _log.error("runner of instance %r crashed (%d in %.1f s)",
-                               entry.instance.id, len(crashes), self.restart_window,
-                               exc_info=exc)
+                    _log.error(
+                        "runner of instance %r crashed (%d in %.1f s)",
+                        entry.instance.id,
+                        len(crashes),
+                        self.restart_window,
+                        exc_info=exc,
+                    )
                     if self.telemetry.enabled:
-                        self.telemetry.emit("runner.crash", instance_id=entry.instance.id,
-                                            workflow=workflow.name,
-                                            metadata={"error": type(cause).__name__,
-                                                      "message": str(cause),
-                                                      "crashes": len(crashes)})
+                        self.telemetry.emit(
+                            "runner.crash",
+                            instance_id=entry.instance.id,
+                            workflow=workflow.name,
+                            metadata={
+                                "error": type(cause).__name__,
+                                "message": str(cause),
+                                "crashes": len(crashes),
+                            },
+                        )
                     if len(crashes) > self.max_restarts:
                         entry.mark_done(STUCK)
                         self._drain(entry, RunnerFailed(self._stuck_message(entry)))
@@ -454,14 +482,18 @@ class Engine:
                     commands = ()
                     assert entry.mailbox is not None
                     # Recover must be the first message the new runner sees (and only once).
-                    queued = [m for m in _take_all(entry.mailbox)
-                              if not isinstance(m.input, Recover)]
+                    queued = [
+                        m for m in _take_all(entry.mailbox) if not isinstance(m.input, Recover)
+                    ]
                     for message in [Message(Recover()), *queued]:
                         entry.mailbox.put(message)
                     if self.telemetry.enabled:
-                        self.telemetry.emit("runner.restart", instance_id=entry.instance.id,
-                                            workflow=workflow.name,
-                                            metadata={"crashes": len(crashes)})
+                        self.telemetry.emit(
+                            "runner.restart",
+                            instance_id=entry.instance.id,
+                            workflow=workflow.name,
+                            metadata={"crashes": len(crashes)},
+                        )
             if self._registry.get(entry.instance.id) is entry:
                 del self._registry[entry.instance.id]
             entry.mark_done(FINISHED)
@@ -470,8 +502,12 @@ class Engine:
             if entry.state == LIVE:  # the engine is closing
                 if entry.finished is not None:
                     entry.finished.set()  # wait() callers outside the engine get EngineClosed
-                self._drain(entry, EngineClosed(
-                    f"the engine closed before instance {entry.instance.id!r} answered"))
+                self._drain(
+                    entry,
+                    EngineClosed(
+                        f"the engine closed before instance {entry.instance.id!r} answered"
+                    ),
+                )
 
     async def _recover_all(self) -> None:
         """Give every non-terminal stored instance its runner back."""
@@ -481,13 +517,18 @@ class Engine:
                 self._registry[instance.id] = Entry(None, instance, ORPHAN)
                 _log.warning(
                     "instance %r is %s but workflow %r v%d is not registered; left untouched",
-                    instance.id, instance.status.value, instance.workflow, instance.version,
+                    instance.id,
+                    instance.status.value,
+                    instance.workflow,
+                    instance.version,
                 )
                 if self.telemetry.enabled:
-                    self.telemetry.emit("runner.skip", instance_id=instance.id,
-                                        workflow=instance.workflow,
-                                        metadata={"version": instance.version,
-                                                  "reason": "workflow not registered"})
+                    self.telemetry.emit(
+                        "runner.skip",
+                        instance_id=instance.id,
+                        workflow=instance.workflow,
+                        metadata={"version": instance.version, "reason": "workflow not registered"},
+                    )
                 continue
             entry = Entry(workflow, instance, LIVE)
             assert entry.mailbox is not None
@@ -556,6 +597,7 @@ async def open_engine(
     dispatcher = Telemetry(handlers)
     store: Storage = MemoryStorage() if storage is None else storage
     if getattr(store, "on_quarantine", False) is None:
+
         def quarantined(path: str, reason: str) -> None:
             dispatcher.emit("storage.quarantine", metadata={"path": path, "reason": reason})
 
@@ -567,9 +609,13 @@ async def open_engine(
         try:
             async with trio.open_nursery() as nursery:
                 engine = Engine(
-                    workflows=workflows, storage=store, clock=clock or SystemClock(),
-                    telemetry=dispatcher, max_restarts=max_restarts,
-                    restart_window=restart_window, nursery=nursery,
+                    workflows=workflows,
+                    storage=store,
+                    clock=clock or SystemClock(),
+                    telemetry=dispatcher,
+                    max_restarts=max_restarts,
+                    restart_window=restart_window,
+                    nursery=nursery,
                 )
                 await engine._recover_all()
                 try:

@@ -78,8 +78,7 @@ class Runner:
     on by the runner itself while it waits for its next message.
     """
 
-    __slots__ = ("armed", "engine", "entry", "instance", "nursery", "scopes", "started",
-                 "workflow")
+    __slots__ = ("armed", "engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
@@ -230,27 +229,41 @@ class Runner:
         match event:
             case StepSucceeded(step, attempt, ev):
                 if transition.changed:
-                    name = "step.stop" if ev in self.workflow.steps[step].events else (
-                        "step.exception")
-                    self.emit(name, step, measurements=self.duration(step),
-                              metadata={"event": ev, "attempt": attempt})
+                    name = (
+                        "step.stop"
+                        if ev in self.workflow.steps[step].events
+                        else ("step.exception")
+                    )
+                    self.emit(
+                        name,
+                        step,
+                        measurements=self.duration(step),
+                        metadata={"event": ev, "attempt": attempt},
+                    )
             case StepFailed(step, attempt, error_type, message):
                 if transition.changed:
-                    self.emit("step.exception", step, measurements=self.duration(step),
-                              metadata={"attempt": attempt, "error": error_type,
-                                        "message": message})
+                    self.emit(
+                        "step.exception",
+                        step,
+                        measurements=self.duration(step),
+                        metadata={"attempt": attempt, "error": error_type, "message": message},
+                    )
             case StepSuspended(step, attempt, timeout):
                 if transition.changed:
-                    self.emit("step.suspend", step, measurements=self.duration(step),
-                              metadata={"attempt": attempt, "timeout": timeout})
-                    if step in instance.completed[len(before.completed):]:  # inbox event
-                        self.emit("step.resume", step, metadata={"event": instance.history[
-                            -1].event})
-                        self.emit("step.stop", step, metadata={"event": instance.history[
-                            -1].event})
+                    self.emit(
+                        "step.suspend",
+                        step,
+                        measurements=self.duration(step),
+                        metadata={"attempt": attempt, "timeout": timeout},
+                    )
+                    if step in instance.completed[len(before.completed) :]:  # inbox event
+                        self.emit(
+                            "step.resume", step, metadata={"event": instance.history[-1].event}
+                        )
+                        self.emit("step.stop", step, metadata={"event": instance.history[-1].event})
             case Deliver(ev, _, step, _):
                 if transition.changed:
-                    for resumed in instance.completed[len(before.completed):]:
+                    for resumed in instance.completed[len(before.completed) :]:
                         self.emit("step.resume", resumed, metadata={"event": ev})
                         self.emit("step.stop", resumed, metadata={"event": ev})
                     if transition.reply == "queued":
@@ -258,20 +271,28 @@ class Runner:
             case TimerFired(timer_id):
                 if transition.changed:
                     self.emit("timer.fire", metadata={"timer": timer_id})
-                    for resumed in instance.completed[len(before.completed):]:
+                    for resumed in instance.completed[len(before.completed) :]:
                         self.emit("step.stop", resumed, metadata={"event": "timeout"})
         if transition.changed:
-            self.emit("workflow.transition", metadata={
-                "input": type(event).__name__, "status": instance.status.value,
-                "revision": instance.revision,
-                "targets": [c.step for c in transition.commands if isinstance(c, RunStep)],
-            })
+            self.emit(
+                "workflow.transition",
+                metadata={
+                    "input": type(event).__name__,
+                    "status": instance.status.value,
+                    "revision": instance.revision,
+                    "targets": [c.step for c in transition.commands if isinstance(c, RunStep)],
+                },
+            )
         for command in transition.commands:
             if isinstance(command, ArmTimer) and command.timer.kind == "retry":
-                self.emit("step.retry", command.timer.step, metadata={
-                    "deadline": command.timer.deadline,
-                    "attempt": instance.attempts.get(command.timer.step, 1) + 1,
-                })
+                self.emit(
+                    "step.retry",
+                    command.timer.step,
+                    metadata={
+                        "deadline": command.timer.deadline,
+                        "attempt": instance.attempts.get(command.timer.step, 1) + 1,
+                    },
+                )
             elif isinstance(command, Finished):
                 name = {
                     Status.COMPLETED: "workflow.stop",
@@ -279,7 +300,11 @@ class Runner:
                     Status.CANCELLED: "workflow.cancel",
                 }[command.status]
                 error = instance.error
-                self.emit(name, measurements={"duration": instance.updated_at
-                                              - instance.created_at},
-                          metadata={"status": command.status.value,
-                                    "error": None if error is None else error.type})
+                self.emit(
+                    name,
+                    measurements={"duration": instance.updated_at - instance.created_at},
+                    metadata={
+                        "status": command.status.value,
+                        "error": None if error is None else error.type,
+                    },
+                )

@@ -26,8 +26,9 @@ async def run_attempt(step: Step, ctx: StepContext) -> StepSucceeded | StepFaile
             return outcome(ctx, await _call(step, ctx))
         return _failed(
             ctx,
-            StepTimeout(f"step {ctx.step!r} attempt {ctx.attempt} exceeded its timeout "
-                        f"of {step.timeout} s"),
+            StepTimeout(
+                f"step {ctx.step!r} attempt {ctx.attempt} exceeded its timeout of {step.timeout} s"
+            ),
         )
     except Exception as exc:  # step code failed: an ordinary step failure
         return _failed(ctx, exc)

@@ -129,9 +129,7 @@ class OTelHandler:
     """
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
-        self._tracer = trace.get_tracer(
-            "hephaestus", _version(), tracer_provider=tracer_provider
-        )
+        self._tracer = trace.get_tracer("hephaestus", _version(), tracer_provider=tracer_provider)
         self._workflows: dict[str, Span] = {}
         self._steps: dict[str, dict[str, Span]] = {}
 
@@ -269,9 +267,7 @@ class OTelHandler:
         if exc is not None:
             span.record_exception(exc)
         else:
-            span.add_event(
-                "exception", {"exception.type": type_name, "exception.message": message}
-            )
+            span.add_event("exception", {"exception.type": type_name, "exception.message": message})
 
     @staticmethod
     def _attributes(event: TelemetryEvent) -> dict[str, AttributeValue]:

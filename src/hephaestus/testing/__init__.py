@@ -41,15 +41,30 @@ if TYPE_CHECKING:
 
 __all__ = [
     # virtual time and running
-    "VirtualClock", "run_workflow", "run_workflow_async", "trace_workflow",
-    "trace_workflow_async", "WorkflowRun", "EventOutcome", "WorkflowStuck", "CANCEL",
+    "VirtualClock",
+    "run_workflow",
+    "run_workflow_async",
+    "trace_workflow",
+    "trace_workflow_async",
+    "WorkflowRun",
+    "EventOutcome",
+    "WorkflowStuck",
+    "CANCEL",
     "EVENT_LAG",
     # stubs and crashes
-    "with_overrides", "SimulatedFailure", "CrashPoint", "CrashReport",
+    "with_overrides",
+    "SimulatedFailure",
+    "CrashPoint",
+    "CrashReport",
     # type aliases of the arguments
-    "ScheduledEvent", "StepOverride", "CrashAt",
+    "ScheduledEvent",
+    "StepOverride",
+    "CrashAt",
     # hypothesis
-    "outcomes", "event_schedules", "crash_points", "resumable_events",
+    "outcomes",
+    "event_schedules",
+    "crash_points",
+    "resumable_events",
     "assert_workflow_invariants",
 ]
 

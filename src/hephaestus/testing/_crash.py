@@ -52,8 +52,11 @@ class CrashPoint:
             raise ValueError(f"CrashPoint.write must be an int >= 1, got {self.write!r}")
         if self.step is not None and (not isinstance(self.step, str) or not self.step):
             raise ValueError(f"CrashPoint.step must be a step key, got {self.step!r}")
-        if not (isinstance(self.downtime, int | float) and math.isfinite(self.downtime)
-                and self.downtime >= 0):
+        if not (
+            isinstance(self.downtime, int | float)
+            and math.isfinite(self.downtime)
+            and self.downtime >= 0
+        ):
             raise ValueError(f"CrashPoint.downtime must be seconds >= 0, got {self.downtime!r}")
 
     def __repr__(self) -> str:
@@ -67,9 +70,10 @@ class CrashPoint:
             return self.write == write
         if previous is None:
             return False
-        told = instance.history[len(previous.history):]
+        told = instance.history[len(previous.history) :]
         return any(entry.step == self.step for entry in told) or (
-            self.step in instance.waiting and self.step not in previous.waiting)
+            self.step in instance.waiting and self.step not in previous.waiting
+        )
 
 
 CrashAt: TypeAlias = int | CrashPoint | Sequence[int | CrashPoint] | None
@@ -106,14 +110,14 @@ class CrashReport:
         before = self.previous
         lost = self.lost
         told = []
-        history = lost.history[len(before.history):] if before is not None else lost.history
+        history = lost.history[len(before.history) :] if before is not None else lost.history
         for entry in history:
             if entry.event is not None:
-                told.append(f"step {entry.step!r} attempt {entry.attempt} ended with "
-                            f"{entry.event!r}")
+                told.append(
+                    f"step {entry.step!r} attempt {entry.attempt} ended with {entry.event!r}"
+                )
             else:
-                told.append(f"step {entry.step!r} attempt {entry.attempt} failed "
-                            f"({entry.error})")
+                told.append(f"step {entry.step!r} attempt {entry.attempt} failed ({entry.error})")
         if before is not None:
             suspended = sorted(set(lost.waiting) - set(before.waiting))
             told.extend(f"step {key!r} suspended" for key in suspended)
@@ -123,8 +127,7 @@ class CrashReport:
         if not told:
             told.append(f"instance became {lost.status.value}")
         downtime = f", down for {self.point.downtime:g} s" if self.point.downtime else ""
-        return (f"the engine died before persisting write {self.write} "
-                f"({'; '.join(told)}){downtime}")
+        return f"the engine died before persisting write {self.write} ({'; '.join(told)}){downtime}"
 
 
 @final

@@ -25,11 +25,15 @@ def run_problems(run: WorkflowRun) -> list[str]:
         problems.append(f"the instance ended {final.status.value}, not terminal")
     end = terminal_index(run.telemetry)
     if end is not None:
-        late = [f"{event.name} of {event.step!r}" for event in run.telemetry[end + 1:]
-                if event.name.startswith("step.") and event.instance_id == final.id]
+        late = [
+            f"{event.name} of {event.step!r}"
+            for event in run.telemetry[end + 1 :]
+            if event.name.startswith("step.") and event.instance_id == final.id
+        ]
         if late:
             problems.append(
-                f"steps ran after the instance became {final.status.value}: {', '.join(late)}")
+                f"steps ran after the instance became {final.status.value}: {', '.join(late)}"
+            )
     previous: Instance | None = None
     for snapshot in run.snapshots:
         if previous is not None:
@@ -37,16 +41,19 @@ def run_problems(run: WorkflowRun) -> list[str]:
                 problems.append(
                     f"revision {snapshot.revision} ({snapshot.status.value}) was written after "
                     f"the instance became {previous.status.value} at revision "
-                    f"{previous.revision}")
+                    f"{previous.revision}"
+                )
                 break
             if snapshot.revision <= previous.revision:
                 problems.append(f"revision went from {previous.revision} to {snapshot.revision}")
-            if snapshot.history[:len(previous.history)] != previous.history:
+            if snapshot.history[: len(previous.history)] != previous.history:
                 problems.append(f"history was rewritten at revision {snapshot.revision}")
             lost = set(previous.completed) - set(snapshot.completed)
             if lost:
-                problems.append(f"completed steps {sorted(lost)!r} were forgotten at revision "
-                                f"{snapshot.revision}")
+                problems.append(
+                    f"completed steps {sorted(lost)!r} were forgotten at revision "
+                    f"{snapshot.revision}"
+                )
         previous = snapshot
     return problems
 
@@ -89,15 +96,25 @@ def compare_runs(plain: WorkflowRun, crashed: WorkflowRun) -> list[str]:
     for key in common:
         if key in diverged:
             if key not in races:
-                problems.append(f"step {key!r} ended with {decided_b.get(key)!r} after the "
-                                f"crash, {decided_a.get(key)!r} without")
+                problems.append(
+                    f"step {key!r} ended with {decided_b.get(key)!r} after the "
+                    f"crash, {decided_a.get(key)!r} without"
+                )
         elif a.results.get(key) != b.results.get(key):
-            problems.append(f"results[{key!r}]: {b.results.get(key)!r} after the crash, "
-                            f"{a.results.get(key)!r} without")
-    if (not diverged and a.status is b.status and a.status is Status.COMPLETED
-            and set(a.completed) != set(b.completed)):
-        problems.append(f"completed steps: {sorted(b.completed)!r} after the crash, "
-                        f"{sorted(a.completed)!r} without")
+            problems.append(
+                f"results[{key!r}]: {b.results.get(key)!r} after the crash, "
+                f"{a.results.get(key)!r} without"
+            )
+    if (
+        not diverged
+        and a.status is b.status
+        and a.status is Status.COMPLETED
+        and set(a.completed) != set(b.completed)
+    ):
+        problems.append(
+            f"completed steps: {sorted(b.completed)!r} after the crash, "
+            f"{sorted(a.completed)!r} without"
+        )
     return problems
 
 
@@ -164,16 +181,24 @@ def assert_workflow_invariants(
     )
     schedules = events if events is not None else event_schedules(workflow)
 
-    def trace(overrides: dict[str, StepOverride], schedule: list[ScheduledEvent],
-              data: Mapping[str, Any], crash: CrashPoint | None) -> WorkflowRun:
+    def trace(
+        overrides: dict[str, StepOverride],
+        schedule: list[ScheduledEvent],
+        data: Mapping[str, Any],
+        crash: CrashPoint | None,
+    ) -> WorkflowRun:
         if before_run is not None:
             before_run()
-        return trace_workflow(workflow, value, data, events=schedule,
-                              step_overrides=overrides, crash_at=crash)
+        return trace_workflow(
+            workflow, value, data, events=schedule, step_overrides=overrides, crash_at=crash
+        )
 
     @configured
-    @given(step_overrides=outcomes(workflow, steps=steps, failures=failures),
-           events=schedules, initial=initials)
+    @given(
+        step_overrides=outcomes(workflow, steps=steps, failures=failures),
+        events=schedules,
+        initial=initials,
+    )
     def check_invariants(
         step_overrides: dict[str, StepOverride],
         events: list[ScheduledEvent],
@@ -188,13 +213,17 @@ def assert_workflow_invariants(
             problems = [f"the crashed run: {p}" for p in run_problems(crashed)]
             differences = compare_runs(plain, crashed)
             if differences:
-                problems.append("the run that crashed and recovered ended differently from the "
-                                "crash-free run:\n    " + "\n    ".join(differences))
+                problems.append(
+                    "the run that crashed and recovered ended differently from the "
+                    "crash-free run:\n    " + "\n    ".join(differences)
+                )
             if problems:
                 told = [report.describe() for report in crashed.crashes]
                 raise AssertionError(
-                    f"with crash_at=CrashPoint(write={write}):\n  " + "\n  ".join(problems)
-                    + "\n  crash: " + ("; ".join(told) or "none happened")
+                    f"with crash_at=CrashPoint(write={write}):\n  "
+                    + "\n  ".join(problems)
+                    + "\n  crash: "
+                    + ("; ".join(told) or "none happened")
                     + f"\n  step attempts without the crash: {_attempts(plain)}"
                     + f"\n  step attempts with the crash:    {_attempts(crashed)}"
                 )

@@ -65,9 +65,7 @@ async def hx_engine(hx_open_engine: OpenEngine) -> AsyncIterator[Engine]:
 
 
 @pytest.fixture
-async def hx_file_engine(
-    hx_workflows: Sequence[Workflow], tmp_path: Path
-) -> AsyncIterator[Engine]:
+async def hx_file_engine(hx_workflows: Sequence[Workflow], tmp_path: Path) -> AsyncIterator[Engine]:
     """Yield an engine on a ``FileStorage`` under ``tmp_path``; request ``autojump_clock`` too.
 
     Skips the test when this build has no working ``FileStorage``.

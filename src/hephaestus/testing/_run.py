@@ -84,8 +84,11 @@ class WorkflowRun:
     @property
     def attempts(self) -> tuple[tuple[str, int], ...]:
         """``(step, attempt)`` of every step attempt that started, crashed runs included."""
-        return tuple((e.step or "", int(e.metadata.get("attempt", 0)))
-                     for e in self.telemetry if e.name == "step.start")
+        return tuple(
+            (e.step or "", int(e.metadata.get("attempt", 0)))
+            for e in self.telemetry
+            if e.name == "step.start"
+        )
 
 
 @final
@@ -140,8 +143,9 @@ def run_workflow(
         ValueError: an event no step declares, a bad override or crash point.
         RuntimeError: called inside ``trio.run``.
     """
-    return trace_workflow(workflow, value, initial, events=events,
-                          step_overrides=step_overrides, crash_at=crash_at).instance
+    return trace_workflow(
+        workflow, value, initial, events=events, step_overrides=step_overrides, crash_at=crash_at
+    ).instance
 
 
 async def run_workflow_async(
@@ -158,8 +162,9 @@ async def run_workflow_async(
     It uses the loop's clock: with pytest-trio, request the ``autojump_clock``
     fixture, or timers, backoffs and scheduled events really sleep.
     """
-    run = await trace_workflow_async(workflow, value, initial, events=events,
-                                     step_overrides=step_overrides, crash_at=crash_at)
+    run = await trace_workflow_async(
+        workflow, value, initial, events=events, step_overrides=step_overrides, crash_at=crash_at
+    )
     return run.instance
 
 
@@ -182,8 +187,15 @@ def trace_workflow(
             "run_workflow() starts its own trio.run; inside a trio task (an async test) "
             "use 'await run_workflow_async(...)' with the autojump_clock fixture"
         )
-    run = functools.partial(trace_workflow_async, workflow, value, initial, events=events,
-                            step_overrides=step_overrides, crash_at=crash_at)
+    run = functools.partial(
+        trace_workflow_async,
+        workflow,
+        value,
+        initial,
+        events=events,
+        step_overrides=step_overrides,
+        crash_at=crash_at,
+    )
     return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
@@ -199,8 +211,9 @@ async def trace_workflow_async(
     """:func:`trace_workflow` inside a running trio loop (see :func:`run_workflow_async`)."""
     schedule = _schedule(workflow, events)
     substitute = with_overrides(workflow, step_overrides or {})
-    driver = _Driver(substitute, value, dict(initial or {}), schedule, CrashingStorage(
-        crash_plan(crash_at)))
+    driver = _Driver(
+        substitute, value, dict(initial or {}), schedule, CrashingStorage(crash_plan(crash_at))
+    )
     return await driver.run()
 
 
@@ -276,8 +289,12 @@ class _Driver:
         async with storage, trio.open_nursery() as nursery:
             while final is None:
                 try:
-                    async with open_engine(workflows=[self.workflow], storage=storage,
-                                           clock=clock, telemetry=self.record) as engine:
+                    async with open_engine(
+                        workflows=[self.workflow],
+                        storage=storage,
+                        clock=clock,
+                        telemetry=self.record,
+                    ) as engine:
                         final = await self.serve(engine, nursery)
                 except WorkflowStuck as exc:
                     stuck = exc
@@ -291,8 +308,11 @@ class _Driver:
             raise stuck
         assert final is not None
         return WorkflowRun(
-            instance=final, events=tuple(self.outcomes), snapshots=tuple(storage.snapshots),
-            telemetry=tuple(self.telemetry), crashes=tuple(storage.crashes),
+            instance=final,
+            events=tuple(self.outcomes),
+            snapshots=tuple(storage.snapshots),
+            telemetry=tuple(self.telemetry),
+            crashes=tuple(storage.crashes),
         )
 
     async def serve(self, engine: Engine, nursery: trio.Nursery) -> Instance | None:
@@ -340,12 +360,12 @@ class _Driver:
         return ended
 
     def is_stuck(self, instance: Instance) -> bool:
-        return (instance.status is Status.WAITING and not instance.timers
-                and self.schedule_done)
+        return instance.status is Status.WAITING and not instance.timers and self.schedule_done
 
     def stuck_message(self, instance: Instance) -> str:
-        waits = ", ".join(f"{key!r} for {list(events)!r}"
-                          for key, events in sorted(instance.waiting.items()))
+        waits = ", ".join(
+            f"{key!r} for {list(events)!r}" for key, events in sorted(instance.waiting.items())
+        )
         return (
             f"instance {instance.id!r} of workflow {instance.workflow!r} is stuck "
             f"{instance.status.value} after {trio.current_time() - self.started_at:g} virtual "

@@ -21,8 +21,9 @@ def _steps(workflow: Workflow, steps: Collection[str] | None) -> list[Step]:
         return [workflow.steps[key] for key in workflow.topo_order]
     unknown = sorted(set(steps) - set(workflow.steps))
     if unknown:
-        raise ValueError(f"workflow {workflow.name!r} has no steps {unknown!r} "
-                         f"(steps: {list(workflow.steps)!r})")
+        raise ValueError(
+            f"workflow {workflow.name!r} has no steps {unknown!r} (steps: {list(workflow.steps)!r})"
+        )
     return [workflow.steps[key] for key in workflow.topo_order if key in steps]
 
 
@@ -130,8 +131,9 @@ def event_schedules(
     # Half the draws come in the first minute, where most interesting races are.
     delays = st.integers(0, min(60, max_delay)) | st.integers(0, max_delay)
 
-    item = st.one_of([st.tuples(delays, st.just(event), payload_for.get(event, st.none()))
-                      for event in names])
+    item = st.one_of(
+        [st.tuples(delays, st.just(event), payload_for.get(event, st.none())) for event in names]
+    )
     drawn = st.lists(item, max_size=max_size)
     return drawn.map(lambda schedule: sorted(schedule, key=lambda entry: entry[0]))
 
@@ -155,8 +157,7 @@ def crash_points(
         st.integers(0, max_downtime) if max_downtime > 0 else st.just(0)
     )
     if workflow is not None:
-        point = st.builds(CrashPoint, step=st.sampled_from(workflow.topo_order),
-                          downtime=downtime)
+        point = st.builds(CrashPoint, step=st.sampled_from(workflow.topo_order), downtime=downtime)
     else:
         point = st.builds(CrashPoint, write=st.integers(1, max_write), downtime=downtime)
     return st.none() | point

@@ -69,7 +69,10 @@ def with_overrides(workflow: Workflow, overrides: Mapping[str, StepOverride]) ->
         original = workflow.steps[key]
         plan = _plan(original, override)
         mapping[key] = Step(
-            _stub(key, plan), key=key, events=original.events, retry=original.retry,
+            _stub(key, plan),
+            key=key,
+            events=original.events,
+            retry=original.retry,
             timeout=original.timeout,
         )
 
@@ -82,16 +85,21 @@ def with_overrides(workflow: Workflow, overrides: Mapping[str, StepOverride]) ->
         if edge.done:
             compiled = Done
         elif edge.route is not None:
-            compiled = Route(_remap_choice(edge.route.choose, workflow, mapping),
-                             [target(key, config) for key, config in edge.targets])
+            compiled = Route(
+                _remap_choice(edge.route.choose, workflow, mapping),
+                [target(key, config) for key, config in edge.targets],
+            )
         elif len(edge.targets) == 1:
             compiled = target(*edge.targets[0])
         else:
             compiled = [target(key, config) for key, config in edge.targets]
         transitions[(mapping[source], event)] = compiled
     copy = Workflow(
-        workflow.name, start=mapping[workflow.start.key], transitions=transitions,
-        unique=workflow.unique, version=workflow.version,
+        workflow.name,
+        start=mapping[workflow.start.key],
+        transitions=transitions,
+        unique=workflow.unique,
+        version=workflow.version,
     )
     assert {k: s.events for k, s in copy.steps.items()} == {
         k: s.events for k, s in workflow.steps.items()
