@@ -22,7 +22,7 @@ from ._report import peers_block, render_markdown, render_text
 GROUPS: dict[str, str] = {
     "throughput": "scenarios 1, 2, 9: linear and fan-out instances/s vs bare Trio, scaling",
     "parked": "scenarios 3, 5, 8: memory per parked instance, recovery from MemoryStorage, "
-              "resumes/s, start cost vs population",
+    "resumes/s, start cost vs population",
     "durable": "scenario 4: FileStorage workflows/s and puts/s vs the raw-disk limit, bytes",
     "recovery": "scenario 5: open_engine entry to all runners live, from FileStorage",
     "timers_scenario": "scenario 6: timers on distinct deadlines, virtual time (bench/timers.py)",
@@ -32,20 +32,37 @@ GROUPS: dict[str, str] = {
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny N and one run each: a seconds-long check that nothing rotted")
-    parser.add_argument("--full", action="store_true",
-                        help="also the slowest 100k cases (fan-out, tracemalloc, FileStorage "
-                        "recovery): about twice as long")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny N and one run each: a seconds-long check that nothing rotted",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="also the slowest 100k cases (fan-out, tracemalloc, FileStorage "
+        "recovery): about twice as long",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write the report file")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md",
-                        help="where the report goes (default: docs/benchmarks.md)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks.md",
+        help="where the report goes (default: docs/benchmarks.md)",
+    )
     parser.add_argument("--only", default="", help="comma-separated groups to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the scenario groups and exit")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="measured runs per figure after the warm-up (default 5; 1 in smoke)")
-    parser.add_argument("--tmp-dir", default=None,
-                        help="directory for FileStorage stores (default: the system temp dir)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="measured runs per figure after the warm-up (default 5; 1 in smoke)",
+    )
+    parser.add_argument(
+        "--tmp-dir",
+        default=None,
+        help="directory for FileStorage stores (default: the system temp dir)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser.parse_args(argv)
 
@@ -60,12 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = [g for g in args.only.split(",") if g] or list(GROUPS)
     unknown = [g for g in selected if g not in GROUPS]
     if unknown:
-        print(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}",
-              file=sys.stderr)
+        print(
+            f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}",
+            file=sys.stderr,
+        )
         return 1
     repeats = args.repeats if args.repeats is not None else (1 if args.smoke else 5)
-    cfg = Config(smoke=args.smoke, full=args.full, repeats=repeats, verbose=not args.quiet,
-                 **({"tmp_dir": args.tmp_dir} if args.tmp_dir else {}))
+    cfg = Config(
+        smoke=args.smoke,
+        full=args.full,
+        repeats=repeats,
+        verbose=not args.quiet,
+        **({"tmp_dir": args.tmp_dir} if args.tmp_dir else {}),
+    )
     began = time.perf_counter()
     sections: list[Section] = []
     failed = False
@@ -78,20 +102,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             section.method = section.method or (module.__doc__ or "").partition("\n\n")[2]
         except Exception:
             failed = True
-            section = Section(f"{name} (FAILED)", notes=[
-                "the scenario raised; traceback:\n" + traceback.format_exc()])
+            section = Section(
+                f"{name} (FAILED)",
+                notes=["the scenario raised; traceback:\n" + traceback.format_exc()],
+            )
             traceback.print_exc()
         section.seconds = time.perf_counter() - started
         sections.append(section)
     elapsed = time.perf_counter() - began
-    command = " ".join(["python -m bench", *map(shlex.quote, sys.argv[1:] if argv is None
-                                                 else argv)])
+    command = " ".join(
+        ["python -m bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+    )
     print(render_text(sections, cfg, elapsed))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         kept = peers_block(args.output)
-        args.output.write_text(render_markdown(sections, cfg, elapsed, command, kept),
-                               encoding="utf-8")
+        args.output.write_text(
+            render_markdown(sections, cfg, elapsed, command, kept), encoding="utf-8"
+        )
         cfg.log(f"wrote {args.output}")
     return 1 if failed else 0
 

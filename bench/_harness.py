@@ -106,9 +106,9 @@ def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Stat:
     return Stat.of([a / b for a, b in zip(numerators, denominators, strict=True)])
 
 
-def verdict(value: float, target: float, goal: float | None = None, *, lower: bool = True
-            ) -> str:
+def verdict(value: float, target: float, goal: float | None = None, *, lower: bool = True) -> str:
     """Say whether ``value`` meets ``target`` (and ``goal``); lower is better unless told."""
+
     def ok(limit: float) -> bool:
         return value <= limit if lower else value >= limit
 
@@ -122,8 +122,9 @@ def settle() -> None:
     gc.collect()
 
 
-def repeat(run: Callable[[], float], cfg: Config, *, warmup: Callable[[], object] | None = None
-           ) -> list[float]:
+def repeat(
+    run: Callable[[], float], cfg: Config, *, warmup: Callable[[], object] | None = None
+) -> list[float]:
     """Warm up once (``warmup`` or ``run``), then return ``cfg.repeats`` results of ``run``."""
     if not cfg.smoke:
         settle()
@@ -135,8 +136,12 @@ def repeat(run: Callable[[], float], cfg: Config, *, warmup: Callable[[], object
     return values
 
 
-def paired(runs: dict[str, Callable[[], float]], cfg: Config,
-           *, warmups: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
+def paired(
+    runs: dict[str, Callable[[], float]],
+    cfg: Config,
+    *,
+    warmups: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
     """Warm up each case, then run the cases alternately ``cfg.repeats`` times.
 
     Alternating puts a baseline and the engine under the same noise, so the
@@ -174,14 +179,21 @@ def in_subprocess(target: str, *, timeout: float = 1800.0, **kwargs: Any) -> Any
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "bench._child", target],
-        input=json.dumps(kwargs), capture_output=True, text=True, cwd=ROOT, env=env,
-        timeout=timeout, check=False,
+        input=json.dumps(kwargs),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+        check=False,
     )
     if proc.stderr:
         sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench child {target} exited with {proc.returncode}: "
-                           f"{proc.stderr.strip().splitlines()[-1:]!r}")
+        raise RuntimeError(
+            f"bench child {target} exited with {proc.returncode}: "
+            f"{proc.stderr.strip().splitlines()[-1:]!r}"
+        )
     lines = proc.stdout.strip().splitlines()
     if not lines:
         raise RuntimeError(f"bench child {target} printed no result")

@@ -12,8 +12,17 @@ from pathlib import Path
 
 from ._harness import ROOT, Config, Row, Section, fmt_range, fmt_stat
 
-HEADERS = ("#", "case", "median", "min-max", "baseline", "ratio", "ratio min-max", "target",
-           "verdict")
+HEADERS = (
+    "#",
+    "case",
+    "median",
+    "min-max",
+    "baseline",
+    "ratio",
+    "ratio min-max",
+    "target",
+    "verdict",
+)
 
 
 def _proc_field(path: str, key: str) -> str:
@@ -40,8 +49,13 @@ def machine() -> dict[str, str]:
             return "not installed"
 
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                                capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -59,9 +73,15 @@ def machine() -> dict[str, str]:
 
 def _cells(row: Row) -> list[str]:
     return [
-        row.scenario, row.case, fmt_stat(row.value, row.unit), fmt_range(row.value),
-        fmt_stat(row.baseline, row.unit), fmt_stat(row.ratio, "x"),
-        fmt_range(row.ratio), row.target, row.verdict,
+        row.scenario,
+        row.case,
+        fmt_stat(row.value, row.unit),
+        fmt_range(row.value),
+        fmt_stat(row.baseline, row.unit),
+        fmt_stat(row.ratio, "x"),
+        fmt_range(row.ratio),
+        row.target,
+        row.verdict,
     ]
 
 
@@ -74,8 +94,7 @@ def render_text(sections: Sequence[Section], cfg: Config, elapsed: float) -> str
         table = [list(HEADERS)] + [_cells(row) for row in section.rows]
         widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
         for cells in table:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-                         .rstrip())
+            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
         lines.extend(f"  * {note}" for note in section.notes)
     mode = "SMOKE (figures mean nothing)" if cfg.smoke else f"{cfg.repeats} runs per figure"
     lines.append(f"\n{mode}; total {elapsed:.0f} s")
@@ -86,8 +105,14 @@ def markdown_section(section: Section, level: int = 2) -> str:
     """Return one section: heading, table, ratio legend, notes, time taken."""
     out = [f"{'#' * level} {section.title}", ""]
     if section.method.strip():
-        out += ["<details><summary>How it is measured</summary>", "",
-                section.method.strip(), "", "</details>", ""]
+        out += [
+            "<details><summary>How it is measured</summary>",
+            "",
+            section.method.strip(),
+            "",
+            "</details>",
+            "",
+        ]
     if section.rows:
         out.append("| " + " | ".join(HEADERS) + " |")
         out.append("|" + "|".join("---" for _ in HEADERS) + "|")
@@ -111,11 +136,16 @@ def peers_block(report: Path) -> str | None:
         return None
     text = report.read_text(encoding="utf-8")
     begin, end = text.find(PEERS_BEGIN), text.find(PEERS_END)
-    return text[begin:end + len(PEERS_END)] if 0 <= begin < end else None
+    return text[begin : end + len(PEERS_END)] if 0 <= begin < end else None
 
 
-def render_markdown(sections: Sequence[Section], cfg: Config, elapsed: float,
-                    command: str, peers_block: str | None = None) -> str:
+def render_markdown(
+    sections: Sequence[Section],
+    cfg: Config,
+    elapsed: float,
+    command: str,
+    peers_block: str | None = None,
+) -> str:
     """Return docs/benchmarks.md, with ``peers_block`` (from ``bench.peers``) kept at the end."""
     info = machine()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

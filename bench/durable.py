@@ -79,8 +79,9 @@ def disk_usage(path: str) -> tuple[int, int]:
 async def engine_run(path: str, durable: bool, total: int, inflight: int) -> float:
     """Run ``total`` linear instances, ``inflight`` at a time; return the seconds it took."""
     counter = itertools.count()
-    async with hx.open_engine(workflows=[LINEAR],
-                              storage=hx.FileStorage(path, durable=durable)) as engine:
+    async with hx.open_engine(
+        workflows=[LINEAR], storage=hx.FileStorage(path, durable=durable)
+    ) as engine:
 
         async def worker() -> None:
             while (i := next(counter)) < total:
@@ -96,8 +97,9 @@ async def engine_run(path: str, durable: bool, total: int, inflight: int) -> flo
         return time.perf_counter() - began
 
 
-def raw_writes(path: str, writes: int, inflight: int, *, size: int, rewrites: int,
-               durable: bool) -> float:
+def raw_writes(
+    path: str, writes: int, inflight: int, *, size: int, rewrites: int, durable: bool
+) -> float:
     """Do ``writes`` atomic file replacements from ``inflight`` threads; return the seconds."""
     os.makedirs(path, exist_ok=True)
     payload = os.urandom(size)
@@ -133,8 +135,9 @@ def _fresh(cfg: Config, label: str) -> str:
     return tempfile.mkdtemp(prefix=f"hx-bench-{label}-", dir=cfg.tmp_dir)
 
 
-def _in_fresh_dir(cfg: Config, label: str, fn: Callable[[str], float],
-                  usage: list[tuple[int, int]] | None = None) -> float:
+def _in_fresh_dir(
+    cfg: Config, label: str, fn: Callable[[str], float], usage: list[tuple[int, int]] | None = None
+) -> float:
     root = _fresh(cfg, label)
     try:
         elapsed = fn(os.path.join(root, "store"))
@@ -145,16 +148,31 @@ def _in_fresh_dir(cfg: Config, label: str, fn: Callable[[str], float],
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _cases(cfg: Config, *, durable: bool, inflight: int, total: int, writes: int, size: int,
-           rewrites: int, usage: list[tuple[int, int]], engine: bool
-           ) -> dict[str, Callable[[], float]]:
+def _cases(
+    cfg: Config,
+    *,
+    durable: bool,
+    inflight: int,
+    total: int,
+    writes: int,
+    size: int,
+    rewrites: int,
+    usage: list[tuple[int, int]],
+    engine: bool,
+) -> dict[str, Callable[[], float]]:
     def raw() -> float:
-        return _in_fresh_dir(cfg, "raw", lambda p: raw_writes(
-            p, writes, inflight, size=size, rewrites=rewrites, durable=durable))
+        return _in_fresh_dir(
+            cfg,
+            "raw",
+            lambda p: raw_writes(
+                p, writes, inflight, size=size, rewrites=rewrites, durable=durable
+            ),
+        )
 
     def file() -> float:
-        return _in_fresh_dir(cfg, "file", lambda p: trio.run(
-            engine_run, p, durable, total, inflight), usage)
+        return _in_fresh_dir(
+            cfg, "file", lambda p: trio.run(engine_run, p, durable, total, inflight), usage
+        )
 
     return {"raw": raw, "engine": file} if engine else {"raw": raw}
 
@@ -165,15 +183,18 @@ def run(cfg: Config) -> Section:
     puts = puts_per_instance()
     size = 600
     if missing:
-        section.notes.append(f"SKIPPED the engine side: {missing}; only the raw-disk limit "
-                             "was measured")
+        section.notes.append(
+            f"SKIPPED the engine side: {missing}; only the raw-disk limit was measured"
+        )
     else:
         sized: list[tuple[int, int]] = []
         _in_fresh_dir(cfg, "size", lambda p: trio.run(engine_run, p, False, 20, 1), sized)
         size = max(64, sized[0][0] // 20)
-    section.notes.append(f"a linear 3-step instance stores {puts:g} snapshots; the raw loop "
-                         f"writes {size} B per file (bytes on disk per finished instance, or "
-                         "600 B when FileStorage is missing)")
+    section.notes.append(
+        f"a linear 3-step instance stores {puts:g} snapshots; the raw loop "
+        f"writes {size} B per file (bytes on disk per finished instance, or "
+        "600 B when FileStorage is missing)"
+    )
     rewrites = max(1, round(puts))
     for durable in (True, False):
         for inflight in INFLIGHT:
@@ -182,31 +203,52 @@ def run(cfg: Config) -> Section:
             writes = int(total * puts)
             cfg.log(f"scenario 4: durable={durable} in flight={inflight} total={total}")
             usage: list[tuple[int, int]] = []
-            runs = _cases(cfg, durable=durable, inflight=inflight, total=total, writes=writes,
-                          size=size, rewrites=rewrites, usage=usage, engine=not missing)
+            runs = _cases(
+                cfg,
+                durable=durable,
+                inflight=inflight,
+                total=total,
+                writes=writes,
+                size=size,
+                rewrites=rewrites,
+                usage=usage,
+                engine=not missing,
+            )
             times = paired(runs, cfg)
             raw = Stat.of([writes / t for t in times["raw"]])
             mode = "durable" if durable else "durable=False"
             if missing:
-                section.rows.append(Row("4", f"raw disk limit ({mode}), {inflight} in flight",
-                                        raw, "writes/s"))
+                section.rows.append(
+                    Row("4", f"raw disk limit ({mode}), {inflight} in flight", raw, "writes/s")
+                )
                 continue
             wf = Stat.of([total / t for t in times["engine"]])
             limit = ratios(times["raw"], times["engine"])  # engine writes/s / raw writes/s
-            section.rows.append(Row(
-                "4", f"FileStorage({mode}) 3-step, {inflight} in flight", wf, "wf/s",
-                baseline=raw.map(lambda r: r / puts),
-                ratio=limit, ratio_label="engine snapshot writes/s / raw writes/s "
-                "(baseline column: the raw limit in wf/s)",
-                target="as close to 1 as possible",
-            ))
+            section.rows.append(
+                Row(
+                    "4",
+                    f"FileStorage({mode}) 3-step, {inflight} in flight",
+                    wf,
+                    "wf/s",
+                    baseline=raw.map(lambda r: r / puts),
+                    ratio=limit,
+                    ratio_label="engine snapshot writes/s / raw writes/s "
+                    "(baseline column: the raw limit in wf/s)",
+                    target="as close to 1 as possible",
+                )
+            )
             if usage and inflight == INFLIGHT[-1]:
-                section.rows.append(Row(
-                    "4", f"bytes on disk per finished instance ({mode})",
-                    Stat.of([u[0] / total for u in usage]), "B",
-                    baseline=Stat.of([u[1] / total for u in usage]),
-                    ratio_label="", target="baseline column: allocated (st_blocks)",
-                ))
+                section.rows.append(
+                    Row(
+                        "4",
+                        f"bytes on disk per finished instance ({mode})",
+                        Stat.of([u[0] / total for u in usage]),
+                        "B",
+                        baseline=Stat.of([u[1] / total for u in usage]),
+                        ratio_label="",
+                        target="baseline column: allocated (st_blocks)",
+                    )
+                )
     _put_rows(cfg, section)
     return section
 
@@ -216,8 +258,9 @@ def _put_rows(cfg: Config, section: Section) -> None:
     try:
         from . import file_storage
     except ImportError as exc:
-        section.notes.append(f"SKIPPED FileStorage.put vs raw: bench/file_storage.py is "
-                             f"missing or broken ({exc})")
+        section.notes.append(
+            f"SKIPPED FileStorage.put vs raw: bench/file_storage.py is missing or broken ({exc})"
+        )
         return
     n = 40 if cfg.smoke else 1_000
     concurrency = (1, 10) if cfg.smoke else INFLIGHT
@@ -227,15 +270,21 @@ def _put_rows(cfg: Config, section: Section) -> None:
     for key, label in (("durable", "durable"), ("non_durable", "durable=False")):
         for c, stored in result["file_storage"][key].items():
             raw, ratio = result["raw"][key][c], result["ratio"][key][c]
-            section.rows.append(Row(
-                "4", f"FileStorage.put ({label}), {c} concurrent", Stat(stored, stored, stored,
-                                                                      runs), "puts/s",
-                baseline=Stat(raw, raw, raw, runs), ratio=Stat(ratio, ratio, ratio, runs),
-                ratio_label="put rows: FileStorage puts/s / raw protocol writes/s "
-                "(bench/file_storage.py)",
-                target="~1 (> 1: group commit)",
-            ))
+            section.rows.append(
+                Row(
+                    "4",
+                    f"FileStorage.put ({label}), {c} concurrent",
+                    Stat(stored, stored, stored, runs),
+                    "puts/s",
+                    baseline=Stat(raw, raw, raw, runs),
+                    ratio=Stat(ratio, ratio, ratio, runs),
+                    ratio_label="put rows: FileStorage puts/s / raw protocol writes/s "
+                    "(bench/file_storage.py)",
+                    target="~1 (> 1: group commit)",
+                )
+            )
     section.notes.append(
         f"put rows: bench.file_storage.measure(n={n}, durable runs n/4, repeats={runs}), "
         f"payload {result.get('payload_bytes')} B; medians of alternating runs (it reports "
-        "no range)")
+        "no range)"
+    )

@@ -94,10 +94,19 @@ async def _engine_park(n: int, batch: int, trace: bool, store: hx.Storage) -> di
         top: list[str] = []
         if snapshot is not None:
             diff = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")
-            top = [f"{d.size_diff / n:,.0f} B/inst {_short(d.traceback[0].filename)}"
-                   f":{d.traceback[0].lineno}" for d in diff[:12]]
-    return {"bytes": after - before, "batches": batches, "gc_pauses": gc_pauses,
-            "full_collections": clock.full, "parked_s": parked_s, "top": top}
+            top = [
+                f"{d.size_diff / n:,.0f} B/inst {_short(d.traceback[0].filename)}"
+                f":{d.traceback[0].lineno}"
+                for d in diff[:12]
+            ]
+    return {
+        "bytes": after - before,
+        "batches": batches,
+        "gc_pauses": gc_pauses,
+        "full_collections": clock.full,
+        "parked_s": parked_s,
+        "top": top,
+    }
 
 
 async def _engine_recover_and_resume(n: int, store: hx.Storage) -> dict[str, Any]:
@@ -168,8 +177,7 @@ def child(kind: str, n: int, warm: int, trace: bool) -> dict[str, Any]:
 
 
 def run(cfg: Config) -> Section:
-    section = Section("Parked instances: memory, recovery, resumes, start cost "
-                      "(scenarios 3, 5, 8)")
+    section = Section("Parked instances: memory, recovery, resumes, start cost (scenarios 3, 5, 8)")
     warm = cfg.size(1_000)
     recovered: dict[int, Stat] = {}
     for size in SIZES[:1] if cfg.smoke else SIZES:
@@ -179,68 +187,99 @@ def run(cfg: Config) -> Section:
         for trace, count in ((False, cfg.repeats), (True, trace_runs)):
             for i in range(count):
                 for kind in ("bare", "engine"):
-                    cfg.log(f"scenario 3: {kind} N={n:,} {'tracemalloc' if trace else 'RSS'} "
-                            f"run {i + 1}/{count}")
+                    cfg.log(
+                        f"scenario 3: {kind} N={n:,} {'tracemalloc' if trace else 'RSS'} "
+                        f"run {i + 1}/{count}"
+                    )
                     runs.setdefault((kind, trace), []).append(
-                        in_subprocess("parked:child", kind=kind, n=n, warm=warm, trace=trace))
+                        in_subprocess("parked:child", kind=kind, n=n, warm=warm, trace=trace)
+                    )
         _memory_rows(section, runs, n)
         engine_runs, bare_runs = runs[("engine", False)], runs[("bare", False)]
         recovered[size] = stat = Stat.of([r["recovered_s"] for r in engine_runs])
         first = recovered.get(SIZES[0])
-        growth = None if first is None or size == SIZES[0] else Stat.derived(
-            (stat.median / n) / (first.median / cfg.size(SIZES[0])))
-        section.rows.append(Row(
-            "5", f"recover {n:,} parked instances, MemoryStorage", stat, "s",
-            ratio=growth, ratio_label="recovery: per-instance time at 100k / at 10k",
-            target="linear (<= 1.5x per instance)" if growth else
-            f"= {n / stat.median:,.0f} instances/s",
-            verdict=verdict(growth.median, 1.5) if growth else "",
-        ))
+        growth = (
+            None
+            if first is None or size == SIZES[0]
+            else Stat.derived((stat.median / n) / (first.median / cfg.size(SIZES[0])))
+        )
+        section.rows.append(
+            Row(
+                "5",
+                f"recover {n:,} parked instances, MemoryStorage",
+                stat,
+                "s",
+                ratio=growth,
+                ratio_label="recovery: per-instance time at 100k / at 10k",
+                target="linear (<= 1.5x per instance)"
+                if growth
+                else f"= {n / stat.median:,.0f} instances/s",
+                verdict=verdict(growth.median, 1.5) if growth else "",
+            )
+        )
         resume = Stat.of([n / r["resumed_s"] for r in engine_runs])
         bare_resume = Stat.of([n / r["resumed_s"] for r in bare_runs])
-        section.rows.append(Row(
-            "3", f"resume all, one caller, until completed, N={n:,}", resume, "resumes/s",
-            baseline=bare_resume,
-            ratio=ratios([r["resumed_s"] for r in engine_runs],
-                         [r["resumed_s"] for r in bare_runs]),
-            ratio_label="resume: engine time / bare time (per run pair)",
-            target="(Elixir: 16-18k/s)",
-        ))
+        section.rows.append(
+            Row(
+                "3",
+                f"resume all, one caller, until completed, N={n:,}",
+                resume,
+                "resumes/s",
+                baseline=bare_resume,
+                ratio=ratios(
+                    [r["resumed_s"] for r in engine_runs], [r["resumed_s"] for r in bare_runs]
+                ),
+                ratio_label="resume: engine time / bare time (per run pair)",
+                target="(Elixir: 16-18k/s)",
+            )
+        )
         acked = Stat.of([n / r["acked_s"] for r in engine_runs])
-        section.rows.append(Row("3", f"resume all, acknowledged only, N={n:,}", acked,
-                                "resumes/s"))
+        section.rows.append(Row("3", f"resume all, acknowledged only, N={n:,}", acked, "resumes/s"))
         _start_rows(section, engine_runs, n)
     section.notes.append(
         "each run is a fresh interpreter: warm-up cycle at 1k, then park N (timed in batches "
         "of 1,000 starts: scenario 8), read the memory, close the engine, recover the N "
-        "from the same MemoryStorage (scenario 5), resume all (scenario 3)")
+        "from the same MemoryStorage (scenario 5), resume all (scenario 3)"
+    )
     if not cfg.full and not cfg.smoke:
-        section.notes.append("tracemalloc at N=100,000 runs only with --full (memory is "
-                             "deterministic: the 10k tracemalloc runs and the 100k RSS runs "
-                             "cover it)")
+        section.notes.append(
+            "tracemalloc at N=100,000 runs only with --full (memory is "
+            "deterministic: the 10k tracemalloc runs and the 100k RSS runs "
+            "cover it)"
+        )
     return section
 
 
-def _memory_rows(section: Section, runs: dict[tuple[str, bool], list[dict[str, Any]]],
-                 n: int) -> None:
+def _memory_rows(
+    section: Section, runs: dict[tuple[str, bool], list[dict[str, Any]]], n: int
+) -> None:
     for trace, label in ((False, "RSS"), (True, "tracemalloc")):
         if not runs.get(("engine", trace)):
             continue
         engine = Stat.of([r["bytes"] / n / KIB for r in runs[("engine", trace)]])
         bare = Stat.of([r["bytes"] / n / KIB for r in runs[("bare", trace)]])
-        section.rows.append(Row(
-            "3", f"memory per parked instance ({label}), N={n:,}", engine, "KiB",
-            baseline=bare, ratio=ratios([r["bytes"] for r in runs[("engine", trace)]],
-                                        [r["bytes"] for r in runs[("bare", trace)]]),
-            ratio_label="memory: engine / bare (per run pair)",
-            target="<= 8 KiB (goal < 6.2 KB = 6.05 KiB)",
-            verdict=verdict(engine.median, 8.0, 6.2 * 1000 / KIB),
-        ))
+        section.rows.append(
+            Row(
+                "3",
+                f"memory per parked instance ({label}), N={n:,}",
+                engine,
+                "KiB",
+                baseline=bare,
+                ratio=ratios(
+                    [r["bytes"] for r in runs[("engine", trace)]],
+                    [r["bytes"] for r in runs[("bare", trace)]],
+                ),
+                ratio_label="memory: engine / bare (per run pair)",
+                target="<= 8 KiB (goal < 6.2 KB = 6.05 KiB)",
+                verdict=verdict(engine.median, 8.0, 6.2 * 1000 / KIB),
+            )
+        )
         if trace and runs[("engine", True)][0]["top"]:
             section.notes.append(
                 f"top allocation sites of {n:,} parked instances (tracemalloc, first run; "
                 "includes the MemoryStorage snapshot): "
-                + "; ".join(runs[("engine", True)][0]["top"][:10]))
+                + "; ".join(runs[("engine", True)][0]["top"][:10])
+            )
 
 
 def _start_rows(section: Section, engine_runs: list[dict[str, Any]], n: int) -> None:
@@ -253,25 +292,40 @@ def _start_rows(section: Section, engine_runs: list[dict[str, Any]], n: int) -> 
     for position in sorted({0, count // 10, count // 2, count - 1}):
         span = f"{position * per_batch + 1:,}-{(position + 1) * per_batch:,} of {n:,}"
         slowdown = Stat.of([b[position] / b[0] for b in batches])
-        section.rows.append(Row(
-            "8", f"start (unique check), instances {span}",
-            Stat.of([per_batch / b[position] for b in batches]), "starts/s", baseline=first,
-            ratio=slowdown, ratio_label="start: batch time / first batch time",
-            target="flat (<= 1.5x, my noise margin)", verdict=verdict(slowdown.median, 1.5),
-        ))
-        net = [(b[position] - g[position], b[0] - g[0]) for b, g in
-               zip(batches, pauses, strict=True)]
+        section.rows.append(
+            Row(
+                "8",
+                f"start (unique check), instances {span}",
+                Stat.of([per_batch / b[position] for b in batches]),
+                "starts/s",
+                baseline=first,
+                ratio=slowdown,
+                ratio_label="start: batch time / first batch time",
+                target="flat (<= 1.5x, my noise margin)",
+                verdict=verdict(slowdown.median, 1.5),
+            )
+        )
+        net = [
+            (b[position] - g[position], b[0] - g[0]) for b, g in zip(batches, pauses, strict=True)
+        ]
         net_slowdown = Stat.of([a / z for a, z in net])
-        section.rows.append(Row(
-            "8", f"same, minus cyclic-GC pauses, instances {span}",
-            Stat.of([per_batch / a for a, _ in net]), "starts/s", baseline=first_net,
-            ratio=net_slowdown, target="flat (<= 1.5x, my noise margin)",
-            verdict=verdict(net_slowdown.median, 1.5),
-        ))
+        section.rows.append(
+            Row(
+                "8",
+                f"same, minus cyclic-GC pauses, instances {span}",
+                Stat.of([per_batch / a for a, _ in net]),
+                "starts/s",
+                baseline=first_net,
+                ratio=net_slowdown,
+                target="flat (<= 1.5x, my noise margin)",
+                verdict=verdict(net_slowdown.median, 1.5),
+            )
+        )
     collections = Stat.of([r["full_collections"] for r in engine_runs])
     paused = Stat.of([sum(g) for g in pauses])
     section.notes.append(
         f"N={n:,}: parking ran {collections.median:g} full (generation 2) garbage collections "
         f"and {paused.median:.2f} s of GC pauses in all (medians); a full collection walks "
         "every live object, so the batch it lands in is slower: they come at geometric "
-        "intervals (amortised linear), which is why one batch can stand out")
+        "intervals (amortised linear), which is why one batch can stand out"
+    )

@@ -97,24 +97,36 @@ def compare(cfg: Config, n: int, inflights: Sequence[int]) -> Section:
         times: dict[str, list[float]] = {"dbos": [], "ours": []}
         for i in range(cfg.repeats):
             for which in ("dbos", "ours"):
-                cfg.log(f"peers: {which}, N={n:,}, {inflight} in flight, run {i + 1}/"
-                        f"{cfg.repeats}")
-                times[which].append(in_subprocess("peers:side", which=which, n=n,
-                                                  inflight=inflight, tmp_dir=cfg.tmp_dir))
+                cfg.log(f"peers: {which}, N={n:,}, {inflight} in flight, run {i + 1}/{cfg.repeats}")
+                times[which].append(
+                    in_subprocess(
+                        "peers:side", which=which, n=n, inflight=inflight, tmp_dir=cfg.tmp_dir
+                    )
+                )
         ours = Stat.of([n / t for t in times["ours"]])
         dbos = Stat.of([n / t for t in times["dbos"]])
         speedup = ratios(times["dbos"], times["ours"])
-        section.rows.append(Row(
-            "peer", f"durable 3-step, N={n:,}, {inflight} in flight", ours, "wf/s",
-            baseline=dbos, ratio=speedup, ratio_label="ours wf/s / DBOS wf/s (baseline: DBOS)",
-            target=">= 10x DBOS", verdict=verdict(speedup.median, 10.0, lower=False),
-        ))
+        section.rows.append(
+            Row(
+                "peer",
+                f"durable 3-step, N={n:,}, {inflight} in flight",
+                ours,
+                "wf/s",
+                baseline=dbos,
+                ratio=speedup,
+                ratio_label="ours wf/s / DBOS wf/s (baseline: DBOS)",
+                target=">= 10x DBOS",
+                verdict=verdict(speedup.median, 10.0, lower=False),
+            )
+        )
     from importlib import metadata
 
-    section.notes.append(f"dbos {metadata.version('dbos')}, SQLite "
-                         f"{__import__('sqlite3').sqlite_version}; each run a fresh process "
-                         f"and directory after {WARMUP} warm-up workflows; DBOS and ours "
-                         "alternate")
+    section.notes.append(
+        f"dbos {metadata.version('dbos')}, SQLite "
+        f"{__import__('sqlite3').sqlite_version}; each run a fresh process "
+        f"and directory after {WARMUP} warm-up workflows; DBOS and ours "
+        "alternate"
+    )
     return section
 
 
@@ -123,28 +135,35 @@ def write_block(report: Path, section: Section, cfg: Config, command: str) -> No
     from ._report import markdown_section
 
     info = machine()
-    block = "\n".join([
-        PEERS_BEGIN,
-        markdown_section(section, level=2),
-        "",
-        f"_Command: `{command}` (or `nox -s bench_peers`); {time.strftime('%Y-%m-%d %H:%M')} "
-        f"UTC; {cfg.repeats} runs per side; Python {info['python']}, trio {info['trio']}, "
-        f"commit `{info['commit']}`._",
-        PEERS_END,
-    ])
+    block = "\n".join(
+        [
+            PEERS_BEGIN,
+            markdown_section(section, level=2),
+            "",
+            f"_Command: `{command}` (or `nox -s bench_peers`); {time.strftime('%Y-%m-%d %H:%M')} "
+            f"UTC; {cfg.repeats} runs per side; Python {info['python']}, trio {info['trio']}, "
+            f"commit `{info['commit']}`._",
+            PEERS_END,
+        ]
+    )
     text = report.read_text(encoding="utf-8") if report.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(PEERS_BEGIN) + ".*?" + re.escape(PEERS_END), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
-        text.rstrip("\n") + "\n\n" + block + "\n")
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else (text.rstrip("\n") + "\n\n" + block + "\n")
+    )
     report.write_text(text, encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.peers",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peers", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("-n", type=int, default=1_000, help="workflows per run (default 1000)")
-    parser.add_argument("--inflight", default="1",
-                        help="comma-separated concurrency levels (default 1)")
+    parser.add_argument(
+        "--inflight", default="1", help="comma-separated concurrency levels (default 1)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--tmp-dir", default=tempfile.gettempdir())
     parser.add_argument("--no-write", action="store_true", help="do not touch the report")
@@ -153,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import dbos  # noqa: F401 - only checking that it is there
     except ImportError as exc:
-        print(f"bench.peers needs dbos in this environment (pip install dbos): {exc}",
-              file=sys.stderr)
+        print(
+            f"bench.peers needs dbos in this environment (pip install dbos): {exc}", file=sys.stderr
+        )
         return 1
     cfg = Config(repeats=args.repeats, tmp_dir=args.tmp_dir)
     began = time.perf_counter()

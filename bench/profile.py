@@ -22,13 +22,17 @@ from .throughput import engine_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("-n", type=int, default=10_000, help="instances (default 10000)")
     parser.add_argument("--top", type=int, default=25, help="rows per listing")
     parser.add_argument("--fanout", action="store_true", help="profile scenario 2 instead")
-    parser.add_argument("--pyinstrument", action="store_true",
-                        help="sample with pyinstrument (pip install pyinstrument)")
+    parser.add_argument(
+        "--pyinstrument",
+        action="store_true",
+        help="sample with pyinstrument (pip install pyinstrument)",
+    )
     args = parser.parse_args(argv)
     workflow = FANOUT if args.fanout else LINEAR
     trio.run(engine_run, 1_000, workflow)  # warm-up

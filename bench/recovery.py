@@ -107,27 +107,45 @@ def run(cfg: Config) -> Section:
         section.notes.append(f"SKIPPED FileStorage recovery: {missing}")
         return section
     if not (cfg.full or cfg.smoke):
-        section.notes.append(f"N={SIZES[-1]:,} on FileStorage runs only with --full (filling "
-                             "the store alone takes minutes on this disk)")
+        section.notes.append(
+            f"N={SIZES[-1]:,} on FileStorage runs only with --full (filling "
+            "the store alone takes minutes on this disk)"
+        )
     seconds: dict[int, Stat] = {}
     label = "FileStorage(durable=True)"
     for size in SIZES[:1] if cfg.smoke or not cfg.full else SIZES:
         n = cfg.size(size)
         cfg.log(f"scenario 5: file storage, N={n:,} (fill, then 1 + {cfg.repeats} recoveries)")
-        result = in_subprocess("recovery:child", kind="file", n=n, repeats=cfg.repeats,
-                               warmup=not cfg.smoke, tmp_dir=cfg.tmp_dir)
+        result = in_subprocess(
+            "recovery:child",
+            kind="file",
+            n=n,
+            repeats=cfg.repeats,
+            warmup=not cfg.smoke,
+            tmp_dir=cfg.tmp_dir,
+        )
         stat = seconds[size] = Stat.of(result["times"])
         first = seconds.get(SIZES[0])
-        growth = None if first is None or size == SIZES[0] else Stat.derived(
-            (stat.median / n) / (first.median / cfg.size(SIZES[0])))
-        section.rows.append(Row(
-            "5", f"recover {n:,} parked instances, {label}", stat, "s",
-            ratio=growth,
-            ratio_label="per-instance recovery time at 100k / at 10k" if growth else "",
-            target="linear (<= 1.5x per instance)" if growth else
-            f"= {n / stat.median:,.0f} instances/s",
-            verdict=verdict(growth.median, 1.5) if growth else "",
-        ))
-        section.notes.append(f"{label}: filling {n:,} parked instances took "
-                             f"{result['filled_s']:.1f} s")
+        growth = (
+            None
+            if first is None or size == SIZES[0]
+            else Stat.derived((stat.median / n) / (first.median / cfg.size(SIZES[0])))
+        )
+        section.rows.append(
+            Row(
+                "5",
+                f"recover {n:,} parked instances, {label}",
+                stat,
+                "s",
+                ratio=growth,
+                ratio_label="per-instance recovery time at 100k / at 10k" if growth else "",
+                target="linear (<= 1.5x per instance)"
+                if growth
+                else f"= {n / stat.median:,.0f} instances/s",
+                verdict=verdict(growth.median, 1.5) if growth else "",
+            )
+        )
+        section.notes.append(
+            f"{label}: filling {n:,} parked instances took {result['filled_s']:.1f} s"
+        )
     return section

@@ -44,6 +44,7 @@ def run(cfg: Config) -> Section:
         "LogHandler -> NullHandler": [hx.LogHandler(_null_logger())],
     }
     cfg.log(f"scenario 7: linear 3-step N={n:,} x {len(handlers)} telemetry set-ups")
+
     def case(chosen: list[Callable[[hx.TelemetryEvent], object]]) -> Callable[[], float]:
         return lambda: trio.run(engine_run, n, LINEAR, chosen)
 
@@ -51,12 +52,18 @@ def run(cfg: Config) -> Section:
     bare = times["no handler"]
     for name, values in times.items():
         ratio = ratios(values, bare)
-        section.rows.append(Row(
-            "7", f"linear 3-step, N={n:,}, {name}", Stat.of([n / t for t in values]), "inst/s",
-            baseline=Stat.of([n / t for t in bare]), ratio=ratio,
-            ratio_label="time / time with no handler",
-            target="" if name == "no handler" else "none set (reported)",
-        ))
+        section.rows.append(
+            Row(
+                "7",
+                f"linear 3-step, N={n:,}, {name}",
+                Stat.of([n / t for t in values]),
+                "inst/s",
+                baseline=Stat.of([n / t for t in bare]),
+                ratio=ratio,
+                ratio_label="time / time with no handler",
+                target="" if name == "no handler" else "none set (reported)",
+            )
+        )
     try:
         from . import telemetry_cost
     except ImportError as exc:
@@ -69,12 +76,19 @@ def run(cfg: Config) -> Section:
     for name, ns in costs.items():
         if name == "baseline_loop":
             continue
-        section.rows.append(Row(
-            "7", f"per call: {name}", Stat(ns, ns, ns, cfg.repeats), "ns",
-            baseline=Stat(loop, loop, loop, cfg.repeats),
-            target=telemetry_cost.CASES.get(name, ""),
-        ))
-    section.notes.append(f"per-call rows: bench/telemetry_cost.measure({calls:,}, "
-                         f"repeat={cfg.repeats}), best of the runs; baseline = an empty loop "
-                         "iteration")
+        section.rows.append(
+            Row(
+                "7",
+                f"per call: {name}",
+                Stat(ns, ns, ns, cfg.repeats),
+                "ns",
+                baseline=Stat(loop, loop, loop, cfg.repeats),
+                target=telemetry_cost.CASES.get(name, ""),
+            )
+        )
+    section.notes.append(
+        f"per-call rows: bench/telemetry_cost.measure({calls:,}, "
+        f"repeat={cfg.repeats}), best of the runs; baseline = an empty loop "
+        "iteration"
+    )
     return section

@@ -24,11 +24,13 @@ from ._workflows import FANOUT, LINEAR
 SIZES = (1_000, 10_000, 100_000)
 
 
-async def engine_run(n: int, workflow: hx.Workflow,
-                     telemetry: Sequence[Callable[[hx.TelemetryEvent], object]] = ()) -> float:
+async def engine_run(
+    n: int, workflow: hx.Workflow, telemetry: Sequence[Callable[[hx.TelemetryEvent], object]] = ()
+) -> float:
     """Start ``n`` instances of ``workflow``, wait for all; return the seconds it took."""
-    async with hx.open_engine(workflows=[workflow], storage=hx.MemoryStorage(),
-                              telemetry=telemetry) as engine:
+    async with hx.open_engine(
+        workflows=[workflow], storage=hx.MemoryStorage(), telemetry=telemetry
+    ) as engine:
         began = time.perf_counter()
         ids = [await engine.start(workflow, str(i)) for i in range(n)]
         for instance_id in ids:
@@ -89,14 +91,17 @@ async def bare_fanout(n: int) -> float:
     return elapsed
 
 
-def _pair(cfg: Config, n: int, workflow: hx.Workflow,
-          bare: Callable[[int], Awaitable[float]]) -> dict[str, list[float]]:
+def _pair(
+    cfg: Config, n: int, workflow: hx.Workflow, bare: Callable[[int], Awaitable[float]]
+) -> dict[str, list[float]]:
     warm = cfg.size(1_000) if n > 10_000 else n  # a 100k warm-up teaches nothing a 1k one does not
     return paired(
         {"bare": lambda: trio.run(bare, n), "engine": lambda: trio.run(engine_run, n, workflow)},
         cfg,
-        warmups={"bare": lambda: trio.run(bare, warm),
-                 "engine": lambda: trio.run(engine_run, warm, workflow)},
+        warmups={
+            "bare": lambda: trio.run(bare, warm),
+            "engine": lambda: trio.run(engine_run, warm, workflow),
+        },
     )
 
 
@@ -109,8 +114,10 @@ def run(cfg: Config) -> Section:
     ):
         for size in SIZES:
             if number == "2" and size == SIZES[-1] and not (cfg.full or cfg.smoke):
-                section.notes.append(f"fan-out at N={size:,} runs only with --full (one pair "
-                                     "of runs takes about 2.5 min here)")
+                section.notes.append(
+                    f"fan-out at N={size:,} runs only with --full (one pair "
+                    "of runs takes about 2.5 min here)"
+                )
                 continue
             n = cfg.size(size)
             cfg.log(f"scenario {number}: {label}, N={n:,}")
@@ -119,15 +126,25 @@ def run(cfg: Config) -> Section:
             bare_rate = Stat.of([n / t for t in times["bare"]])
             overhead = ratios(times["engine"], times["bare"])
             target = "<= 10x (goal 4x)" if number == "1" else "<= 10x (as 1)"
-            section.rows.append(Row(
-                number, f"{label}, N={n:,}", engine_rate, "inst/s", baseline=bare_rate,
-                ratio=overhead, ratio_label="engine / bare time", target=target,
-                verdict=verdict(overhead.median, 10.0, 4.0 if number == "1" else None),
-            ))
+            section.rows.append(
+                Row(
+                    number,
+                    f"{label}, N={n:,}",
+                    engine_rate,
+                    "inst/s",
+                    baseline=bare_rate,
+                    ratio=overhead,
+                    ratio_label="engine / bare time",
+                    target=target,
+                    verdict=verdict(overhead.median, 10.0, 4.0 if number == "1" else None),
+                )
+            )
             per_instance.setdefault((number, "engine"), {})[size] = Stat.of(
-                [t / n * 1e6 for t in times["engine"]])
+                [t / n * 1e6 for t in times["engine"]]
+            )
             per_instance.setdefault((number, "bare"), {})[size] = Stat.of(
-                [t / n * 1e6 for t in times["bare"]])
+                [t / n * 1e6 for t in times["bare"]]
+            )
     for (number, who), costs in per_instance.items():
         first = costs[SIZES[0]]
         for size in SIZES[1:]:
@@ -135,12 +152,18 @@ def run(cfg: Config) -> Section:
                 continue
             cost = costs[size]
             growth = cost.median / first.median
-            section.rows.append(Row(
-                "9", f"{'linear' if number == '1' else 'fan-out'} {who}: per-instance cost, "
-                f"N={cfg.size(size):,} vs {cfg.size(SIZES[0]):,}",
-                cost, "us/inst", baseline=first,
-                ratio=Stat.derived(growth), ratio_label="cost(N) / cost(1k)",
-                target="flat (<= 1.5x, my noise margin)" if who == "engine" else "(reference)",
-                verdict=verdict(growth, 1.5) if who == "engine" else "",
-            ))
+            section.rows.append(
+                Row(
+                    "9",
+                    f"{'linear' if number == '1' else 'fan-out'} {who}: per-instance cost, "
+                    f"N={cfg.size(size):,} vs {cfg.size(SIZES[0]):,}",
+                    cost,
+                    "us/inst",
+                    baseline=first,
+                    ratio=Stat.derived(growth),
+                    ratio_label="cost(N) / cost(1k)",
+                    target="flat (<= 1.5x, my noise margin)" if who == "engine" else "(reference)",
+                    verdict=verdict(growth, 1.5) if who == "engine" else "",
+                )
+            )
     return section

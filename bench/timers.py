@@ -47,8 +47,9 @@ HORIZON = 30 * 86_400.0  # every Wait lasts 30 virtual days: far beyond the last
 KIB = 1024
 
 NAP = hx.Wait(HORIZON, key="nap")
-SLEEPERS = hx.Workflow("sleepers", start=NAP, transitions={(NAP, "timeout"): hx.Done},
-                       unique=hx.Unique("sleeper"))
+SLEEPERS = hx.Workflow(
+    "sleepers", start=NAP, transitions={(NAP, "timeout"): hx.Done}, unique=hx.Unique("sleeper")
+)
 
 
 def rss_bytes() -> int:
@@ -112,7 +113,8 @@ async def _park_and_fire(n: int, trace: bool) -> dict[str, Any]:
             out["tracemalloc_peak_bytes_per_instance"] = (peak - before) / n
             out["top_lines"] = [
                 f"{d.size_diff / n:,.0f} B/inst {_short(d.traceback[0].filename)}"
-                f":{d.traceback[0].lineno}" for d in diff[:12]
+                f":{d.traceback[0].lineno}"
+                for d in diff[:12]
             ]
             by_file = tracemalloc_by_file(diff)
             out["top_files"] = [f"{size / n:,.0f} B/inst {name}" for name, size in by_file[:8]]
@@ -123,8 +125,10 @@ async def _park_and_fire(n: int, trace: bool) -> dict[str, Any]:
             (timer,) = instance.timers
             deadlines[instance.id] = timer.deadline
         if len(deadlines) != n or len(set(deadlines.values())) != n:
-            raise RuntimeError(f"expected {n} sleepers on distinct deadlines, got "
-                               f"{len(deadlines)} on {len(set(deadlines.values()))}")
+            raise RuntimeError(
+                f"expected {n} sleepers on distinct deadlines, got "
+                f"{len(deadlines)} on {len(set(deadlines.values()))}"
+            )
         if trace:
             return out  # the traced run only measures memory
         parked_virtual = trio.current_time() - t0
@@ -168,13 +172,13 @@ def measure(n: int = 100_000, *, trace: bool = True) -> dict[str, Any]:
         wake-up accuracy (``max_abs_wakeup_error_s``, ``early_fires``) in virtual seconds.
     """
     _log(f"parking {n:,} instances (RSS run)")
-    result = trio.run(_park_and_fire, n, False,
-                      clock=trio.testing.MockClock(autojump_threshold=0))
+    result = trio.run(_park_and_fire, n, False, clock=trio.testing.MockClock(autojump_threshold=0))
     gc.collect()
     if trace:
         _log(f"parking {n:,} instances (tracemalloc run)")
-        result.update(trio.run(_park_and_fire, n, True,
-                               clock=trio.testing.MockClock(autojump_threshold=0)))
+        result.update(
+            trio.run(_park_and_fire, n, True, clock=trio.testing.MockClock(autojump_threshold=0))
+        )
     return result
 
 
