@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass
-from types import TracebackType
-from typing import Self, TypeAlias, final
+from typing import TypeAlias, final
 
 import trio
 
 from .._core._model import Instance, Status
 from ..storage._memory import MemoryStorage
+from ..storage._protocol import StorageBase
 
 
 @final
@@ -131,7 +131,7 @@ class CrashReport:
 
 
 @final
-class CrashingStorage:
+class CrashingStorage(StorageBase):
     """A MemoryStorage whose writes stop for good at the planned crash points.
 
     At a crash point ``put`` stores nothing, sets :attr:`crashed` and blocks
@@ -150,27 +150,11 @@ class CrashingStorage:
         self.crashes: list[CrashReport] = []
         self.on_crash: Callable[[], object] = lambda: None
 
-    @property
-    def is_open(self) -> bool:
-        return self.inner.is_open
-
-    async def aopen(self) -> None:
+    async def _open(self) -> None:
         await self.inner.aopen()
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         await self.inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.aopen()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _dead(self) -> None:
         if self.dead:
