@@ -44,7 +44,7 @@ from ._core._steps import WaitForEvent as WaitForEvent
 from ._core._steps import step as step
 from ._core._workflow import Workflow as Workflow
 from ._runtime._engine import Engine as Engine
-from ._runtime._engine import open_engine as open_engine
+from ._runtime._open import open_engine as open_engine
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage

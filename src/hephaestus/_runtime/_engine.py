@@ -1,12 +1,11 @@
-"""open_engine and Engine: the supervisor, the registry and the public operations."""
+"""Engine: the public operations, the registry of instances and the per-instance supervisor."""
 
 from __future__ import annotations
 
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, final
 
 import trio
@@ -38,10 +37,9 @@ from .._core._errors import (
 from .._core._ids import build_instance_id
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
-from .._telemetry import Telemetry, TelemetryHandler
-from ..storage._memory import MemoryStorage
+from .._telemetry import Telemetry
 from ..storage._protocol import Storage
-from ._clock import Clock, SystemClock
+from ._clock import Clock
 from ._mailbox import Mailbox, Message, Reply
 from ._runner import FINISHED, LIVE, ORPHAN, STUCK, Entry, Runner
 
@@ -561,75 +559,3 @@ def _take_all(mailbox: Mailbox) -> list[Message]:
     while (message := mailbox.take_nowait()) is not None:
         taken.append(message)
     return taken
-
-
-@asynccontextmanager
-async def open_engine(
-    *,
-    workflows: Iterable[Workflow],
-    storage: Storage | None = None,
-    clock: Clock | None = None,
-    telemetry: TelemetryHandler | Iterable[TelemetryHandler] = (),
-    max_restarts: int = 3,
-    restart_window: float = 5.0,
-) -> AsyncIterator[Engine]:
-    """Run an engine for the length of the ``async with`` block.
-
-    On entry every non-terminal instance in ``storage`` gets its runner back:
-    steps that were running run again, persisted timers are re-armed (overdue
-    ones fire at once). On exit, however it happens, every runner is
-    cancelled and no task is left behind; the stored state stays for the next
-    ``open_engine`` on the same storage. A storage that is not open yet is
-    opened here and closed again on exit.
-
-    Args:
-        workflows: the workflows this engine runs.
-        storage: where snapshots live; ``None`` means a new ``MemoryStorage()``.
-        clock: epoch-seconds source for persisted deadlines (default ``time.time``).
-        telemetry: a handler or handlers receiving ``TelemetryEvent`` objects.
-        max_restarts: crashes of one instance's runner tolerated within
-            ``restart_window`` seconds before it is left as stored.
-
-    Raises:
-        WorkflowDefinitionError: two different workflows share a name and version.
-    """
-    handlers = [telemetry] if callable(telemetry) else list(telemetry)
-    dispatcher = Telemetry(handlers)
-    store: Storage = MemoryStorage() if storage is None else storage
-    if getattr(store, "on_quarantine", False) is None:
-
-        def quarantined(path: str, reason: str) -> None:
-            dispatcher.emit("storage.quarantine", metadata={"path": path, "reason": reason})
-
-        store.on_quarantine = quarantined  # type: ignore[attr-defined]
-    opened_here = not store.is_open
-    if opened_here:
-        await store.aopen()
-    try:
-        try:
-            async with trio.open_nursery() as nursery:
-                engine = Engine(
-                    workflows=workflows,
-                    storage=store,
-                    clock=clock or SystemClock(),
-                    telemetry=dispatcher,
-                    max_restarts=max_restarts,
-                    restart_window=restart_window,
-                    nursery=nursery,
-                )
-                await engine._recover_all()
-                try:
-                    yield engine
-                finally:
-                    engine._close()
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The supervisor's own tasks never raise, so a group here carries the
-            # caller's exception from the body of the block: hand it back as raised.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-    finally:
-        if opened_here:
-            with trio.CancelScope(shield=True):
-                await store.aclose()

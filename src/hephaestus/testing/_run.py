@@ -13,7 +13,8 @@ import trio.testing
 from .._core._errors import EngineClosed, EventRejected
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
-from .._runtime._engine import Engine, open_engine
+from .._runtime._engine import Engine
+from .._runtime._open import open_engine
 from .._telemetry import TelemetryEvent
 from ._clock import VirtualClock
 from ._crash import CrashAt, CrashingStorage, CrashReport, crash_plan
