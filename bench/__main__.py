@@ -41,7 +41,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--full",
         action="store_true",
         help="also the slowest 100k cases (fan-out, tracemalloc, FileStorage "
-        "recovery): about twice as long",
+        "recovery): about 30 min more",
     )
     parser.add_argument("--no-write", action="store_true", help="do not write the report file")
     parser.add_argument(

@@ -116,7 +116,7 @@ def run(cfg: Config) -> Section:
             if number == "2" and size == SIZES[-1] and not (cfg.full or cfg.smoke):
                 section.notes.append(
                     f"fan-out at N={size:,} runs only with --full (one pair "
-                    "of runs takes about 2.5 min here)"
+                    "of runs takes 1-2.5 min on the reference machine)"
                 )
                 continue
             n = cfg.size(size)

@@ -39,7 +39,7 @@ def run(cfg: Config) -> Section:
     if not (cfg.full or cfg.smoke):
         section.notes.append(
             f"N={SIZES[-1]:,} runs only with --full: parking is one start "
-            "plus one clock autojump per instance, about 4 min per run here"
+            "plus one clock autojump per instance: 2-4 min per run on the reference machine"
         )
     for size in sizes:
         n = cfg.size(size)
