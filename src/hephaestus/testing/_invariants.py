@@ -154,8 +154,9 @@ def assert_workflow_invariants(
     Args:
         value: the business value of the instance.
         initial: its ``initial`` data, or a strategy drawing it.
-        steps, failures: which steps get drawn outcomes, see :func:`outcomes`
-            (each step may also keep its own code).
+        steps: which steps get drawn outcomes, see :func:`outcomes` (each
+            step may also keep its own code).
+        failures: whether drawn outcomes include failures, see :func:`outcomes`.
         events: a strategy of schedules (default ``event_schedules(workflow)``).
         before_run: called before every run, to reset fakes that steps call
             (an in-memory payment provider, ...).
