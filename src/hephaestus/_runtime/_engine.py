@@ -172,12 +172,7 @@ class Engine:
         except BaseException as exc:
             if self._registry.get(instance_id) is entry:
                 del self._registry[instance_id]
-            self._drain(
-                entry,
-                exc
-                if isinstance(exc, Exception)
-                else EngineClosed(f"engine closed while starting {instance_id!r}"),
-            )
+            self._drain(entry, self.unacknowledged(exc))
             raise
         if self.telemetry.enabled:
             self.telemetry.emit(
