@@ -9,6 +9,7 @@ while it waits for mail. So only the runner ever touches the instance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, final
 
@@ -116,18 +117,18 @@ class Runner:
         sleeping instance then costs no more than a parked one.
         """
         clock = self.engine.clock
-        slept_at: float | None = None
         while self.armed:
             timer = min(self.armed.values(), key=_deadline)
             now = clock.now()
             # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
-            # wall clock is slewed or stepped): never fire before the deadline by the
-            # engine's clock, unless that clock stood still while we slept.
-            if now >= timer.deadline or now == slept_at:
+            # wall clock is coarse, slewed, stepped or stands still): a timer fires only
+            # once the engine's clock has reached its deadline; until then sleep again.
+            if now >= timer.deadline:
                 del self.armed[timer.id]
                 return Message(TimerFired(timer.id))
-            slept_at = now
-            with trio.move_on_at(trio.current_time() + (timer.deadline - now)):
+            current = trio.current_time()
+            wake = max(current + (timer.deadline - now), math.nextafter(current, math.inf))
+            with trio.move_on_at(wake):
                 return await mailbox.take()
         return await mailbox.take()
 
