@@ -10,7 +10,7 @@ from typing import Any, final
 
 import trio
 
-from .._core._codec import check_serialisable
+from .._core._codec import check_text, detached_instance, stored_copy
 from .._core._engine import (
     Cancel,
     CancelTimer,
@@ -29,6 +29,7 @@ from .._core._errors import (
     EngineClosed,
     EventRejected,
     InstanceNotFound,
+    InvalidResult,
     RevisionConflict,
     RunnerFailed,
     UnknownWorkflow,
@@ -119,18 +120,19 @@ class Engine:
         Raises:
             UnknownWorkflow: the workflow (or that version) is not registered.
             InvalidBusinessKey: ``value`` is not a valid business value.
-            InvalidResult: ``initial`` or ``metadata`` is not a msgpack-serialisable dict.
+            InvalidResult: ``initial`` or ``metadata`` is not a msgpack-serialisable dict,
+                or ``workflow``/``version`` has the wrong type.
             AlreadyRunning: an active instance holds the id in the unique scope.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # the storage write below schedules
         self._check_open()
+        _check_workflow_arg(workflow, version)
         wf = self._resolve(workflow, version)
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
         instance_id = build_instance_id(wf.unique, value, suffix)
-        initial_dict = _as_dict(initial) if initial is not None else {}
-        check_serialisable(initial_dict, "initial")
-        metadata_dict = _as_dict(metadata)
-        check_serialisable(metadata_dict, "metadata")
+        # Deep copies, encoded as they will be stored: the caller keeps nothing of ours.
+        initial_dict = stored_copy(_as_dict(initial), "initial") or {}
+        metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
         held = self._registry.get(instance_id)
         if held is not None and held.state != FINISHED:
             raise self._already_running(wf, instance_id, held)
@@ -204,12 +206,16 @@ class Engine:
             EventRejected: the instance is terminal, or no step can take the event,
                 or several suspended steps can and ``step`` names none of them.
             UndeclaredEvent: no step (or not ``step``) declares the event.
-            InvalidResult: ``payload`` is not a msgpack-serialisable dict.
+            InvalidResult: ``payload`` is not a msgpack-serialisable dict, or an
+                argument that must be a str is not one (or is not valid Unicode).
         """
-        if not isinstance(event, str) or not event:
+        check_text(instance_id, "instance_id")
+        check_text(event, "event")
+        if not event:
             raise EventRejected(f"event must be a non-empty string, got {event!r}")
-        payload_dict = _as_dict(payload)
-        check_serialisable(payload_dict, "payload")
+        payload_dict = stored_copy(_as_dict(payload), "payload")
+        check_text(step, "step", optional=True)
+        check_text(dedupe_key, "dedupe_key", optional=True)
         await self._request(instance_id, Deliver(event, payload_dict, step, dedupe_key))
 
     async def schedule_resume(self, instance_id: str, step: str, delay: float) -> str:
@@ -225,7 +231,10 @@ class Engine:
                 step has completed.
             UndeclaredEvent: the step does not declare ``"timeout"``.
             ValueError: ``delay`` is negative or not finite.
+            InvalidResult: ``instance_id`` or ``step`` is not a str.
         """
+        check_text(instance_id, "instance_id")
+        check_text(step, "step")
         if (
             isinstance(delay, bool)
             or not isinstance(delay, int | float)
@@ -240,7 +249,10 @@ class Engine:
 
         Raises:
             InstanceNotFound: no instance has that id.
+            InvalidResult: ``instance_id`` or ``timer_id`` is not a str.
         """
+        check_text(instance_id, "instance_id")
+        check_text(timer_id, "timer_id")
         found: bool = await self._request(instance_id, CancelTimer(timer_id))
         return found
 
@@ -252,21 +264,30 @@ class Engine:
         Raises:
             InstanceNotFound: no instance has that id.
             EventRejected: the instance has completed or failed.
+            InvalidResult: ``instance_id`` is not a str, or ``reason`` neither a
+                str nor None (or not valid Unicode).
         """
+        check_text(instance_id, "instance_id")
+        check_text(reason, "reason", optional=True)
         await self._request(instance_id, Cancel(reason))
 
     async def get(self, instance_id: str) -> Instance:
         """Return the instance's current snapshot.
 
+        The snapshot is the caller's: mutating it changes nothing in the engine
+        or in storage.
+
         Raises:
             InstanceNotFound: no instance has that id.
+            InvalidResult: ``instance_id`` is not a str.
         """
         await trio.lowlevel.checkpoint()
         self._check_open()
+        check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
         if entry is not None:
-            return entry.instance
-        return await self._load(instance_id)
+            return detached_instance(entry.instance)  # the runner goes on with the original
+        return await self._load(instance_id)  # decoded for this call alone
 
     async def list(
         self,
@@ -274,13 +295,23 @@ class Engine:
         workflow: Workflow | str | None = None,
         status: Status | Collection[Status] | None = None,
     ) -> list[Instance]:
-        """Return the stored instances of ``workflow`` with ``status``, ordered by id."""
+        """Return the stored instances of ``workflow`` with ``status``, ordered by id.
+
+        Raises:
+            InvalidResult: ``workflow`` is neither a Workflow, a str nor None.
+            ValueError: ``status`` holds something that is not a Status.
+        """
         self._check_open()
+        if workflow is not None:
+            _check_workflow_arg(workflow, None)
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         return await self.storage.query(workflow=name, status=status)
 
     async def wait(self, instance_id: str) -> Instance:
         """Return the instance once it is terminal (at once if it already is).
+
+        The snapshot is the caller's: mutating it changes nothing in the engine
+        or in storage.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -288,9 +319,11 @@ class Engine:
             EngineClosed: the engine closed before the instance finished.
             EventRejected: this engine does not run the instance (its workflow
                 is not registered), so it would never finish here.
+            InvalidResult: ``instance_id`` is not a str.
         """
         await trio.lowlevel.checkpoint()
         self._check_open()
+        check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state == LIVE:
             if entry.finished is None:
@@ -300,7 +333,13 @@ class Engine:
                 raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
-        instance = entry.instance if entry is not None else await self._load(instance_id)
+        # An entry's instance is shared with the engine and with other waiters; one loaded
+        # from storage was decoded for this call alone.
+        instance = (
+            detached_instance(entry.instance)
+            if entry is not None
+            else await self._load(instance_id)
+        )
         if not instance.status.is_terminal:
             raise EventRejected(
                 f"instance {instance_id!r} is {instance.status.value} but not run by this "
@@ -534,8 +573,8 @@ class Engine:
 
 
 def _as_dict(value: Any) -> Any:
-    """Copy a mapping to a dict; leave anything else for check_serialisable to reject."""
-    return dict(value) if isinstance(value, Mapping) else value
+    """Turn a mapping that is no dict into one; leave anything else for stored_copy to judge."""
+    return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
 
 
 def _answer_terminal(instance: Instance, event: Input) -> Any:
@@ -554,3 +593,13 @@ def _take_all(mailbox: Mailbox) -> list[Message]:
     while (message := mailbox.take_nowait()) is not None:
         taken.append(message)
     return taken
+
+
+def _check_workflow_arg(workflow: object, version: object) -> None:
+    """Raise InvalidResult unless ``workflow`` is a Workflow or a name and ``version`` an int."""
+    if not isinstance(workflow, Workflow):
+        check_text(workflow, "workflow (an hx.Workflow or its name)")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidResult(
+            f"version must be an int or None, got {type(version).__name__} {version!r}"
+        )
