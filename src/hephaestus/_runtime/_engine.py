@@ -26,6 +26,7 @@ from .._core._engine import (
 )
 from .._core._errors import (
     AlreadyRunning,
+    CorruptSnapshot,
     EngineClosed,
     EventRejected,
     InstanceNotFound,
@@ -42,7 +43,18 @@ from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
 from ._mailbox import Mailbox, Message, Reply
-from ._runner import FINISHED, LIVE, ORPHAN, STUCK, Entry, Runner
+from ._runner import (
+    FINISHED,
+    GONE,
+    LIVE,
+    ORPHAN,
+    RETRY_FIRST,
+    RETRY_MAX,
+    STUCK,
+    Entry,
+    Runner,
+    SnapshotReplaced,
+)
 
 _log = logging.getLogger("hephaestus.engine")
 
@@ -333,6 +345,8 @@ class Engine:
                 raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
+        if entry is not None and entry.state == GONE:
+            raise InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
         # An entry's instance is shared with the engine and with other waiters; one loaded
         # from storage was decoded for this call alone.
         instance = (
@@ -456,27 +470,28 @@ class Engine:
                 message.reply.fail(error)
 
     async def _supervise(self, entry: Entry, first_commands: Sequence[Command]) -> None:
-        """Run the instance's runner, restarting it from storage after a crash."""
+        """Run the instance's runner, restarting it from storage after a crash.
+
+        A crash (a bug) counts against ``max_restarts``; a snapshot changed or
+        deleted under the runner does not: it is reported once and the runner
+        goes on from what is stored, or stops if nothing is.
+        """
         workflow = entry.workflow
         assert workflow is not None
+        mailbox = entry.mailbox
+        assert mailbox is not None
         crashes: list[float] = []
         commands: Sequence[Command] = first_commands
-        reload = False
         try:
             while True:
+                if self.telemetry.enabled:
+                    self.telemetry.emit(
+                        "runner.init",
+                        instance_id=entry.instance.id,
+                        workflow=workflow.name,
+                        metadata={"version": workflow.version, "restarts": len(crashes)},
+                    )
                 try:
-                    if reload:  # inside the try: a storage error here is one more crash
-                        stored = await self.storage.get(entry.instance.id)
-                        if stored is not None:
-                            entry.instance = stored
-                        reload = False
-                    if self.telemetry.enabled:
-                        self.telemetry.emit(
-                            "runner.init",
-                            instance_id=entry.instance.id,
-                            workflow=workflow.name,
-                            metadata={"version": workflow.version, "restarts": len(crashes)},
-                        )
                     await Runner(self, entry, workflow).run(commands)
                     break
                 except Exception as exc:
@@ -484,48 +499,40 @@ class Engine:
                     cause: BaseException = exc
                     while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
                         cause = cause.exceptions[0]
-                    now = trio.current_time()
-                    crashes = [t for t in crashes if now - t <= self.restart_window]
-                    crashes.append(now)
-                    _log.error(
-                        "runner of instance %r crashed (%d in %.1f s)",
-                        entry.instance.id,
-                        len(crashes),
-                        self.restart_window,
-                        exc_info=exc,
+                    if isinstance(cause, SnapshotReplaced):
+                        # Only callers' requests carry over: step outcomes and timers belong
+                        # to the state that was replaced; Recover re-derives them.
+                        requests = [cause.message] if cause.message is not None else []
+                        queued = [m for m in [*requests, *_take_all(mailbox)] if m.reply]
+                        replaced = True
+                    else:
+                        now = trio.current_time()
+                        crashes = [t for t in crashes if now - t <= self.restart_window]
+                        crashes.append(now)
+                        self._report_crash(entry, workflow, exc, cause, len(crashes))
+                        if len(crashes) > self.max_restarts:
+                            entry.mark_done(STUCK)
+                            self._drain(entry, RunnerFailed(self._stuck_message(entry)))
+                            _log.error("%s", self._stuck_message(entry))
+                            return
+                        # Recover must be the first message the new runner sees (and only once).
+                        queued = [m for m in _take_all(mailbox) if not isinstance(m.input, Recover)]
+                        replaced = False
+                stored = await self._reload(entry)
+                if replaced:
+                    self._report_replaced(entry, workflow, cause, stored)
+                if not self._continues(entry, workflow, stored, queued):
+                    return
+                commands = ()
+                for message in [Message(Recover()), *queued]:
+                    mailbox.put(message)
+                if self.telemetry.enabled and not replaced:
+                    self.telemetry.emit(
+                        "runner.restart",
+                        instance_id=entry.instance.id,
+                        workflow=workflow.name,
+                        metadata={"crashes": len(crashes)},
                     )
-                    if self.telemetry.enabled:
-                        self.telemetry.emit(
-                            "runner.crash",
-                            instance_id=entry.instance.id,
-                            workflow=workflow.name,
-                            metadata={
-                                "error": type(cause).__name__,
-                                "message": str(cause),
-                                "crashes": len(crashes),
-                            },
-                        )
-                    if len(crashes) > self.max_restarts:
-                        entry.mark_done(STUCK)
-                        self._drain(entry, RunnerFailed(self._stuck_message(entry)))
-                        _log.error("%s", self._stuck_message(entry))
-                        return
-                    reload = True
-                    commands = ()
-                    assert entry.mailbox is not None
-                    # Recover must be the first message the new runner sees (and only once).
-                    queued = [
-                        m for m in _take_all(entry.mailbox) if not isinstance(m.input, Recover)
-                    ]
-                    for message in [Message(Recover()), *queued]:
-                        entry.mailbox.put(message)
-                    if self.telemetry.enabled:
-                        self.telemetry.emit(
-                            "runner.restart",
-                            instance_id=entry.instance.id,
-                            workflow=workflow.name,
-                            metadata={"crashes": len(crashes)},
-                        )
             if self._registry.get(entry.instance.id) is entry:
                 del self._registry[entry.instance.id]
             entry.mark_done(FINISHED)
@@ -540,6 +547,125 @@ class Engine:
                         f"the engine closed before instance {entry.instance.id!r} answered"
                     ),
                 )
+
+    def _report_crash(
+        self, entry: Entry, workflow: Workflow, exc: Exception, cause: BaseException, crashes: int
+    ) -> None:
+        _log.error(
+            "runner of instance %r crashed (%d in %.1f s)",
+            entry.instance.id,
+            crashes,
+            self.restart_window,
+            exc_info=exc,
+        )
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "runner.crash",
+                instance_id=entry.instance.id,
+                workflow=workflow.name,
+                metadata={"error": type(cause).__name__, "message": str(cause), "crashes": crashes},
+            )
+
+    async def _reload(self, entry: Entry) -> Instance | None:
+        """Read the instance's stored snapshot, retrying a failing storage with backoff.
+
+        Returns None when nothing (readable) is stored under its id any more.
+        """
+        instance_id = entry.instance.id
+        delay = RETRY_FIRST
+        failures = 0
+        while True:
+            try:
+                return await self.storage.get(instance_id)
+            except CorruptSnapshot:
+                return None  # quarantined and reported by the storage
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    _log.warning(
+                        "reading the snapshot of instance %r failed (%s: %s); retrying",
+                        instance_id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if self.telemetry.enabled:
+                    self.telemetry.emit(
+                        "storage.error",
+                        instance_id=instance_id,
+                        workflow=entry.instance.workflow,
+                        metadata={
+                            "operation": "get",
+                            "error": type(exc).__name__,
+                            "message": str(exc),
+                            "failures": failures,
+                            "retry_in": delay,
+                        },
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _report_replaced(
+        self, entry: Entry, workflow: Workflow, cause: BaseException, stored: Instance | None
+    ) -> None:
+        """Say once that the snapshot changed or vanished under the running instance."""
+        expected = entry.instance.revision
+        if stored is None:
+            what = "was deleted from storage; this engine stops running it"
+        else:
+            what = (
+                f"was replaced in storage (revision {stored.revision}, this engine wrote "
+                f"{expected}); going on from the stored snapshot"
+            )
+        _log.warning("snapshot of instance %r %s", entry.instance.id, what)
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "storage.error",
+                instance_id=entry.instance.id,
+                workflow=workflow.name,
+                metadata={
+                    "operation": "put",
+                    "error": "RevisionConflict",
+                    "message": str(cause),
+                    "reason": "deleted" if stored is None else "replaced",
+                    "expected_revision": expected,
+                    "stored_revision": None if stored is None else stored.revision,
+                },
+            )
+
+    def _continues(
+        self, entry: Entry, workflow: Workflow, stored: Instance | None, queued: Sequence[Message]
+    ) -> bool:
+        """Adopt ``stored`` for the next runner; False (and ``entry`` closed) if none can run it."""
+        instance_id = entry.instance.id
+        if stored is None:
+            if self._registry.get(instance_id) is entry:
+                del self._registry[instance_id]
+            entry.mark_done(GONE)
+            mailbox = entry.mailbox
+            assert mailbox is not None
+            for message in queued:
+                mailbox.put(message)
+            self._drain(
+                entry, InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
+            )
+            return False
+        entry.instance = stored
+        if (stored.workflow, stored.version) != (workflow.name, workflow.version):
+            entry.workflow = self._workflows.get((stored.workflow, stored.version))
+            entry.mark_done(ORPHAN)
+            mailbox = entry.mailbox
+            assert mailbox is not None
+            for message in queued:
+                mailbox.put(message)
+            self._drain(
+                entry,
+                EventRejected(
+                    f"instance {instance_id!r} was replaced in storage by one of workflow "
+                    f"{stored.workflow!r} v{stored.version}: send the request again"
+                ),
+            )
+            return False
+        return True
 
     async def _recover_all(self) -> None:
         """Give every non-terminal stored instance its runner back."""
