@@ -503,7 +503,9 @@ class Engine:
                         # Only callers' requests carry over: step outcomes and timers belong
                         # to the state that was replaced; Recover re-derives them.
                         requests = [cause.message] if cause.message is not None else []
-                        queued = [m for m in [*requests, *_take_all(mailbox)] if m.reply]
+                        queued = [
+                            m for m in [*requests, *_take_all(mailbox)] if m.reply is not None
+                        ]
                         replaced = True
                     else:
                         now = trio.current_time()
