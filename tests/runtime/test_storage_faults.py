@@ -299,3 +299,38 @@ async def test_snapshot_deleted_under_the_engine_drops_the_instance_and_reports_
     [report] = recorder.named("storage.error", iid)[:1]
     assert report.metadata["reason"] == "deleted"
     assert len([r for r in caplog.records if "was deleted from storage" in r.message]) == 1
+
+
+async def test_two_engines_writing_one_single_engine_store_do_not_livelock(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Misuse (FileStorage and SQLiteStorage lock against it; MemoryStorage cannot): both
+    # engines run the same instance and each write of one replaces the other's snapshot.
+    calls: list[int] = []
+    wf = counted_workflow(calls, seconds=1.0)
+    storage = hx.MemoryStorage()
+    first_events, second_events = Recorder(), Recorder()
+    outcomes: list[str] = []
+
+    async def watch(engine: hx.Engine, iid: str) -> None:
+        outcomes.append((await engine.wait(iid)).status.value)
+
+    with trio.fail_after(600):
+        async with hx.open_engine(
+            workflows=[wf], storage=storage, clock=clock(), telemetry=first_events
+        ) as first:
+            iid = await first.start(wf, "a")
+            async with (
+                hx.open_engine(
+                    workflows=[wf], storage=storage, clock=clock(), telemetry=second_events
+                ) as second,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(watch, first, iid)
+                nursery.start_soon(watch, second, iid)
+            assert (await first.get(iid)).status is hx.Status.COMPLETED
+    assert outcomes == ["completed", "completed"]
+    assert first_events.count("runner.crash") + second_events.count("runner.crash") == 0
+    replaced = first_events.named("storage.error") + second_events.named("storage.error")
+    assert replaced
+    assert {e.metadata["reason"] for e in replaced} == {"replaced"}
