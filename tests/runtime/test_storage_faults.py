@@ -334,3 +334,56 @@ async def test_two_engines_writing_one_single_engine_store_do_not_livelock(
     replaced = first_events.named("storage.error") + second_events.named("storage.error")
     assert replaced
     assert {e.metadata["reason"] for e in replaced} == {"replaced"}
+
+
+async def test_outcomes_of_parallel_steps_and_timers_wait_for_the_write_and_none_reruns(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nap = hx.Wait(3, key="nap")
+
+    @hx.step(events=("ok",))
+    async def split(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    @hx.step(events=("ok",))
+    async def busy(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(2)
+        return hx.Emit("ok", {"attempt": ctx.attempt})
+
+    @hx.step(events=("ok",))
+    async def join(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    wf = hx.Workflow(
+        "par",
+        start=split,
+        transitions={
+            (split, "ok"): [busy, nap],
+            (busy, "ok"): join,
+            (nap, "timeout"): join,
+            (join, "ok"): hx.Done,
+        },
+        unique=hx.Unique("par"),
+    )
+    storage = hx.MemoryStorage()
+    recorder = Recorder()
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder, max_restarts=0
+    ) as engine:
+        iid = await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()  # busy running, nap sleeping
+        disk = DiskFull(monkeypatch, storage)
+        disk.full = True
+        await trio.sleep(60)  # busy ended at 2 s, nap's timer came due at 3 s
+        disk.full = False
+        final = await engine.wait(iid)
+    assert final.status is hx.Status.COMPLETED
+    assert sorted((h.step, h.attempt) for h in final.history) == [
+        ("busy", 1),
+        ("join", 1),
+        ("nap", 1),
+        ("split", 1),
+    ]
+    assert final.results["busy"] == {"attempt": 1}
+    assert recorder.count("runner.crash") == 0
+    assert recorder.count("step.start") == 4  # split, busy, nap, join: nothing ran twice
