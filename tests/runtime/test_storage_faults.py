@@ -387,3 +387,28 @@ async def test_outcomes_of_parallel_steps_and_timers_wait_for_the_write_and_none
     assert final.results["busy"] == {"attempt": 1}
     assert recorder.count("runner.crash") == 0
     assert recorder.count("step.start") == 4  # split, busy, nap, join: nothing ran twice
+
+
+async def test_resume_of_a_waiting_instance_deleted_under_the_engine_is_not_found(
+    autojump_clock: Any,
+) -> None:
+    wf = event_workflow()
+    storage = hx.MemoryStorage()
+    recorder = Recorder()
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=recorder, max_restarts=0
+    ) as engine:
+        iid = await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        await storage.delete(iid)
+        with pytest.raises(hx.InstanceNotFound, match="deleted"):
+            await engine.resume(iid, "go")
+        with pytest.raises(hx.InstanceNotFound):
+            await engine.resume(iid, "go")  # the engine has let go of it
+        assert await storage.get(iid) is None
+        again = await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()
+        await engine.resume(again, "go", {"by": "ops"})
+        assert (await engine.wait(again)).status is hx.Status.COMPLETED
+    assert recorder.count("runner.crash") == 0
+    assert [e.metadata["reason"] for e in recorder.named("storage.error")] == ["deleted"]
