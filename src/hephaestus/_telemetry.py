@@ -26,7 +26,7 @@ class TelemetryEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     ``name`` is one of ``workflow.start|stop|exception|cancel``,
     ``step.start|stop|exception|suspend|resume|retry``, ``workflow.transition``,
-    ``runner.init|crash|restart``, ``timer.fire``, ``storage.quarantine``.
+    ``runner.init|crash|restart|skip``, ``timer.fire``, ``storage.error|quarantine``.
     ``measurements`` holds numbers (durations in seconds as float, from
     ``trio.current_time()``); ``metadata`` holds the rest (version, event,
     targets, attempt, error, ...).
@@ -127,7 +127,8 @@ _ESCALATE: dict[str, int] = {
     "step.exception": logging.WARNING,  # one attempt failed; a retry may follow
     "runner.restart": logging.WARNING,  # the supervisor recovered from a crash
     "workflow.exception": logging.ERROR,  # the instance is FAILED
-    "runner.crash": logging.ERROR,  # an engine bug or a storage error
+    "runner.crash": logging.ERROR,  # an engine bug
+    "storage.error": logging.ERROR,  # a failed read or write (retried or failed to a caller)
     "storage.quarantine": logging.ERROR,  # a snapshot was unreadable
 }
 
@@ -201,8 +202,8 @@ class LogHandler:
         level: the level for ordinary events.
         escalate: when true (the default), failures are never logged below
             their own floor: ``step.exception`` and ``runner.restart`` at least
-            at WARNING, ``workflow.exception``, ``runner.crash`` and
-            ``storage.quarantine`` at least at ERROR. With ``escalate=False``
+            at WARNING, ``workflow.exception``, ``runner.crash``,
+            ``storage.error`` and ``storage.quarantine`` at least at ERROR. With ``escalate=False``
             every event is logged at ``level``.
 
     Building the line is skipped when the logger is not enabled for the level.

@@ -1,4 +1,8 @@
-"""Runner crashes (storage errors, bugs) restart that runner only, within a per-instance budget."""
+"""Runner crashes (bugs) restart that runner only, within a per-instance budget.
+
+Storage faults are not crashes (see test_storage_faults.py); the bug injected
+here is a transition that raises where it would have recorded a given state.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +63,43 @@ def break_get(
     return failed_at
 
 
+class InjectedBugError(RuntimeError):
+    """The engine bug the tests inject."""
+
+
+def break_runner(
+    monkeypatch: pytest.MonkeyPatch,
+    instance_id: str,
+    failures: int,
+    when: Callable[[hx.Instance], bool] = lambda instance: True,
+) -> list[float]:
+    """Make the runner's transition raise ``failures`` times for ``instance_id``.
+
+    It raises when the transition would produce a snapshot for which ``when``
+    holds, so nothing of that transition is stored: a crash just before the
+    write. Returns the list the virtual times of the crashes are appended to.
+    """
+    from hephaestus._runtime import _runner
+
+    real_apply = _runner.apply  # type: ignore[attr-defined]
+    failed_at: list[float] = []
+
+    def apply(workflow: hx.Workflow, instance: hx.Instance, event: Any, now: float) -> Any:
+        transition = real_apply(workflow, instance, event, now)
+        if (
+            instance.id == instance_id
+            and transition.changed
+            and len(failed_at) < failures
+            and when(transition.instance)
+        ):
+            failed_at.append(trio.current_time())
+            raise InjectedBugError(f"injected bug #{len(failed_at)}")
+        return transition
+
+    monkeypatch.setattr(_runner, "apply", apply)
+    return failed_at
+
+
 def split_done(instance: hx.Instance) -> bool:
     return "split" in instance.completed
 
@@ -91,7 +132,7 @@ async def test_runner_crash_restarts_that_runner_and_instance_completes(
         restart_window=5.0,
     ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
-        failed_at = break_put(monkeypatch, storage, victim, failures, when=split_done)
+        failed_at = break_runner(monkeypatch, victim, failures, when=split_done)
         siblings = await start_siblings(engine, wf, 5)
         final = await engine.wait(victim)
         await check_siblings(engine, siblings)
@@ -104,8 +145,8 @@ async def test_runner_crash_restarts_that_runner_and_instance_completes(
     assert recorder.count("runner.crash", victim) == failures
     assert recorder.count("runner.restart", victim) == failures
     crash = recorder.named("runner.crash", victim)[0]
-    assert crash.metadata["error"] == "InjectedFaultError"
-    assert crash.metadata["message"] == "injected put failure #1"
+    assert crash.metadata["error"] == "InjectedBugError"
+    assert crash.metadata["message"] == "injected bug #1"
     for sibling in siblings:
         assert recorder.count("runner.crash", sibling) == 0
         assert recorder.count("runner.restart", sibling) == 0
@@ -126,7 +167,7 @@ async def test_runner_past_restart_budget_is_left_as_stored_and_reported(
         restart_window=5.0,
     ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
-        failed_at = break_put(monkeypatch, storage, victim, 3, when=split_done)
+        failed_at = break_runner(monkeypatch, victim, 3, when=split_done)
         siblings = await start_siblings(engine, wf, 5)
         with pytest.raises(hx.RunnerFailed, match="victim"):
             await engine.wait(victim)
@@ -169,7 +210,7 @@ async def test_stuck_instance_can_still_be_cancelled(
         workflows=[wf], storage=storage, clock=clock(), max_restarts=0
     ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
-        break_put(monkeypatch, storage, victim, 1, when=split_done)
+        break_runner(monkeypatch, victim, 1, when=split_done)
         with pytest.raises(hx.RunnerFailed):
             await engine.wait(victim)
         await engine.cancel(victim, "operator gave up")
@@ -215,7 +256,7 @@ async def test_restart_budget_counts_crashes_within_the_window(
         workflows=[wf], storage=storage, clock=clock(), max_restarts=1, restart_window=window
     ) as engine:
         iid = await engine.start(wf, "x")
-        failed_at = break_put(monkeypatch, storage, iid, 2, when=first_put_of_each_completion)
+        failed_at = break_runner(monkeypatch, iid, 2, when=first_put_of_each_completion)
         if stuck:
             with pytest.raises(hx.RunnerFailed):
                 await engine.wait(iid)
@@ -226,7 +267,7 @@ async def test_restart_budget_counts_crashes_within_the_window(
     assert failed_at == [10.0, 30.0]
 
 
-async def test_failing_reload_after_a_crash_is_one_more_crash(
+async def test_failing_reload_after_a_crash_is_retried_not_one_more_crash(
     autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wf = fan_workflow(delay=1.0)
@@ -236,7 +277,7 @@ async def test_failing_reload_after_a_crash_is_one_more_crash(
         workflows=[wf], storage=storage, clock=clock(), telemetry=recorder, max_restarts=3
     ) as engine:
         victim = await engine.start(wf, "victim", {"n": 7})
-        break_put(monkeypatch, storage, victim, 1, when=split_done)
+        break_runner(monkeypatch, victim, 1, when=split_done)
         get_failures = break_get(monkeypatch, storage, victim, 1)
         siblings = await start_siblings(engine, wf, 5)
         final = await engine.wait(victim)
@@ -244,7 +285,10 @@ async def test_failing_reload_after_a_crash_is_one_more_crash(
     assert len(get_failures) == 1
     assert final.status is hx.Status.COMPLETED
     assert final.results == fan_expected(7)
-    assert recorder.count("runner.crash", victim) == 2
+    assert recorder.count("runner.crash", victim) == 1
+    [error] = recorder.named("storage.error", victim)
+    assert error.metadata["operation"] == "get"
+    assert error.metadata["error"] == "InjectedFaultError"
 
 
 async def test_step_that_keeps_raising_is_a_step_failure_not_a_runner_crash(

@@ -10,7 +10,7 @@ from typing import Any, final
 
 import trio
 
-from .._core._codec import check_serialisable
+from .._core._codec import check_text, detached_instance, stored_copy
 from .._core._engine import (
     Cancel,
     CancelTimer,
@@ -26,9 +26,11 @@ from .._core._engine import (
 )
 from .._core._errors import (
     AlreadyRunning,
+    CorruptSnapshot,
     EngineClosed,
     EventRejected,
     InstanceNotFound,
+    InvalidResult,
     RevisionConflict,
     RunnerFailed,
     UnknownWorkflow,
@@ -41,7 +43,18 @@ from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
 from ._mailbox import Mailbox, Message, Reply
-from ._runner import FINISHED, LIVE, ORPHAN, STUCK, Entry, Runner
+from ._runner import (
+    FINISHED,
+    GONE,
+    LIVE,
+    ORPHAN,
+    RETRY_FIRST,
+    RETRY_MAX,
+    STUCK,
+    Entry,
+    Runner,
+    SnapshotReplaced,
+)
 
 _log = logging.getLogger("hephaestus.engine")
 
@@ -119,18 +132,19 @@ class Engine:
         Raises:
             UnknownWorkflow: the workflow (or that version) is not registered.
             InvalidBusinessKey: ``value`` is not a valid business value.
-            InvalidResult: ``initial`` or ``metadata`` is not a msgpack-serialisable dict.
+            InvalidResult: ``initial`` or ``metadata`` is not a msgpack-serialisable dict,
+                or ``workflow``/``version`` has the wrong type.
             AlreadyRunning: an active instance holds the id in the unique scope.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # the storage write below schedules
         self._check_open()
+        _check_workflow_arg(workflow, version)
         wf = self._resolve(workflow, version)
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
         instance_id = build_instance_id(wf.unique, value, suffix)
-        initial_dict = _as_dict(initial) if initial is not None else {}
-        check_serialisable(initial_dict, "initial")
-        metadata_dict = _as_dict(metadata)
-        check_serialisable(metadata_dict, "metadata")
+        # Deep copies, encoded as they will be stored: the caller keeps nothing of ours.
+        initial_dict = stored_copy(_as_dict(initial), "initial") or {}
+        metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
         held = self._registry.get(instance_id)
         if held is not None and held.state != FINISHED:
             raise self._already_running(wf, instance_id, held)
@@ -204,12 +218,16 @@ class Engine:
             EventRejected: the instance is terminal, or no step can take the event,
                 or several suspended steps can and ``step`` names none of them.
             UndeclaredEvent: no step (or not ``step``) declares the event.
-            InvalidResult: ``payload`` is not a msgpack-serialisable dict.
+            InvalidResult: ``payload`` is not a msgpack-serialisable dict, or an
+                argument that must be a str is not one (or is not valid Unicode).
         """
-        if not isinstance(event, str) or not event:
+        check_text(instance_id, "instance_id")
+        check_text(event, "event")
+        if not event:
             raise EventRejected(f"event must be a non-empty string, got {event!r}")
-        payload_dict = _as_dict(payload)
-        check_serialisable(payload_dict, "payload")
+        payload_dict = stored_copy(_as_dict(payload), "payload")
+        check_text(step, "step", optional=True)
+        check_text(dedupe_key, "dedupe_key", optional=True)
         await self._request(instance_id, Deliver(event, payload_dict, step, dedupe_key))
 
     async def schedule_resume(self, instance_id: str, step: str, delay: float) -> str:
@@ -225,7 +243,10 @@ class Engine:
                 step has completed.
             UndeclaredEvent: the step does not declare ``"timeout"``.
             ValueError: ``delay`` is negative or not finite.
+            InvalidResult: ``instance_id`` or ``step`` is not a str.
         """
+        check_text(instance_id, "instance_id")
+        check_text(step, "step")
         if (
             isinstance(delay, bool)
             or not isinstance(delay, int | float)
@@ -240,7 +261,10 @@ class Engine:
 
         Raises:
             InstanceNotFound: no instance has that id.
+            InvalidResult: ``instance_id`` or ``timer_id`` is not a str.
         """
+        check_text(instance_id, "instance_id")
+        check_text(timer_id, "timer_id")
         found: bool = await self._request(instance_id, CancelTimer(timer_id))
         return found
 
@@ -252,21 +276,30 @@ class Engine:
         Raises:
             InstanceNotFound: no instance has that id.
             EventRejected: the instance has completed or failed.
+            InvalidResult: ``instance_id`` is not a str, or ``reason`` neither a
+                str nor None (or not valid Unicode).
         """
+        check_text(instance_id, "instance_id")
+        check_text(reason, "reason", optional=True)
         await self._request(instance_id, Cancel(reason))
 
     async def get(self, instance_id: str) -> Instance:
         """Return the instance's current snapshot.
 
+        The snapshot is the caller's: mutating it changes nothing in the engine
+        or in storage.
+
         Raises:
             InstanceNotFound: no instance has that id.
+            InvalidResult: ``instance_id`` is not a str.
         """
         await trio.lowlevel.checkpoint()
         self._check_open()
+        check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
         if entry is not None:
-            return entry.instance
-        return await self._load(instance_id)
+            return detached_instance(entry.instance)  # the runner goes on with the original
+        return await self._load(instance_id)  # decoded for this call alone
 
     async def list(
         self,
@@ -274,13 +307,23 @@ class Engine:
         workflow: Workflow | str | None = None,
         status: Status | Collection[Status] | None = None,
     ) -> list[Instance]:
-        """Return the stored instances of ``workflow`` with ``status``, ordered by id."""
+        """Return the stored instances of ``workflow`` with ``status``, ordered by id.
+
+        Raises:
+            InvalidResult: ``workflow`` is neither a Workflow, a str nor None.
+            ValueError: ``status`` holds something that is not a Status.
+        """
         self._check_open()
+        if workflow is not None:
+            _check_workflow_arg(workflow, None)
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         return await self.storage.query(workflow=name, status=status)
 
     async def wait(self, instance_id: str) -> Instance:
         """Return the instance once it is terminal (at once if it already is).
+
+        The snapshot is the caller's: mutating it changes nothing in the engine
+        or in storage.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -288,9 +331,11 @@ class Engine:
             EngineClosed: the engine closed before the instance finished.
             EventRejected: this engine does not run the instance (its workflow
                 is not registered), so it would never finish here.
+            InvalidResult: ``instance_id`` is not a str.
         """
         await trio.lowlevel.checkpoint()
         self._check_open()
+        check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state == LIVE:
             if entry.finished is None:
@@ -300,7 +345,15 @@ class Engine:
                 raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
-        instance = entry.instance if entry is not None else await self._load(instance_id)
+        if entry is not None and entry.state == GONE:
+            raise InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
+        # An entry's instance is shared with the engine and with other waiters; one loaded
+        # from storage was decoded for this call alone.
+        instance = (
+            detached_instance(entry.instance)
+            if entry is not None
+            else await self._load(instance_id)
+        )
         if not instance.status.is_terminal:
             raise EventRejected(
                 f"instance {instance_id!r} is {instance.status.value} but not run by this "
@@ -417,27 +470,28 @@ class Engine:
                 message.reply.fail(error)
 
     async def _supervise(self, entry: Entry, first_commands: Sequence[Command]) -> None:
-        """Run the instance's runner, restarting it from storage after a crash."""
+        """Run the instance's runner, restarting it from storage after a crash.
+
+        A crash (a bug) counts against ``max_restarts``; a snapshot changed or
+        deleted under the runner does not: it is reported once and the runner
+        goes on from what is stored, or stops if nothing is.
+        """
         workflow = entry.workflow
         assert workflow is not None
+        mailbox = entry.mailbox
+        assert mailbox is not None
         crashes: list[float] = []
         commands: Sequence[Command] = first_commands
-        reload = False
         try:
             while True:
+                if self.telemetry.enabled:
+                    self.telemetry.emit(
+                        "runner.init",
+                        instance_id=entry.instance.id,
+                        workflow=workflow.name,
+                        metadata={"version": workflow.version, "restarts": len(crashes)},
+                    )
                 try:
-                    if reload:  # inside the try: a storage error here is one more crash
-                        stored = await self.storage.get(entry.instance.id)
-                        if stored is not None:
-                            entry.instance = stored
-                        reload = False
-                    if self.telemetry.enabled:
-                        self.telemetry.emit(
-                            "runner.init",
-                            instance_id=entry.instance.id,
-                            workflow=workflow.name,
-                            metadata={"version": workflow.version, "restarts": len(crashes)},
-                        )
                     await Runner(self, entry, workflow).run(commands)
                     break
                 except Exception as exc:
@@ -445,48 +499,42 @@ class Engine:
                     cause: BaseException = exc
                     while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
                         cause = cause.exceptions[0]
-                    now = trio.current_time()
-                    crashes = [t for t in crashes if now - t <= self.restart_window]
-                    crashes.append(now)
-                    _log.error(
-                        "runner of instance %r crashed (%d in %.1f s)",
-                        entry.instance.id,
-                        len(crashes),
-                        self.restart_window,
-                        exc_info=exc,
+                    if isinstance(cause, SnapshotReplaced):
+                        # Only callers' requests carry over: step outcomes and timers belong
+                        # to the state that was replaced; Recover re-derives them.
+                        requests = [cause.message] if cause.message is not None else []
+                        queued = [
+                            m for m in [*requests, *_take_all(mailbox)] if m.reply is not None
+                        ]
+                        replaced = True
+                    else:
+                        now = trio.current_time()
+                        crashes = [t for t in crashes if now - t <= self.restart_window]
+                        crashes.append(now)
+                        self._report_crash(entry, workflow, exc, cause, len(crashes))
+                        if len(crashes) > self.max_restarts:
+                            entry.mark_done(STUCK)
+                            self._drain(entry, RunnerFailed(self._stuck_message(entry)))
+                            _log.error("%s", self._stuck_message(entry))
+                            return
+                        # Recover must be the first message the new runner sees (and only once).
+                        queued = [m for m in _take_all(mailbox) if not isinstance(m.input, Recover)]
+                        replaced = False
+                stored = await self._reload(entry)
+                if replaced:
+                    self._report_replaced(entry, workflow, cause, stored)
+                if not self._continues(entry, workflow, stored, queued):
+                    return
+                commands = ()
+                for message in [Message(Recover()), *queued]:
+                    mailbox.put(message)
+                if self.telemetry.enabled and not replaced:
+                    self.telemetry.emit(
+                        "runner.restart",
+                        instance_id=entry.instance.id,
+                        workflow=workflow.name,
+                        metadata={"crashes": len(crashes)},
                     )
-                    if self.telemetry.enabled:
-                        self.telemetry.emit(
-                            "runner.crash",
-                            instance_id=entry.instance.id,
-                            workflow=workflow.name,
-                            metadata={
-                                "error": type(cause).__name__,
-                                "message": str(cause),
-                                "crashes": len(crashes),
-                            },
-                        )
-                    if len(crashes) > self.max_restarts:
-                        entry.mark_done(STUCK)
-                        self._drain(entry, RunnerFailed(self._stuck_message(entry)))
-                        _log.error("%s", self._stuck_message(entry))
-                        return
-                    reload = True
-                    commands = ()
-                    assert entry.mailbox is not None
-                    # Recover must be the first message the new runner sees (and only once).
-                    queued = [
-                        m for m in _take_all(entry.mailbox) if not isinstance(m.input, Recover)
-                    ]
-                    for message in [Message(Recover()), *queued]:
-                        entry.mailbox.put(message)
-                    if self.telemetry.enabled:
-                        self.telemetry.emit(
-                            "runner.restart",
-                            instance_id=entry.instance.id,
-                            workflow=workflow.name,
-                            metadata={"crashes": len(crashes)},
-                        )
             if self._registry.get(entry.instance.id) is entry:
                 del self._registry[entry.instance.id]
             entry.mark_done(FINISHED)
@@ -501,6 +549,125 @@ class Engine:
                         f"the engine closed before instance {entry.instance.id!r} answered"
                     ),
                 )
+
+    def _report_crash(
+        self, entry: Entry, workflow: Workflow, exc: Exception, cause: BaseException, crashes: int
+    ) -> None:
+        _log.error(
+            "runner of instance %r crashed (%d in %.1f s)",
+            entry.instance.id,
+            crashes,
+            self.restart_window,
+            exc_info=exc,
+        )
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "runner.crash",
+                instance_id=entry.instance.id,
+                workflow=workflow.name,
+                metadata={"error": type(cause).__name__, "message": str(cause), "crashes": crashes},
+            )
+
+    async def _reload(self, entry: Entry) -> Instance | None:
+        """Read the instance's stored snapshot, retrying a failing storage with backoff.
+
+        Returns None when nothing (readable) is stored under its id any more.
+        """
+        instance_id = entry.instance.id
+        delay = RETRY_FIRST
+        failures = 0
+        while True:
+            try:
+                return await self.storage.get(instance_id)
+            except CorruptSnapshot:
+                return None  # quarantined and reported by the storage
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    _log.warning(
+                        "reading the snapshot of instance %r failed (%s: %s); retrying",
+                        instance_id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if self.telemetry.enabled:
+                    self.telemetry.emit(
+                        "storage.error",
+                        instance_id=instance_id,
+                        workflow=entry.instance.workflow,
+                        metadata={
+                            "operation": "get",
+                            "error": type(exc).__name__,
+                            "message": str(exc),
+                            "failures": failures,
+                            "retry_in": delay,
+                        },
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _report_replaced(
+        self, entry: Entry, workflow: Workflow, cause: BaseException, stored: Instance | None
+    ) -> None:
+        """Say once that the snapshot changed or vanished under the running instance."""
+        expected = entry.instance.revision
+        if stored is None:
+            what = "was deleted from storage; this engine stops running it"
+        else:
+            what = (
+                f"was replaced in storage (revision {stored.revision}, this engine wrote "
+                f"{expected}); going on from the stored snapshot"
+            )
+        _log.warning("snapshot of instance %r %s", entry.instance.id, what)
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "storage.error",
+                instance_id=entry.instance.id,
+                workflow=workflow.name,
+                metadata={
+                    "operation": "put",
+                    "error": "RevisionConflict",
+                    "message": str(cause),
+                    "reason": "deleted" if stored is None else "replaced",
+                    "expected_revision": expected,
+                    "stored_revision": None if stored is None else stored.revision,
+                },
+            )
+
+    def _continues(
+        self, entry: Entry, workflow: Workflow, stored: Instance | None, queued: Sequence[Message]
+    ) -> bool:
+        """Adopt ``stored`` for the next runner; False (and ``entry`` closed) if none can run it."""
+        instance_id = entry.instance.id
+        if stored is None:
+            if self._registry.get(instance_id) is entry:
+                del self._registry[instance_id]
+            entry.mark_done(GONE)
+            mailbox = entry.mailbox
+            assert mailbox is not None
+            for message in queued:
+                mailbox.put(message)
+            self._drain(
+                entry, InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
+            )
+            return False
+        entry.instance = stored
+        if (stored.workflow, stored.version) != (workflow.name, workflow.version):
+            entry.workflow = self._workflows.get((stored.workflow, stored.version))
+            entry.mark_done(ORPHAN)
+            mailbox = entry.mailbox
+            assert mailbox is not None
+            for message in queued:
+                mailbox.put(message)
+            self._drain(
+                entry,
+                EventRejected(
+                    f"instance {instance_id!r} was replaced in storage by one of workflow "
+                    f"{stored.workflow!r} v{stored.version}: send the request again"
+                ),
+            )
+            return False
+        return True
 
     async def _recover_all(self) -> None:
         """Give every non-terminal stored instance its runner back."""
@@ -534,8 +701,8 @@ class Engine:
 
 
 def _as_dict(value: Any) -> Any:
-    """Copy a mapping to a dict; leave anything else for check_serialisable to reject."""
-    return dict(value) if isinstance(value, Mapping) else value
+    """Turn a mapping that is no dict into one; leave anything else for stored_copy to judge."""
+    return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
 
 
 def _answer_terminal(instance: Instance, event: Input) -> Any:
@@ -554,3 +721,13 @@ def _take_all(mailbox: Mailbox) -> list[Message]:
     while (message := mailbox.take_nowait()) is not None:
         taken.append(message)
     return taken
+
+
+def _check_workflow_arg(workflow: object, version: object) -> None:
+    """Raise InvalidResult unless ``workflow`` is a Workflow or a name and ``version`` an int."""
+    if not isinstance(workflow, Workflow):
+        check_text(workflow, "workflow (an hx.Workflow or its name)")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidResult(
+            f"version must be an int or None, got {type(version).__name__} {version!r}"
+        )

@@ -85,10 +85,16 @@ class Mailbox:
         return message
 
     async def take(self) -> Message:
-        """Return the oldest message, waiting for one if needed. Only one task may call this."""
+        """Return the oldest message, waiting for one if needed. Only one task may call this.
+
+        Cancellation loses nothing: like trio's channels this checks for
+        cancellation before it removes a message and only then yields, shielded,
+        so a cancelled ``take`` leaves every message queued.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         message = self.take_nowait()
         if message is not None:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return message
         self._waiter = trio.lowlevel.current_task()
 
@@ -100,3 +106,14 @@ class Mailbox:
         message = self.take_nowait()
         assert message is not None
         return message
+
+    def put_back(self, messages: list[Message]) -> None:
+        """Queue ``messages`` ahead of everything queued, in their order; never blocks."""
+        if not messages:
+            return
+        if self._items is None:
+            self._items = deque()
+        self._items.extendleft(reversed(messages))
+        if self._waiter is not None:
+            task, self._waiter = self._waiter, None
+            trio.lowlevel.reschedule(task)

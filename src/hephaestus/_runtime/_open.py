@@ -32,7 +32,9 @@ async def open_engine(
     ones fire at once). On exit, however it happens, every runner is
     cancelled and no task is left behind; the stored state stays for the next
     ``open_engine`` on the same storage. A storage that is not open yet is
-    opened here and closed again on exit.
+    opened here and closed again on exit; one the caller opened (its
+    ``is_open`` is true) stays open and stays the caller's. A storage without
+    an ``is_open`` property is taken to be not open yet.
 
     Args:
         workflows: the workflows this engine runs.
@@ -54,7 +56,8 @@ async def open_engine(
             dispatcher.emit("storage.quarantine", metadata={"path": path, "reason": reason})
 
         store.on_quarantine = quarantined  # type: ignore[attr-defined]
-    opened_here = not store.is_open
+    # is_open is optional (API.md): a storage that cannot say it is open is opened here.
+    opened_here = not getattr(store, "is_open", False)
     if opened_here:
         await store.aopen()
     try:

@@ -5,10 +5,22 @@ snapshot -> carry out the commands (start steps, arm and disarm timers) ->
 acknowledge the sender. Step tasks live in the runner's own nursery and report
 back through the same mailbox; armed timers are deadlines the runner sleeps on
 while it waits for mail. So only the runner ever touches the instance.
+
+Storage faults are not bugs. A write that fails for a caller's request fails
+that request (the caller gets the storage's exception) and the runner goes on
+from its last stored snapshot. A write that records what the engine itself
+must not lose (a step's outcome, a timer that fired, a recovery) is retried
+with capped exponential backoff until it is stored, without re-running
+anything; each failure is reported as ``storage.error``. A write refused
+because the stored revision is not the one this runner wrote last means
+someone else changed or deleted the snapshot: the runner stops with
+:class:`SnapshotReplaced` and its supervisor reloads what is stored.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, final
 
@@ -31,7 +43,7 @@ from .._core._engine import (
     apply,
     step_context,
 )
-from .._core._errors import EventRejected
+from .._core._errors import EventRejected, RevisionConflict
 from .._core._model import Instance, Status, Timer
 from .._core._workflow import Workflow
 from ._mailbox import Mailbox, Message
@@ -40,10 +52,31 @@ from ._steprun import run_attempt
 if TYPE_CHECKING:
     from ._engine import Engine
 
+_log = logging.getLogger("hephaestus.engine")
+
 LIVE: Final = "live"
 STUCK: Final = "stuck"
 ORPHAN: Final = "orphan"
 FINISHED: Final = "finished"
+GONE: Final = "gone"
+"""The snapshot was deleted from storage while this engine ran the instance."""
+
+RETRY_FIRST: Final = 0.1
+"""Seconds before the first retry of a write that must be stored; doubled after each failure."""
+RETRY_MAX: Final = 10.0
+"""The longest pause between two retries of such a write."""
+
+
+class SnapshotReplaced(Exception):
+    """The stored snapshot is not the one the runner wrote last: changed or deleted under it.
+
+    ``message`` is the message whose write was refused; a caller's request
+    among them is applied again to what is stored.
+    """
+
+    def __init__(self, message: Message | None, conflict: RevisionConflict) -> None:
+        super().__init__(str(conflict))
+        self.message = message
 
 
 @final
@@ -68,6 +101,13 @@ class Entry:
 
 def _deadline(timer: Timer) -> float:
     return timer.deadline
+
+
+async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
+    """Return the next message, or None once trio's clock reaches ``deadline``."""
+    with trio.move_on_at(deadline):
+        return await mailbox.take()
+    return None
 
 
 @final
@@ -116,18 +156,18 @@ class Runner:
         sleeping instance then costs no more than a parked one.
         """
         clock = self.engine.clock
-        slept_at: float | None = None
         while self.armed:
             timer = min(self.armed.values(), key=_deadline)
             now = clock.now()
             # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
-            # wall clock is slewed or stepped): never fire before the deadline by the
-            # engine's clock, unless that clock stood still while we slept.
-            if now >= timer.deadline or now == slept_at:
+            # wall clock is coarse, slewed, stepped or stands still): a timer fires only
+            # once the engine's clock has reached its deadline; until then sleep again.
+            if now >= timer.deadline:
                 del self.armed[timer.id]
                 return Message(TimerFired(timer.id))
-            slept_at = now
-            with trio.move_on_at(trio.current_time() + (timer.deadline - now)):
+            current = trio.current_time()
+            wake = max(current + (timer.deadline - now), math.nextafter(current, math.inf))
+            with trio.move_on_at(wake):
                 return await mailbox.take()
         return await mailbox.take()
 
@@ -146,18 +186,120 @@ class Runner:
                 message.reply.fail(exc)
             raise
         if transition.changed:
-            try:
-                await engine.storage.put(transition.instance, expected_revision=before.revision)
-            except BaseException as exc:
-                if message.reply is not None:
-                    message.reply.fail(engine.unacknowledged(exc))
-                raise
+            if not await self.persist(transition.instance, before.revision, message):
+                return  # the request's write failed: it was not applied, and said so
             self.instance = self.entry.instance = transition.instance
         if engine.telemetry.enabled:
             self.report(message.input, before, transition)
         self.carry_out(transition.commands)
         if message.reply is not None:
             message.reply.set(transition.reply)
+
+    async def persist(self, instance: Instance, expected: int, message: Message) -> bool:
+        """Store ``instance``; return False if the write failed and ``message``'s caller was told.
+
+        A caller's request whose write fails gets the storage's exception.
+        An internal message (no caller) is the engine's own record: its write
+        is retried with backoff until it is stored.
+
+        Raises:
+            SnapshotReplaced: the stored revision is not ``expected``.
+            trio.Cancelled: the engine is closing (a caller gets EngineClosed).
+        """
+        try:
+            await self.engine.storage.put(instance, expected_revision=expected)
+        except RevisionConflict as exc:
+            raise SnapshotReplaced(message, exc) from None
+        except Exception as exc:
+            if message.reply is not None:
+                self.storage_error(exc, failures=1, retry_in=None)
+                message.reply.fail(exc)
+                return False
+            await self.persist_with_backoff(instance, expected, exc)
+        except BaseException as exc:
+            if message.reply is not None:
+                message.reply.fail(self.engine.unacknowledged(exc))
+            raise
+        return True
+
+    async def persist_with_backoff(
+        self, instance: Instance, expected: int, first_error: Exception
+    ) -> None:
+        """Retry a failed write that must be stored until it is, pausing longer each time.
+
+        Meanwhile internal messages wait their turn, and each caller request
+        that arrives tries the write once more on its own behalf: it proceeds
+        if that write succeeds and gets the storage's exception if not.
+
+        Raises:
+            SnapshotReplaced: a retry found the stored revision is not ``expected``.
+            trio.Cancelled: the engine is closing; queued messages stay queued.
+        """
+        mailbox = self.entry.mailbox
+        assert mailbox is not None
+        put = self.engine.storage.put
+        delay = RETRY_FIRST
+        failures = 1
+        self.storage_error(first_error, failures=failures, retry_in=delay)
+        deferred: list[Message] = []
+        try:
+            while True:
+                wake = trio.current_time() + delay
+                while (message := await _take_until(mailbox, wake)) is not None:
+                    deferred.append(message)
+                    if message.reply is None:
+                        continue
+                    try:
+                        await put(instance, expected_revision=expected)
+                    except RevisionConflict as exc:
+                        raise SnapshotReplaced(None, exc) from None
+                    except Exception as exc:
+                        deferred.pop()
+                        failures += 1
+                        self.storage_error(exc, failures=failures, retry_in=None)
+                        message.reply.fail(exc)
+                        continue
+                    break
+                else:
+                    try:
+                        await put(instance, expected_revision=expected)
+                    except RevisionConflict as exc:
+                        raise SnapshotReplaced(None, exc) from None
+                    except Exception as exc:
+                        failures += 1
+                        delay = min(delay * 2, RETRY_MAX)
+                        self.storage_error(exc, failures=failures, retry_in=delay)
+                        continue
+                _log.warning(
+                    "snapshot of instance %r stored after %d failed writes",
+                    self.instance.id,
+                    failures,
+                )
+                return
+        finally:
+            mailbox.put_back(deferred)
+
+    def storage_error(self, exc: Exception, *, failures: int, retry_in: float | None) -> None:
+        """Report a failed write: ``retry_in`` seconds until the next try, None if none."""
+        if failures == 1:
+            _log.warning(
+                "writing the snapshot of instance %r failed (%s: %s)%s",
+                self.instance.id,
+                type(exc).__name__,
+                exc,
+                "" if retry_in is None else "; retrying with backoff",
+            )
+        if self.engine.telemetry.enabled:
+            self.emit(
+                "storage.error",
+                metadata={
+                    "operation": "put",
+                    "error": type(exc).__name__,
+                    "message": str(exc),
+                    "failures": failures,
+                    "retry_in": retry_in,
+                },
+            )
 
     def carry_out(self, commands: Iterable[Command]) -> None:
         nursery = self.nursery

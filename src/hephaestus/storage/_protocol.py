@@ -16,10 +16,15 @@ class Storage(Protocol):
     ``put`` with ``expected_revision`` is a compare-and-set: it raises
     :class:`RevisionConflict` unless the stored revision (0 when nothing is
     stored) equals it, and then stores nothing.
-    """
 
-    @property
-    def is_open(self) -> bool: ...
+    This is all an adapter must provide. Anything more is optional and used
+    when present: an ``is_open`` property tells ``open_engine`` whether the
+    caller opened the storage already (without it, ``open_engine`` opens it
+    on entry and closes it on exit), ``on_quarantine`` receives unreadable
+    snapshots. ``get`` and ``query`` should return instances the adapter does
+    not keep itself (ours decode stored bytes on every read): the engine hands
+    them to its callers, who may mutate them.
+    """
 
     async def aopen(self) -> None: ...
 
