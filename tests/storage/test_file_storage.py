@@ -21,6 +21,7 @@ from hephaestus import (
     Storage,
 )
 from hephaestus._core._codec import encode_instance
+from hephaestus.storage import _diskio
 from hephaestus.storage._frame import encode_frame
 from hephaestus.storage._lock import LOCK_NAME
 from hephaestus.storage._names import snapshot_name, temp_name
@@ -252,3 +253,31 @@ async def test_every_truncation_and_sampled_bit_flips_are_quarantined_at_open(
             assert [i.id for i in await store.query()] == ["orderid::bystander"]
     assert len(reports) == len(damaged)
     assert len(quarantined(store_path)) == 2 * len(damaged)
+
+
+async def test_recovery_reads_each_snapshot_once(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instances = [
+        make_instance(f"orderid::r{n:03}", status=Status.WAITING if n % 4 else Status.COMPLETED)
+        for n in range(40)
+    ]
+    async with FileStorage(store_path, durable=False) as store:
+        for instance in instances:
+            await store.put(instance)
+    reads: list[str] = []
+    real = _diskio.read_snapshot
+
+    def counting(directory: str, name: str, instance_id: str | None) -> Instance | None:
+        reads.append(name)
+        return real(directory, name, instance_id)
+
+    monkeypatch.setattr(_diskio, "read_snapshot", counting)
+    async with FileStorage(store_path) as store:  # open scan + recovery's query: one read each
+        active = await store.query(status=[Status.WAITING, Status.RUNNING])
+        assert active == [i for i in instances if i.status is Status.WAITING]
+        assert sorted(reads) == sorted(set(reads))
+        assert len(reads) == len(instances)
+        await store.put(make_instance("orderid::r001", revision=2, status=Status.RUNNING))
+        assert (await store.query(status=Status.RUNNING))[0].revision == 2  # later: from disk
+        assert len(reads) == len(instances) + 1

@@ -33,7 +33,14 @@ from . import _diskio
 from ._errors import NotAStore
 from ._lock import StoreLock
 from ._protocol import StorageBase, status_filter
-from ._sqlite_schema import HEADER, SchemaError, check_readable, migrate
+from ._sqlite_schema import (
+    HEADER,
+    SchemaError,
+    check_migratable,
+    check_readable,
+    migrate,
+    user_version,
+)
 from ._sqlite_writer import Request, Row, Writer, fault
 
 _log: Final = logging.getLogger("hephaestus.storage")
@@ -169,6 +176,7 @@ class SQLiteStorage(StorageBase):
             _check_header(self.path)
         conn = self._connect(self.path, uri=False)
         try:
+            check_migratable(conn, self.path, user_version(conn))  # before changing anything
             _use_wal(conn, self.path)
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
             migrate(conn, self.path)

@@ -94,7 +94,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = user_version(conn)
-        _check_migratable(conn, path, found)
+        check_migratable(conn, path, found)
         for script in MIGRATIONS[found:]:
             for statement in script.split(";"):
                 if statement.strip():
@@ -109,7 +109,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> int:
     return found
 
 
-def _check_migratable(conn: sqlite3.Connection, path: str, found: int) -> None:
+def check_migratable(conn: sqlite3.Connection, path: str, found: int) -> None:
     """Raise SchemaError unless a database at schema ``found`` can be migrated here."""
     current = schema_version()
     if found > current:

@@ -217,7 +217,8 @@ class Writer:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # the rollback of a failed commit may fail too; SQLite recovers on open
-            error, damaged = fault(exc, f"a transaction of {len(batch)} writes to {self._describe}")
+            noun = "write" if len(batch) == 1 else "writes"
+            error, damaged = fault(exc, f"a transaction of {len(batch)} {noun} to {self._describe}")
             if damaged:
                 self.failure = error
             self._fail(batch, error)
