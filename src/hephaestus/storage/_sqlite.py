@@ -232,15 +232,15 @@ class SQLiteStorage(StorageBase):
         with trio.CancelScope(shield=True):
             if self._idle is not None:
                 await self._idle.wait()
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                self._commits_before += writer.commits
-                await self._run(writer.stop)
             with self._readers_lock:
                 self._pooling = False
                 readers, self._readers = self._readers, []
             for conn in readers:
                 conn.close()
+            writer, self._writer = self._writer, None
+            if writer is not None:  # the last connection: SQLite checkpoints and drops the WAL
+                self._commits_before += writer.commits
+                await self._run(writer.stop)
             await self._release_lock()
 
     async def _release_lock(self) -> None:
