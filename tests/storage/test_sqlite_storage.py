@@ -483,3 +483,19 @@ async def test_a_really_full_disk_fails_the_batch_and_the_store_heals(tiny_disk:
         await store.put(make_instance("orderid::after", metadata=pad))
         assert await store.get("orderid::after") is not None
     assert integrity(db) == "ok"
+
+
+async def test_a_fenced_put_may_change_the_workflow_and_version_columns(db: Path) -> None:
+    async with SQLiteStorage(db) as store:
+        await store.put(make_instance("orderid::m", workflow="order"), expected_revision=0)
+        changed = hx.Instance(id="orderid::m", workflow="payment", version=3, revision=2)
+        await store.put(changed, expected_revision=1)
+        assert [i.id for i in await store.query(workflow="payment")] == ["orderid::m"]
+        assert await store.query(workflow="order") == []
+        with pytest.raises(RevisionConflict, match="at revision 2, not the expected 1"):
+            await store.put(make_instance("orderid::m", revision=3), expected_revision=1)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT workflow, version, revision FROM instances").fetchall() == [
+        ("payment", 3, 2)
+    ]
+    conn.close()
