@@ -499,3 +499,16 @@ async def test_a_fenced_put_may_change_the_workflow_and_version_columns(db: Path
         ("payment", 3, 2)
     ]
     conn.close()
+
+
+def test_a_store_opened_in_another_trio_run_refuses_writes_instead_of_hanging(db: Path) -> None:
+    store = SQLiteStorage(db)
+    trio.run(store.aopen)
+    with pytest.raises(RuntimeError, match=r"opened in another trio\.run"):
+        trio.run(store.put, make_instance())
+
+    async def close() -> None:
+        await store.aclose()
+
+    trio.run(close)
+    assert rows(db) == {}

@@ -371,6 +371,10 @@ class SQLiteStorage(StorageBase):
         writer = self._writer
         assert writer is not None
         assert self._idle is not None
+        if trio.lowlevel.current_trio_token() is not writer.token:
+            raise RuntimeError(
+                f"{self!r} was opened in another trio.run: open and use it in the same one"
+            )
         request.task = trio.lowlevel.current_task()
         if self._pending == 0:
             self._idle = trio.Event()

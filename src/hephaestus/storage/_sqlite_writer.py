@@ -157,7 +157,7 @@ class Writer:
         describe: str,
     ) -> None:
         self._conn = conn
-        self._token = token
+        self.token = token
         self._describe = describe
         self._queue: queue.SimpleQueue[Request | object] = queue.SimpleQueue()
         self.failure: OSError | None = None
@@ -199,7 +199,7 @@ class Writer:
                     batch.append(item)  # type: ignore[arg-type]
                 self._run(batch)
                 with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
-                    self._token.run_sync_soon(_deliver, batch)
+                    self.token.run_sync_soon(_deliver, batch)
                 if stop:
                     return
         finally:
