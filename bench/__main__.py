@@ -23,8 +23,9 @@ GROUPS: dict[str, str] = {
     "throughput": "scenarios 1, 2, 9: linear and fan-out instances/s vs bare Trio, scaling",
     "parked": "scenarios 3, 5, 8: memory per parked instance, recovery from MemoryStorage, "
     "resumes/s, start cost vs population",
-    "durable": "scenario 4: FileStorage workflows/s and puts/s vs the raw-disk limit, bytes",
-    "recovery": "scenario 5: open_engine entry to all runners live, from FileStorage",
+    "durable": "scenario 4: FileStorage and SQLiteStorage workflows/s vs the raw-disk limit, "
+    "fsyncs and bytes per workflow",
+    "recovery": "scenario 5: open_engine entry to all runners live, from FileStorage and SQLite",
     "timers_scenario": "scenario 6: timers on distinct deadlines, virtual time (bench/timers.py)",
     "telemetry": "scenario 7: scenario 1 with no handler, a no-op handler, LogHandler",
 }

@@ -1,15 +1,15 @@
-"""Scenario 5 on FileStorage: recovery, from ``open_engine`` entry to every runner live.
+"""Scenario 5 on FileStorage and SQLiteStorage: recovery, from ``open_engine`` to all runners live.
 
 (MemoryStorage recovery is measured in ``parked``, on the instances it parks.)
 
 In a fresh interpreter per (storage, N): park N instances of a one-step
-``WaitForEvent`` workflow (a FileStorage store is filled with
-``durable=False``, which changes nothing on disk but the fsyncs), close the
+``WaitForEvent`` workflow (a store is filled with ``durable=False``, which
+changes nothing on disk but the fsyncs), close the
 engine, then open a new engine on the same store ``1 + repeats`` times, each
 in its own ``trio.run``, the first as the warm-up. The figure is the time
 from entering ``open_engine`` to the moment every task is blocked, checked by
-counting one ``runner.init`` telemetry event per stored instance. FileStorage
-recoveries therefore read from a warm page cache (dropping it needs root).
+counting one ``runner.init`` telemetry event per stored instance. Recoveries
+therefore read from a warm page cache (dropping it needs root).
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def child(kind: str, n: int, repeats: int, warmup: bool, tmp_dir: str) -> dict[s
         memory = hx.MemoryStorage()
 
         def store(durable: bool) -> hx.Storage:
+            if kind == "sqlite":
+                return hx.SQLiteStorage(path + ".sqlite", durable=durable)
             return memory if kind == "memory" else hx.FileStorage(path, durable=durable)
 
         began = time.perf_counter()
@@ -101,24 +103,29 @@ def child(kind: str, n: int, repeats: int, warmup: bool, tmp_dir: str) -> dict[s
 
 
 def run(cfg: Config) -> Section:
-    section = Section("Recovery from FileStorage (scenario 5)")
+    section = Section("Recovery from FileStorage and SQLiteStorage (scenario 5)")
     missing = file_storage_missing(cfg.tmp_dir)
     if missing:
         section.notes.append(f"SKIPPED FileStorage recovery: {missing}")
         return section
     if not (cfg.full or cfg.smoke):
         section.notes.append(
-            f"N={SIZES[-1]:,} on FileStorage runs only with --full (filling "
-            "the store alone takes minutes on this disk)"
+            f"N={SIZES[-1]:,} runs only with --full (filling a FileStorage store alone "
+            "takes minutes on this disk)"
         )
+    for kind, label in (("file", "FileStorage(durable=True)"), ("sqlite", "SQLiteStorage")):
+        _recovery_rows(cfg, section, kind, label)
+    return section
+
+
+def _recovery_rows(cfg: Config, section: Section, kind: str, label: str) -> None:
     seconds: dict[int, Stat] = {}
-    label = "FileStorage(durable=True)"
     for size in SIZES[:1] if cfg.smoke or not cfg.full else SIZES:
         n = cfg.size(size)
-        cfg.log(f"scenario 5: file storage, N={n:,} (fill, then 1 + {cfg.repeats} recoveries)")
+        cfg.log(f"scenario 5: {label}, N={n:,} (fill, then 1 + {cfg.repeats} recoveries)")
         result = in_subprocess(
             "recovery:child",
-            kind="file",
+            kind=kind,
             n=n,
             repeats=cfg.repeats,
             warmup=not cfg.smoke,
@@ -148,4 +155,3 @@ def run(cfg: Config) -> Section:
         section.notes.append(
             f"{label}: filling {n:,} parked instances took {result['filled_s']:.1f} s"
         )
-    return section

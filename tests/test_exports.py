@@ -29,6 +29,7 @@ API_NAMES = [
     "Storage",
     "MemoryStorage",
     "FileStorage",
+    "SQLiteStorage",
     "TelemetryEvent",
     "LogHandler",
     "testing",

@@ -49,6 +49,7 @@ from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "Storage",
     "MemoryStorage",
     "FileStorage",
+    "SQLiteStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",

@@ -400,8 +400,15 @@ class DemoResult:
     ok: bool
 
 
-async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
-    """Run ``n`` orders on the FileStorage at ``path``: engine 1, a crash, engine 2."""
+def _storage(kind: str, path: str, *, read_only: bool = False) -> hx.Storage:
+    """The demo's store at ``path``: ``kind`` is "files" (FileStorage) or "sqlite"."""
+    if kind == "sqlite":
+        return hx.SQLiteStorage(path, read_only=read_only)
+    return hx.FileStorage(path, read_only=read_only)
+
+
+async def demo_run(path: str, n: int, reporter: Reporter, kind: str = "files") -> DemoResult:
+    """Run ``n`` orders on the store (``kind``) at ``path``: engine 1, a crash, engine 2."""
     token = secrets.token_hex(2)  # a fresh id prefix, so a reused --store starts new orders
     client = _Client(n, planned=sum(_confirm_after(i) is not None for i in range(n)))
     t0 = trio.current_time()
@@ -410,7 +417,7 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
     reporter.phase("engine 1", n)
     with trio.CancelScope() as crash:
         async with (
-            hx.open_engine(workflows=[order], storage=hx.FileStorage(path)) as engine,
+            hx.open_engine(workflows=[order], storage=_storage(kind, path)) as engine,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(_watch, engine, client, reporter, t0)
@@ -427,7 +434,7 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
     ids = [client.ids[i] for i in range(n)]
     ours = set(ids)
     # What the crash left on disk, seen the way `hephaestus list` sees it.
-    async with hx.FileStorage(path, read_only=True) as view:
+    async with _storage(kind, path, read_only=True) as view:
         counts = Counter(i.status for i in await view.query(workflow=order.name) if i.id in ours)
     reporter.end_phase(
         "crashed",
@@ -437,7 +444,7 @@ async def demo_run(path: str, n: int, reporter: Reporter) -> DemoResult:
 
     # ---- engine 2: reopen the store, recover, finish -----------------------------------
     t_open = trio.current_time()
-    async with hx.open_engine(workflows=[order], storage=hx.FileStorage(path)) as engine:
+    async with hx.open_engine(workflows=[order], storage=_storage(kind, path)) as engine:
         recovery = trio.current_time() - t_open
         unfinished = [
             i for i in await engine.list(workflow=order.name, status=ACTIVE) if i.id in ours
@@ -539,31 +546,39 @@ def _interest(instance: hx.Instance) -> tuple[bool, bool, bool]:
 
 
 @contextlib.contextmanager
-def _store_dir(store: str | None) -> Iterator[str]:
+def _store_dir(store: str | None, kind: str = "files") -> Iterator[str]:
     if store is not None:
-        os.makedirs(store, exist_ok=True)
+        os.makedirs(
+            store if kind == "files" else os.path.dirname(os.path.abspath(store)), exist_ok=True
+        )
         yield store
         return
     with tempfile.TemporaryDirectory(prefix="hephaestus-demo-") as path:
-        yield path
+        yield path if kind == "files" else os.path.join(path, "demo.sqlite")
 
 
-def run_demo(*, store: str | None, instances: int, reporter: Reporter | None = None) -> int:
+def run_demo(
+    *,
+    store: str | None,
+    instances: int,
+    reporter: Reporter | None = None,
+    storage: str = "files",
+) -> int:
     """Run the demo; return the exit status (0 when every instance finished)."""
     reporter = reporter if reporter is not None else make_reporter()
     try:
-        with _store_dir(store) as path:
+        with _store_dir(store, storage) as path:
             where = path if store is not None else f"{path} (temporary)"
             reporter.line(
                 f"hephaestus demo: {instances} {'order' if instances == 1 else 'orders'} "
                 "of workflow 'order' on "
-                f"FileStorage {where}"
+                f"{'SQLiteStorage' if storage == 'sqlite' else 'FileStorage'} {where}"
             )
             reporter.line(
                 "each order: validate -> payment (fails its 1st attempt, retried) + inventory "
                 f"-> pack (join) -> wait for delivery (timeout {DELIVERY_TIMEOUT:g}s) -> close"
             )
-            result = trio.run(demo_run, path, instances, reporter)
+            result = trio.run(demo_run, path, instances, reporter, storage)
             notes: list[str] = []
             if store is not None:
                 quoted = shlex.quote(store)

@@ -186,23 +186,24 @@ def _print_json(value: Any) -> None:
 
 
 class _ReadOnlyStore:
-    """A read-only FileStorage plus the bad snapshots it came across.
+    """A read-only store (FileStorage or SQLiteStorage) plus the bad snapshots it came across.
 
     Bad snapshots are reported once each, as ``hephaestus: warning: ...`` lines
     on stderr, instead of through the storage's log records.
     """
 
     def __init__(self, path: str, *, warn: bool = True) -> None:
-        if not os.path.exists(path):
-            raise CliError(f"no store at {path!r}: the directory does not exist")
-        if not os.path.isdir(path):
-            raise CliError(f"no store at {path!r}: it is not a directory")
-        from .storage import FileStorage
+        from .storage._errors import NotAStore
+        from .storage._locate import store_at
 
+        try:
+            self.storage = store_at(path, read_only=True)  # a FileStorage dir or SQLite file
+        except NotAStore as exc:
+            raise CliError(str(exc)) from None
         logging.getLogger("hephaestus.storage").setLevel(logging.CRITICAL)
         self.bad: dict[str, str] = {}
         self.warn = warn
-        self.storage = FileStorage(path, read_only=True, on_quarantine=self._bad)
+        self.storage.on_quarantine = self._bad
 
     def _bad(self, path: str, reason: str) -> None:
         if path not in self.bad:
@@ -328,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(f"--instances must be at least 1, got {args.instances}")
     from ._demo import run_demo
 
-    return run_demo(store=args.store, instances=args.instances)
+    return run_demo(store=args.store, instances=args.instances, storage=args.storage)
 
 
 def _int(text: str) -> int:
@@ -354,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--store", metavar="PATH", help="store directory to use (default: a temporary directory)"
+    )
+    demo.add_argument(
+        "--storage",
+        choices=("files", "sqlite"),
+        default="files",
+        help="FileStorage (a directory, the default) or SQLiteStorage (--store is then a file)",
     )
     demo.add_argument(
         "--instances",

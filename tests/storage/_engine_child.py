@@ -1,7 +1,8 @@
-"""Child of the engine-level kill -9 test: ``python _engine_child.py STORE COUNT``.
+"""Child of the engine-level kill -9 test: ``python _engine_child.py KIND STORE COUNT``.
 
-Opens an engine on ``FileStorage(STORE)`` (recovering what earlier, killed
-children left), prints ``ready``, then drives instances 0..COUNT-1 (start,
+Opens an engine on ``FileStorage(STORE)`` or ``SQLiteStorage(STORE)`` (KIND is
+``files`` or ``sqlite``), recovering what earlier, killed children left,
+prints ``ready``, then drives instances 0..COUNT-1 (start,
 then resume; ``ack ...`` lines once each returns) from 20 tasks, waits for
 them all, prints ``all done`` and waits to be killed.
 """
@@ -24,8 +25,9 @@ def say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-async def main(path: str, count: int) -> None:
-    async with hx.open_engine(workflows=[KILL9], storage=hx.FileStorage(path)) as engine:
+async def main(kind: str, path: str, count: int) -> None:
+    storage = hx.SQLiteStorage(path) if kind == "sqlite" else hx.FileStorage(path)
+    async with hx.open_engine(workflows=[KILL9], storage=storage) as engine:
         say("ready")
         limiter = trio.CapacityLimiter(20)
 
@@ -43,4 +45,4 @@ async def main(path: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], int(sys.argv[2]))
+    trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))

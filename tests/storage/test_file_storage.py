@@ -1,4 +1,8 @@
-"""FileStorage behaves like MemoryStorage, survives reopening, and quarantines bad files."""
+"""FileStorage on disk: its files, hostile ids, leftovers, and quarantine of bad snapshots.
+
+What every adapter does (round trips, queries, compare-and-set, locking,
+read-only) is in test_storage_protocol.py, run against FileStorage too.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,16 @@ from pathlib import Path
 
 import pytest
 import trio
-from _fs_samples import make_instance, varied_instances
+from _fs_samples import make_instance
 
 from hephaestus import (
     FileStorage,
     Instance,
-    MemoryStorage,
-    RevisionConflict,
     Status,
     Storage,
-    StorageLocked,
 )
 from hephaestus._core._codec import encode_instance
+from hephaestus.storage import _diskio
 from hephaestus.storage._frame import encode_frame
 from hephaestus.storage._lock import LOCK_NAME
 from hephaestus.storage._names import snapshot_name, temp_name
@@ -40,28 +42,6 @@ def quarantined(store_path: Path) -> list[str]:
     return sorted(p.name for p in qdir.iterdir()) if qdir.exists() else []
 
 
-def test_file_storage_is_a_storage(store_path: Path) -> None:
-    assert isinstance(FileStorage(store_path), Storage)
-
-
-async def test_round_trip_of_every_shape(store_path: Path) -> None:
-    instances = varied_instances()
-    async with FileStorage(store_path) as store:
-        for instance in instances:
-            await store.put(instance)
-        for instance in instances:
-            assert await store.get(instance.id) == instance
-    async with FileStorage(store_path) as store:  # and from disk, through the open-time scan
-        for instance in instances:
-            assert await store.get(instance.id) == instance
-        assert await store.query() == sorted(instances, key=lambda i: i.id)
-
-
-async def test_get_of_a_missing_id_is_none(store_path: Path) -> None:
-    async with FileStorage(store_path) as store:
-        assert await store.get("orderid::nope") is None
-
-
 async def test_put_replaces(store_path: Path) -> None:
     async with FileStorage(store_path) as store:
         await store.put(make_instance(revision=1))
@@ -79,102 +59,12 @@ async def _fill(store: Storage) -> None:
     await store.put(make_instance("orderid::d", workflow="order", status=Status.WAITING))
 
 
-async def test_query_matches_memory_storage(store_path: Path) -> None:
-    memory = MemoryStorage()
-    async with FileStorage(store_path, durable=False) as files, memory:
-        await _fill(files)
-        await _fill(memory)
-        for workflow in (None, "order", "payment", "nothing"):
-            for status in (
-                None,
-                Status.WAITING,
-                "completed",
-                [Status.RUNNING, Status.WAITING],
-                (),
-            ):
-                expected = await memory.query(workflow=workflow, status=status)  # type: ignore[arg-type]
-                got = await files.query(workflow=workflow, status=status)  # type: ignore[arg-type]
-                assert got == expected, (workflow, status)
-        with pytest.raises(ValueError, match="status must be one of"):
-            await files.query(status="sleeping")  # type: ignore[arg-type]
-
-
-async def test_query_follows_status_changes_and_reopen(store_path: Path) -> None:
-    async with FileStorage(store_path) as store:
-        await _fill(store)
-        await store.put(make_instance("orderid::a", status=Status.COMPLETED, revision=2))
-        ids = [i.id for i in await store.query(status=Status.COMPLETED)]
-        assert ids == ["orderid::a", "orderid::b"]
-    async with FileStorage(store_path) as store:
-        assert [i.id for i in await store.query(status=Status.COMPLETED)] == ids
-        assert [i.id for i in await store.query(workflow="payment")] == ["payid::c"]
-
-
-async def test_delete(store_path: Path) -> None:
+async def test_delete_removes_the_file(store_path: Path) -> None:
     async with FileStorage(store_path) as store:
         await _fill(store)
         await store.delete("orderid::a")
-        await store.delete("orderid::a")  # again: fine
-        await store.delete("never::there")
-        assert await store.get("orderid::a") is None
-        assert "orderid::a" not in [i.id for i in await store.query()]
     assert not snap(store_path, "orderid::a").exists()
-    async with FileStorage(store_path) as store:
-        assert await store.get("orderid::a") is None
-        assert len(await store.query()) == 3
-
-
-async def test_expected_revision_is_compare_and_set(store_path: Path) -> None:
-    async with FileStorage(store_path) as store:
-        with pytest.raises(RevisionConflict, match="revision 0, not the expected 1"):
-            await store.put(make_instance(revision=2), expected_revision=1)
-        assert await store.get("orderid::abc-1") is None
-        await store.put(make_instance(revision=1), expected_revision=0)
-        await store.put(make_instance(revision=2), expected_revision=1)
-        with pytest.raises(RevisionConflict, match="at revision 2, not the expected 1"):
-            await store.put(make_instance(revision=3), expected_revision=1)
-        got = await store.get("orderid::abc-1")
-        assert got is not None
-        assert got.revision == 2
-        await store.delete("orderid::abc-1")
-        await store.put(make_instance(revision=1), expected_revision=0)  # deleted counts as 0
-    async with FileStorage(store_path) as store:  # the index is rebuilt from disk
-        with pytest.raises(RevisionConflict):
-            await store.put(make_instance(revision=2), expected_revision=0)
-        await store.put(make_instance(revision=2), expected_revision=1)
-
-
-async def test_concurrent_compare_and_set_lets_exactly_one_win(store_path: Path) -> None:
-    wins: list[int] = []
-    async with FileStorage(store_path) as store:
-
-        async def attempt(n: int) -> None:
-            try:
-                await store.put(make_instance(revision=1, metadata={"n": n}), expected_revision=0)
-            except RevisionConflict:
-                return
-            wins.append(n)
-
-        async with trio.open_nursery() as nursery:
-            for n in range(20):
-                nursery.start_soon(attempt, n)
-        assert len(wins) == 1
-        got = await store.get("orderid::abc-1")
-        assert got is not None
-        assert got.metadata == {"n": wins[0]}
-
-
-async def test_many_concurrent_durable_puts(store_path: Path) -> None:
-    async with FileStorage(store_path) as store:
-        async with trio.open_nursery() as nursery:
-            for n in range(100):
-                nursery.start_soon(store.put, make_instance(f"orderid::n{n}", revision=n + 1))
-        assert len(await store.query()) == 100
-    async with FileStorage(store_path) as store:
-        for n in range(100):
-            got = await store.get(f"orderid::n{n}")
-            assert got is not None
-            assert got.revision == n + 1
+    assert snap(store_path, "orderid::b").exists()
 
 
 async def test_hostile_ids_stay_inside_the_store(tmp_path: Path) -> None:
@@ -192,54 +82,6 @@ async def test_hostile_ids_stay_inside_the_store(tmp_path: Path) -> None:
             got = await store.get(iid)
             assert got is not None
             assert (got.id, got.revision) == (iid, n + 1)
-
-
-async def test_use_outside_open_is_an_error(store_path: Path) -> None:
-    store = FileStorage(store_path)
-    with pytest.raises(RuntimeError, match="not open"):
-        await store.get("x")
-    async with store:
-        await store.put(make_instance())
-    await store.aclose()  # twice: harmless
-    with pytest.raises(RuntimeError, match="not open"):
-        await store.put(make_instance())
-    async with store:  # the same object can be reopened
-        assert await store.get("orderid::abc-1") == make_instance()
-
-
-async def test_second_opener_in_this_process_is_refused(store_path: Path) -> None:
-    async with FileStorage(store_path):
-        with pytest.raises(StorageLocked, match=rf"locked by process {os.getpid()}") as info:
-            async with FileStorage(store_path):
-                pass  # pragma: no cover
-        assert str(store_path) in str(info.value)
-    async with FileStorage(store_path):  # released on close
-        pass
-
-
-async def test_read_only_takes_no_lock_and_refuses_writes(store_path: Path) -> None:
-    async with FileStorage(store_path) as writer:
-        await _fill(writer)
-        async with FileStorage(store_path, read_only=True) as reader:
-            assert [i.id for i in await reader.query(workflow="order")] == [
-                "orderid::a",
-                "orderid::b",
-                "orderid::d",
-            ]
-            await writer.put(make_instance("orderid::e"))  # the reader sees new writes
-            assert await reader.get("orderid::e") == make_instance("orderid::e")
-            assert len(await reader.query()) == 5
-            with pytest.raises(RuntimeError, match="read-only"):
-                await reader.put(make_instance("orderid::f"))
-            with pytest.raises(RuntimeError, match="read-only"):
-                await reader.delete("orderid::a")
-
-
-async def test_read_only_on_a_missing_directory(store_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no store at"):
-        async with FileStorage(store_path, read_only=True):
-            pass  # pragma: no cover
-    assert "store" not in os.listdir(store_path.parent)
 
 
 async def test_leftover_temp_files_are_removed_and_foreign_files_ignored(
@@ -377,11 +219,6 @@ async def test_many_instances_reopen_quickly(store_path: Path) -> None:
         assert got == instances
 
 
-def test_an_empty_path_is_refused() -> None:
-    with pytest.raises(ValueError, match="needs the path"):
-        FileStorage("")
-
-
 async def test_a_quarantine_that_cannot_be_created_does_not_stop_open(store_path: Path) -> None:
     os.makedirs(store_path)
     (store_path / "quarantine").write_bytes(b"a file where the directory should be")
@@ -416,3 +253,31 @@ async def test_every_truncation_and_sampled_bit_flips_are_quarantined_at_open(
             assert [i.id for i in await store.query()] == ["orderid::bystander"]
     assert len(reports) == len(damaged)
     assert len(quarantined(store_path)) == 2 * len(damaged)
+
+
+async def test_recovery_reads_each_snapshot_once(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instances = [
+        make_instance(f"orderid::r{n:03}", status=Status.WAITING if n % 4 else Status.COMPLETED)
+        for n in range(40)
+    ]
+    async with FileStorage(store_path, durable=False) as store:
+        for instance in instances:
+            await store.put(instance)
+    reads: list[str] = []
+    real = _diskio.read_snapshot
+
+    def counting(directory: str, name: str, instance_id: str | None) -> Instance | None:
+        reads.append(name)
+        return real(directory, name, instance_id)
+
+    monkeypatch.setattr(_diskio, "read_snapshot", counting)
+    async with FileStorage(store_path) as store:  # open scan + recovery's query: one read each
+        active = await store.query(status=[Status.WAITING, Status.RUNNING])
+        assert active == [i for i in instances if i.status is Status.WAITING]
+        assert sorted(reads) == sorted(set(reads))
+        assert len(reads) == len(instances)
+        await store.put(make_instance("orderid::r001", revision=2, status=Status.RUNNING))
+        assert (await store.query(status=Status.RUNNING))[0].revision == 2  # later: from disk
+        assert len(reads) == len(instances) + 1

@@ -1,4 +1,4 @@
-"""Kill -9 an engine running on FileStorage at random moments; nothing acknowledged is lost.
+"""Kill -9 an engine running on FileStorage or SQLiteStorage at random moments; nothing is lost.
 
 Round r runs a child engine (``_engine_child.py``) that recovers the store and
 drives instances 0..10(r+1)-1 (start, then resume: each round adds new work),
@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -26,13 +27,21 @@ import hephaestus as hx
 
 CHILD = str(Path(__file__).with_name("_engine_child.py"))
 ROUNDS = int(os.environ.get("HEPHAESTUS_ENGINE_KILL_ROUNDS", "30"))
-PER_ROUND = 10
+SQLITE_ROUNDS = int(os.environ.get("HEPHAESTUS_ENGINE_KILL_ROUNDS", "12"))
+PER_ROUND = {"files": 10, "sqlite": 50}  # SQLite is faster: more work, so kills land mid-run
 
 
-async def run_child(path: Path, count: int, kill_after: float) -> list[str]:
+def open_store(kind: str, path: Path, **options: Any) -> hx.Storage:
+    """The store the children use: ``path`` is a directory (files) or a file (sqlite)."""
+    if kind == "sqlite":
+        return hx.SQLiteStorage(path, **options)
+    return hx.FileStorage(path, **options)
+
+
+async def run_child(kind: str, path: Path, count: int, kill_after: float) -> list[str]:
     """Run one child until ``kill_after`` seconds after it is ready; return its lines."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, CHILD, str(path), str(count)], stdout=-1
+        [sys.executable, CHILD, kind, str(path), str(count)], stdout=-1
     )
     lines: list[str] = []
     ready = trio.Event()
@@ -61,8 +70,11 @@ async def run_child(path: Path, count: int, kill_after: float) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_engine_survives_sigkill_at_random_moments(store_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["files", "sqlite"])
+async def test_engine_survives_sigkill_at_random_moments(store_path: Path, kind: str) -> None:
+    rounds = SQLITE_ROUNDS if kind == "sqlite" else ROUNDS
     rng = random.Random(99)
+    interrupted = 0
     started: set[str] = set()
     resumed: set[str] = set()
     reports: list[tuple[str, str]] = []
@@ -71,24 +83,28 @@ async def test_engine_survives_sigkill_at_random_moments(store_path: Path) -> No
         reports.append((path, reason))
 
     began = time.monotonic()
-    for round_ in range(ROUNDS):
-        lines = await run_child(store_path, PER_ROUND * (round_ + 1), rng.uniform(0.005, 0.150))
+    for round_ in range(rounds):
+        lines = await run_child(
+            kind, store_path, PER_ROUND[kind] * (round_ + 1), rng.uniform(0.005, 0.150)
+        )
+        interrupted += "all done" not in lines
         for line in lines:
             if line.startswith("ack start "):
                 started.add(line.split()[-1])
             elif line.startswith("ack resume "):
                 resumed.add(line.split()[-1])
-        async with hx.FileStorage(store_path, read_only=True, on_quarantine=report) as store:
+        async with open_store(kind, store_path, read_only=True, on_quarantine=report) as store:
             stored = {i.id: i for i in await store.query()}
         assert reports == [], f"round {round_}: {reports}"
         assert started <= set(stored), f"round {round_}: lost {started - set(stored)}"
         for iid in resumed:
             n = int(iid.removeprefix("k::i"))
             assert f"go-{n}" in stored[iid].dedupe_keys, f"round {round_}: lost resume of {iid}"
-    total = PER_ROUND * ROUNDS
-    assert len(started) >= ROUNDS  # the children did real work before being killed
+    total = PER_ROUND[kind] * rounds
+    assert len(started) >= rounds  # the children did real work before being killed
+    assert interrupted >= rounds // 3  # and many kills landed while they worked
 
-    async with hx.open_engine(workflows=[KILL9], storage=hx.FileStorage(store_path)) as engine:
+    async with hx.open_engine(workflows=[KILL9], storage=open_store(kind, store_path)) as engine:
         async with trio.open_nursery() as nursery:
             for n in range(total):
                 nursery.start_soon(drive, engine, n, lambda line: None)
@@ -97,6 +113,7 @@ async def test_engine_survives_sigkill_at_random_moments(store_path: Path) -> No
             assert final.status == hx.Status.COMPLETED, final
             assert final.results == expected_results(n), final
     print(
-        f"{ROUNDS} engine kills in {time.monotonic() - began:.1f}s: {len(started)} starts and "
+        f"{rounds} engine kills ({kind}, {interrupted} mid-run) in "
+        f"{time.monotonic() - began:.1f}s: {len(started)} starts and "
         f"{len(resumed)} resumes acknowledged by killed children, {total} instances completed"
     )

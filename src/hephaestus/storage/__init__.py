@@ -1,7 +1,8 @@
-"""Storage adapters: the Storage protocol, MemoryStorage and FileStorage."""
+"""Storage adapters: the Storage protocol, MemoryStorage, FileStorage and SQLiteStorage."""
 
 from ._file import FileStorage as FileStorage
 from ._memory import MemoryStorage as MemoryStorage
 from ._protocol import Storage as Storage
+from ._sqlite import SQLiteStorage as SQLiteStorage
 
-__all__ = ["FileStorage", "MemoryStorage", "Storage"]
+__all__ = ["FileStorage", "MemoryStorage", "SQLiteStorage", "Storage"]

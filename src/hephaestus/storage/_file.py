@@ -17,7 +17,9 @@ atomic.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Callable, Collection, Iterator
@@ -107,6 +109,14 @@ class FileStorage(StorageBase):
         self.on_quarantine = on_quarantine
         self._index: dict[str, _Entry] = {}
         self._stale: set[str] = set()
+        self._sorted: list[str] | None = None
+        """The indexed ids in order, kept until an id is added or removed (for paging)."""
+        self._scanned: dict[str, Instance] | None = None
+        """The snapshots decoded by the open-time scan, until the first query.
+
+        Recovery queries every active instance right after opening: this
+        answers it without reading every file a second time. A put or delete
+        drops its id from here."""
         self._locks = KeyedLock()
         self._store_lock: StoreLock | None = None
         self._limiter: trio.CapacityLimiter | None = None
@@ -131,6 +141,8 @@ class FileStorage(StorageBase):
         self._limiter = trio.CapacityLimiter(_THREADS)
         self._index.clear()
         self._stale.clear()
+        self._sorted = None
+        self._scanned = None
         self._operations = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -146,6 +158,7 @@ class FileStorage(StorageBase):
             raise
         for instance in found.instances:
             self._index[instance.id] = _Entry(instance.workflow, instance.status, instance.revision)
+        self._scanned = {instance.id: instance for instance in found.instances}
         for name in found.temps_removed:
             _log.info("removed leftover temp file %s", os.path.join(self.path, name))
         for path, reason in found.bad:
@@ -176,6 +189,7 @@ class FileStorage(StorageBase):
                 await self._idle.wait()
             await self._release_lock()
         self._dir_sync = None
+        self._scanned = None
 
     async def _release_lock(self) -> None:
         """Release the store lock if this object holds it."""
@@ -234,12 +248,16 @@ class FileStorage(StorageBase):
                         f"not the expected {expected_revision}"
                     )
                 self._check_writable()
+                if self._scanned is not None:
+                    self._scanned.pop(instance.id, None)
                 try:
                     await self._run(self._write, name, data, self._durability())
                 except BaseException:
                     # The rename may or may not have happened: re-read the file next time.
                     self._stale.add(instance.id)
                     raise
+                if instance.id not in self._index:
+                    self._sorted = None
                 self._index[instance.id] = _Entry(
                     instance.workflow, instance.status, instance.revision
                 )
@@ -255,12 +273,15 @@ class FileStorage(StorageBase):
         self._check_writable()
         with self._operation():
             async with self._locks.hold(instance_id):
+                if self._scanned is not None:
+                    self._scanned.pop(instance_id, None)
                 try:
                     await self._run(self._remove, snapshot_name(instance_id), self._durability())
                 except BaseException:
                     self._stale.add(instance_id)
                     raise
-                self._index.pop(instance_id, None)
+                if self._index.pop(instance_id, None) is not None:
+                    self._sorted = None
                 self._stale.discard(instance_id)
 
     async def query(
@@ -272,15 +293,38 @@ class FileStorage(StorageBase):
         """Return the stored instances matching ``workflow`` and ``status``, ordered by id.
 
         Only the matching snapshots are read (the index answers the filter);
-        read-only stores rescan the directory instead.
+        the first query after opening reuses what the open-time scan decoded
+        (recovery reads each file once). Read-only stores rescan the directory.
 
         Raises:
             ValueError: for a ``status`` that is not a Status.
             OSError: when a snapshot cannot be read.
         """
+        return await self.query_page(workflow=workflow, status=status)
+
+    async def query_page(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """Return at most ``limit`` matching instances with ids greater than ``after``, by id.
+
+        The index picks the page's ids (a binary search in the sorted ids), so
+        only the page's snapshots are read. Read-only stores rescan the
+        directory and cut the page from the result.
+
+        Raises:
+            ValueError: for a ``status`` that is not a Status, or a negative ``limit``.
+            OSError: when a snapshot cannot be read.
+        """
         await trio.lowlevel.checkpoint()
         self._check_open()
         wanted = status_filter(status)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
 
         def matches(wf: str, st: Status) -> bool:
             return (workflow is None or wf == workflow) and (wanted is None or st in wanted)
@@ -290,24 +334,59 @@ class FileStorage(StorageBase):
             for path, reason in found.bad:
                 self._report(path, reason)
             return sorted(
-                (i for i in found.instances if matches(i.workflow, i.status)),
+                (
+                    i
+                    for i in found.instances
+                    if matches(i.workflow, i.status) and (after is None or i.id > after)
+                ),
                 key=lambda i: i.id,
-            )
+            )[:limit]
+        scanned, self._scanned = self._scanned, None
         with self._operation():
             for iid in sorted(self._stale):
                 async with self._locks.hold(iid):
                     if iid in self._stale:
                         await self._load(iid)
-            ids = sorted(iid for iid, e in self._index.items() if matches(e.workflow, e.status))
-            loaded = await self._run(self._read_many, ids)
             result: list[Instance] = []
-            for iid, instance in zip(ids, loaded, strict=True):
-                if instance is None:  # vanished, corrupt or unreadable: look closer, locked
-                    async with self._locks.hold(iid):
-                        instance = await self._load(iid)
-                if instance is not None and matches(instance.workflow, instance.status):
-                    result.append(instance)
+            position = None if after is None else after
+            while limit is None or len(result) < limit:
+                ids = self._page_ids(
+                    matches, position, None if limit is None else limit - len(result)
+                )
+                if not ids:
+                    break
+                position = ids[-1]
+                cached = [None if scanned is None else scanned.get(iid) for iid in ids]
+                missing = [iid for iid, c in zip(ids, cached, strict=True) if c is None]
+                loaded = iter(await self._run(self._read_many, missing) if missing else ())
+                for iid, instance in zip(ids, cached, strict=True):
+                    if instance is None:
+                        instance = next(loaded)
+                    if instance is None:  # vanished, corrupt or unreadable: look closer, locked
+                        async with self._locks.hold(iid):
+                            instance = await self._load(iid)
+                    if instance is not None and matches(instance.workflow, instance.status):
+                        result.append(instance)
+                if limit is None:
+                    break
             return result
+
+    def _page_ids(
+        self, matches: Callable[[str, Status], bool], after: str | None, limit: int | None
+    ) -> list[str]:
+        """The ids of up to ``limit`` indexed instances after ``after`` that ``matches``."""
+        if self._sorted is None:
+            self._sorted = sorted(self._index)
+        ids = self._sorted
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        picked: list[str] = []
+        for iid in itertools.islice(ids, start, None):
+            entry = self._index.get(iid)
+            if entry is not None and matches(entry.workflow, entry.status):
+                picked.append(iid)
+                if limit is not None and len(picked) >= limit:
+                    break
+        return picked
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -350,9 +429,14 @@ class FileStorage(StorageBase):
             instance = None
             self._report(path, reason)
         self._stale.discard(instance_id)
+        if self._scanned is not None:
+            self._scanned.pop(instance_id, None)
         if instance is None:
-            self._index.pop(instance_id, None)
+            if self._index.pop(instance_id, None) is not None:
+                self._sorted = None
         else:
+            if instance_id not in self._index:
+                self._sorted = None
             self._index[instance_id] = _Entry(instance.workflow, instance.status, instance.revision)
         return instance
 

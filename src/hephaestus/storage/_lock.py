@@ -38,7 +38,17 @@ class StoreLock:
                 in this one) holds the lock.
             OSError: when the lock file cannot be opened or locked.
         """
-        path = os.path.join(directory, LOCK_NAME)
+        return cls.acquire_file(os.path.join(directory, LOCK_NAME), directory)
+
+    @classmethod
+    def acquire_file(cls, path: str, store: str) -> StoreLock:
+        """Take the exclusive lock on the lock file ``path`` of the store ``store``.
+
+        Raises:
+            StorageLocked: naming ``store`` and the holder's pid.
+            OSError: when the lock file cannot be opened or locked.
+        """
+        directory = store
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,7 +57,7 @@ class StoreLock:
             os.close(fd)
             raise StorageLocked(
                 f"the store {directory!r} is locked by {holder}: another engine or "
-                "FileStorage has it open. Close that one first, or open this store "
+                "storage object has it open. Close that one first, or open this store "
                 "with read_only=True to look at it"
             ) from None
         except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Collection
 from typing import final
 
@@ -25,6 +27,8 @@ class MemoryStorage(StorageBase):
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
         self._index: dict[str, tuple[str, Status, int]] = {}
+        self._sorted: list[str] | None = None
+        """The ids in order, kept until an id is added or removed (for paging)."""
 
     async def get(self, instance_id: str) -> Instance | None:
         """Return the stored instance, or None."""
@@ -50,6 +54,8 @@ class MemoryStorage(StorageBase):
                     f"instance {instance.id!r} is at revision {current}, "
                     f"not the expected {expected_revision}"
                 )
+        if instance.id not in self._index:
+            self._sorted = None
         self._blobs[instance.id] = encode_instance(instance)
         self._index[instance.id] = (instance.workflow, instance.status, instance.revision)
 
@@ -58,7 +64,8 @@ class MemoryStorage(StorageBase):
         await trio.lowlevel.checkpoint()
         self._check_open()
         self._blobs.pop(instance_id, None)
-        self._index.pop(instance_id, None)
+        if self._index.pop(instance_id, None) is not None:
+            self._sorted = None
 
     async def query(
         self,
@@ -67,11 +74,38 @@ class MemoryStorage(StorageBase):
         status: Status | Collection[Status] | None = None,
     ) -> list[Instance]:
         """Return the stored instances matching ``workflow`` and ``status``, ordered by id."""
+        return await self.query_page(workflow=workflow, status=status)
+
+    async def query_page(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """Return at most ``limit`` matching instances with ids greater than ``after``, by id.
+
+        The ids are kept sorted between additions and removals, so a page costs
+        a binary search plus the ids it walks; only the page is decoded.
+
+        Raises:
+            ValueError: for a ``status`` that is not a Status, or a negative ``limit``.
+        """
         await trio.lowlevel.checkpoint()
         self._check_open()
         wanted = status_filter(status)
-        return [
-            decode_instance(self._blobs[iid])
-            for iid, (wf, st, _) in sorted(self._index.items())
-            if (workflow is None or wf == workflow) and (wanted is None or st in wanted)
-        ]
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if self._sorted is None:
+            self._sorted = sorted(self._index)
+        ids = self._sorted
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        page: list[Instance] = []
+        for iid in itertools.islice(ids, start, None):
+            if limit is not None and len(page) >= limit:
+                break
+            wf, st, _ = self._index[iid]
+            if (workflow is None or wf == workflow) and (wanted is None or st in wanted):
+                page.append(decode_instance(self._blobs[iid]))
+        return page
