@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, final
@@ -36,6 +35,7 @@ from .._core._errors import (
 )
 from .._core._ids import build_instance_id
 from .._core._model import Instance, Status
+from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
@@ -226,13 +226,8 @@ class Engine:
             UndeclaredEvent: the step does not declare ``"timeout"``.
             ValueError: ``delay`` is negative or not finite.
         """
-        if (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not (math.isfinite(delay) and delay >= 0)
-        ):
-            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-        timer_id: str = await self._request(instance_id, ScheduleResume(step, float(delay)))
+        seconds = check_seconds(delay, "delay")
+        timer_id: str = await self._request(instance_id, ScheduleResume(step, seconds))
         return timer_id
 
     async def cancel_timer(self, instance_id: str, timer_id: str) -> bool:
