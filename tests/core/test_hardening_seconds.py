@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,11 +42,11 @@ def test_the_helper_accepts_durations() -> None:
     assert seconds_problem(0.1, "d", positive=True) is None
 
 
-def _step(timeout: object) -> object:
+def _step(timeout: Any) -> object:
     async def body(ctx: hx.StepContext) -> hx.StepResult:
         return "ok"
 
-    return hx.step(body, events=("ok",), timeout=timeout)  # type: ignore[arg-type]
+    return hx.step(body, events=("ok",), timeout=timeout)
 
 
 SITES: list[tuple[str, Callable[[object], object], type[Exception]]] = [
