@@ -304,6 +304,8 @@ class Checker:
         assert after.completed[: len(before.completed)] == before.completed
         successes = [h.step for h in after.history if h.event is not None]
         assert sorted(successes) == sorted(after.completed)
+        # every completed step has an entry in results ({} when it stored none)
+        assert set(after.results) == set(after.completed)
         # sets are disjoint and consistent
         assert not set(after.active) & set(after.completed)
         assert not set(after.waiting) & set(after.completed)

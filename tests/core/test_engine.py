@@ -470,7 +470,7 @@ def test_inbox_event_for_a_named_step_goes_to_that_step_only() -> None:
     assert run.instance.waiting == {"b": ("go",)}
     assert len(run.instance.inbox) == 1
     run(StepSuspended("c", 1, None))
-    assert run.instance.results == {"c": {"for": "c"}}
+    assert run.instance.results == {"a": {}, "c": {"for": "c"}}
     assert run.instance.inbox == ()
 
 

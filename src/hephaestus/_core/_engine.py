@@ -206,6 +206,7 @@ def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int
         version=workflow.version,
         initial=detached_copy(instance.initial),
         results=detached_copy(instance.results),
+        metadata=detached_copy(instance.metadata) if instance.metadata else {},
         config=None if config is None else detached_copy(config),
         attempt=attempt,
         step=step,
@@ -298,6 +299,8 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             step accepts the event, several do and none was named, ...).
         UndeclaredEvent: the event is not declared by any step that could take it.
     """
+    if instance.status.is_terminal and isinstance(event, TERMINAL_INPUTS):
+        return Transition(instance, (), answer_terminal(instance, event), changed=False)
     draft = _Draft(workflow, instance, now)
     match event:
         case Start():
@@ -453,8 +456,8 @@ class _Draft:
             self.active.remove(step)
         self.waiting.pop(step, None)
         self.completed.append(step)
-        if results is not None:
-            self.results = {**self.results, step: results}
+        # Every completed step has an entry, so `key in ctx.results` tells what ran.
+        self.results = {**self.results, step: {} if results is None else results}
         if metadata:
             self.metadata = {**self.metadata, **metadata}
         self.history_entry(step, event)
@@ -481,7 +484,7 @@ class _Draft:
         """Return the targets ``choose`` picks, or a message saying why the choice is invalid."""
         view = msgspec.structs.replace(
             self.original,
-            results={**self.results, step: results} if results is not None else self.results,
+            results={**self.results, step: {} if results is None else results},
         )
         ctx = step_context(self.workflow, view, step, self.attempts.get(step, 1))
         try:
@@ -564,13 +567,8 @@ class _Draft:
         step: str | None,
         dedupe_key: str | None,
     ) -> None:
-        if self.terminal:
-            raise self.rejected(
-                f"it is {self.original.status.value} and accepts no more events "
-                f"(event {event!r} not delivered)"
-            )
         if dedupe_key is not None and dedupe_key in self.dedupe_keys:
-            self.reply = "duplicate"
+            self.reply = DUPLICATE
             return
         steps = self.workflow.steps
         if step is not None:
@@ -647,8 +645,6 @@ class _Draft:
             self.advance()
 
     def schedule_resume(self, step: str, delay: float) -> None:
-        if self.terminal:
-            raise self.rejected(f"it is {self.original.status.value}; no timer can be scheduled")
         definition = self.workflow.steps.get(step)
         if definition is None:
             raise self.rejected(
@@ -673,12 +669,6 @@ class _Draft:
         self.reply = len(self.timers) < before
 
     def cancel(self, reason: str | None) -> None:
-        if self.original.status is Status.CANCELLED:
-            return
-        if self.terminal:
-            raise self.rejected(
-                f"it is {self.original.status.value}; only an active instance can be cancelled"
-            )
         self.cancelled = True
         self.cancel_reason = reason
         self.stop_everything()
@@ -751,3 +741,7 @@ class _Draft:
         if status.is_terminal and not self.terminal:
             self.commands.append(Finished(status))
         return Transition(instance, self.commands, self.reply, changed=True)
+
+
+# The terminal answers need the inputs defined above.
+from ._terminal import DUPLICATE, TERMINAL_INPUTS, answer_terminal  # noqa: E402

@@ -95,13 +95,20 @@ class Retry(msgspec.Struct, frozen=True):
 
 @final
 class StepContext:
-    """The read-only view of its instance that a step receives."""
+    """The read-only view of its instance that a step receives.
+
+    ``initial``, ``results`` (an entry for every completed step, ``{}`` when it
+    stored none), ``metadata`` (the instance's metadata) and ``config`` are
+    read-only copies taken when the attempt starts: mutating them is an error,
+    and nothing a step does to them reaches the instance.
+    """
 
     __slots__ = (
         "attempt",
         "config",
         "initial",
         "instance_id",
+        "metadata",
         "results",
         "step",
         "version",
@@ -113,6 +120,7 @@ class StepContext:
     version: int
     initial: Mapping[str, Any]
     results: Mapping[str, Mapping[str, Any]]
+    metadata: Mapping[str, Any]
     config: Mapping[str, Any] | None
     attempt: int
     step: str
@@ -128,6 +136,7 @@ class StepContext:
         config: Mapping[str, Any] | None,
         attempt: int,
         step: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         set_ = object.__setattr__
         set_(self, "instance_id", instance_id)
@@ -136,6 +145,7 @@ class StepContext:
         # Read-only views, not copies: the engine never mutates a snapshot's dicts.
         set_(self, "initial", _view(initial))
         set_(self, "results", MappingProxyType({k: _view(v) for k, v in results.items()}))
+        set_(self, "metadata", _view({} if metadata is None else metadata))
         set_(self, "config", None if config is None else _view(config))
         set_(self, "attempt", attempt)
         set_(self, "step", step)

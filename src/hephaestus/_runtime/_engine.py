@@ -36,6 +36,7 @@ from .._core._errors import (
 from .._core._ids import build_instance_id
 from .._core._model import Instance, Status
 from .._core._seconds import check_seconds
+from .._core._terminal import answer_terminal
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
@@ -367,7 +368,7 @@ class Engine:
         workflow = self._workflows.get((instance.workflow, instance.version))
         if workflow is None:
             if instance.status.is_terminal:
-                return _answer_terminal(instance, event)
+                return answer_terminal(instance, event)
             raise EventRejected(
                 f"instance {instance_id!r} belongs to workflow {instance.workflow!r} "
                 f"v{instance.version}, which this engine does not run; register it"
@@ -531,17 +532,6 @@ class Engine:
 def _as_dict(value: Any) -> Any:
     """Copy a mapping to a dict; leave anything else for check_serialisable to reject."""
     return dict(value) if isinstance(value, Mapping) else value
-
-
-def _answer_terminal(instance: Instance, event: Input) -> Any:
-    """Answer a request about a terminal instance whose workflow is not registered."""
-    if isinstance(event, CancelTimer):
-        return False
-    if isinstance(event, Cancel) and instance.status is Status.CANCELLED:
-        return None
-    raise EventRejected(
-        f"instance {instance.id!r} is {instance.status.value}; it accepts no more requests"
-    )
 
 
 def _take_all(mailbox: Mailbox) -> list[Message]:
