@@ -35,6 +35,7 @@ from .._core._errors import (
 )
 from .._core._ids import build_instance_id
 from .._core._model import Instance, Status
+from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._terminal import answer_terminal
 from .._core._workflow import Workflow
@@ -94,6 +95,7 @@ class Engine:
             latest = self._latest.get(workflow.name)
             if latest is None or latest.version < workflow.version:
                 self._latest[workflow.name] = workflow
+        check_registry(self._workflows.values())
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class Engine:
         self._check_open()
         wf = self._resolve(workflow, version)
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
-        instance_id = build_instance_id(wf.unique, value, suffix)
+        instance_id = build_instance_id(wf.unique, value, suffix, version=wf.version)
         initial_dict = _as_dict(initial) if initial is not None else {}
         check_serialisable(initial_dict, "initial")
         metadata_dict = _as_dict(metadata)
