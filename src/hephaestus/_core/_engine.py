@@ -19,6 +19,7 @@ from typing import Any, final
 import msgspec
 
 from ._codec import detached_copy
+from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
@@ -190,6 +191,7 @@ def new_instance(
         created_at=now,
         updated_at=now,
         revision=previous_revision + 1,
+        graph=workflow.fingerprint,
     )
 
 
@@ -298,9 +300,13 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
         EventRejected: the instance cannot take ``event`` now (terminal, no
             step accepts the event, several do and none was named, ...).
         UndeclaredEvent: the event is not declared by any step that could take it.
+        DefinitionChanged: ``instance``'s state names steps or events that
+            ``workflow`` lacks (it was stored by another definition).
     """
     if instance.status.is_terminal and isinstance(event, TERMINAL_INPUTS):
         return Transition(instance, (), answer_terminal(instance, event), changed=False)
+    if instance.graph != workflow.fingerprint:
+        check_definition(workflow, instance)
     draft = _Draft(workflow, instance, now)
     match event:
         case Start():
@@ -721,6 +727,7 @@ class _Draft:
             cancelled=self.cancelled,
             cancel_reason=self.cancel_reason,
             next_timer=self.next_timer,
+            graph=self.workflow.fingerprint,
         )
 
     def finish(self) -> Transition:

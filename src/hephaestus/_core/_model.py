@@ -113,6 +113,9 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: bool = False
     next_timer: int = 1
     format: int = FORMAT_VERSION
+    # Fingerprint of the workflow graph that last wrote this snapshot ("" before it was
+    # recorded); a mismatch makes the engine check the state against its definition.
+    graph: str = ""
 
     @property
     def retrying(self) -> tuple[str, ...]:

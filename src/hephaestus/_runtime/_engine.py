@@ -10,6 +10,7 @@ from typing import Any, final
 import trio
 
 from .._core._codec import check_serialisable
+from .._core._definitions import check_definition, definition_changed, definition_problems
 from .._core._engine import (
     Cancel,
     CancelTimer,
@@ -300,6 +301,9 @@ class Engine:
             raise RunnerFailed(self._stuck_message(entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
         if not instance.status.is_terminal:
+            workflow = self._workflows.get((instance.workflow, instance.version))
+            if workflow is not None:
+                check_definition(workflow, instance)
             raise EventRejected(
                 f"instance {instance_id!r} is {instance.status.value} but not run by this "
                 f"engine (workflow {instance.workflow!r} v{instance.version} is not registered)"
@@ -521,11 +525,33 @@ class Engine:
                         metadata={"version": instance.version, "reason": "workflow not registered"},
                     )
                 continue
+            problems = definition_problems(workflow, instance)
+            if problems:
+                self._skip_changed(workflow, instance, problems)
+                continue
             entry = Entry(workflow, instance, LIVE)
             assert entry.mailbox is not None
             entry.mailbox.put(Message(Recover()))
             self._registry[instance.id] = entry
             self._nursery.start_soon(self._supervise, entry, ())
+
+    def _skip_changed(
+        self, workflow: Workflow, instance: Instance, problems: Sequence[str]
+    ) -> None:
+        """Leave an instance its definition no longer fits as stored, and report it once."""
+        self._registry[instance.id] = Entry(None, instance, ORPHAN)
+        _log.warning("%s", definition_changed(workflow, instance, problems))
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "runner.skip",
+                instance_id=instance.id,
+                workflow=instance.workflow,
+                metadata={
+                    "version": instance.version,
+                    "reason": "definition changed",
+                    "problems": list(problems),
+                },
+            )
 
     def _close(self) -> None:
         self._closed = True
