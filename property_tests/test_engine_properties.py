@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 import hephaestus as hx
 from hephaestus._core._codec import decode_instance, encode_instance
 from hephaestus._core._engine import (
+    DEDUPE_WINDOW,
+    MAX_INBOX,
     ArmTimer,
     Cancel,
     CancelStep,
@@ -222,6 +224,16 @@ def may_still_run(spec: Spec, instance: hx.Instance) -> set[str]:
     return found
 
 
+def takable(spec: Spec, instance: hx.Instance, queued: hx.InboxEvent) -> bool:
+    """Whether a step that can still run (the named one, if any) declares the queued event."""
+    if instance.status is hx.Status.CANCELLED:
+        return False
+    candidates = may_still_run(spec, instance) - set(instance.completed)
+    if queued.step is not None:
+        candidates &= {queued.step}
+    return any(queued.event in spec.events[key] for key in candidates)
+
+
 class Checker:
     """Applies inputs and checks every transition; models the runtime's tasks and timers."""
 
@@ -316,6 +328,20 @@ class Checker:
         retrying = [tm.step for tm in after.timers if tm.kind == "retry"]
         assert len(set(retrying)) == len(retrying)
         assert not set(retrying) & (set(after.active) | set(after.waiting) | set(after.completed))
+        # the inbox is bounded and holds only events a step that can still run takes;
+        # every event dropped from it is noted
+        assert len(after.inbox) <= MAX_INBOX
+        if t.changed:
+            assert all(takable(spec, after, q) for q in after.inbox), after.inbox
+        kept = {id(q) for q in after.inbox}
+        taken = [q for q in before.inbox if id(q) not in kept]
+        assert len(t.notes) <= len(taken)
+        for note in t.notes:
+            assert any(
+                (q.event, q.step, q.dedupe_key) == (note.event, note.step, note.dedupe_key)
+                for q in taken
+            )
+        assert len(after.dedupe_keys) <= DEDUPE_WINDOW
         # the snapshot survives storage
         assert decode_instance(encode_instance(after)) == after
         self.check_effect(before, after, t, event)
@@ -371,7 +397,8 @@ class Checker:
                 else:
                     rest = list(before.inbox)
                     rest.remove(first)
-                    assert after.inbox == tuple(rest)
+                    # what no step can take any more once this one ended is dropped
+                    assert after.inbox == tuple(q for q in rest if takable(self.spec, after, q))
                     assert new_entries[0].step == event.step
                     assert new_entries[0].event in (first.event, None)
                     if new_entries[0].event is not None and first.payload is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, final
+from typing import Any, Final, final
 
 import msgspec
 
@@ -147,6 +147,29 @@ class Finished(msgspec.Struct, frozen=True, tag=True):
 
 Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished
 
+# --- notes ------------------------------------------------------------------------------------
+
+
+class EventDropped(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued inbox event was dropped: no step that can still run would ever take it."""
+
+    event: str
+    step: str | None
+    dedupe_key: str | None
+
+
+Note = EventDropped
+
+MAX_INBOX: Final = 1000
+"""The most events an instance's inbox holds; a resume beyond that is rejected."""
+
+DEDUPE_WINDOW: Final = 1000
+"""How many of the most recent dedupe keys an instance remembers.
+
+A key older than the last ``DEDUPE_WINDOW`` accepted ones is forgotten, so a
+write's cost does not grow with the instance's age.
+"""
+
 
 @final
 class Transition:
@@ -155,17 +178,24 @@ class Transition:
     ``instance`` is the input instance itself when nothing changed (then
     nothing needs persisting); otherwise a new instance with ``revision + 1``.
     ``reply`` is the answer for the caller of the input (a timer id, a bool).
+    ``notes`` say what else happened that telemetry may report (events dropped).
     """
 
-    __slots__ = ("changed", "commands", "instance", "reply")
+    __slots__ = ("changed", "commands", "instance", "notes", "reply")
 
     def __init__(
-        self, instance: Instance, commands: Sequence[Command], reply: Any, changed: bool
+        self,
+        instance: Instance,
+        commands: Sequence[Command],
+        reply: Any,
+        changed: bool,
+        notes: Sequence[Note] = (),
     ) -> None:
         self.instance = instance
         self.commands = tuple(commands)
         self.reply = reply
         self.changed = changed
+        self.notes = tuple(notes)
 
 
 # --- construction and helpers shared with the runtime -----------------------------------------
@@ -346,6 +376,7 @@ class _Draft:
         self.changed = False
         self.reply: Any = None
         self.commands: list[Command] = []
+        self.notes: list[Note] = []
         self.terminal = instance.status.is_terminal
         self.active = list(instance.active)
         self.completed = list(instance.completed)
@@ -621,6 +652,11 @@ class _Draft:
                     f"event {event!r} cannot be accepted: neither {target} is suspended on it "
                     "nor will it be (the steps declaring it have completed or can no longer run)"
                 )
+            if len(self.inbox) >= MAX_INBOX:
+                raise self.rejected(
+                    f"its inbox already holds {MAX_INBOX} events, the most an instance keeps "
+                    f"(event {event!r} not queued): resume it once a step takes them"
+                )
             self.inbox.append(
                 InboxEvent(
                     event=event,
@@ -633,7 +669,8 @@ class _Draft:
             self.changed = True
             self.reply = "queued"
         if dedupe_key is not None:
-            self.dedupe_keys = (*self.dedupe_keys, dedupe_key)
+            # A bounded window: the most recent DEDUPE_WINDOW keys are remembered.
+            self.dedupe_keys = (*self.dedupe_keys[-(DEDUPE_WINDOW - 1) :], dedupe_key)
         if self.reply is None:
             self.reply = "delivered"
 
@@ -730,9 +767,29 @@ class _Draft:
             graph=self.workflow.fingerprint,
         )
 
+    def drop_untakable(self) -> None:
+        """Drop inbox events that no step which can still run declares (noting each)."""
+        if self.cancelled:
+            live: set[str] = set()
+        else:
+            live = live_steps(self.workflow, self.snapshot()) - set(self.completed)
+        steps = self.workflow.steps
+        kept = []
+        for queued in self.inbox:
+            takers = live if queued.step is None else live & {queued.step}
+            if any(queued.event in steps[key].events for key in takers):
+                kept.append(queued)
+            else:
+                self.notes.append(
+                    EventDropped(event=queued.event, step=queued.step, dedupe_key=queued.dedupe_key)
+                )
+        self.inbox = kept
+
     def finish(self) -> Transition:
         if not self.changed:
             return Transition(self.original, self.commands, self.reply, changed=False)
+        if self.inbox:
+            self.drop_untakable()
         status = _status(
             self.cancelled,
             self.error,
@@ -747,7 +804,7 @@ class _Draft:
         )
         if status.is_terminal and not self.terminal:
             self.commands.append(Finished(status))
-        return Transition(instance, self.commands, self.reply, changed=True)
+        return Transition(instance, self.commands, self.reply, changed=True, notes=self.notes)
 
 
 # The terminal answers need the inputs defined above.

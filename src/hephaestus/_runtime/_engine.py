@@ -200,13 +200,22 @@ class Engine:
         """Deliver ``event`` to the instance; return once it is persisted.
 
         An event that no step is suspended on yet, but that a step which can
-        still run declares, is kept in the instance's inbox and delivered when
-        such a step suspends.
+        still run declares, is kept in the instance's inbox (at most 1,000
+        events) and delivered when such a step suspends; queued events that no
+        step which can still run would take are dropped.
+
+        A ``dedupe_key`` seen before is accepted and ignored, whatever the
+        instance's status (a webhook retried after the instance finished gets
+        no error). An instance remembers its 1,000 most recent keys: a key
+        older than that counts as new.
 
         Raises:
             InstanceNotFound: no instance has that id.
             EventRejected: the instance is terminal, or no step can take the event,
-                or several suspended steps can and ``step`` names none of them.
+                or several suspended steps can and ``step`` names none of them, or
+                the inbox is full.
+            DefinitionChanged: the instance's stored state does not fit its
+                registered workflow definition.
             UndeclaredEvent: no step (or not ``step``) declares the event.
             InvalidResult: ``payload`` is not a msgpack-serialisable dict.
         """
