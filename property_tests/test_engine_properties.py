@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 import hephaestus as hx
 from hephaestus._core._codec import decode_instance, encode_instance
 from hephaestus._core._engine import (
+    DEDUPE_WINDOW,
+    MAX_INBOX,
     ArmTimer,
     Cancel,
     CancelStep,
@@ -222,6 +224,16 @@ def may_still_run(spec: Spec, instance: hx.Instance) -> set[str]:
     return found
 
 
+def takable(spec: Spec, instance: hx.Instance, queued: hx.InboxEvent) -> bool:
+    """Whether a step that can still run (the named one, if any) declares the queued event."""
+    if instance.status is hx.Status.CANCELLED:
+        return False
+    candidates = may_still_run(spec, instance) - set(instance.completed)
+    if queued.step is not None:
+        candidates &= {queued.step}
+    return any(queued.event in spec.events[key] for key in candidates)
+
+
 class Checker:
     """Applies inputs and checks every transition; models the runtime's tasks and timers."""
 
@@ -304,6 +316,8 @@ class Checker:
         assert after.completed[: len(before.completed)] == before.completed
         successes = [h.step for h in after.history if h.event is not None]
         assert sorted(successes) == sorted(after.completed)
+        # every completed step has an entry in results ({} when it stored none)
+        assert set(after.results) == set(after.completed)
         # sets are disjoint and consistent
         assert not set(after.active) & set(after.completed)
         assert not set(after.waiting) & set(after.completed)
@@ -314,6 +328,20 @@ class Checker:
         retrying = [tm.step for tm in after.timers if tm.kind == "retry"]
         assert len(set(retrying)) == len(retrying)
         assert not set(retrying) & (set(after.active) | set(after.waiting) | set(after.completed))
+        # the inbox is bounded and holds only events a step that can still run takes;
+        # every event dropped from it is noted
+        assert len(after.inbox) <= MAX_INBOX
+        if t.changed:
+            assert all(takable(spec, after, q) for q in after.inbox), after.inbox
+        kept = {id(q) for q in after.inbox}
+        taken = [q for q in before.inbox if id(q) not in kept]
+        assert len(t.notes) <= len(taken)
+        for note in t.notes:
+            assert any(
+                (q.event, q.step, q.dedupe_key) == (note.event, note.step, note.dedupe_key)
+                for q in taken
+            )
+        assert len(after.dedupe_keys) <= DEDUPE_WINDOW
         # the snapshot survives storage
         assert decode_instance(encode_instance(after)) == after
         self.check_effect(before, after, t, event)
@@ -369,7 +397,8 @@ class Checker:
                 else:
                     rest = list(before.inbox)
                     rest.remove(first)
-                    assert after.inbox == tuple(rest)
+                    # what no step can take any more once this one ended is dropped
+                    assert after.inbox == tuple(q for q in rest if takable(self.spec, after, q))
                     assert new_entries[0].step == event.step
                     assert new_entries[0].event in (first.event, None)
                     if new_entries[0].event is not None and first.payload is not None:
@@ -382,7 +411,8 @@ class Checker:
                 event.attempt,
             )
             limit = self.spec.max_attempts[event.step]
-            if event.attempt < limit:
+            # Retries count failed attempts; an attempt cut short by a crash does not count.
+            if before.failures.get(event.step, 0) + 1 < limit:
                 assert after.error is None
                 assert event.step in after.retrying
             else:
@@ -635,7 +665,8 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             was = next((tm for tm in env.instance.timers if tm.id == timer_id), None)
             t = env.feed(CancelTimer(timer_id))
             assert t is not None
-            assert t.reply is (was is not None and was.kind != "retry")
+            # Only schedule_resume's timers are the caller's to drop.
+            assert t.reply is (was is not None and was.kind == "resume")
         elif move == "recover":
             env.crash_and_recover()
         elif move == "cancel" and data.draw(st.integers(0, 3), label="really cancel") == 0:

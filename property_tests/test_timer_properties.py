@@ -84,7 +84,8 @@ def workflow_for(index: int, spec: TimerSpec) -> hx.Workflow:
         f"w{index}",
         start=pause,
         transitions={(pause, e): hx.Done for e in pause.events},
-        unique=hx.Unique("p"),
+        # One key for every workflow, one value each: "global" is the scope that shares ids.
+        unique=hx.Unique("p", scope="global"),
     )
 
 

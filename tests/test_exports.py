@@ -41,6 +41,7 @@ API_NAMES = [
     "InstanceNotFound",
     "EventRejected",
     "UndeclaredEvent",
+    "DefinitionChanged",
     "StepTimeout",
     "RevisionConflict",
     "StorageLocked",
@@ -76,6 +77,7 @@ def test_errors_share_one_base_and_keep_their_builtin_parents() -> None:
     assert all(issubclass(error, hx.HephaestusError) for error in errors)
     assert issubclass(hx.InvalidBusinessKey, ValueError)
     assert issubclass(hx.InstanceNotFound, LookupError)
+    assert issubclass(hx.DefinitionChanged, hx.EventRejected)
 
 
 def test_only_the_documented_modules_are_public() -> None:

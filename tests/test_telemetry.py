@@ -353,7 +353,7 @@ async def test_raising_handler_never_breaks_a_workflow(caplog: pytest.LogCapture
             iid = await engine.start(order, "abc123")
             final = await engine.wait(iid)
     assert final.status is hx.Status.COMPLETED
-    assert final.results == {"charge": {"amount": 42}}
+    assert final.results == {"validate": {}, "charge": {"amount": 42}}
     assert names[0] == "workflow.start"
     assert names[-1] == "workflow.stop"
     assert len([r for r in caplog.records if r.name == "hephaestus.telemetry"]) == 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core._errors import AlreadyRunning as AlreadyRunning
 from ._core._errors import CorruptSnapshot as CorruptSnapshot
+from ._core._errors import DefinitionChanged as DefinitionChanged
 from ._core._errors import EngineClosed as EngineClosed
 from ._core._errors import EventRejected as EventRejected
 from ._core._errors import HephaestusError as HephaestusError
@@ -96,6 +97,7 @@ __all__ = [
     "InstanceNotFound",
     "EventRejected",
     "UndeclaredEvent",
+    "DefinitionChanged",
     "StepTimeout",
     "InvalidResult",
     "RevisionConflict",

@@ -334,13 +334,12 @@ def test_wait_for_event_events() -> None:
 
 @pytest.mark.parametrize("key", ["Order", "order-id", "", "order_id", "ordér", 5])
 def test_bad_unique_key(key: Any) -> None:
-    with pytest.raises(hx.InvalidBusinessKey, match=r"\[a-z0-9\]\+") as info:
+    with pytest.raises(hx.WorkflowDefinitionError, match=r"\[a-z0-9\]\+"):
         hx.Unique(key)
-    assert isinstance(info.value, ValueError)
 
 
 def test_bad_unique_scope() -> None:
-    with pytest.raises(hx.InvalidBusinessKey, match="'workflow'"):
+    with pytest.raises(hx.WorkflowDefinitionError, match="'workflow'"):
         hx.Unique("order", scope="planet")  # type: ignore[arg-type]
 
 
@@ -376,7 +375,7 @@ def test_invalid_business_value(value: Any) -> None:
 def test_valid_business_value(value: str) -> None:
     from hephaestus._core._ids import check_business_value
 
-    assert check_business_value(value) == value
+    assert check_business_value(value) == value.strip("{}")  # a UUID in its canonical form
 
 
 def test_bad_workflow_header() -> None:

@@ -155,30 +155,30 @@ async def test_global_scope_spans_workflows(autojump_clock: Any) -> None:
 
 
 async def test_ids_shared_across_workflows_with_same_key(autojump_clock: Any) -> None:
-    # Ids are key::value whatever the scope, so a second workflow using the same
-    # unique key cannot take an id that an active instance holds.
-    first = fan_workflow("first", key="order", delay=10.0)
-    second = fan_workflow("second", key="order", delay=10.0)
+    # Under scope "global" ids are key::value for every workflow sharing the key, so
+    # a second workflow cannot take an id that an active instance holds.
+    first = fan_workflow("first", key="order", delay=10.0, scope="global")
+    second = fan_workflow("second", key="order", delay=10.0, scope="global")
     async with hx.open_engine(workflows=[first, second], clock=clock()) as engine:
         iid = await engine.start(first, "a", {"n": 1})
-        with pytest.raises(hx.AlreadyRunning, match=r"own hx\.Unique key"):
+        with pytest.raises(hx.AlreadyRunning, match="already running"):
             await engine.start(second, "a", {"n": 1})
         assert (await engine.wait(iid)).workflow == "first"
 
 
-async def test_version_scope_same_id_cannot_coexist(autojump_clock: Any) -> None:
+async def test_version_scope_runs_versions_side_by_side(autojump_clock: Any) -> None:
     v1 = fan_workflow(delay=10.0, scope="version", version=1)
     v2 = fan_workflow(delay=10.0, scope="version", version=2)
     async with hx.open_engine(workflows=[v1, v2], clock=clock()) as engine:
         iid = await engine.start(v1, "a", {"n": 1})
+        assert iid == "fan::a::v1"
         with pytest.raises(hx.AlreadyRunning):
             await engine.start(v1, "a", {"n": 1})
-        # The id is the same for both versions, so v2 cannot hold it meanwhile either.
-        with pytest.raises(hx.AlreadyRunning):
-            await engine.start(v2, "a", {"n": 1})
+        assert await engine.start(v2, "a", {"n": 1}) == "fan::a::v2"
         final = await engine.wait(iid)
         assert final.version == 1
         assert final.status is hx.Status.COMPLETED
+        assert (await engine.wait("fan::a::v2")).version == 2
 
 
 async def test_scope_none_gives_every_start_its_own_id(autojump_clock: Any) -> None:
@@ -320,7 +320,11 @@ async def test_resume_delivers_to_suspended_step(autojump_clock: Any) -> None:
         assert "approve" in stored.completed
         final = await engine.wait(iid)
     assert final.status is hx.Status.COMPLETED
-    assert final.results == {"approve": {"by": "alice"}, "finish": {"approved": "alice"}}
+    assert final.results == {
+        "prepare": {},  # a bare event: an entry all the same
+        "approve": {"by": "alice"},
+        "finish": {"approved": "alice"},
+    }
 
 
 async def test_resume_with_dedupe_key_is_accepted_once(autojump_clock: Any) -> None:
@@ -428,7 +432,12 @@ async def test_resume_ambiguous_needs_step(autojump_clock: Any) -> None:
         await engine.resume(iid, "go", {"side": "r"}, step="right")
         await engine.resume(iid, "go", {"side": "l"})  # only one is left
         final = await engine.wait(iid)
-        assert final.results == {"left": {"side": "l"}, "right": {"side": "r"}}
+        assert final.results == {
+            "begin": {},
+            "left": {"side": "l"},
+            "right": {"side": "r"},
+            "end": {},
+        }
 
 
 async def test_resume_instance_of_unregistered_workflow(autojump_clock: Any) -> None:

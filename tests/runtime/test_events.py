@@ -104,7 +104,7 @@ async def test_early_event_for_a_later_step_waits_for_it(autojump_clock: Any) ->
         await engine.resume(iid, "approved", {"ok": True})
         final = await engine.wait(iid)
     assert final.status is hx.Status.COMPLETED
-    assert final.results == {"approve": {"ok": True}}
+    assert final.results == {"work": {}, "approve": {"ok": True}}
 
 
 async def test_early_event_survives_an_engine_restart(autojump_clock: Any) -> None:
@@ -130,7 +130,7 @@ async def test_early_event_survives_an_engine_restart(autojump_clock: Any) -> No
         await trio.sleep(10)
     async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
         final = await engine.wait(iid)
-    assert final.results == {"approve": {"ok": 1}}
+    assert final.results == {"work": {}, "approve": {"ok": 1}}
     assert final.history[0].attempt == 2  # work ran again after the restart
 
 
@@ -209,4 +209,4 @@ async def test_step_resuming_a_sibling_of_its_own_instance(autojump_clock: Any) 
         with trio.fail_after(60):
             final = await engine.wait(await engine.start(wf, "a"))
     assert final.status is hx.Status.COMPLETED
-    assert final.results == {"gate": {"by": "opener"}}
+    assert final.results == {"begin": {}, "gate": {"by": "opener"}, "opener": {}, "end": {}}

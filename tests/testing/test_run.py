@@ -91,7 +91,7 @@ def test_cancel_in_the_schedule_cancels() -> None:
 def test_an_event_no_step_declares_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="no step of workflow 'order' declares 'payed'"):
         run_workflow(order, "o1", {"amount": 30}, events=[(1, "payed")])
-    with pytest.raises(ValueError, match="delay must be seconds >= 0"):
+    with pytest.raises(ValueError, match="delay must be a finite number of seconds >= 0"):
         run_workflow(order, "o1", {"amount": 30}, events=[(-1, "paid")])
 
 

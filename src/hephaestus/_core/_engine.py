@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, final
+from typing import Any, Final, final
 
 import msgspec
 
 from ._codec import detached_copy
+from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
@@ -146,6 +147,29 @@ class Finished(msgspec.Struct, frozen=True, tag=True):
 
 Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished
 
+# --- notes ------------------------------------------------------------------------------------
+
+
+class EventDropped(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued inbox event was dropped: no step that can still run would ever take it."""
+
+    event: str
+    step: str | None
+    dedupe_key: str | None
+
+
+Note = EventDropped
+
+MAX_INBOX: Final = 1000
+"""The most events an instance's inbox holds; a resume beyond that is rejected."""
+
+DEDUPE_WINDOW: Final = 1000
+"""How many of the most recent dedupe keys an instance remembers.
+
+A key older than the last ``DEDUPE_WINDOW`` accepted ones is forgotten, so a
+write's cost does not grow with the instance's age.
+"""
+
 
 @final
 class Transition:
@@ -154,17 +178,24 @@ class Transition:
     ``instance`` is the input instance itself when nothing changed (then
     nothing needs persisting); otherwise a new instance with ``revision + 1``.
     ``reply`` is the answer for the caller of the input (a timer id, a bool).
+    ``notes`` say what else happened that telemetry may report (events dropped).
     """
 
-    __slots__ = ("changed", "commands", "instance", "reply")
+    __slots__ = ("changed", "commands", "instance", "notes", "reply")
 
     def __init__(
-        self, instance: Instance, commands: Sequence[Command], reply: Any, changed: bool
+        self,
+        instance: Instance,
+        commands: Sequence[Command],
+        reply: Any,
+        changed: bool,
+        notes: Sequence[Note] = (),
     ) -> None:
         self.instance = instance
         self.commands = tuple(commands)
         self.reply = reply
         self.changed = changed
+        self.notes = tuple(notes)
 
 
 # --- construction and helpers shared with the runtime -----------------------------------------
@@ -190,6 +221,7 @@ def new_instance(
         created_at=now,
         updated_at=now,
         revision=previous_revision + 1,
+        graph=workflow.fingerprint,
     )
 
 
@@ -206,6 +238,7 @@ def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int
         version=workflow.version,
         initial=detached_copy(instance.initial),
         results=detached_copy(instance.results),
+        metadata=detached_copy(instance.metadata) if instance.metadata else {},
         config=None if config is None else detached_copy(config),
         attempt=attempt,
         step=step,
@@ -297,7 +330,13 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
         EventRejected: the instance cannot take ``event`` now (terminal, no
             step accepts the event, several do and none was named, ...).
         UndeclaredEvent: the event is not declared by any step that could take it.
+        DefinitionChanged: ``instance``'s state names steps or events that
+            ``workflow`` lacks (it was stored by another definition).
     """
+    if instance.status.is_terminal and isinstance(event, TERMINAL_INPUTS):
+        return Transition(instance, (), answer_terminal(instance, event), changed=False)
+    if instance.graph != workflow.fingerprint:
+        check_definition(workflow, instance)
     draft = _Draft(workflow, instance, now)
     match event:
         case Start():
@@ -337,6 +376,7 @@ class _Draft:
         self.changed = False
         self.reply: Any = None
         self.commands: list[Command] = []
+        self.notes: list[Note] = []
         self.terminal = instance.status.is_terminal
         self.active = list(instance.active)
         self.completed = list(instance.completed)
@@ -453,8 +493,8 @@ class _Draft:
             self.active.remove(step)
         self.waiting.pop(step, None)
         self.completed.append(step)
-        if results is not None:
-            self.results = {**self.results, step: results}
+        # Every completed step has an entry, so `key in ctx.results` tells what ran.
+        self.results = {**self.results, step: {} if results is None else results}
         if metadata:
             self.metadata = {**self.metadata, **metadata}
         self.history_entry(step, event)
@@ -481,7 +521,7 @@ class _Draft:
         """Return the targets ``choose`` picks, or a message saying why the choice is invalid."""
         view = msgspec.structs.replace(
             self.original,
-            results={**self.results, step: results} if results is not None else self.results,
+            results={**self.results, step: {} if results is None else results},
         )
         ctx = step_context(self.workflow, view, step, self.attempts.get(step, 1))
         try:
@@ -564,13 +604,8 @@ class _Draft:
         step: str | None,
         dedupe_key: str | None,
     ) -> None:
-        if self.terminal:
-            raise self.rejected(
-                f"it is {self.original.status.value} and accepts no more events "
-                f"(event {event!r} not delivered)"
-            )
         if dedupe_key is not None and dedupe_key in self.dedupe_keys:
-            self.reply = "duplicate"
+            self.reply = DUPLICATE
             return
         steps = self.workflow.steps
         if step is not None:
@@ -617,6 +652,11 @@ class _Draft:
                     f"event {event!r} cannot be accepted: neither {target} is suspended on it "
                     "nor will it be (the steps declaring it have completed or can no longer run)"
                 )
+            if len(self.inbox) >= MAX_INBOX:
+                raise self.rejected(
+                    f"its inbox already holds {MAX_INBOX} events, the most an instance keeps "
+                    f"(event {event!r} not queued): resume it once a step takes them"
+                )
             self.inbox.append(
                 InboxEvent(
                     event=event,
@@ -629,7 +669,8 @@ class _Draft:
             self.changed = True
             self.reply = "queued"
         if dedupe_key is not None:
-            self.dedupe_keys = (*self.dedupe_keys, dedupe_key)
+            # A bounded window: the most recent DEDUPE_WINDOW keys are remembered.
+            self.dedupe_keys = (*self.dedupe_keys[-(DEDUPE_WINDOW - 1) :], dedupe_key)
         if self.reply is None:
             self.reply = "delivered"
 
@@ -647,8 +688,6 @@ class _Draft:
             self.advance()
 
     def schedule_resume(self, step: str, delay: float) -> None:
-        if self.terminal:
-            raise self.rejected(f"it is {self.original.status.value}; no timer can be scheduled")
         definition = self.workflow.steps.get(step)
         if definition is None:
             raise self.rejected(
@@ -673,12 +712,6 @@ class _Draft:
         self.reply = len(self.timers) < before
 
     def cancel(self, reason: str | None) -> None:
-        if self.original.status is Status.CANCELLED:
-            return
-        if self.terminal:
-            raise self.rejected(
-                f"it is {self.original.status.value}; only an active instance can be cancelled"
-            )
         self.cancelled = True
         self.cancel_reason = reason
         self.stop_everything()
@@ -731,11 +764,32 @@ class _Draft:
             cancelled=self.cancelled,
             cancel_reason=self.cancel_reason,
             next_timer=self.next_timer,
+            graph=self.workflow.fingerprint,
         )
+
+    def drop_untakable(self) -> None:
+        """Drop inbox events that no step which can still run declares (noting each)."""
+        if self.cancelled:
+            live: set[str] = set()
+        else:
+            live = live_steps(self.workflow, self.snapshot()) - set(self.completed)
+        steps = self.workflow.steps
+        kept = []
+        for queued in self.inbox:
+            takers = live if queued.step is None else live & {queued.step}
+            if any(queued.event in steps[key].events for key in takers):
+                kept.append(queued)
+            else:
+                self.notes.append(
+                    EventDropped(event=queued.event, step=queued.step, dedupe_key=queued.dedupe_key)
+                )
+        self.inbox = kept
 
     def finish(self) -> Transition:
         if not self.changed:
             return Transition(self.original, self.commands, self.reply, changed=False)
+        if self.inbox:
+            self.drop_untakable()
         status = _status(
             self.cancelled,
             self.error,
@@ -750,4 +804,8 @@ class _Draft:
         )
         if status.is_terminal and not self.terminal:
             self.commands.append(Finished(status))
-        return Transition(instance, self.commands, self.reply, changed=True)
+        return Transition(instance, self.commands, self.reply, changed=True, notes=self.notes)
+
+
+# The terminal answers need the inputs defined above.
+from ._terminal import DUPLICATE, TERMINAL_INPUTS, answer_terminal  # noqa: E402

@@ -49,6 +49,15 @@ class UndeclaredEvent(EventRejected):
     """
 
 
+class DefinitionChanged(EventRejected):
+    """An instance's stored state does not fit its registered workflow definition.
+
+    Its state names steps or events that the definition registered under the
+    same name and version lacks, so the engine leaves it untouched. Register
+    the old definition under its version and the new one under a new version.
+    """
+
+
 class RunnerFailed(HephaestusError):
     """An instance's runner crashed more often than the engine's restart budget allows.
 

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Final, Literal, TypeAlias, final
 
-from ._errors import InvalidBusinessKey
+from ._errors import InvalidBusinessKey, WorkflowDefinitionError
 
 UniqueScope: TypeAlias = Literal["workflow", "version", "global", "none"]
 
@@ -14,32 +14,39 @@ _UNIQUE_KEY: Final = re.compile(r"[a-z0-9]+")
 _BUSINESS_VALUE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _SCOPES: Final = ("workflow", "version", "global", "none")
 ID_SEPARATOR: Final = "::"
+_LONGEST_UUID_SPELLING: Final = 64  # "{urn:uuid:...}" is 47; longer is no UUID
 
 
 @final
 class Unique:
     """How a workflow's instance ids are built and how unique they must be.
 
-    Ids are ``f"{key}::{value}"``. ``scope`` says among which active instances
-    an id must be unique: the same workflow (any version), the same workflow
-    version, all workflows, or none (a random suffix makes every id new).
+    Ids are ``f"{key}::{value}"``; under scope ``"version"`` they are
+    ``f"{key}::{value}::v{version}"``. ``scope`` says among which active
+    instances an id must be unique: the same workflow (any version; two
+    workflows registered with one key under this scope are refused by
+    ``open_engine``), the same workflow version (so versions run side by side),
+    every workflow sharing the key, or none (a random suffix makes every id new).
 
     Raises:
-        InvalidBusinessKey: for a key that does not match ``[a-z0-9]+`` or an
-            unknown scope.
+        WorkflowDefinitionError: for a key that does not match ``[a-z0-9]+`` or
+            an unknown scope.
     """
 
     __slots__ = ("key", "scope")
 
     def __init__(self, key: str, scope: UniqueScope = "workflow") -> None:
+        problems = []
         if not isinstance(key, str) or not _UNIQUE_KEY.fullmatch(key):
-            raise InvalidBusinessKey(
+            problems.append(
                 f"unique key {key!r} must match [a-z0-9]+ (lower-case letters and digits only)"
             )
         if scope not in _SCOPES:
-            raise InvalidBusinessKey(
+            problems.append(
                 f"unique scope {scope!r} must be one of {', '.join(map(repr, _SCOPES))}"
             )
+        if problems:
+            raise WorkflowDefinitionError(f"hx.Unique({key!r})", problems)
         self.key = key
         self.scope: UniqueScope = scope
 
@@ -54,29 +61,50 @@ class Unique:
 
 
 def check_business_value(value: object) -> str:
-    """Return ``value`` if it is a valid business value.
+    """Return ``value`` if it is a valid business value, a UUID in its canonical form.
+
+    Any spelling of a UUID that :class:`uuid.UUID` reads (upper case, braces,
+    ``urn:uuid:``, without hyphens) is returned in the canonical lower-case
+    hyphenated form, so one UUID always gives one instance id. A value made of
+    32 hex digits is such a spelling too.
 
     Raises:
         InvalidBusinessKey: unless ``value`` matches ``[A-Za-z0-9_-]{1,128}`` or
             is a UUID string.
     """
     if isinstance(value, str):
+        canonical = _canonical_uuid(value)
+        if canonical is not None:
+            return canonical
         if _BUSINESS_VALUE.fullmatch(value):
             return value
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            pass
-        else:
-            return value
     raise InvalidBusinessKey(
-        f"business value {value!r} must be a string of 1-128 characters from "
+        f"business value {_shown(value)} must be a string of 1-128 characters from "
         "A-Z a-z 0-9 _ - (or a UUID string)"
     )
 
 
-def build_instance_id(unique: Unique, value: object, suffix: str | None = None) -> str:
-    """Return the instance id for ``value``; ``suffix`` (8 hex digits) is required for scope "none".
+def _canonical_uuid(value: str) -> str | None:
+    if not 32 <= len(value) <= _LONGEST_UUID_SPELLING:  # 32 hex digits at the least
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 140 else f"{text[:140]}..."
+
+
+def build_instance_id(
+    unique: Unique, value: object, suffix: str | None = None, *, version: int | None = None
+) -> str:
+    """Return the instance id for ``value`` (normalised by :func:`check_business_value`).
+
+    ``suffix`` (8 hex digits) is required for scope "none", ``version`` for
+    scope "version" (ids ``key::value::v{version}``).
 
     Raises:
         InvalidBusinessKey: for an invalid business value.
@@ -86,4 +114,8 @@ def build_instance_id(unique: Unique, value: object, suffix: str | None = None) 
         if suffix is None or not re.fullmatch(r"[0-9a-f]{8}", suffix):
             raise ValueError("scope 'none' needs an 8-hex-digit suffix")
         return f"{unique.key}{ID_SEPARATOR}{checked}{ID_SEPARATOR}{suffix}"
+    if unique.scope == "version":
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError("scope 'version' needs the workflow's version (an int >= 1)")
+        return f"{unique.key}{ID_SEPARATOR}{checked}{ID_SEPARATOR}v{version}"
     return f"{unique.key}{ID_SEPARATOR}{checked}"

@@ -83,7 +83,10 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
 
     Every field is plain data; ``status`` is derived from the others by the
     engine core whenever the instance changes, and ``revision`` grows by one
-    with every persisted change.
+    with every persisted change. ``results`` has an entry for every completed
+    step (``{}`` when it stored none). ``inbox`` holds at most 1,000 events and
+    ``dedupe_keys`` the 1,000 most recent dedupe keys, so a snapshot's size
+    does not grow with the number of resumes it took.
     """
 
     id: str
@@ -113,6 +116,9 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: bool = False
     next_timer: int = 1
     format: int = FORMAT_VERSION
+    # Fingerprint of the workflow graph that last wrote this snapshot ("" before it was
+    # recorded); a mismatch makes the engine check the state against its definition.
+    graph: str = ""
 
     @property
     def retrying(self) -> tuple[str, ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -12,6 +11,7 @@ from typing import Any, Final, Literal, TypeAlias, final, overload
 import msgspec
 
 from ._errors import WorkflowDefinitionError
+from ._seconds import check_seconds, seconds_problem
 
 STEP_KEY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
 TIMEOUT_EVENT: Final = "timeout"
@@ -79,14 +79,7 @@ class Retry(msgspec.Struct, frozen=True):
                 f"Retry.backoff must be 'exponential', 'linear' or 'constant', got {self.backoff!r}"
             )
         for name in ("initial", "max_backoff"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(f"Retry.{name} must be a finite number >= 0, got {value!r}")
+            check_seconds(getattr(self, name), f"Retry.{name}")
 
     def delay(self, failed_attempt: int) -> float:
         """Return the un-jittered delay in seconds after attempt ``failed_attempt`` failed."""
@@ -102,13 +95,20 @@ class Retry(msgspec.Struct, frozen=True):
 
 @final
 class StepContext:
-    """The read-only view of its instance that a step receives."""
+    """The read-only view of its instance that a step receives.
+
+    ``initial``, ``results`` (an entry for every completed step, ``{}`` when it
+    stored none), ``metadata`` (the instance's metadata) and ``config`` are
+    read-only copies taken when the attempt starts: mutating them is an error,
+    and nothing a step does to them reaches the instance.
+    """
 
     __slots__ = (
         "attempt",
         "config",
         "initial",
         "instance_id",
+        "metadata",
         "results",
         "step",
         "version",
@@ -120,6 +120,7 @@ class StepContext:
     version: int
     initial: Mapping[str, Any]
     results: Mapping[str, Mapping[str, Any]]
+    metadata: Mapping[str, Any]
     config: Mapping[str, Any] | None
     attempt: int
     step: str
@@ -135,6 +136,7 @@ class StepContext:
         config: Mapping[str, Any] | None,
         attempt: int,
         step: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         set_ = object.__setattr__
         set_(self, "instance_id", instance_id)
@@ -143,6 +145,7 @@ class StepContext:
         # Read-only views, not copies: the engine never mutates a snapshot's dicts.
         set_(self, "initial", _view(initial))
         set_(self, "results", MappingProxyType({k: _view(v) for k, v in results.items()}))
+        set_(self, "metadata", _view({} if metadata is None else metadata))
         set_(self, "config", None if config is None else _view(config))
         set_(self, "attempt", attempt)
         set_(self, "step", step)
@@ -221,13 +224,10 @@ def _check_step(key: str, events: object, retry: object, timeout: object) -> tup
             problems.append(f"events {duplicates!r} are declared more than once")
     if retry is not None and not isinstance(retry, Retry):
         problems.append(f"retry must be an hx.Retry or None, got {retry!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        problems.append(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if timeout is not None:
+        problem = seconds_problem(timeout, "timeout", positive=True)
+        if problem is not None:
+            problems.append(f"{problem} (or None for no limit)")
     if problems:
         raise WorkflowDefinitionError(f"step {key}", problems)
     return event_tuple
@@ -303,14 +303,9 @@ def Wait(seconds: float, *, key: str) -> Step:  # noqa: N802 - public factory na
     Raises:
         WorkflowDefinitionError: for a bad key or a negative ``seconds``.
     """
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not (math.isfinite(seconds) and seconds >= 0)
-    ):
-        raise WorkflowDefinitionError(
-            f"step {key}", [f"Wait seconds must be a finite number >= 0, got {seconds!r}"]
-        )
+    problem = seconds_problem(seconds, "Wait seconds")
+    if problem is not None:
+        raise WorkflowDefinitionError(f"step {key}", [problem])
     delay = float(seconds)
 
     async def wait(ctx: StepContext) -> StepResult:
@@ -331,15 +326,9 @@ def WaitForEvent(  # noqa: N802 - public factory named as a type
         WorkflowDefinitionError: for a bad key, an empty event, or a
             non-positive ``timeout``.
     """
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout < 0
-    ):
-        raise WorkflowDefinitionError(
-            f"step {key}", [f"WaitForEvent timeout must be a number >= 0 or None, got {timeout!r}"]
-        )
+    problem = None if timeout is None else seconds_problem(timeout, "WaitForEvent timeout")
+    if problem is not None:
+        raise WorkflowDefinitionError(f"step {key}", [f"{problem} (or None for no limit)"])
     limit = None if timeout is None else float(timeout)
 
     async def wait_for_event(ctx: StepContext) -> StepResult:

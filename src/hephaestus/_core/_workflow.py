@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
+from ._definitions import graph_fingerprint
 from ._errors import WorkflowDefinitionError
 from ._ids import Unique
 from ._steps import Route, Step, Target, _DoneType
@@ -54,6 +55,7 @@ class Workflow:
 
     __slots__ = (
         "edges",
+        "fingerprint",
         "name",
         "predecessors",
         "start",
@@ -73,6 +75,8 @@ class Workflow:
     successors: Mapping[str, frozenset[str]]
     predecessors: Mapping[str, frozenset[str]]
     topo_order: tuple[str, ...]
+    fingerprint: str
+    """A digest of the graph (steps, their events, the transitions, the start step)."""
 
     def __init__(
         self,
@@ -210,6 +214,7 @@ class Workflow:
         self.successors = {k: frozenset(v) for k, v in successors.items()}
         self.predecessors = {k: frozenset(v) for k, v in predecessors.items()}
         self.topo_order = tuple(order)
+        self.fingerprint = graph_fingerprint(self)
 
     @staticmethod
     def _compile_target(

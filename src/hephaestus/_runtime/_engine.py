@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, final
@@ -11,6 +10,7 @@ from typing import Any, final
 import trio
 
 from .._core._codec import check_text, detached_instance, stored_copy
+from .._core._definitions import check_definition, definition_changed, definition_problems
 from .._core._engine import (
     Cancel,
     CancelTimer,
@@ -38,6 +38,9 @@ from .._core._errors import (
 )
 from .._core._ids import build_instance_id
 from .._core._model import Instance, Status
+from .._core._registry import check_registry
+from .._core._seconds import check_seconds
+from .._core._terminal import answer_terminal
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
@@ -106,6 +109,7 @@ class Engine:
             latest = self._latest.get(workflow.name)
             if latest is None or latest.version < workflow.version:
                 self._latest[workflow.name] = workflow
+        check_registry(self._workflows.values())
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -141,7 +145,7 @@ class Engine:
         _check_workflow_arg(workflow, version)
         wf = self._resolve(workflow, version)
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
-        instance_id = build_instance_id(wf.unique, value, suffix)
+        instance_id = build_instance_id(wf.unique, value, suffix, version=wf.version)
         # Deep copies, encoded as they will be stored: the caller keeps nothing of ours.
         initial_dict = stored_copy(_as_dict(initial), "initial") or {}
         metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
@@ -210,13 +214,22 @@ class Engine:
         """Deliver ``event`` to the instance; return once it is persisted.
 
         An event that no step is suspended on yet, but that a step which can
-        still run declares, is kept in the instance's inbox and delivered when
-        such a step suspends.
+        still run declares, is kept in the instance's inbox (at most 1,000
+        events) and delivered when such a step suspends; queued events that no
+        step which can still run would take are dropped.
+
+        A ``dedupe_key`` seen before is accepted and ignored, whatever the
+        instance's status (a webhook retried after the instance finished gets
+        no error). An instance remembers its 1,000 most recent keys: a key
+        older than that counts as new.
 
         Raises:
             InstanceNotFound: no instance has that id.
             EventRejected: the instance is terminal, or no step can take the event,
-                or several suspended steps can and ``step`` names none of them.
+                or several suspended steps can and ``step`` names none of them, or
+                the inbox is full.
+            DefinitionChanged: the instance's stored state does not fit its
+                registered workflow definition.
             UndeclaredEvent: no step (or not ``step``) declares the event.
             InvalidResult: ``payload`` is not a msgpack-serialisable dict, or an
                 argument that must be a str is not one (or is not valid Unicode).
@@ -247,13 +260,8 @@ class Engine:
         """
         check_text(instance_id, "instance_id")
         check_text(step, "step")
-        if (
-            isinstance(delay, bool)
-            or not isinstance(delay, int | float)
-            or not (math.isfinite(delay) and delay >= 0)
-        ):
-            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-        timer_id: str = await self._request(instance_id, ScheduleResume(step, float(delay)))
+        seconds = check_seconds(delay, "delay")
+        timer_id: str = await self._request(instance_id, ScheduleResume(step, seconds))
         return timer_id
 
     async def cancel_timer(self, instance_id: str, timer_id: str) -> bool:
@@ -355,6 +363,9 @@ class Engine:
             else await self._load(instance_id)
         )
         if not instance.status.is_terminal:
+            workflow = self._workflows.get((instance.workflow, instance.version))
+            if workflow is not None:
+                check_definition(workflow, instance)
             raise EventRejected(
                 f"instance {instance_id!r} is {instance.status.value} but not run by this "
                 f"engine (workflow {instance.workflow!r} v{instance.version} is not registered)"
@@ -425,7 +436,7 @@ class Engine:
         workflow = self._workflows.get((instance.workflow, instance.version))
         if workflow is None:
             if instance.status.is_terminal:
-                return _answer_terminal(instance, event)
+                return answer_terminal(instance, event)
             raise EventRejected(
                 f"instance {instance_id!r} belongs to workflow {instance.workflow!r} "
                 f"v{instance.version}, which this engine does not run; register it"
@@ -690,11 +701,33 @@ class Engine:
                         metadata={"version": instance.version, "reason": "workflow not registered"},
                     )
                 continue
+            problems = definition_problems(workflow, instance)
+            if problems:
+                self._skip_changed(workflow, instance, problems)
+                continue
             entry = Entry(workflow, instance, LIVE)
             assert entry.mailbox is not None
             entry.mailbox.put(Message(Recover()))
             self._registry[instance.id] = entry
             self._nursery.start_soon(self._supervise, entry, ())
+
+    def _skip_changed(
+        self, workflow: Workflow, instance: Instance, problems: Sequence[str]
+    ) -> None:
+        """Leave an instance its definition no longer fits as stored, and report it once."""
+        self._registry[instance.id] = Entry(None, instance, ORPHAN)
+        _log.warning("%s", definition_changed(workflow, instance, problems))
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "runner.skip",
+                instance_id=instance.id,
+                workflow=instance.workflow,
+                metadata={
+                    "version": instance.version,
+                    "reason": "definition changed",
+                    "problems": list(problems),
+                },
+            )
 
     def _close(self) -> None:
         self._closed = True
@@ -703,17 +736,6 @@ class Engine:
 def _as_dict(value: Any) -> Any:
     """Turn a mapping that is no dict into one; leave anything else for stored_copy to judge."""
     return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
-
-
-def _answer_terminal(instance: Instance, event: Input) -> Any:
-    """Answer a request about a terminal instance whose workflow is not registered."""
-    if isinstance(event, CancelTimer):
-        return False
-    if isinstance(event, Cancel) and instance.status is Status.CANCELLED:
-        return None
-    raise EventRejected(
-        f"instance {instance.id!r} is {instance.status.value}; it accepts no more requests"
-    )
 
 
 def _take_all(mailbox: Mailbox) -> list[Message]:

@@ -6,61 +6,55 @@ from typing import Any
 
 import trio
 
-from .._core._codec import check_serialisable
 from .._core._engine import StepFailed, StepSucceeded, StepSuspended
-from .._core._errors import InvalidResult, StepTimeout
-from .._core._steps import Emit, Step, StepContext, Suspend
+from .._core._errors import StepTimeout
+from .._core._outcome import failed, outcome
+from .._core._steps import Step, StepContext
+
+# Exceptions that stop more than the step: trio's cancellation, and the interpreter
+# being asked to stop. Everything else a step raises is that step's failure.
+_PROPAGATE = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 
 
 async def run_attempt(step: Step, ctx: StepContext) -> StepSucceeded | StepFailed | StepSuspended:
     """Run one attempt of ``step`` and report its outcome; never raises for step errors.
 
-    Async steps are awaited here; plain functions run in a worker thread. An
-    attempt that exceeds ``step.timeout`` fails with :class:`StepTimeout`.
-    Cancellation from outside propagates as usual.
+    Async steps are awaited here; plain functions run in a worker thread. What
+    the step returns is classified by the core (:func:`outcome`). Any exception
+    from step code, ``BaseException`` subclasses included, fails the attempt;
+    an attempt that exceeds ``step.timeout`` fails with :class:`StepTimeout`.
+
+    Raises:
+        trio.Cancelled: cancellation from outside propagates as usual.
+        KeyboardInterrupt, SystemExit: raised by step code (alone or in an
+            exception group), they stop the engine; nothing about the attempt
+            is stored, so the next ``open_engine`` runs it again.
     """
     try:
         if step.timeout is None:
-            return outcome(ctx, await _call(step, ctx))
+            return outcome(step, ctx.attempt, await _call(step, ctx))
         with trio.move_on_after(step.timeout):
-            return outcome(ctx, await _call(step, ctx))
-        return _failed(
-            ctx,
+            return outcome(step, ctx.attempt, await _call(step, ctx))
+        return failed(
+            step,
+            ctx.attempt,
             StepTimeout(
                 f"step {ctx.step!r} attempt {ctx.attempt} exceeded its timeout of {step.timeout} s"
             ),
         )
-    except Exception as exc:  # step code failed: an ordinary step failure
-        return _failed(ctx, exc)
+    except BaseException as exc:  # step code failed: an ordinary step failure
+        if _must_propagate(exc):
+            raise
+        return failed(step, ctx.attempt, exc)
+
+
+def _must_propagate(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(_PROPAGATE) is not None
+    return isinstance(exc, _PROPAGATE)
 
 
 async def _call(step: Step, ctx: StepContext) -> Any:
     if step.is_async:
         return await step.fn(ctx)  # type: ignore[misc]
     return await trio.to_thread.run_sync(step.fn, ctx, abandon_on_cancel=True)
-
-
-def outcome(ctx: StepContext, result: object) -> StepSucceeded | StepFailed | StepSuspended:
-    """Return the engine input for a step that returned ``result``."""
-    if isinstance(result, str):
-        return StepSucceeded(ctx.step, ctx.attempt, result)
-    if isinstance(result, Emit):
-        try:
-            check_serialisable(result.results, f"results of step {ctx.step!r}")
-            check_serialisable(result.metadata, f"metadata of step {ctx.step!r}")
-        except InvalidResult as exc:
-            return _failed(ctx, exc)
-        return StepSucceeded(ctx.step, ctx.attempt, result.event, result.results, result.metadata)
-    if isinstance(result, Suspend):
-        return StepSuspended(ctx.step, ctx.attempt, result.timeout)
-    return _failed(
-        ctx,
-        InvalidResult(
-            f"step {ctx.step!r} returned {result!r}; return an event name (str), "
-            "hx.Emit(...) or hx.Suspend(...)"
-        ),
-    )
-
-
-def _failed(ctx: StepContext, exc: BaseException) -> StepFailed:
-    return StepFailed(ctx.step, ctx.attempt, type(exc).__name__, str(exc) or repr(exc))

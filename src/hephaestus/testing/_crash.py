@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import TypeAlias, final
@@ -10,6 +9,7 @@ from typing import TypeAlias, final
 import trio
 
 from .._core._model import Instance, Status
+from .._core._seconds import check_seconds
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import StorageBase
 
@@ -52,12 +52,7 @@ class CrashPoint:
             raise ValueError(f"CrashPoint.write must be an int >= 1, got {self.write!r}")
         if self.step is not None and (not isinstance(self.step, str) or not self.step):
             raise ValueError(f"CrashPoint.step must be a step key, got {self.step!r}")
-        if not (
-            isinstance(self.downtime, int | float)
-            and math.isfinite(self.downtime)
-            and self.downtime >= 0
-        ):
-            raise ValueError(f"CrashPoint.downtime must be seconds >= 0, got {self.downtime!r}")
+        check_seconds(self.downtime, "CrashPoint.downtime")
 
     def __repr__(self) -> str:
         where = f"write={self.write!r}" if self.write is not None else f"step={self.step!r}"

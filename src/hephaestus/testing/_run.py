@@ -12,6 +12,7 @@ import trio.testing
 
 from .._core._errors import EngineClosed, EventRejected
 from .._core._model import Instance, Status
+from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._runtime._engine import Engine
 from .._runtime._open import open_engine
@@ -228,8 +229,7 @@ def _schedule(
             raise ValueError(f"scheduled event {item!r} must be (delay, event[, payload])")
         delay, event = item[0], item[1]
         payload = item[2] if len(item) == 3 else None
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise ValueError(f"scheduled event {item!r}: delay must be seconds >= 0")
+        check_seconds(delay, f"scheduled event {item!r}: delay")
         if event != CANCEL and event not in declared:
             raise ValueError(
                 f"scheduled event {item!r}: no step of workflow {workflow.name!r} declares "
