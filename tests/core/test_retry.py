@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 import hephaestus as hx
@@ -189,3 +190,14 @@ def test_prunable_is_strictly_older_than_the_cut_and_never_active() -> None:
     assert not prunable(done, statuses=(hx.Status.FAILED,), cut=99.0)
     running = hx.Instance(id="b", workflow="w", version=1, status=hx.Status.RUNNING)
     assert not prunable(running, statuses=(hx.Status.RUNNING,), cut=99.0)
+
+
+def test_a_failed_snapshot_that_records_no_failed_step_is_rejected() -> None:
+    odd = hx.Instance(id="a", workflow="w", version=1, status=hx.Status.FAILED)
+    with pytest.raises(hx.EventRejected, match="records no step that failed"):
+        apply_without_graph(odd, Retry(), 1.0)
+    named = msgspec.structs.replace(
+        odd, error=hx.ErrorInfo(step="pay", type="E", message="m", attempts=1)
+    )
+    t = apply_without_graph(named, Retry(), 1.0)
+    assert t.commands == (RunStep(step="pay", attempt=1),)

@@ -707,6 +707,8 @@ class _Draft:
         rerun = [step for step in self.attempts if step not in completed]
         if not rerun and self.error is not None:
             rerun = [self.error.step]
+        if not rerun:
+            raise self.rejected("it records no step that failed, so nothing can run again")
         self.error = None
         self.terminal = False
         self.failures = {k: n for k, n in self.failures.items() if k not in rerun}
