@@ -391,7 +391,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     async def cancel(storage: Storage) -> tuple[Instance, Instance]:
         before = await _get(storage, args.id, args.store)
-        transition = apply_without_graph(before, Cancel(args.reason), time.time())
+        transition = apply_without_graph(before, Cancel(reason=args.reason), time.time())
         if transition.changed:
             await storage.put(transition.instance, expected_revision=before.revision)
         return before, transition.instance
