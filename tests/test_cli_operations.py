@@ -435,6 +435,9 @@ def test_list_limit_pages_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out.splitlines()
     assert [r.split()[0] for r in out[1:3]] == ["o::2", "o::3"]
     assert out[-1] == "2 instances"  # nothing after o::3
+    proc = hx_cli("list", "--store", str(store), "--limit", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [i["id"] for i in json.loads(proc.stdout)] == ["o::1", "o::10", "o::2"]
     assert main(["list", "--store", str(store), "--limit", "0"]) == 1
     one_line_error(capsys.readouterr().err, "--limit", "must be at least 1")
     assert main(["list", "--store", str(store), "--limit", "many"]) == 1
