@@ -435,12 +435,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     seconds, text = args.older_than
 
     async def prune(storage: Storage) -> int:
+        from ._runtime._paging import for_each_page
+
         cut = time.time() - seconds
         deleted = 0
-        for instance in await storage.query(status=statuses):
-            if prunable(instance, statuses=statuses, cut=cut):
-                await storage.delete(instance.id)
-                deleted += 1
+
+        async def prune_page(page: list[Instance]) -> None:
+            nonlocal deleted
+            for instance in page:
+                if prunable(instance, statuses=statuses, cut=cut):
+                    await storage.delete(instance.id)
+                    deleted += 1
+
+        await for_each_page(storage, prune_page, status=statuses)
         return deleted
 
     deleted: int = _on_store(

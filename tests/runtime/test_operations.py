@@ -14,6 +14,7 @@ import trio.testing
 
 import hephaestus as hx
 from hephaestus._core._codec import encode_instance
+from hephaestus._runtime._paging import for_each_page
 
 from .helpers import Recorder
 
@@ -344,6 +345,7 @@ class PlainStorage:
 
     def __init__(self) -> None:
         self.inner = hx.MemoryStorage()
+        self.queries = 0
 
     @property
     def is_open(self) -> bool:
@@ -382,6 +384,7 @@ class PlainStorage:
         workflow: str | None = None,
         status: hx.Status | Collection[hx.Status] | None = None,
     ) -> list[hx.Instance]:
+        self.queries += 1
         found = await self.inner.query(workflow=workflow, status=status)
         return found[::-1]  # an adapter may answer in any order: the engine sorts
 
@@ -447,3 +450,28 @@ async def test_list_pages_through_a_store_in_id_order(storage_class: type[PlainS
         assert {"workflow": "ops", "status": None, "after": everything[1], "limit": None} in (
             storage.pages
         )
+
+
+@pytest.mark.parametrize("storage_class", [PlainStorage, PagingStorage])
+async def test_for_each_page_reads_a_store_once_or_page_by_page(
+    storage_class: type[PlainStorage],
+) -> None:
+    storage = storage_class()
+    async with storage:
+        for n in range(7):
+            await storage.put(hx.Instance(id=f"i{n}", workflow="w", version=1))
+        seen: list[list[str]] = []
+
+        async def handle(page: list[hx.Instance]) -> None:
+            seen.append([i.id for i in page])
+            for instance in page:  # deleting what a page holds does not disturb the next
+                await storage.delete(instance.id)
+
+        await for_each_page(storage, handle, size=3)
+        assert seen == [["i0", "i1", "i2"], ["i3", "i4", "i5"], ["i6"]]
+        assert await storage.query() == []
+    if isinstance(storage, PagingStorage):
+        assert [p["after"] for p in storage.pages] == [None, "i2", "i5"]
+        assert storage.queries == 1  # the final check above
+    else:
+        assert storage.queries == 2  # one read for every page, and the final check

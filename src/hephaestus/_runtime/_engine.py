@@ -46,7 +46,7 @@ from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
 from ._mailbox import Mailbox, Message, Reply
-from ._paging import check_page_args, query_page
+from ._paging import check_page_args, for_each_page, query_page
 from ._runner import FINISHED, LIVE, ORPHAN, STUCK, Entry, Runner
 
 _log = logging.getLogger("hephaestus.engine")
@@ -662,9 +662,9 @@ class Engine:
             return "no longer prunable"
 
         deleted = 0
-        after: str | None = None
-        while True:
-            page = await query_page(self.storage, status=statuses, after=after, limit=_PRUNE_PAGE)
+
+        async def prune_page(page: list[Instance]) -> None:
+            nonlocal deleted
             for instance in page:
                 if wanted(instance) is not None:
                     continue
@@ -673,9 +673,9 @@ class Engine:
                 except (EventRejected, InstanceNotFound):
                     continue  # changed or removed meanwhile: not ours to delete
                 deleted += 1
-            if len(page) < _PRUNE_PAGE:
-                return deleted
-            after = page[-1].id
+
+        await for_each_page(self.storage, prune_page, status=statuses, size=_PRUNE_PAGE)
+        return deleted
 
     async def _settled(
         self, instance_id: str, refuse_active: Callable[[Instance], None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from .._core._model import Instance, Status
@@ -51,6 +51,36 @@ async def query_page(
     if after is not None:
         found = [i for i in found if i.id > after]
     return found if limit is None else found[:limit]
+
+
+async def for_each_page(
+    storage: Storage,
+    handle: Callable[[list[Instance]], Awaitable[None]],
+    *,
+    workflow: str | None = None,
+    status: Status | Collection[Status] | None = None,
+    size: int = 500,
+) -> None:
+    """Call ``await handle(page)`` on the matching instances, ``size`` at a time, by id.
+
+    With the storage's own ``query_page`` each page is read just before it is
+    handled, so a large store is never in memory at once (deleting what a page
+    holds is fine: the next page starts after its last id). Without it one
+    query reads everything, handed over in pages.
+    """
+    if getattr(storage, "query_page", None) is None:
+        found = sorted(await storage.query(workflow=workflow, status=status), key=_id)
+        for start in range(0, len(found), size):
+            await handle(found[start : start + size])
+        return
+    after: str | None = None
+    while True:
+        page = await query_page(storage, workflow=workflow, status=status, after=after, limit=size)
+        if page:
+            await handle(page)
+        if len(page) < size:
+            return
+        after = page[-1].id
 
 
 def _id(instance: Instance) -> str:
