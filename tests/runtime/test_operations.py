@@ -475,3 +475,131 @@ async def test_for_each_page_reads_a_store_once_or_page_by_page(
         assert storage.queries == 1  # the final check above
     else:
         assert storage.queries == 2  # one read for every page, and the final check
+
+
+# -- races with the runner and with other requests -------------------------------------------
+
+
+async def test_retry_sent_while_the_failed_runner_is_still_letting_go() -> None:
+    # A sibling that takes its time to wind down keeps the failed instance's runner
+    # alive: a retry sent meanwhile waits for it, then re-opens the instance.
+    release = trio.Event()
+    winding_down = trio.Event()
+    attempts: list[tuple[str, int]] = []
+
+    @hx.step(events=("ok",))
+    async def begin(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    @hx.step(events=("ok",))
+    async def fail_once(ctx: hx.StepContext) -> hx.StepResult:
+        attempts.append(("fail_once", ctx.attempt))
+        if ctx.attempt == 1:
+            await trio.testing.wait_all_tasks_blocked()  # the sibling is running
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    @hx.step(events=("ok",))
+    async def slow(ctx: hx.StepContext) -> hx.StepResult:
+        attempts.append(("slow", ctx.attempt))
+        if ctx.attempt == 1:
+            try:
+                await trio.sleep_forever()
+            finally:
+                winding_down.set()
+                with trio.CancelScope(shield=True):
+                    await release.wait()
+        return "ok"
+
+    @hx.step(events=("ok",))
+    async def end(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    wf = hx.Workflow(
+        "winding",
+        start=begin,
+        transitions={
+            (begin, "ok"): [fail_once, slow],
+            (fail_once, "ok"): end,
+            (slow, "ok"): end,
+            (end, "ok"): hx.Done,
+        },
+        unique=hx.Unique("wd"),
+    )
+    async with hx.open_engine(workflows=[wf]) as engine:
+        try:
+            iid = await engine.start(wf, "x")
+            await winding_down.wait()
+            assert (await engine.get(iid)).status is hx.Status.FAILED
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(engine.retry, iid)
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await engine.get(iid)).status is hx.Status.FAILED  # the retry waits
+                release.set()
+            final = await engine.wait(iid)
+        finally:
+            release.set()  # whatever failed, let the engine close
+    assert final.status is hx.Status.COMPLETED
+    assert sorted(attempts) == [("fail_once", 1), ("fail_once", 2), ("slow", 1), ("slow", 2)]
+
+
+@pytest.mark.parametrize("first", ["retry", "start"])
+async def test_retry_and_start_of_one_failed_id_do_not_both_win(first: str) -> None:
+    flow = Flaky()
+    storage = hx.MemoryStorage()
+    async with hx.open_engine(workflows=[flow.workflow], storage=storage) as engine:
+        failed = await _failed(engine, flow)
+        flow.broken = False
+        results: dict[str, str] = {}
+
+        async def do(what: str) -> None:
+            try:
+                if what == "retry":
+                    await engine.retry(failed.id)
+                else:
+                    await engine.start(flow.workflow, "a", {"n": 1})
+                results[what] = "ok"
+            except (hx.AlreadyRunning, hx.EventRejected) as exc:
+                results[what] = type(exc).__name__
+
+        async with trio.open_nursery() as nursery:
+            order = ["retry", "start"] if first == "retry" else ["start", "retry"]
+            for what in order:
+                nursery.start_soon(do, what)
+                await trio.lowlevel.checkpoint()
+        assert sorted(results.values()).count("ok") == 1, results
+        final = await engine.wait(failed.id)
+    assert final.status is hx.Status.COMPLETED
+    stored = await _stored_after(storage, failed.id)
+    assert stored == final
+
+
+async def _stored_after(storage: hx.Storage, instance_id: str) -> hx.Instance:
+    async with storage:
+        return await _stored(storage, instance_id)
+
+
+async def test_delete_and_retry_of_one_failed_id_do_not_both_win() -> None:
+    flow = Flaky()
+    storage = hx.MemoryStorage()
+    async with hx.open_engine(workflows=[flow.workflow], storage=storage) as engine:
+        failed = await _failed(engine, flow)
+        flow.broken = False
+        results: dict[str, str] = {}
+
+        async def do(what: str) -> None:
+            try:
+                await (engine.delete if what == "delete" else engine.retry)(failed.id)
+                results[what] = "ok"
+            except (hx.EventRejected, hx.InstanceNotFound) as exc:
+                results[what] = type(exc).__name__
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(do, "delete")
+            nursery.start_soon(do, "retry")
+        assert list(results.values()).count("ok") == 1, results
+        if results["delete"] == "ok":
+            with pytest.raises(hx.InstanceNotFound):
+                await engine.get(failed.id)
+        else:
+            assert (await engine.wait(failed.id)).status is hx.Status.COMPLETED
