@@ -22,6 +22,7 @@ what was not acknowledged, and every order finishes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shlex
@@ -47,6 +48,9 @@ INVALID_EVERY = 25
 
 UNCONFIRMED_EVERY = 5
 """Every 5th valid order gets no delivery confirmation: it times out."""
+
+CRASH_AFTER = 1.0
+"""Seconds into the run at which engine 1 crashes (sooner once half the deliveries are in)."""
 
 
 class PaymentGatewayError(RuntimeError):
@@ -300,6 +304,10 @@ def _initial(i: int) -> dict[str, Any]:
     return {"items": items, "customer": f"c{i % 97:02d}"}
 
 
+def _value(token: str, i: int) -> str:
+    return f"{token}-{i:05d}"
+
+
 def _confirm_after(i: int) -> float | None:
     """Seconds after its start at which order ``i``'s delivery is confirmed; None: never."""
     if not _initial(i)["items"] or i % UNCONFIRMED_EVERY == UNCONFIRMED_EVERY - 1:
@@ -331,6 +339,8 @@ class _Client:
     planned: int = 0
     acked: int = 0
     late: int = 0
+    found: int = 0
+    restarted: int = 0
     crash_time: trio.Event = field(default_factory=trio.Event)
 
     async def start_order(
@@ -342,7 +352,33 @@ class _Client:
         nursery: trio.Nursery,
     ) -> None:
         async with limiter:
-            iid = await engine.start(order, f"{token}-{i:05d}", _initial(i))
+            iid = await engine.start(order, _value(token, i), _initial(i))
+        self._follow(engine, i, iid, nursery)
+
+    async def start_again(
+        self,
+        engine: hx.Engine,
+        token: str,
+        i: int,
+        limiter: trio.CapacityLimiter,
+        nursery: trio.Nursery,
+    ) -> None:
+        """After the crash: send again a start that was not acknowledged.
+
+        It may have been stored all the same (the crash came between the write
+        and the answer): then the order is taken as it is, never started twice.
+        """
+        iid = f"{order.unique.key}::{_value(token, i)}"
+        async with limiter:
+            try:
+                await engine.get(iid)
+                self.found += 1
+            except hx.InstanceNotFound:
+                iid = await engine.start(order, _value(token, i), _initial(i))
+                self.restarted += 1
+        self._follow(engine, i, iid, nursery)
+
+    def _follow(self, engine: hx.Engine, i: int, iid: str, nursery: trio.Nursery) -> None:
         self.ids[i] = iid
         delay = _confirm_after(i)
         if delay is not None:
@@ -367,22 +403,60 @@ class _Client:
             self.crash_time.set()
 
 
-async def _watch(engine: hx.Engine, client: _Client, reporter: Reporter, t0: float) -> None:
-    """Report the orders' statuses every ``reporter.interval`` seconds.
+_STATUS_OF_EVENT = {
+    "workflow.start": hx.Status.RUNNING,
+    "workflow.stop": hx.Status.COMPLETED,
+    "workflow.exception": hx.Status.FAILED,
+    "workflow.cancel": hx.Status.CANCELLED,
+}
 
-    ``engine.get`` answers from the engine's memory for live instances; finished
-    ones are remembered, so a poll never rereads the whole store.
+
+class Progress:
+    """Counts the orders by status, kept up to date by the engine's telemetry.
+
+    A telemetry handler: every persisted change of an instance is reported
+    (``workflow.start``, ``workflow.transition`` with its new status, the
+    terminal events), so the counts cost O(1) per change and reading them costs
+    nothing, however many orders there are. ``seed`` adds what is on disk when
+    an engine recovers a store (recovery itself reports no status).
     """
-    finished: dict[str, hx.Status] = {}
+
+    def __init__(self, workflow: str) -> None:
+        self.workflow = workflow
+        self.status: dict[str, hx.Status] = {}
+        self.counts: Counter[hx.Status] = Counter()
+
+    def seed(self, instances: Sequence[hx.Instance]) -> None:
+        for instance in instances:
+            self._set(instance.id, instance.status)
+
+    def __call__(self, event: hx.TelemetryEvent) -> None:
+        if event.workflow != self.workflow or event.instance_id is None:
+            return
+        status = _STATUS_OF_EVENT.get(event.name)
+        if status is None and event.name == "workflow.transition":
+            status = hx.Status(event.metadata["status"])
+        if status is not None:
+            self._set(event.instance_id, status)
+
+    def _set(self, instance_id: str, status: hx.Status) -> None:
+        old = self.status.get(instance_id)
+        if old is status:
+            return
+        if old is not None:
+            self.counts[old] -= 1
+        self.status[instance_id] = status
+        self.counts[status] += 1
+
+    def snapshot(self) -> Counter[hx.Status]:
+        """The current counts, without zero entries."""
+        return +self.counts
+
+
+async def _watch(progress: Progress, reporter: Reporter, t0: float) -> None:
+    """Report the orders' statuses every ``reporter.interval`` seconds, from ``progress``."""
     while True:
-        counts: Counter[hx.Status] = Counter()
-        for iid in list(client.ids.values()):
-            status = finished.get(iid)
-            if status is None:
-                status = (await engine.get(iid)).status
-                if status.is_terminal:
-                    finished[iid] = status
-            counts[status] += 1
+        counts = progress.snapshot()
         if counts:
             reporter.update(counts, trio.current_time() - t0)
         await trio.sleep(reporter.interval)
@@ -411,40 +485,47 @@ async def demo_run(path: str, n: int, reporter: Reporter, kind: str = "files") -
     """Run ``n`` orders on the store (``kind``) at ``path``: engine 1, a crash, engine 2."""
     token = secrets.token_hex(2)  # a fresh id prefix, so a reused --store starts new orders
     client = _Client(n, planned=sum(_confirm_after(i) is not None for i in range(n)))
+    ours = {f"{order.unique.key}::{_value(token, i)}" for i in range(n)}
     t0 = trio.current_time()
 
-    # ---- engine 1: start every order, confirm deliveries, crash midway ----------------
+    # ---- engine 1: start the orders, confirm deliveries, crash a second in -------------
     reporter.phase("engine 1", n)
+    progress = Progress(order.name)
     with trio.CancelScope() as crash:
         async with (
-            hx.open_engine(workflows=[order], storage=_storage(kind, path)) as engine,
+            hx.open_engine(
+                workflows=[order], storage=_storage(kind, path), telemetry=progress
+            ) as engine,
             trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(_watch, engine, client, reporter, t0)
+            nursery.start_soon(_watch, progress, reporter, t0)
             limiter = trio.CapacityLimiter(64)
-            async with trio.open_nursery() as starts:
-                for i in range(n):
-                    starts.start_soon(client.start_order, engine, token, i, limiter, nursery)
-            # Every start is acknowledged. Crash once about half the confirmations are in
-            # (or after a second): orders are running, retrying payments, and waiting.
-            with trio.move_on_after(1.0):
+            for i in range(n):
+                nursery.start_soon(client.start_order, engine, token, i, limiter, nursery)
+            # Crash a second in, or once half the confirmations are in if that is sooner:
+            # orders are being started, running, retrying payments and waiting.
+            with trio.move_on_at(t0 + CRASH_AFTER):
                 await client.crash_time.wait()
-            crash.cancel()
-    crashed_at = trio.current_time() - t0
-    ids = [client.ids[i] for i in range(n)]
-    ours = set(ids)
+            reporter.end_phase(
+                "crashed",
+                progress.snapshot(),
+                f"at {trio.current_time() - t0:.1f}s ({len(client.ids)} of {n} starts "
+                "acknowledged so far)",
+            )
+            crash.cancel()  # announced above, and happening now: nothing runs in between
     # What the crash left on disk, seen the way `hephaestus list` sees it.
     async with _storage(kind, path, read_only=True) as view:
-        counts = Counter(i.status for i in await view.query(workflow=order.name) if i.id in ours)
-    reporter.end_phase(
-        "crashed",
-        counts,
-        f"at {crashed_at:.1f}s; on disk: {_counts_text(counts)}",
-    )
+        stored = [i for i in await view.query(workflow=order.name) if i.id in ours]
+    on_disk = _counts_text(Counter(i.status for i in stored))
+    reporter.line(f"on disk after the crash: {len(stored)} orders ({on_disk})")
 
     # ---- engine 2: reopen the store, recover, finish -----------------------------------
     t_open = trio.current_time()
-    async with hx.open_engine(workflows=[order], storage=_storage(kind, path)) as engine:
+    progress = Progress(order.name)
+    progress.seed(stored)
+    async with hx.open_engine(
+        workflows=[order], storage=_storage(kind, path), telemetry=progress
+    ) as engine:
         recovery = trio.current_time() - t_open
         unfinished = [
             i for i in await engine.list(workflow=order.name, status=ACTIVE) if i.id in ours
@@ -457,10 +538,21 @@ async def demo_run(path: str, n: int, reporter: Reporter, kind: str = "files") -
         )
         reporter.phase("engine 2", n)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, engine, client, reporter, t0)
+            nursery.start_soon(_watch, progress, reporter, t0)
             for delivery in client.deliveries:
                 if not delivery.acked:
                     nursery.start_soon(client.confirm, engine, delivery)
+            missing = [i for i in range(n) if i not in client.ids]
+            if missing:
+                limiter = trio.CapacityLimiter(64)
+                async with trio.open_nursery() as starts:
+                    for i in missing:
+                        starts.start_soon(client.start_again, engine, token, i, limiter, nursery)
+                reporter.line(
+                    f"the client sent again the {len(missing)} starts not acknowledged before "
+                    f"the crash: {client.found} had been stored, {client.restarted} started now"
+                )
+            ids = [client.ids[i] for i in range(n)]
             for iid in ids:
                 await engine.wait(iid)
             nursery.cancel_scope.cancel()
@@ -557,6 +649,69 @@ def _store_dir(store: str | None, kind: str = "files") -> Iterator[str]:
         yield path if kind == "files" else os.path.join(path, "demo.sqlite")
 
 
+def _steps_named(instance: hx.Instance) -> set[str]:
+    """Every step key the instance's stored state mentions."""
+    return {
+        *instance.completed,
+        *instance.active,
+        *instance.waiting,
+        *instance.results,
+        *instance.attempts,
+        *(entry.step for entry in instance.history),
+        *(timer.step for timer in instance.timers),
+    }
+
+
+def strangers(instances: Sequence[hx.Instance]) -> list[hx.Instance]:
+    """Return the instances the demo did not make: another workflow, version or steps."""
+    steps = set(order.steps)
+    return [
+        i
+        for i in instances
+        if i.workflow != order.name or i.version != order.version or not _steps_named(i) <= steps
+    ]
+
+
+def check_store(path: str, kind: str = "files") -> str | None:
+    """Say why the demo must not run on ``path``, or return None if it may.
+
+    The demo runs on a new path or an empty directory, or on a store that
+    holds only its own orders. Another application's store is refused, not
+    "recovered": its instances are not the demo's to run. So is a path that
+    holds something but no store, or a store of the other ``kind``.
+    """
+    from .storage._errors import NotAStore
+    from .storage._locate import store_at
+
+    if not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path)):
+        return None  # created by the run
+    try:
+        found_store = store_at(path, read_only=True)
+    except NotAStore as exc:
+        return f"{exc}; give --store a new path, or one an earlier demo used"
+    wanted = hx.SQLiteStorage if kind == "sqlite" else hx.FileStorage
+    if not isinstance(found_store, wanted):
+        return (
+            f"{path!r} is a {type(found_store).__name__} store, not what --storage {kind} "
+            "uses: pass the matching --storage, or another --store"
+        )
+
+    async def read() -> list[hx.Instance]:
+        logging.getLogger("hephaestus.storage").setLevel(logging.CRITICAL)
+        async with found_store as storage:
+            return await storage.query()
+
+    found = strangers(trio.run(read))
+    if not found:
+        return None
+    kinds = sorted({f"{i.workflow} v{i.version}" for i in found})
+    return (
+        f"the store {path!r} holds {len(found)} instance(s) the demo did not make "
+        f"(workflows: {', '.join(kinds)}): the demo runs only on a new directory or one it "
+        "made; give --store another path"
+    )
+
+
 def run_demo(
     *,
     store: str | None,
@@ -564,7 +719,14 @@ def run_demo(
     reporter: Reporter | None = None,
     storage: str = "files",
 ) -> int:
-    """Run the demo; return the exit status (0 when every instance finished)."""
+    """Run the demo; return the exit status (0 when every instance finished).
+
+    Refuses (one line on stderr, status 1) a store the demo did not make.
+    """
+    problem = None if store is None else check_store(store, storage)
+    if problem is not None:
+        print(f"hephaestus: error: {problem}", file=sys.stderr)
+        return 1
     reporter = reporter if reporter is not None else make_reporter()
     try:
         with _store_dir(store, storage) as path:

@@ -1,9 +1,14 @@
-"""The ``hephaestus`` command line: ``demo``, ``list``, ``show`` and ``graph``.
+"""The ``hephaestus`` command line: ``demo``, ``list``, ``show``, ``graph``,
+``cancel``, ``retry`` and ``prune``.
 
 ``list`` and ``show`` open the store read-only (no lock), so they work while an
-engine is running on it. Every expected error (a missing store, an unknown id,
-a bad ``MODULE:ATTR``, a usage mistake) ends with one line on stderr and exit
-status 1; a traceback means a bug.
+engine is running on it. ``cancel``, ``retry`` and ``prune`` change the store:
+they take its lock, so they refuse while an engine holds a single-engine
+store, and act on the stored snapshots through the core's graph-free
+transitions (the command line has no workflow definitions); the next engine
+to open the store carries on. Every expected error (a missing store, an
+unknown id, a bad ``MODULE:ATTR``, a usage mistake) ends with one line on
+stderr and exit status 1; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +28,11 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from ._core._errors import HephaestusError
+from ._core._engine import Cancel, Retry, RunStep, apply_without_graph, prunable, prune_statuses
+from ._core._errors import HephaestusError, StorageLocked
 from ._core._model import Instance, Status
 from ._core._workflow import Workflow
+from .storage._protocol import Storage
 
 PROG = "hephaestus"
 
@@ -225,23 +233,41 @@ def _parse_statuses(text: str | None) -> list[Status] | None:
     return statuses
 
 
+def natural_key(text: str) -> tuple[tuple[int, str | int], ...]:
+    """Return a sort key that orders runs of digits by value: ``o2`` before ``o10``."""
+    return tuple(
+        (1, int(part)) if index % 2 else (0, part)
+        for index, part in enumerate(re.split(r"(\d+)", text))
+    )
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """List the instances in a store."""
     import trio
 
+    from ._runtime._paging import query_page
+
     statuses = _parse_statuses(args.status)
     storage = _ReadOnlyStore(args.store).storage
+    # One more than asked for says whether another page follows.
+    wanted = None if args.limit is None else args.limit + 1
 
     async def query() -> list[Instance]:
         async with storage:
-            found: list[Instance] = await storage.query(workflow=args.workflow, status=statuses)
-            return found
+            return await query_page(
+                storage, workflow=args.workflow, status=statuses, after=args.after, limit=wanted
+            )
 
     instances = sorted(trio.run(query), key=lambda i: i.id)  # as engine.list orders them
+    more = args.limit is not None and len(instances) > args.limit
+    if more:
+        instances = instances[: args.limit]
     if args.json:
         _print_json([instance_json(i) for i in instances])
-    else:
-        print(format_list(instances))
+        return 0
+    print(format_list(sorted(instances, key=lambda i: natural_key(i.id))))
+    if more:
+        print(f"(more after {instances[-1].id}: add --after {shlex.quote(instances[-1].id)})")
     return 0
 
 
@@ -266,6 +292,167 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_json(instance_json(instance))
     else:
         print(format_instance(instance))
+    return 0
+
+
+# -- commands that change the store -------------------------------------------------------
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>[smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds of a duration such as ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not a number followed by one of
+            the units s, m, h, d, w.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use a number and a unit, one of s, m, h, d, w "
+            "(for example 30s, 15m, 2h, 7d)"
+        )
+    return float(match["number"]) * _UNITS[match["unit"]]
+
+
+def _open_store(path: str, *, read_only: bool) -> Storage:
+    """Return the store at ``path``, not opened yet; create nothing.
+
+    Every command that writes to a store gets it here (``list`` and ``show``
+    read through ``_ReadOnlyStore``). Bad snapshots found on opening are
+    reported as warning lines on stderr.
+
+    Raises:
+        CliError: nothing at ``path``, or something that is no store.
+    """
+    from .storage._errors import NotAStore
+    from .storage._locate import store_at
+
+    try:
+        storage = store_at(path, read_only=read_only)  # a FileStorage dir or SQLite file
+    except NotAStore as exc:
+        raise CliError(str(exc)) from None
+
+    def bad(where: str, reason: str) -> None:
+        print(f"{PROG}: warning: unreadable snapshot {where}: {reason}", file=sys.stderr)
+
+    logging.getLogger("hephaestus.storage").setLevel(logging.CRITICAL)
+    storage.on_quarantine = bad
+    return storage
+
+
+_HOLDER = re.compile(r"locked by (process \d+|another process \(pid unknown\))")
+
+
+def _held(exc: StorageLocked, path: str, what: str, instead: str) -> CliError:
+    """The one-line refusal for a store that a running engine holds."""
+    found = _HOLDER.search(str(exc))
+    holder = found[1] if found else "another process"
+    return CliError(
+        f"cannot {what}: the store {path!r} is held by {holder}, a running engine; "
+        f"{instead} in that application, or stop it and run this command again"
+    )
+
+
+def _on_store(path: str, what: str, instead: str, change: Callable[[Storage], Any]) -> Any:
+    """Open the store at ``path`` for writing, run ``await change(storage)``, close it."""
+    import trio
+
+    storage = _open_store(path, read_only=False)
+
+    async def session() -> Any:
+        try:
+            await storage.aopen()
+        except StorageLocked as exc:
+            raise _held(exc, path, what, instead) from None
+        try:
+            return await change(storage)
+        finally:
+            with trio.CancelScope(shield=True):
+                await storage.aclose()
+
+    return trio.run(session)
+
+
+async def _get(storage: Storage, instance_id: str, path: str) -> Instance:
+    instance = await storage.get(instance_id)
+    if instance is None:
+        raise CliError(f"no instance {instance_id!r} in store {path!r}")
+    return instance
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel an active instance in a store no engine holds."""
+
+    async def cancel(storage: Storage) -> tuple[Instance, bool]:
+        before = await _get(storage, args.id, args.store)
+        transition = apply_without_graph(before, Cancel(reason=args.reason), time.time())
+        if transition.changed:
+            await storage.put(transition.instance, expected_revision=before.revision)
+        return before, transition.changed
+
+    before, changed = _on_store(
+        args.store, f"cancel {args.id!r}", f"call engine.cancel({args.id!r})", cancel
+    )
+    if not changed:
+        print(f"{args.id} was already cancelled")
+    else:
+        print(f"cancelled {args.id} (it was {before.status.value})")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Re-open a failed instance in a store no engine holds; the next engine runs it."""
+
+    async def retry(storage: Storage) -> list[str]:
+        before = await _get(storage, args.id, args.store)
+        transition = apply_without_graph(before, Retry(), time.time())
+        await storage.put(transition.instance, expected_revision=before.revision)
+        return [c.step for c in transition.commands if isinstance(c, RunStep)]
+
+    steps = _on_store(args.store, f"retry {args.id!r}", f"call engine.retry({args.id!r})", retry)
+    print(
+        f"retried {args.id}: {', '.join(steps)} will run again when an engine next opens this store"
+    )
+    return 0
+
+
+def _duration_arg(text: str) -> tuple[float, str]:
+    return parse_duration(text), text.strip()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete finished instances last updated longer ago than ``--older-than``."""
+    try:
+        statuses = prune_statuses(_parse_statuses(args.status))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    seconds, text = args.older_than
+
+    async def prune(storage: Storage) -> int:
+        from ._runtime._paging import for_each_page
+
+        cut = time.time() - seconds
+        deleted = 0
+
+        async def prune_page(page: list[Instance]) -> None:
+            nonlocal deleted
+            for instance in page:
+                if prunable(instance, statuses=statuses, cut=cut):
+                    await storage.delete(instance.id)
+                    deleted += 1
+
+        await for_each_page(storage, prune_page, status=statuses)
+        return deleted
+
+    deleted: int = _on_store(
+        args.store, "prune", f"call engine.prune(older_than={seconds:g})", prune
+    )
+    which = "/".join(s.value for s in statuses)
+    noun = "instance" if deleted == 1 else "instances"
+    print(f"pruned {deleted} {which} {noun} last updated more than {text} ago")
     return 0
 
 
@@ -339,12 +526,20 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
 
 
+def _count(text: str) -> int:
+    number = _int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``hephaestus`` command."""
     parser = _Parser(
         prog=PROG,
         description="hephaestus: a durable workflow engine for Trio. Start with 'hephaestus demo'.",
     )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -384,6 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"only these statuses, comma-separated ({', '.join(s.value for s in Status)})",
     )
     lst.add_argument("--workflow", metavar="W", help="only instances of this workflow")
+    lst.add_argument(
+        "--limit", metavar="N", type=_count, help="at most N instances (the first N by id)"
+    )
+    lst.add_argument("--after", metavar="ID", help="only instances whose id sorts after ID")
     lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
     lst.set_defaults(handler=cmd_list)
 
@@ -397,6 +596,50 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID", help="the instance id, e.g. orderid::abc123")
     show.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     show.set_defaults(handler=cmd_show)
+
+    writes = "Changes the store: it refuses while an engine holds it."
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel an active instance (needs the store free)",
+        description="Cancel an active instance: it becomes cancelled and nothing more of "
+        f"it runs. {writes}",
+    )
+    cancel.add_argument("--store", metavar="STORE", required=True, help="the store directory")
+    cancel.add_argument("id", metavar="ID", help="the instance id")
+    cancel.add_argument("--reason", metavar="TEXT", help="why (kept in the instance)")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    retry = sub.add_parser(
+        "retry",
+        help="re-open a failed instance at the steps that failed (needs the store free)",
+        description="Re-open a failed instance: the steps that failed run again, with fresh "
+        "attempts, when an engine next opens the store; completed steps keep their results. "
+        f"{writes}",
+    )
+    retry.add_argument("--store", metavar="STORE", required=True, help="the store directory")
+    retry.add_argument("id", metavar="ID", help="the instance id")
+    retry.set_defaults(handler=cmd_retry)
+
+    prune = sub.add_parser(
+        "prune",
+        help="delete finished instances older than a duration (needs the store free)",
+        description="Delete completed, failed and cancelled instances last updated longer "
+        f"ago than --older-than. Active instances are never deleted. {writes}",
+    )
+    prune.add_argument("--store", metavar="STORE", required=True, help="the store directory")
+    prune.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        required=True,
+        type=_duration_arg,
+        help="a number and a unit: 30s, 15m, 2h, 7d, 1w",
+    )
+    prune.add_argument(
+        "--status",
+        metavar="S",
+        help="only these finished statuses, comma-separated (completed, failed, cancelled)",
+    )
+    prune.set_defaults(handler=cmd_prune)
 
     graph = sub.add_parser(
         "graph",
@@ -417,7 +660,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _no_command(args: argparse.Namespace) -> int:
-    raise CliError("choose a command: demo, list, show or graph (see 'hephaestus --help')")
+    raise CliError(
+        "choose a command: demo, list, show, graph, cancel, retry or prune "
+        "(see 'hephaestus --help')"
+    )
+
+
+def version() -> str:
+    """Return the installed version of hephaestus-trio (from its package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("hephaestus-trio")
+    except PackageNotFoundError:
+        return "(unknown: hephaestus-trio is not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -425,6 +682,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.version:
+            print(f"{PROG} {version()}")
+            return 0
         handler: Callable[[argparse.Namespace], int] = getattr(args, "handler", _no_command)
         try:
             return handler(args)

@@ -13,8 +13,8 @@ exception from this module is a bug.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, final
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Final, cast, final
 
 import msgspec
 
@@ -97,6 +97,16 @@ class Recover(msgspec.Struct, frozen=True, tag=True):
     """The instance is loaded after a restart: re-run what was running, re-arm timers."""
 
 
+class Retry(msgspec.Struct, frozen=True, tag=True):
+    """Re-open a FAILED instance: every step it started but did not complete runs again.
+
+    That is the step that failed for good and the siblings cancelled with it
+    (running, suspended or backing off at the time). Each gets a fresh retry
+    budget; its attempt number keeps counting, so ``ctx.attempt`` never repeats.
+    Completed steps, their results, the inbox and the history are kept.
+    """
+
+
 Input = (
     Start
     | StepSucceeded
@@ -108,6 +118,7 @@ Input = (
     | CancelTimer
     | Cancel
     | Recover
+    | Retry
 )
 
 # --- commands ---------------------------------------------------------------------------------
@@ -333,8 +344,8 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
         DefinitionChanged: ``instance``'s state names steps or events that
             ``workflow`` lacks (it was stored by another definition).
     """
-    if instance.status.is_terminal and isinstance(event, TERMINAL_INPUTS):
-        return Transition(instance, (), answer_terminal(instance, event), changed=False)
+    if (answered := _answered_terminal(instance, event)) is not None:
+        return answered
     if instance.graph != workflow.fingerprint:
         check_definition(workflow, instance)
     draft = _Draft(workflow, instance, now)
@@ -362,6 +373,8 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             draft.cancel_timer(timer_id)
         case Cancel(reason):
             draft.cancel(reason)
+        case Retry():
+            draft.retry()
     return draft.finish()
 
 
@@ -369,8 +382,11 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
 class _Draft:
     """A mutable working copy of an instance for the length of one transition."""
 
-    def __init__(self, workflow: Workflow, instance: Instance, now: float) -> None:
+    def __init__(
+        self, workflow: Workflow, instance: Instance, now: float, *, graph: str | None = None
+    ) -> None:
         self.workflow = workflow
+        self.graph = workflow.fingerprint if graph is None else graph
         self.original = instance
         self.now = now
         self.changed = False
@@ -716,6 +732,25 @@ class _Draft:
         self.cancel_reason = reason
         self.stop_everything()
 
+    def retry(self) -> None:
+        """Re-open a FAILED instance; see :class:`Retry`. Reads nothing of the graph."""
+        status = self.original.status
+        if status is not Status.FAILED:
+            raise self.rejected(f"it is {status.value}; only a failed instance can be retried")
+        completed = set(self.completed)
+        # Every step that started and did not complete was live when the instance failed
+        # (steps run at most once), so re-running them restores what the failure stopped.
+        rerun = [step for step in self.attempts if step not in completed]
+        if not rerun and self.error is not None:
+            rerun = [self.error.step]
+        if not rerun:
+            raise self.rejected("it records no step that failed, so nothing can run again")
+        self.error = None
+        self.terminal = False
+        self.failures = {k: n for k, n in self.failures.items() if k not in rerun}
+        for step in rerun:
+            self.run(step, self.attempts.get(step, 0) + 1)
+
     # -- joins ---------------------------------------------------------------------------------
 
     def advance(self) -> None:
@@ -764,7 +799,7 @@ class _Draft:
             cancelled=self.cancelled,
             cancel_reason=self.cancel_reason,
             next_timer=self.next_timer,
-            graph=self.workflow.fingerprint,
+            graph=self.graph,
         )
 
     def drop_untakable(self) -> None:
@@ -806,6 +841,82 @@ class _Draft:
             self.commands.append(Finished(status))
         return Transition(instance, self.commands, self.reply, changed=True, notes=self.notes)
 
+
+# --- inputs that need no workflow graph -------------------------------------------------------
+
+
+def apply_without_graph(instance: Instance, event: Cancel | Retry, now: float) -> Transition:
+    """Apply ``Cancel`` or ``Retry`` to a stored snapshot without its workflow definition.
+
+    For tools that hold a store but not the application's workflows (the
+    command line). Neither input reads the graph, so the result is exactly what
+    :func:`apply` returns for the same input (a property test compares them).
+    The commands are for a runtime that runs the instance; without one they
+    can be ignored: the next engine to open the store recovers the instance.
+
+    Raises:
+        EventRejected: as :func:`apply` does (cancelling a finished instance,
+            retrying one that has not failed); the instance is untouched.
+        TypeError: for any other input, which needs the graph.
+    """
+    if not isinstance(event, Cancel | Retry):
+        raise TypeError(f"apply_without_graph takes Cancel or Retry, not {event!r}")
+    if (answered := _answered_terminal(instance, event)) is not None:
+        return answered
+    # Neither input reads the workflow; the stored fingerprint stays as it is.
+    draft = _Draft(cast(Workflow, None), instance, now, graph=instance.graph)
+    if isinstance(event, Cancel):
+        draft.cancel(event.reason)
+    else:
+        draft.retry()
+    return draft.finish()
+
+
+TERMINAL_STATUSES: Final = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+"""The statuses ``prune`` may delete, in the order they are listed."""
+
+
+def prune_statuses(status: Status | Collection[Status] | None) -> tuple[Status, ...]:
+    """Return the statuses a ``prune(status=...)`` argument selects (None: every terminal one).
+
+    Raises:
+        ValueError: for a value that is not a Status, or a status that is not
+            terminal (prune never deletes an active instance).
+    """
+    if status is None:
+        return TERMINAL_STATUSES
+    items = [status] if isinstance(status, Status | str) else list(status)
+    chosen: list[Status] = []
+    for item in items:
+        try:
+            value = Status(item)
+        except ValueError:
+            names = ", ".join(s.value for s in TERMINAL_STATUSES)
+            raise ValueError(f"status must be one of {names}; got {item!r}") from None
+        if not value.is_terminal:
+            raise ValueError(
+                f"prune deletes only finished instances: status {value.value!r} is active "
+                "(choose completed, failed or cancelled; cancel an instance first to prune it)"
+            )
+        if value not in chosen:
+            chosen.append(value)
+    return tuple(chosen)
+
+
+def prunable(instance: Instance, *, statuses: Collection[Status], cut: float) -> bool:
+    """True when ``prune`` deletes ``instance``: terminal, of ``statuses``, older than ``cut``.
+
+    ``cut`` is an epoch time; "older" means last updated strictly before it.
+    """
+    return instance.status.is_terminal and instance.status in statuses and instance.updated_at < cut
+
+
+
+def _answered_terminal(instance: Instance, event: Input) -> Transition | None:
+    """The no-change transition answering ``event`` for a terminal instance, if it is one."""
+    if instance.status.is_terminal and isinstance(event, TERMINAL_INPUTS):
+        return Transition(instance, (), answer_terminal(instance, event), changed=False)
+    return None
 
 # The terminal answers need the inputs defined above.
 from ._terminal import DUPLICATE, TERMINAL_INPUTS, answer_terminal  # noqa: E402

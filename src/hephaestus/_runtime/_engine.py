@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Final, final
 
 import trio
 
@@ -18,12 +18,17 @@ from .._core._engine import (
     Deliver,
     Input,
     Recover,
+    RunStep,
     ScheduleResume,
     Start,
     Transition,
     apply,
+    apply_without_graph,
     new_instance,
+    prunable,
+    prune_statuses,
 )
+from .._core._engine import Retry as RetryInput
 from .._core._errors import (
     AlreadyRunning,
     CorruptSnapshot,
@@ -46,6 +51,7 @@ from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
 from ._mailbox import Mailbox, Message, Reply
+from ._paging import check_page_args, for_each_page, query_page
 from ._runner import (
     FINISHED,
     GONE,
@@ -314,17 +320,28 @@ class Engine:
         *,
         workflow: Workflow | str | None = None,
         status: Status | Collection[Status] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[Instance]:
         """Return the stored instances of ``workflow`` with ``status``, ordered by id.
 
+        With ``after`` (an id) only ids greater than it; with ``limit`` at most
+        that many: pass the last id of one page as ``after`` to get the next.
+
         Raises:
             InvalidResult: ``workflow`` is neither a Workflow, a str nor None.
-            ValueError: ``status`` holds something that is not a Status.
+            TypeError: ``limit`` is not an int or ``after`` not a str.
+            ValueError: ``limit`` is negative, or ``status`` is not a Status.
         """
         self._check_open()
         if workflow is not None:
             _check_workflow_arg(workflow, None)
         name = workflow.name if isinstance(workflow, Workflow) else workflow
+        if limit is not None or after is not None:
+            check_page_args(limit, after)
+            return await query_page(
+                self.storage, workflow=name, status=status, after=after, limit=limit
+            )
         return await self.storage.query(workflow=name, status=status)
 
     async def wait(self, instance_id: str) -> Instance:
@@ -731,6 +748,203 @@ class Engine:
 
     def _close(self) -> None:
         self._closed = True
+
+    # -- operating instances: retry, delete, prune, paging ------------------------------------
+
+    async def retry(self, instance_id: str) -> None:
+        """Re-open a FAILED instance at the steps that failed; return once that is persisted.
+
+        Every step the instance started but did not complete (the one that
+        failed for good, and the siblings cancelled with it) runs again with a
+        fresh retry budget; ``ctx.attempt`` keeps counting, so an idempotency
+        key built from it never repeats. Completed steps keep their results and
+        do not run again; the history is kept. Once the write has begun,
+        cancelling the caller does not interrupt it: the instance is stored and
+        run, and the cancellation is delivered at the caller's next checkpoint.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            EventRejected: the instance is not FAILED (nothing is changed).
+            UnknownWorkflow: its workflow version is not registered with this
+                engine, which therefore could not run it.
+            TypeError: ``instance_id`` is not a str.
+        """
+        _check_instance_id(instance_id)
+        await trio.lowlevel.checkpoint()
+        instance = await self._settled(instance_id, self._refuse_retry)
+        workflow = self._workflows.get((instance.workflow, instance.version))
+        now = self.clock.now()
+        if workflow is None:
+            apply_without_graph(instance, RetryInput(), now)  # EventRejected unless FAILED
+            raise UnknownWorkflow(
+                f"instance {instance_id!r} belongs to workflow {instance.workflow!r} "
+                f"v{instance.version}, which this engine does not run: register that "
+                "version in open_engine(workflows=[...]) to retry it"
+            )
+        transition = apply(workflow, instance, RetryInput(), now)
+        entry = Entry(workflow, transition.instance, LIVE)
+        self._registry[instance_id] = entry  # claims the id before the first await
+        try:
+            with trio.CancelScope(shield=True):  # a landed write must get its runner
+                await self.storage.put(transition.instance, expected_revision=instance.revision)
+            self._check_open()  # closed meanwhile: the next open_engine recovers it
+        except BaseException as exc:
+            if self._registry.get(instance_id) is entry:
+                del self._registry[instance_id]
+            self._drain(entry, self.unacknowledged(exc))
+            raise
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "workflow.retry",
+                instance_id=instance_id,
+                workflow=workflow.name,
+                metadata={
+                    "version": workflow.version,
+                    "steps": [c.step for c in transition.commands if isinstance(c, RunStep)],
+                    "revision": transition.instance.revision,
+                },
+            )
+        self._nursery.start_soon(self._supervise, entry, transition.commands)
+
+    async def delete(self, instance_id: str) -> None:
+        """Remove a finished (completed, failed or cancelled) instance from storage.
+
+        Its id is free afterwards, as if it had never been started. Once the
+        removal has begun, cancelling the caller does not interrupt it.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            EventRejected: the instance is active (cancel it first); nothing is changed.
+            TypeError: ``instance_id`` is not a str.
+        """
+        _check_instance_id(instance_id)
+        await trio.lowlevel.checkpoint()
+        await self._delete_if(instance_id, _is_finished)
+
+    async def prune(
+        self, *, older_than: float, status: Status | Collection[Status] | None = None
+    ) -> int:
+        """Delete finished instances last updated more than ``older_than`` seconds ago.
+
+        ``status`` narrows it to some terminal statuses (default: completed,
+        failed and cancelled). Active instances are never deleted; "ago" is by
+        the engine's clock. Each instance is checked again just before it is
+        removed, so one retried or started again meanwhile is kept. Cancelling
+        the caller stops between two deletions (those done stay done).
+
+        Returns:
+            How many instances were deleted.
+
+        Raises:
+            ValueError: ``older_than`` is not a finite number >= 0, or ``status``
+                names an active status or no status at all.
+        """
+        seconds = check_seconds(older_than, "older_than")
+        statuses = prune_statuses(status)
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        cut = self.clock.now() - seconds
+
+        def wanted(instance: Instance) -> str | None:
+            if prunable(instance, statuses=statuses, cut=cut):
+                return None
+            return "no longer prunable"
+
+        deleted = 0
+
+        async def prune_page(page: list[Instance]) -> None:
+            nonlocal deleted
+            for instance in page:
+                if wanted(instance) is not None:
+                    continue
+                try:
+                    await self._delete_if(instance.id, wanted)
+                except (EventRejected, InstanceNotFound):
+                    continue  # changed or removed meanwhile: not ours to delete
+                deleted += 1
+
+        await for_each_page(self.storage, prune_page, status=statuses, size=_PRUNE_PAGE)
+        return deleted
+
+    async def _settled(
+        self, instance_id: str, refuse_active: Callable[[Instance], None]
+    ) -> Instance:
+        """Return the stored instance once no runner of this engine holds it.
+
+        A runner that is letting go of a finished instance is waited for; for
+        an active one that a runner serves, ``refuse_active`` raises the answer.
+
+        Raises:
+            InstanceNotFound: no instance has that id.
+            EventRejected: a runner serves the (active) instance, or it is being deleted.
+            EngineClosed: the engine closed meanwhile.
+        """
+        while True:
+            self._check_open()
+            entry = self._registry.get(instance_id)
+            if entry is not None and entry.state == _DELETING:
+                raise EventRejected(f"instance {instance_id!r} is being deleted")
+            if entry is not None and entry.state == LIVE:
+                if not entry.instance.status.is_terminal:
+                    refuse_active(entry.instance)
+                    raise AssertionError("refuse_active must raise")  # pragma: no cover
+                if entry.finished is None:
+                    entry.finished = trio.Event()
+                await entry.finished.wait()  # its runner is finishing: let it go first
+                continue
+            instance = await self._load(instance_id)
+            held = self._registry.get(instance_id)
+            if held is None or held.state not in (LIVE, _DELETING):
+                return instance
+            # started, retried or being deleted meanwhile: look again
+
+    def _refuse_retry(self, instance: Instance) -> None:
+        apply_without_graph(instance, RetryInput(), self.clock.now())  # the core says why
+
+    async def _delete_if(self, instance_id: str, refuse: Callable[[Instance], str | None]) -> None:
+        """Delete the stored instance unless ``refuse(instance)`` gives a reason not to."""
+
+        def refuse_active(instance: Instance) -> None:
+            raise EventRejected(f"instance {instance_id!r} is not deleted: {refuse(instance)}")
+
+        instance = await self._settled(instance_id, refuse_active)
+        reason = refuse(instance)
+        if reason is not None:
+            raise EventRejected(f"instance {instance_id!r} is not deleted: {reason}")
+        previous = self._registry.get(instance_id)
+        claim = Entry(None, instance, _DELETING)
+        self._registry[instance_id] = claim  # start, retry and delete wait or refuse meanwhile
+        try:
+            with trio.CancelScope(shield=True):
+                await self.storage.delete(instance_id)
+        except BaseException:
+            if self._registry.get(instance_id) is claim:
+                if previous is None:
+                    del self._registry[instance_id]
+                else:
+                    self._registry[instance_id] = previous
+            raise
+        if self._registry.get(instance_id) is claim:
+            del self._registry[instance_id]
+
+
+_DELETING: Final = "deleting"
+"""Registry state of an instance whose snapshot is being removed by delete or prune."""
+
+_PRUNE_PAGE: Final = 500
+"""Instances prune reads per page of the store."""
+
+
+def _check_instance_id(instance_id: object) -> None:
+    if not isinstance(instance_id, str):
+        raise TypeError(f"instance_id must be a str, got {instance_id!r}")
+
+
+def _is_finished(instance: Instance) -> str | None:
+    """Why ``delete`` refuses ``instance``, or None when it is finished."""
+    if instance.status.is_terminal:
+        return None
+    return f"it is {instance.status.value}; only a finished instance is deleted (cancel it first)"
 
 
 def _as_dict(value: Any) -> Any:
