@@ -911,12 +911,12 @@ def prunable(instance: Instance, *, statuses: Collection[Status], cut: float) ->
     return instance.status.is_terminal and instance.status in statuses and instance.updated_at < cut
 
 
-
 def _answered_terminal(instance: Instance, event: Input) -> Transition | None:
     """The no-change transition answering ``event`` for a terminal instance, if it is one."""
     if instance.status.is_terminal and isinstance(event, TERMINAL_INPUTS):
         return Transition(instance, (), answer_terminal(instance, event), changed=False)
     return None
+
 
 # The terminal answers need the inputs defined above.
 from ._terminal import DUPLICATE, TERMINAL_INPUTS, answer_terminal  # noqa: E402
