@@ -206,3 +206,27 @@ def test_the_demo_accepts_a_new_directory_and_its_own_store(tmp_path: Path) -> N
     store = tmp_path / "ours"
     _fill(store, OURS)
     assert check_store(str(store)) is None
+
+
+def test_the_demo_checks_an_sqlite_store_the_same_way(tmp_path: Path) -> None:
+    theirs, ours = tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
+
+    async def fill(path: Path, instance: hx.Instance) -> None:
+        async with hx.SQLiteStorage(path, durable=False) as storage:
+            await storage.put(instance)
+
+    trio.run(fill, theirs, FOREIGN)
+    trio.run(fill, ours, OURS)
+    assert check_store(str(tmp_path / "new.sqlite"), "sqlite") is None
+    assert check_store(str(ours), "sqlite") is None
+    problem = check_store(str(theirs), "sqlite")
+    assert problem is not None
+    assert "the demo did not make (workflows: billing v2)" in problem
+
+
+def test_the_demo_refuses_a_store_of_the_other_kind(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    _fill(files, OURS)
+    problem = check_store(str(files), "sqlite")
+    assert problem is not None
+    assert "is a FileStorage store, not what --storage sqlite uses" in problem
