@@ -1,10 +1,14 @@
-"""Development tasks: `nox` runs tests, lint and typecheck; `nox -s docs` / `bench` on demand."""
+"""Development tasks: `nox` runs the default sessions below; `nox -s bench` on demand.
+
+Default: tests, property_tests, lint, typecheck (src, tests, property_tests, bench,
+noxfile.py, conftest.py) and docs.
+"""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "property_tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -13,9 +17,16 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the unit, crash and property tests."""
+    """Run the unit, crash and integration tests under tests/."""
     session.install("-e", ".[test,rich,otel]")
-    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+    session.run("pytest", "tests", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session(python=PYTHON)
+def property_tests(session: nox.Session) -> None:
+    """Run the hypothesis property tests under property_tests/ (the ci profile's example count)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "property_tests", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
 
 
 @nox.session(python=PYTHON)
@@ -29,9 +40,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package with mypy --strict."""
-    session.install("-e", ".[test,rich,otel]", "mypy>=1.10")
-    session.run("mypy", "--strict", "src")
+    """Type-check the package, the tests, the benchmarks and this file with mypy --strict.
+
+    The paths are pyproject.toml's ``[tool.mypy] files``; nox is installed for noxfile.py.
+    """
+    session.install("-e", ".[test,rich,otel]", "mypy>=1.10", "nox")
+    session.run("mypy", "--strict", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -21,11 +21,12 @@ from ._report import peers_block, render_markdown, render_text
 
 GROUPS: dict[str, str] = {
     "throughput": "scenarios 1, 2, 9: linear and fan-out instances/s vs bare Trio, scaling",
-    "parked": "scenarios 3, 5, 8: memory per parked instance, recovery from MemoryStorage, "
-    "resumes/s, start cost vs population",
+    "parked": "scenarios 3, 5, 8: memory per parked instance (passivated, resident), recovery "
+    "from MemoryStorage, resumes/s, start cost vs population, 1M waiting (--full)",
     "durable": "scenario 4: FileStorage and SQLiteStorage workflows/s vs the raw-disk limit, "
     "fsyncs and bytes per workflow",
-    "recovery": "scenario 5: open_engine entry to all runners live, from FileStorage and SQLite",
+    "recovery": "scenario 5: open_engine to a serving engine, from MemoryStorage (100k), "
+    "FileStorage and SQLite",
     "timers_scenario": "scenario 6: timers on distinct deadlines, virtual time (bench/timers.py)",
     "telemetry": "scenario 7: scenario 1 with no handler, a no-op handler, LogHandler",
 }
@@ -42,7 +43,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--full",
         action="store_true",
         help="also the slowest 100k cases (fan-out, tracemalloc, FileStorage "
-        "recovery): about 30 min more",
+        "recovery) and a million waiting instances in one process: about 30 min more",
     )
     parser.add_argument("--no-write", action="store_true", help="do not write the report file")
     parser.add_argument(

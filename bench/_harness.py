@@ -81,7 +81,8 @@ class Row:
 
     scenario: str
     case: str
-    value: Stat
+    value: Stat | None
+    """None: not measured (the case says why)."""
     unit: str
     baseline: Stat | None = None
     ratio: Stat | None = None

@@ -6,7 +6,10 @@ for every one of them; the figure is N / (first start -> last completion).
 
 Bare-Trio run: N tasks in a nursery, each doing the same awaits
 (``trio.lowlevel.checkpoint()``) and a dict update per step, no engine. The
-overhead ratio is engine time / bare time, per alternating pair of runs.
+overhead ratio is engine time / bare time, per alternating pair of runs, in
+wall time and in CPU time (``time.process_time()`` over the same window as
+the wall clock: these machines are shared, and CPU time is what the targets
+are stated in).
 """
 
 from __future__ import annotations
@@ -25,17 +28,25 @@ SIZES = (1_000, 10_000, 100_000)
 
 
 async def engine_run(
-    n: int, workflow: hx.Workflow, telemetry: Sequence[Callable[[hx.TelemetryEvent], object]] = ()
+    n: int,
+    workflow: hx.Workflow,
+    telemetry: Sequence[Callable[[hx.TelemetryEvent], object]] = (),
+    cpu: list[float] | None = None,
 ) -> float:
-    """Start ``n`` instances of ``workflow``, wait for all; return the seconds it took."""
+    """Start ``n`` instances of ``workflow``, wait for all; return the seconds it took.
+
+    ``cpu``, when given, gets the CPU seconds of the same window appended.
+    """
     async with hx.open_engine(
         workflows=[workflow], storage=hx.MemoryStorage(), telemetry=telemetry
     ) as engine:
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         ids = [await engine.start(workflow, str(i)) for i in range(n)]
         for instance_id in ids:
             await engine.wait(instance_id)
         elapsed = time.perf_counter() - began
+        if cpu is not None:
+            cpu.append(time.process_time() - cpu_began)
         for instance_id in (ids[0], ids[-1]):
             status = (await engine.get(instance_id)).status
             if status is not hx.Status.COMPLETED:
@@ -43,8 +54,11 @@ async def engine_run(
     return elapsed
 
 
-async def bare_linear(n: int) -> float:
-    """N bare tasks, each: three checkpoints, each followed by a dict update."""
+async def bare_linear(n: int, cpu: list[float] | None = None) -> float:
+    """N bare tasks, each: three checkpoints, each followed by a dict update.
+
+    Returns the wall seconds; ``cpu``, when given, gets the CPU seconds appended.
+    """
     done: dict[int, dict[str, str]] = {}
 
     async def one(i: int) -> None:
@@ -54,17 +68,22 @@ async def bare_linear(n: int) -> float:
             state[key] = "ok"
         done[i] = state
 
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for i in range(n):
             nursery.start_soon(one, i)
     elapsed = time.perf_counter() - began
+    if cpu is not None:
+        cpu.append(time.process_time() - cpu_began)
     assert len(done) == n
     return elapsed
 
 
-async def bare_fanout(n: int) -> float:
-    """N bare tasks, each: a checkpoint, three child tasks with one each, then a last one."""
+async def bare_fanout(n: int, cpu: list[float] | None = None) -> float:
+    """N bare tasks, each: a checkpoint, three child tasks with one each, then a last one.
+
+    Returns the wall seconds; ``cpu``, when given, gets the CPU seconds appended.
+    """
     done: dict[int, dict[str, str]] = {}
 
     async def branch(state: dict[str, str], key: str) -> None:
@@ -82,27 +101,38 @@ async def bare_fanout(n: int) -> float:
         state["e"] = "ok"
         done[i] = state
 
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for i in range(n):
             nursery.start_soon(one, i)
     elapsed = time.perf_counter() - began
+    if cpu is not None:
+        cpu.append(time.process_time() - cpu_began)
     assert len(done) == n
     return elapsed
 
 
 def _pair(
-    cfg: Config, n: int, workflow: hx.Workflow, bare: Callable[[int], Awaitable[float]]
-) -> dict[str, list[float]]:
+    cfg: Config,
+    n: int,
+    workflow: hx.Workflow,
+    bare: Callable[[int, list[float] | None], Awaitable[float]],
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Alternate bare and engine runs; return their wall seconds and CPU seconds, by name."""
     warm = cfg.size(1_000) if n > 10_000 else n  # a 100k warm-up teaches nothing a 1k one does not
-    return paired(
-        {"bare": lambda: trio.run(bare, n), "engine": lambda: trio.run(engine_run, n, workflow)},
+    cpu: dict[str, list[float]] = {"bare": [], "engine": []}
+    wall = paired(
+        {
+            "bare": lambda: trio.run(bare, n, cpu["bare"]),
+            "engine": lambda: trio.run(engine_run, n, workflow, (), cpu["engine"]),
+        },
         cfg,
         warmups={
-            "bare": lambda: trio.run(bare, warm),
+            "bare": lambda: trio.run(bare, warm, None),
             "engine": lambda: trio.run(engine_run, warm, workflow),
         },
     )
+    return wall, cpu
 
 
 def run(cfg: Config) -> Section:
@@ -121,22 +151,32 @@ def run(cfg: Config) -> Section:
                 continue
             n = cfg.size(size)
             cfg.log(f"scenario {number}: {label}, N={n:,}")
-            times = _pair(cfg, n, workflow, bare)
-            engine_rate = Stat.of([n / t for t in times["engine"]])
-            bare_rate = Stat.of([n / t for t in times["bare"]])
+            times, cpu = _pair(cfg, n, workflow, bare)
             overhead = ratios(times["engine"], times["bare"])
-            target = "<= 10x (goal 4x)" if number == "1" else "<= 10x (as 1)"
             section.rows.append(
                 Row(
                     number,
                     f"{label}, N={n:,}",
-                    engine_rate,
+                    Stat.of([n / t for t in times["engine"]]),
                     "inst/s",
-                    baseline=bare_rate,
+                    baseline=Stat.of([n / t for t in times["bare"]]),
                     ratio=overhead,
-                    ratio_label="engine / bare time",
-                    target=target,
-                    verdict=verdict(overhead.median, 10.0, 4.0 if number == "1" else None),
+                    ratio_label="engine / bare wall time",
+                    target="(wall time; the target is CPU time)",
+                )
+            )
+            cpu_overhead = ratios(cpu["engine"], cpu["bare"])
+            section.rows.append(
+                Row(
+                    number,
+                    f"{label}, N={n:,}, CPU time",
+                    Stat.of([n / t for t in cpu["engine"]]),
+                    "inst/CPU-s",
+                    baseline=Stat.of([n / t for t in cpu["bare"]]),
+                    ratio=cpu_overhead,
+                    ratio_label="engine / bare CPU time",
+                    target="<= 6x CPU (goal 4x)" if number == "1" else "<= 6x CPU (as 1)",
+                    verdict=verdict(cpu_overhead.median, 6.0, 4.0 if number == "1" else None),
                 )
             )
             per_instance.setdefault((number, "engine"), {})[size] = Stat.of(

@@ -574,7 +574,8 @@ MOVES = (
 
 def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
     env = Checker(spec)
-    env.feed(data.draw(st.sampled_from([Start(), Recover()]), label="begin"))
+    begin: list[Input] = [Start(), Recover()]
+    env.feed(data.draw(st.sampled_from(begin), label="begin"))
     all_events = sorted({e for evs in spec.events.values() for e in evs} | {"bogus"})
     for _ in range(max_moves):
         if env.instance.status.is_terminal and data.draw(st.booleans(), label="stop"):
@@ -634,18 +635,12 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             # a lost attempt reporting late, or a timer that is no longer armed
             if env.stale:
                 step, attempt = data.draw(st.sampled_from(env.stale), label="stale")
-                t = env.feed(
-                    data.draw(
-                        st.sampled_from(
-                            [
-                                StepSucceeded(step, attempt, spec.events[step][0]),
-                                StepFailed(step, attempt, "Late", "late"),
-                                StepSuspended(step, attempt, None),
-                            ]
-                        ),
-                        label="stale outcome",
-                    )
-                )
+                late: list[Input] = [
+                    StepSucceeded(step, attempt, spec.events[step][0]),
+                    StepFailed(step, attempt, "Late", "late"),
+                    StepSuspended(step, attempt, None),
+                ]
+                t = env.feed(data.draw(st.sampled_from(late), label="stale outcome"))
                 assert t is not None
                 assert not t.changed
                 assert t.commands == ()
@@ -670,9 +665,9 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
         elif move == "recover":
             env.crash_and_recover()
         elif move == "cancel" and data.draw(st.integers(0, 3), label="really cancel") == 0:
-            was = env.instance.status
+            status_was = env.instance.status
             t = env.feed(Cancel("prop"))
-            if was in (hx.Status.COMPLETED, hx.Status.FAILED):
+            if status_was in (hx.Status.COMPLETED, hx.Status.FAILED):
                 assert t is None
             else:
                 assert t is not None

@@ -53,6 +53,10 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     for title in SECTIONS:
         assert title in proc.stdout, f"no section {title!r} in:\n{proc.stdout}"
     assert "FAILED" not in proc.stdout
+    for case in ("N=5, CPU time", "resident (RSS)", "resident: until it serves"):
+        assert case in proc.stdout, f"no row {case!r} in:\n{proc.stdout}"
+    # passivated rows have figures, or say that this build cannot passivate
+    assert "passivated (RSS)" in proc.stdout or "(not supported by this build)" in proc.stdout
     assert "SMOKE" in proc.stdout
     assert (report.read_bytes() if report.exists() else None) == before
     assert not any(tmp_path.iterdir()), "the suite left files behind"
@@ -115,3 +119,24 @@ def test_bench_keeps_the_peers_block(tmp_path: Path) -> None:
     fresh = render_markdown([Section("new")], Config(), 1.0, "python -m bench", kept)
     assert "old table" not in fresh
     assert kept in fresh
+
+
+def test_bench_passes_passivate_after_only_to_a_build_that_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import _passivation
+    finally:
+        sys.path.remove(str(ROOT))
+    monkeypatch.setattr(_passivation, "SUPPORTED", True)
+    assert _passivation.modes() == ("passivated", "resident")
+    assert _passivation.engine_options("passivated") == {"passivate_after": 0.0}
+    assert _passivation.engine_options("resident") == {"passivate_after": None}
+    monkeypatch.setattr(_passivation, "SUPPORTED", False)
+    assert _passivation.modes() == ("resident",)
+    assert _passivation.engine_options("resident") == {}
+    with pytest.raises(ValueError, match="not supported by this build"):
+        _passivation.engine_options("passivated")
+    with pytest.raises(ValueError, match="choose one of"):
+        _passivation.engine_options("sometimes")

@@ -115,9 +115,9 @@ def test_instances_get_separate_traces(
     traces: dict[int, set[str]] = {}
     for span in finished:
         assert span.attributes is not None
-        traces.setdefault(span.context.trace_id, set()).add(
-            f"{span.attributes['hephaestus.instance_id']} {span.name}"
-        )
+        instance_id = span.attributes["hephaestus.instance_id"]
+        assert isinstance(instance_id, str)
+        traces.setdefault(span.context.trace_id, set()).add(f"{instance_id} {span.name}")
     assert sorted(map(sorted, traces.values())) == [
         ["orderid::1 step charge", "orderid::1 workflow order"],
         ["orderid::2 step charge", "orderid::2 workflow order"],

@@ -69,9 +69,9 @@ def test_linear() -> None:
     assert run.instance.metadata == {"trace": "t1", "more": 2}
     t = run(StepSucceeded("c", 1, "ok"))
     assert t.commands == (Finished(hx.Status.COMPLETED),)
-    assert run.status is hx.Status.COMPLETED
-    assert run.instance.completed == ("a", "b", "c")
-    assert run.instance.active == ()
+    assert t.instance.status is hx.Status.COMPLETED
+    assert t.instance.completed == ("a", "b", "c")
+    assert t.instance.active == ()
     assert run.instance.error is None
     assert [(h.step, h.event, h.attempt) for h in run.instance.history] == [
         ("a", "ok", 1),
@@ -132,7 +132,7 @@ def test_fan_out_then_fan_in_waits_for_both() -> None:
     assert t.commands == (RunStep("d", 1),)
     assert set(run.instance.fired["d"]) == {"b", "c"}
     run(StepSucceeded("d", 1, "ok"))
-    assert run.status is hx.Status.COMPLETED
+    assert run.instance.status is hx.Status.COMPLETED
 
 
 def test_fan_in_waits_for_a_suspended_or_retrying_branch() -> None:
@@ -258,7 +258,7 @@ def test_route_valid_choice_sees_the_step_results() -> None:
 
 
 def test_route_can_pick_several_and_a_bare_step() -> None:
-    wf = routed(lambda ctx: [wf.steps["b"], wf.steps["c"], wf.steps["b"]])
+    wf: hx.Workflow = routed(lambda ctx: [wf.steps["b"], wf.steps["c"], wf.steps["b"]])
     run = Driver(wf)
     run(Start())
     t = run(StepSucceeded("a", 1, "ok"))
@@ -393,7 +393,7 @@ def test_suspend_with_timeout_arms_a_timer_that_completes_with_timeout() -> None
     t = run(TimerFired(arm.timer.id))
     assert t.commands == (Finished(hx.Status.COMPLETED),)
     assert run.instance.history[-1].event == "timeout"
-    assert run.instance.timers == ()
+    assert not run.instance.timers
 
 
 def test_resume_before_the_timeout_disarms_it() -> None:
@@ -473,7 +473,7 @@ def test_inbox_event_for_a_named_step_goes_to_that_step_only() -> None:
     assert len(run.instance.inbox) == 1
     run(StepSuspended("c", 1, None))
     assert run.instance.results == {"a": {}, "c": {"for": "c"}}
-    assert run.instance.inbox == ()
+    assert not run.instance.inbox
 
 
 def test_dedupe_key_is_accepted_once() -> None:
@@ -607,7 +607,7 @@ def test_retry_then_success() -> None:
 
     run.now = 1012.0
     assert run(TimerFired(arm.timer.id)).commands == (RunStep("a", 2),)
-    assert run.status is hx.Status.RUNNING
+    assert run.instance.status is hx.Status.RUNNING
     assert run.instance.timers == ()
     run.now = 1013.0
     (arm2,) = run(StepFailed("a", 2, "ValueError", "again")).commands

@@ -164,7 +164,7 @@ def test_route_with_non_step_target_and_uncallable_choose() -> None:
     problems = problems_of(
         a,
         {
-            (a, "ok"): hx.Route("not callable", [b, "c"]),  # type: ignore[arg-type]
+            (a, "ok"): hx.Route("not callable", [b, "c"]),  # type: ignore[arg-type, list-item]
             (b, "ok"): hx.Done,
         },
     )
@@ -281,7 +281,7 @@ def test_bad_step_timeout(timeout: Any) -> None:
 
 def test_bad_retry_in_step() -> None:
     with pytest.raises(hx.WorkflowDefinitionError, match=r"hx\.Retry"):
-        hx.step(lambda ctx: "ok", key="s", events=("ok",), retry=3)  # type: ignore[arg-type]
+        hx.step(lambda ctx: "ok", key="s", events=("ok",), retry=3)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,10 @@ import sys
 
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _kill9_workflow import KILL9, drive, instance_id
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hephaestus as hx
+from storage._kill9_workflow import KILL9, drive, instance_id
 
 
 def say(line: str) -> None:

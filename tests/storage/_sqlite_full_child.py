@@ -17,11 +17,10 @@ import sys
 
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _fs_samples import make_instance
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hephaestus as hx
+from storage._fs_samples import make_instance
 
 
 def say(line: str) -> None:

@@ -21,11 +21,10 @@ import sys
 
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _fs_samples import make_instance
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hephaestus import FileStorage
+from storage._fs_samples import make_instance
 
 IDS = [f"orderid::storm-{n:02}" for n in range(30)]
 

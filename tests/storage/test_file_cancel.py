@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from _fs_samples import make_instance
 
 from hephaestus import FileStorage
+
+from ._fs_samples import make_instance
 
 IID = "orderid::abc-1"
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from _fs_samples import make_instance
 
 from hephaestus import FileStorage, StorageLocked
 from hephaestus.storage._names import is_temp_name
+
+from ._fs_samples import make_instance
 
 CHILD = str(Path(__file__).with_name("_storage_child.py"))
 ROUNDS = int(os.environ.get("HEPHAESTUS_KILL_ROUNDS", "50"))

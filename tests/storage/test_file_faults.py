@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 import pytest
-from _fs_samples import make_instance
-from _syscalls import Mode, Syscalls
 
 from hephaestus import FileStorage
 from hephaestus.storage._names import is_temp_name
+
+from ._fs_samples import make_instance
+from ._syscalls import Mode, Syscalls
 
 IID = "orderid::abc-1"
 

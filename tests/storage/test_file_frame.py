@@ -6,11 +6,12 @@ import random
 import struct
 
 import pytest
-from _fs_samples import varied_instances
 
 from hephaestus import CorruptSnapshot
 from hephaestus._core._codec import decode_instance, encode_instance
 from hephaestus.storage._frame import FRAME_VERSION, HEADER_SIZE, MAGIC, decode_frame, encode_frame
+
+from ._fs_samples import varied_instances
 
 
 def sample_frame() -> bytes:

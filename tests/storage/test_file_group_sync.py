@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from _fs_samples import make_instance
-from _syscalls import Syscalls
 
 from hephaestus import FileStorage
 from hephaestus.storage._group_sync import GroupSync
+
+from ._fs_samples import make_instance
+from ._syscalls import Syscalls
 
 
 def run_threads(n: int, target: object) -> list[BaseException | None]:

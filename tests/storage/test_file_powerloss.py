@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from _fs_samples import make_instance
-from _syscalls import Syscalls, TraceEntry
 
 from hephaestus import CorruptSnapshot, FileStorage, Instance
 from hephaestus._core._codec import decode_instance, encode_instance
 from hephaestus.storage._frame import decode_frame, encode_frame
 from hephaestus.storage._names import snapshot_name
+
+from ._fs_samples import make_instance
+from ._syscalls import Syscalls, TraceEntry
 
 IID = "orderid::abc-1"
 SECTOR = 512

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from _fs_samples import make_instance
 
 from hephaestus import (
     FileStorage,
@@ -25,6 +24,8 @@ from hephaestus.storage import _diskio
 from hephaestus.storage._frame import encode_frame
 from hephaestus.storage._lock import LOCK_NAME
 from hephaestus.storage._names import snapshot_name, temp_name
+
+from ._fs_samples import make_instance
 
 
 def snap(store_path: Path, iid: str) -> Path:

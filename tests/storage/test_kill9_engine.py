@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 import trio
-from _kill9_workflow import KILL9, drive, expected_results, instance_id
 
 import hephaestus as hx
+
+from ._kill9_workflow import KILL9, drive, expected_results, instance_id
 
 CHILD = str(Path(__file__).with_name("_engine_child.py"))
 ROUNDS = int(os.environ.get("HEPHAESTUS_ENGINE_KILL_ROUNDS", "30"))

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from _fs_samples import make_instance
 
 from hephaestus import FileStorage, SQLiteStorage, Status
 from hephaestus.storage._errors import NotAStore
 from hephaestus.storage._locate import store_at
+
+from ._fs_samples import make_instance
 
 
 async def _fill(store: FileStorage | SQLiteStorage) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_file_format_fixtures import FRAME1_FORMAT1
 
 from hephaestus import Instance, SQLiteStorage, Status
 from hephaestus.storage import _sqlite_schema
 from hephaestus.storage._errors import NotAStore
+
+from .test_file_format_fixtures import FRAME1_FORMAT1
 
 FIXTURE = Path(__file__).with_name("fixtures") / "sqlite-schema1.sqlite"
 SECOND = Instance(id="k::plain", workflow="tiny", version=1, status=Status.WAITING, revision=2)

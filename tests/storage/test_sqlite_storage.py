@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _fs_samples import make_instance
 
 import hephaestus as hx
 from hephaestus import RevisionConflict, SQLiteStorage, Status
 from hephaestus.storage import _sqlite_writer
+
+from ._fs_samples import make_instance
 
 
 @pytest.fixture

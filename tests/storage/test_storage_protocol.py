@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import trio
-from _fs_samples import make_instance, varied_instances
 
 from hephaestus import (
     FileStorage,
@@ -28,6 +27,8 @@ from hephaestus import (
     Storage,
     StorageLocked,
 )
+
+from ._fs_samples import make_instance, varied_instances
 
 KINDS = ["memory", "files", "sqlite"]
 DURABLE = ["files", "sqlite"]

@@ -64,11 +64,12 @@ def test_a_late_event_is_recorded_as_rejected_and_the_run_goes_on() -> None:
         order, "o1", {"amount": 30}, events=[(7200, "paid"), (10, "paid"), (DAY, CANCEL)]
     )
     assert run.instance.status is hx.Status.COMPLETED
-    assert [(e.at, e.event, e.rejected) for e in run.events] == [
-        (pytest.approx(10.001), "paid", False),
-        (pytest.approx(7200.001), "paid", True),
-        (pytest.approx(DAY + 0.001), CANCEL, True),
+    assert [(e.event, e.rejected) for e in run.events] == [
+        ("paid", False),
+        ("paid", True),
+        (CANCEL, True),
     ]
+    assert [e.at for e in run.events] == pytest.approx([10.001, 7200.001, DAY + 0.001])
     assert "completed" in (run.rejected[0].error or "")
     assert len(run.rejected) == 2
 

@@ -1,0 +1,1 @@
+"""FileStorage and SQLiteStorage tests, a package so its conftest.py has its own module name."""
