@@ -28,11 +28,11 @@ from ._workflow import Workflow
 # --- inputs -----------------------------------------------------------------------------------
 
 
-class Start(msgspec.Struct, frozen=True, tag=True):
+class Start(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Begin a pending instance: its start step becomes due."""
 
 
-class StepSucceeded(msgspec.Struct, frozen=True, tag=True):
+class StepSucceeded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` of ``step`` ended with ``event``."""
 
     step: str
@@ -42,7 +42,7 @@ class StepSucceeded(msgspec.Struct, frozen=True, tag=True):
     metadata: dict[str, Any] | None = None
 
 
-class StepFailed(msgspec.Struct, frozen=True, tag=True):
+class StepFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` of ``step`` raised (or timed out, or returned nonsense)."""
 
     step: str
@@ -51,7 +51,7 @@ class StepFailed(msgspec.Struct, frozen=True, tag=True):
     message: str
 
 
-class StepSuspended(msgspec.Struct, frozen=True, tag=True):
+class StepSuspended(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` of ``step`` returned ``Suspend(timeout)``."""
 
     step: str
@@ -59,7 +59,7 @@ class StepSuspended(msgspec.Struct, frozen=True, tag=True):
     timeout: float | None = None
 
 
-class Deliver(msgspec.Struct, frozen=True, tag=True):
+class Deliver(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An outside event (``engine.resume``)."""
 
     event: str
@@ -68,36 +68,36 @@ class Deliver(msgspec.Struct, frozen=True, tag=True):
     dedupe_key: str | None = None
 
 
-class TimerFired(msgspec.Struct, frozen=True, tag=True):
+class TimerFired(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The timer ``timer_id`` reached its deadline."""
 
     timer_id: str
 
 
-class ScheduleResume(msgspec.Struct, frozen=True, tag=True):
+class ScheduleResume(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Add a durable timer that resumes ``step`` with ``"timeout"`` after ``delay`` seconds."""
 
     step: str
     delay: float
 
 
-class CancelTimer(msgspec.Struct, frozen=True, tag=True):
+class CancelTimer(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Drop the timer ``timer_id``; the reply says whether it was pending."""
 
     timer_id: str
 
 
-class Cancel(msgspec.Struct, frozen=True, tag=True):
+class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Cancel the instance."""
 
     reason: str | None = None
 
 
-class Recover(msgspec.Struct, frozen=True, tag=True):
+class Recover(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The instance is loaded after a restart: re-run what was running, re-arm timers."""
 
 
-class Retry(msgspec.Struct, frozen=True, tag=True):
+class Retry(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Re-open a FAILED instance: every step it started but did not complete runs again.
 
     That is the step that failed for good and the siblings cancelled with it
@@ -124,7 +124,7 @@ Input = (
 # --- commands ---------------------------------------------------------------------------------
 
 
-class RunStep(msgspec.Struct, frozen=True, tag=True):
+class RunStep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Run attempt ``attempt`` of ``step`` with ``config``."""
 
     step: str
@@ -132,25 +132,25 @@ class RunStep(msgspec.Struct, frozen=True, tag=True):
     config: dict[str, Any] | None = None
 
 
-class ArmTimer(msgspec.Struct, frozen=True, tag=True):
+class ArmTimer(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Sleep until ``timer.deadline``, then feed ``TimerFired(timer.id)``."""
 
     timer: Timer
 
 
-class DisarmTimer(msgspec.Struct, frozen=True, tag=True):
+class DisarmTimer(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Stop the sleeping timer ``timer_id``, if it is armed."""
 
     timer_id: str
 
 
-class CancelStep(msgspec.Struct, frozen=True, tag=True):
+class CancelStep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Cancel the running attempt of ``step``."""
 
     step: str
 
 
-class Finished(msgspec.Struct, frozen=True, tag=True):
+class Finished(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The instance reached a terminal status."""
 
     status: Status
@@ -354,24 +354,26 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             draft.start()
         case Recover():
             draft.recover()
-        case StepSucceeded(step, attempt, ev, results, metadata):
+        case StepSucceeded(
+            step=step, attempt=attempt, event=ev, results=results, metadata=metadata
+        ):
             if draft.is_current(step, attempt, draft.active):
                 draft.complete(step, ev, results, metadata)
-        case StepFailed(step, attempt, error_type, message):
+        case StepFailed(step=step, attempt=attempt, error_type=error_type, message=message):
             if draft.is_current(step, attempt, draft.active):
                 draft.fail(step, error_type, message)
-        case StepSuspended(step, attempt, timeout):
+        case StepSuspended(step=step, attempt=attempt, timeout=timeout):
             if draft.is_current(step, attempt, draft.active):
                 draft.suspend(step, timeout)
-        case Deliver(ev, payload, step, dedupe_key):
+        case Deliver(event=ev, payload=payload, step=step, dedupe_key=dedupe_key):
             draft.deliver(ev, payload, step, dedupe_key)
-        case TimerFired(timer_id):
+        case TimerFired(timer_id=timer_id):
             draft.timer_fired(timer_id)
-        case ScheduleResume(step, delay):
+        case ScheduleResume(step=step, delay=delay):
             draft.schedule_resume(step, delay)
-        case CancelTimer(timer_id):
+        case CancelTimer(timer_id=timer_id):
             draft.cancel_timer(timer_id)
-        case Cancel(reason):
+        case Cancel(reason=reason):
             draft.cancel(reason)
         case Retry():
             draft.retry()
@@ -426,7 +428,7 @@ class _Draft:
         self.attempts = {**self.attempts, step: attempt}
         if step not in self.active:
             self.active.append(step)
-        self.commands.append(RunStep(step, attempt, self.configs.get(step)))
+        self.commands.append(RunStep(step=step, attempt=attempt, config=self.configs.get(step)))
 
     def add_timer(self, kind: TimerKind, step: str, delay: float) -> Timer:
         self.changed = True
@@ -438,7 +440,7 @@ class _Draft:
         )
         self.next_timer += 1
         self.timers.append(timer)
-        self.commands.append(ArmTimer(timer))
+        self.commands.append(ArmTimer(timer=timer))
         return timer
 
     def drop_timers(self, keep: Any = lambda timer: False) -> None:
@@ -448,7 +450,7 @@ class _Draft:
                 kept.append(timer)
             else:
                 self.changed = True
-                self.commands.append(DisarmTimer(timer.id))
+                self.commands.append(DisarmTimer(timer_id=timer.id))
         self.timers = kept
 
     def history_entry(self, step: str, event: str | None, error: str | None = None) -> None:
@@ -476,7 +478,7 @@ class _Draft:
             return
         for step in list(self.active):
             self.run(step, self.attempts.get(step, 0) + 1)
-        self.commands.extend(ArmTimer(timer) for timer in self.timers)
+        self.commands.extend(ArmTimer(timer=timer) for timer in self.timers)
         self.advance()
 
     def complete(
@@ -586,7 +588,7 @@ class _Draft:
         self.stop_everything()
 
     def stop_everything(self) -> None:
-        self.commands.extend(CancelStep(step) for step in self.active)
+        self.commands.extend(CancelStep(step=step) for step in self.active)
         self.active.clear()
         self.waiting.clear()
         self.drop_timers()
@@ -838,7 +840,7 @@ class _Draft:
             status=status, updated_at=self.now, revision=self.original.revision + 1
         )
         if status.is_terminal and not self.terminal:
-            self.commands.append(Finished(status))
+            self.commands.append(Finished(status=status))
         return Transition(instance, self.commands, self.reply, changed=True, notes=self.notes)
 
 

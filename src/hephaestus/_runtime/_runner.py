@@ -164,7 +164,7 @@ class Runner:
             # once the engine's clock has reached its deadline; until then sleep again.
             if now >= timer.deadline:
                 del self.armed[timer.id]
-                return Message(TimerFired(timer.id))
+                return Message(TimerFired(timer_id=timer.id))
             current = trio.current_time()
             wake = max(current + (timer.deadline - now), math.nextafter(current, math.inf))
             with trio.move_on_at(wake):
@@ -306,17 +306,17 @@ class Runner:
         assert nursery is not None
         for command in commands:
             match command:
-                case RunStep(step, attempt, _):
+                case RunStep(step=step, attempt=attempt):
                     old = self.scopes.pop(step, None)
                     if old is not None:
                         old.cancel()
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
-                case ArmTimer(timer):
+                case ArmTimer(timer=timer):
                     self.armed[timer.id] = timer
-                case DisarmTimer(timer_id):
+                case DisarmTimer(timer_id=timer_id):
                     self.armed.pop(timer_id, None)
-                case CancelStep(step):
+                case CancelStep(step=step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
                         found.cancel()
@@ -369,7 +369,7 @@ class Runner:
         """Emit the telemetry events that ``transition`` of ``event`` implies."""
         instance = transition.instance
         match event:
-            case StepSucceeded(step, attempt, ev):
+            case StepSucceeded(step=step, attempt=attempt, event=ev):
                 if transition.changed:
                     name = (
                         "step.stop"
@@ -382,7 +382,7 @@ class Runner:
                         measurements=self.duration(step),
                         metadata={"event": ev, "attempt": attempt},
                     )
-            case StepFailed(step, attempt, error_type, message):
+            case StepFailed(step=step, attempt=attempt, error_type=error_type, message=message):
                 if transition.changed:
                     self.emit(
                         "step.exception",
@@ -390,7 +390,7 @@ class Runner:
                         measurements=self.duration(step),
                         metadata={"attempt": attempt, "error": error_type, "message": message},
                     )
-            case StepSuspended(step, attempt, timeout):
+            case StepSuspended(step=step, attempt=attempt, timeout=timeout):
                 if transition.changed:
                     self.emit(
                         "step.suspend",
@@ -403,14 +403,14 @@ class Runner:
                             "step.resume", step, metadata={"event": instance.history[-1].event}
                         )
                         self.emit("step.stop", step, metadata={"event": instance.history[-1].event})
-            case Deliver(ev, _, step, _):
+            case Deliver(event=ev, step=step):
                 if transition.changed:
                     for resumed in instance.completed[len(before.completed) :]:
                         self.emit("step.resume", resumed, metadata={"event": ev})
                         self.emit("step.stop", resumed, metadata={"event": ev})
                     if transition.reply == "queued":
                         self.emit("step.resume", step, metadata={"event": ev, "queued": True})
-            case TimerFired(timer_id):
+            case TimerFired(timer_id=timer_id):
                 if transition.changed:
                     self.emit("timer.fire", metadata={"timer": timer_id})
                     for resumed in instance.completed[len(before.completed) :]:
