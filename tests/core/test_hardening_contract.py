@@ -21,6 +21,7 @@ from hephaestus._core._engine import (
     apply,
     step_context,
 )
+from hephaestus._core._notes import Delivery
 from hephaestus._core._terminal import answer_terminal
 
 from .helpers import Driver, mk, workflow
@@ -99,7 +100,7 @@ def test_a_repeated_dedupe_key_is_ignored_whatever_the_status(status: hx.Status)
     )
     assert not t.changed
     assert t.instance is before
-    assert t.reply == "duplicate"
+    assert t.reply == Delivery.IGNORED
     with pytest.raises(hx.EventRejected, match=f"it is {status.value}"):
         apply(
             run.wf,

@@ -11,6 +11,7 @@ import hephaestus as hx
 from hephaestus._core._codec import decode_instance
 from hephaestus._core._definitions import definition_problems
 from hephaestus._core._engine import Deliver, Start, StepSucceeded, StepSuspended, apply
+from hephaestus._core._notes import Delivery
 
 from .helpers import Driver, mk, workflow
 
@@ -63,12 +64,15 @@ def test_a_terminal_instance_answers_whatever_its_definition() -> None:
     run(StepSuspended(step="b", attempt=1, timeout=None))
     run(Deliver(event="go", payload=None, step=None, dedupe_key="k"))
     assert run.status is hx.Status.COMPLETED
-    assert apply(
-        _pair("c"),
-        run.instance,
-        Deliver(event="go", payload=None, step=None, dedupe_key="k"),
-        2000.0,
-    ).reply == ("duplicate")
+    assert (
+        apply(
+            _pair("c"),
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key="k"),
+            2000.0,
+        ).reply
+        == Delivery.IGNORED
+    )
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.msgpack")))

@@ -16,6 +16,7 @@ from hephaestus._core._engine import (
     StepSuspended,
     apply,
 )
+from hephaestus._core._notes import Delivery, EventDropped, EventQueued
 
 from .helpers import Driver, mk, workflow
 
@@ -46,7 +47,7 @@ def test_ten_thousand_resumes_into_a_running_step_keep_the_snapshot_bounded() ->
             rejected += 1
             messages.add(str(exc))
         else:
-            assert t.reply == "queued"
+            assert t.reply == Delivery.QUEUED
             instance = t.instance
         if n % 1000 == 0:
             sizes[n] = len(encode_instance(instance))
@@ -69,11 +70,17 @@ def test_the_dedupe_window_keeps_the_most_recent_keys() -> None:
     run(StepSuspended(step="a", attempt=1, timeout=None))
     old = tuple(f"old-{i}" for i in range(5 * DEDUPE_WINDOW))  # an older release kept them all
     run.instance = msgspec.structs.replace(run.instance, dedupe_keys=old)
-    assert apply(
-        run.wf, run.instance, Deliver(event="go", payload=None, step=None, dedupe_key=old[-1]), 1.0
-    ).reply == ("duplicate")
+    assert (
+        apply(
+            run.wf,
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key=old[-1]),
+            1.0,
+        ).reply
+        == Delivery.IGNORED
+    )
     t = run(Deliver(event="go", payload=None, step=None, dedupe_key="new"))
-    assert t.reply == "delivered"
+    assert t.reply == Delivery.DELIVERED
     assert len(run.instance.dedupe_keys) == DEDUPE_WINDOW
     assert run.instance.dedupe_keys[-1] == "new"
     assert run.instance.dedupe_keys[0] == old[-(DEDUPE_WINDOW - 1)]
@@ -85,11 +92,17 @@ def test_the_dedupe_window_keeps_the_most_recent_keys() -> None:
             Deliver(event="go", payload=None, step=None, dedupe_key="new"),
             1.0,
         ).reply
-        == "duplicate"
+        == Delivery.IGNORED
     )
-    assert apply(
-        run.wf, run.instance, Deliver(event="go", payload=None, step=None, dedupe_key=old[-2]), 1.0
-    ).reply == ("duplicate")
+    assert (
+        apply(
+            run.wf,
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key=old[-2]),
+            1.0,
+        ).reply
+        == Delivery.IGNORED
+    )
 
 
 def test_inbox_events_no_live_step_can_take_are_dropped_with_a_note() -> None:
@@ -101,13 +114,14 @@ def test_inbox_events_no_live_step_can_take_are_dropped_with_a_note() -> None:
     run = Driver(wf)
     run(Start())
     queued = run(Deliver(event="go", payload={"early": True}, step=None, dedupe_key="k1"))
-    assert queued.reply == "queued"
-    assert queued.notes == ()
+    assert queued.reply == Delivery.QUEUED
+    assert queued.notes == (EventQueued(event="go", step=None),)
     t = run(
         StepSucceeded(step="split", attempt=1, event="r")
     )  # "left" can no longer run: nobody takes "go"
     assert run.instance.inbox == ()
-    assert [(n.event, n.step, n.dedupe_key) for n in t.notes] == [("go", None, "k1")]
+    dropped = [n for n in t.notes if isinstance(n, EventDropped)]
+    assert dropped == [EventDropped(event="go", step=None, dedupe_key="k1")]
     assert run.instance.active == ("right",)
     with pytest.raises(hx.EventRejected, match="cannot be accepted"):
         run(Deliver(event="go"))

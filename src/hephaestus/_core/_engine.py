@@ -22,6 +22,21 @@ from ._codec import detached_copy
 from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
+from ._notes import (
+    DUPLICATE,
+    AttemptFailed,
+    Delivery,
+    EventDropped,
+    EventQueued,
+    InstanceFinished,
+    Note,
+    Reply,
+    RetryArmed,
+    StepEnded,
+    Suspended,
+    TimerElapsed,
+    Via,
+)
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
 from ._workflow import Workflow
 
@@ -158,19 +173,6 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished
 
-# --- notes ------------------------------------------------------------------------------------
-
-
-class EventDropped(msgspec.Struct, frozen=True, kw_only=True):
-    """A queued inbox event was dropped: no step that can still run would ever take it."""
-
-    event: str
-    step: str | None
-    dedupe_key: str | None
-
-
-Note = EventDropped
-
 MAX_INBOX: Final = 1000
 """The most events an instance's inbox holds; a resume beyond that is rejected."""
 
@@ -188,8 +190,10 @@ class Transition:
 
     ``instance`` is the input instance itself when nothing changed (then
     nothing needs persisting); otherwise a new instance with ``revision + 1``.
-    ``reply`` is the answer for the caller of the input (a timer id, a bool).
-    ``notes`` say what else happened that telemetry may report (events dropped).
+    ``reply`` is the answer for the caller of the input: a :class:`Delivery`
+    for ``Deliver``, the timer id for ``ScheduleResume``, a bool for
+    ``CancelTimer``, None otherwise. ``notes`` say what happened, in order
+    (see ``_notes.py``); the shell maps them to telemetry.
     """
 
     __slots__ = ("changed", "commands", "instance", "notes", "reply")
@@ -198,7 +202,7 @@ class Transition:
         self,
         instance: Instance,
         commands: Sequence[Command],
-        reply: Any,
+        reply: Reply,
         changed: bool,
         notes: Sequence[Note] = (),
     ) -> None:
@@ -358,7 +362,7 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             step=step, attempt=attempt, event=ev, results=results, metadata=metadata
         ):
             if draft.is_current(step, attempt, draft.active):
-                draft.complete(step, ev, results, metadata)
+                draft.complete(step, ev, results, metadata, Via.RETURNED)
         case StepFailed(step=step, attempt=attempt, error_type=error_type, message=message):
             if draft.is_current(step, attempt, draft.active):
                 draft.fail(step, error_type, message)
@@ -392,7 +396,7 @@ class _Draft:
         self.original = instance
         self.now = now
         self.changed = False
-        self.reply: Any = None
+        self.reply: Reply = None
         self.commands: list[Command] = []
         self.notes: list[Note] = []
         self.terminal = instance.status.is_terminal
@@ -478,7 +482,13 @@ class _Draft:
             return
         for step in list(self.active):
             self.run(step, self.attempts.get(step, 0) + 1)
-        self.commands.extend(ArmTimer(timer=timer) for timer in self.timers)
+        for timer in self.timers:
+            self.commands.append(ArmTimer(timer=timer))
+            if timer.kind == "retry":
+                attempt = self.attempts.get(timer.step, 1) + 1
+                self.notes.append(
+                    RetryArmed(step=timer.step, attempt=attempt, deadline=timer.deadline)
+                )
         self.advance()
 
     def complete(
@@ -487,6 +497,7 @@ class _Draft:
         event: str,
         results: dict[str, Any] | None,
         metadata: dict[str, Any] | None,
+        via: Via,
     ) -> None:
         """Record that ``step`` (running or suspended) ended with ``event``; start what follows."""
         definition = self.workflow.steps[step]
@@ -496,6 +507,7 @@ class _Draft:
                 UndeclaredEvent.__name__,
                 f"step {step!r} ended with event {event!r}, which it does not declare "
                 f"(declared: {list(definition.events)!r})",
+                event=event,
             )
             return
         edge = self.workflow.edges[(step, event)]
@@ -507,6 +519,9 @@ class _Draft:
                 return
             targets = chosen
         self.changed = True
+        self.notes.append(
+            StepEnded(step=step, attempt=self.attempts.get(step, 1), event=event, via=via)
+        )
         if step in self.active:
             self.active.remove(step)
         self.waiting.pop(step, None)
@@ -569,7 +584,7 @@ class _Draft:
             return f"Route choose for ({step!r}, {event!r}) returned no target"
         return chosen
 
-    def fail(self, step: str, error_type: str, message: str) -> None:
+    def fail(self, step: str, error_type: str, message: str, *, event: str | None = None) -> None:
         self.changed = True
         self.history_entry(step, None, error_type)
         attempt = self.attempts.get(step, 1)
@@ -580,10 +595,16 @@ class _Draft:
         failed = self.failures.get(step, 0) + 1
         self.failures = {**self.failures, step: failed}
         delay = retry_delay(self.workflow.steps[step], self.original.id, failed)
+        failed_note = AttemptFailed(
+            step=step, attempt=attempt, error_type=error_type, message=message, event=event
+        )
         if delay is not None:
             self.drop_timers(keep=lambda timer: timer.step != step)
-            self.add_timer("retry", step, delay)
+            deadline = self.add_timer("retry", step, delay).deadline
+            self.notes.append(msgspec.structs.replace(failed_note, retry_at=deadline))
+            self.notes.append(RetryArmed(step=step, attempt=attempt + 1, deadline=deadline))
             return
+        self.notes.append(failed_note)
         self.error = ErrorInfo(step=step, type=error_type, message=message, attempts=attempt)
         self.stop_everything()
 
@@ -605,12 +626,13 @@ class _Draft:
             )
             return
         self.changed = True
+        self.notes.append(Suspended(step=step, attempt=self.attempts.get(step, 1), timeout=timeout))
         self.active.remove(step)
         self.waiting[step] = definition.events
         for index, queued in enumerate(self.inbox):
             if queued.event in definition.events and queued.step in (None, step):
                 del self.inbox[index]
-                self.complete(step, queued.event, queued.payload, None)
+                self.complete(step, queued.event, queued.payload, None, Via.INBOX)
                 return
         if timeout is not None:
             self.add_timer("timeout", step, timeout)
@@ -653,7 +675,7 @@ class _Draft:
                 "pass step=... to name one"
             )
         if candidates:
-            self.complete(candidates[0], event, payload, None)
+            self.complete(candidates[0], event, payload, None, Via.RESUMED)
         else:
             live = live_steps(self.workflow, self.original)
             completed = set(self.completed)
@@ -685,12 +707,13 @@ class _Draft:
                 )
             )
             self.changed = True
-            self.reply = "queued"
+            self.notes.append(EventQueued(event=event, step=step))
+            self.reply = Delivery.QUEUED
         if dedupe_key is not None:
             # A bounded window: the most recent DEDUPE_WINDOW keys are remembered.
             self.dedupe_keys = (*self.dedupe_keys[-(DEDUPE_WINDOW - 1) :], dedupe_key)
         if self.reply is None:
-            self.reply = "delivered"
+            self.reply = Delivery.DELIVERED
 
     def timer_fired(self, timer_id: str) -> None:
         timer = next((t for t in self.timers if t.id == timer_id), None)
@@ -698,10 +721,11 @@ class _Draft:
             return
         self.changed = True
         self.timers.remove(timer)
+        self.notes.append(TimerElapsed(timer_id=timer_id))
         if timer.kind == "retry":
             self.run(timer.step, self.attempts.get(timer.step, 1) + 1)
         elif TIMEOUT_EVENT in self.waiting.get(timer.step, ()):
-            self.complete(timer.step, TIMEOUT_EVENT, None, None)
+            self.complete(timer.step, TIMEOUT_EVENT, None, None, Via.TIMEOUT)
         else:
             self.advance()
 
@@ -824,7 +848,9 @@ class _Draft:
 
     def finish(self) -> Transition:
         if not self.changed:
-            return Transition(self.original, self.commands, self.reply, changed=False)
+            return Transition(
+                self.original, self.commands, self.reply, changed=False, notes=self.notes
+            )
         if self.inbox:
             self.drop_untakable()
         status = _status(
@@ -841,6 +867,8 @@ class _Draft:
         )
         if status.is_terminal and not self.terminal:
             self.commands.append(Finished(status=status))
+            error_type = None if self.error is None else self.error.type
+            self.notes.append(InstanceFinished(status=status, error_type=error_type))
         return Transition(instance, self.commands, self.reply, changed=True, notes=self.notes)
 
 
@@ -921,4 +949,4 @@ def _answered_terminal(instance: Instance, event: Input) -> Transition | None:
 
 
 # The terminal answers need the inputs defined above.
-from ._terminal import DUPLICATE, TERMINAL_INPUTS, answer_terminal  # noqa: E402
+from ._terminal import TERMINAL_INPUTS, answer_terminal  # noqa: E402
