@@ -348,6 +348,24 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
         DefinitionChanged: ``instance``'s state names steps or events that
             ``workflow`` lacks (it was stored by another definition).
     """
+    kind = type(event)
+    if kind is StepSucceeded:
+        fast = _fast_succeeded(workflow, instance, cast(StepSucceeded, event), now)
+        if fast is not None:
+            return fast
+    elif kind is StepSuspended:
+        fast = _fast_suspended(workflow, instance, cast(StepSuspended, event), now)
+        if fast is not None:
+            return fast
+    return apply_general(workflow, instance, event, now)
+
+
+def apply_general(workflow: Workflow, instance: Instance, event: Input, now: float) -> Transition:
+    """:func:`apply` without its fast paths: every input through the general ``_Draft``.
+
+    Returns and raises exactly what :func:`apply` does (a property test
+    compares the two on random workflows and runs).
+    """
     if (answered := _answered_terminal(instance, event)) is not None:
         return answered
     if instance.graph != workflow.fingerprint:
@@ -382,6 +400,141 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
         case Retry():
             draft.retry()
     return draft.finish()
+
+
+# --- fast paths -------------------------------------------------------------------------------
+#
+# The two transitions every instance makes most: a lone running step returns an event
+# whose plain edge leads to one step that can start at once (or to Done), and a step
+# suspends with an empty inbox. Each returns None unless the instance is in exactly the
+# simple state it handles; then its result equals apply_general's, field for field
+# (property_tests/test_fast_paths.py), at a fraction of the cost of a _Draft.
+
+
+def _fast_succeeded(
+    workflow: Workflow, instance: Instance, event: StepSucceeded, now: float
+) -> Transition | None:
+    step = event.step
+    if (
+        instance.active != (step,)
+        or instance.waiting
+        or instance.timers
+        or instance.inbox
+        or instance.status.is_terminal
+        or instance.graph != workflow.fingerprint
+        or instance.attempts.get(step) != event.attempt
+    ):
+        return None
+    edge = workflow.edges.get((step, event.event))
+    if edge is None or edge.route is not None or len(edge.targets) > 1:
+        return None
+    completed = instance.completed
+    fired = instance.fired
+    if any(key != step and key not in completed for key in fired):
+        return None  # a join is pending: the general path decides it
+    attempt = event.attempt
+    results = event.results
+    history = (
+        *instance.history,
+        HistoryEntry(step=step, event=event.event, attempt=attempt, at=now, error=None),
+    )
+    metadata = {**instance.metadata, **event.metadata} if event.metadata else instance.metadata
+    ended = StepEnded(step=step, attempt=attempt, event=event.event, via=Via.RETURNED)
+    done = (*completed, step)
+    step_results = {**instance.results, step: {} if results is None else results}
+    if not edge.targets:
+        status = Status.COMPLETED
+        return Transition(
+            msgspec.structs.replace(
+                instance,
+                status=status,
+                active=(),
+                completed=done,
+                results=step_results,
+                metadata=metadata,
+                history=history,
+                updated_at=now,
+                revision=instance.revision + 1,
+            ),
+            (Finished(status=status),),
+            None,
+            changed=True,
+            notes=(ended, InstanceFinished(status=status, error_type=None)),
+        )
+    target, config = edge.targets[0]
+    if target in completed or target == step:
+        return None
+    if any(p != step and p not in completed for p in workflow.predecessors[target]):
+        return None
+    configs = instance.configs if config is None else {**instance.configs, target: config}
+    return Transition(
+        msgspec.structs.replace(
+            instance,
+            status=Status.RUNNING,
+            active=(target,),
+            completed=done,
+            results=step_results,
+            metadata=metadata,
+            history=history,
+            attempts={**instance.attempts, target: 1},
+            configs=configs,
+            fired={**fired, target: (step,)},
+            updated_at=now,
+            revision=instance.revision + 1,
+        ),
+        (RunStep(step=target, attempt=1, config=configs.get(target)),),
+        None,
+        changed=True,
+        notes=(ended,),
+    )
+
+
+def _fast_suspended(
+    workflow: Workflow, instance: Instance, event: StepSuspended, now: float
+) -> Transition | None:
+    step = event.step
+    active = instance.active
+    if (
+        step not in active
+        or instance.inbox
+        or instance.status.is_terminal
+        or instance.graph != workflow.fingerprint
+        or instance.attempts.get(step) != event.attempt
+    ):
+        return None
+    timeout = event.timeout
+    events = workflow.steps[step].events
+    if timeout is not None and TIMEOUT_EVENT not in events:
+        return None  # a failed attempt: the general path says why
+    still_active = tuple(key for key in active if key != step)
+    waiting = {**instance.waiting, step: events}
+    timers = instance.timers
+    next_timer = instance.next_timer
+    commands: tuple[Command, ...] = ()
+    if timeout is not None:
+        timer = Timer(
+            id=f"t{next_timer}", kind="timeout", step=step, deadline=now + max(0.0, timeout)
+        )
+        next_timer += 1
+        timers = (*timers, timer)
+        commands = (ArmTimer(timer=timer),)
+    status = Status.RUNNING if still_active else Status.WAITING
+    return Transition(
+        msgspec.structs.replace(
+            instance,
+            status=status,
+            active=still_active,
+            waiting=waiting,
+            timers=timers,
+            next_timer=next_timer,
+            updated_at=now,
+            revision=instance.revision + 1,
+        ),
+        commands,
+        None,
+        changed=True,
+        notes=(Suspended(step=step, attempt=event.attempt, timeout=timeout),),
+    )
 
 
 @final
