@@ -50,6 +50,7 @@ from hephaestus._core._engine import (
     new_instance,
     retry_delay,
 )
+from hephaestus._core._notes import Delivery, EventDropped
 
 PROPERTY_SETTINGS = settings(
     suppress_health_check=[
@@ -335,8 +336,9 @@ class Checker:
             assert all(takable(spec, after, q) for q in after.inbox), after.inbox
         kept = {id(q) for q in after.inbox}
         taken = [q for q in before.inbox if id(q) not in kept]
-        assert len(t.notes) <= len(taken)
-        for note in t.notes:
+        dropped = [n for n in t.notes if isinstance(n, EventDropped)]
+        assert len(dropped) <= len(taken)
+        for note in dropped:
             assert any(
                 (q.event, q.step, q.dedupe_key) == (note.event, note.step, note.dedupe_key)
                 for q in taken
@@ -361,7 +363,9 @@ class Checker:
             elif timer.kind == "retry":
                 assert (
                     RunStep(
-                        timer.step, before.attempts[timer.step] + 1, before.configs.get(timer.step)
+                        step=timer.step,
+                        attempt=before.attempts[timer.step] + 1,
+                        config=before.configs.get(timer.step),
                     )
                     in t.commands
                 )
@@ -369,16 +373,20 @@ class Checker:
                 assert timer.step not in after.waiting
                 assert new_entries[0].step == timer.step
                 assert new_entries[0].event in ("timeout", None)
-        if isinstance(event, Deliver) and t.reply == "delivered":
+        if isinstance(event, Deliver) and t.reply is Delivery.DELIVERED:
             assert new_entries
             assert new_entries[0].event in (event.event, None)
             assert new_entries[0].step in before.waiting
             assert new_entries[0].step not in after.waiting
-        if isinstance(event, Deliver) and t.reply == "queued":
+        if isinstance(event, Deliver) and t.reply is Delivery.QUEUED:
             assert after.inbox[-1].event == event.event
             assert after.inbox[:-1] == before.inbox
             assert new_entries == ()
-        if isinstance(event, Deliver) and event.dedupe_key and t.reply in ("delivered", "queued"):
+        if (
+            isinstance(event, Deliver)
+            and event.dedupe_key
+            and t.reply in (Delivery.DELIVERED, Delivery.QUEUED)
+        ):
             assert event.dedupe_key in after.dedupe_keys
         if isinstance(event, StepSuspended) and t.changed:
             events = self.spec.events[event.step]
@@ -430,7 +438,7 @@ class Checker:
         commands = t.commands
         finished = [c for c in commands if isinstance(c, Finished)]
         if not before.status.is_terminal and after.status.is_terminal:
-            assert finished == [Finished(after.status)]
+            assert finished == [Finished(status=after.status)]
             assert commands[-1] == finished[0]
         else:
             assert finished == []
@@ -488,15 +496,15 @@ class Checker:
     def carry_out(self, commands: tuple[Command, ...]) -> None:
         for c in commands:
             match c:
-                case RunStep(step, attempt, _):
+                case RunStep(step=step, attempt=attempt):
                     if step in self.running:
                         self.stale.append((step, self.running[step]))
                     self.running[step] = attempt
-                case CancelStep(step):
+                case CancelStep(step=step):
                     self.stale.append((step, self.running.pop(step)))
-                case ArmTimer(timer):
+                case ArmTimer(timer=timer):
                     self.armed[timer.id] = timer
-                case DisarmTimer(timer_id):
+                case DisarmTimer(timer_id=timer_id):
                     self.armed.pop(timer_id, None)
                 case Finished():
                     self.finished = True
@@ -531,7 +539,7 @@ class Checker:
         timer = self.armed.pop(timer_id, None)
         if timer is not None:
             self.now = max(self.now, timer.deadline)
-        self.feed(TimerFired(timer_id))
+        self.feed(TimerFired(timer_id=timer_id))
 
     def resolve(self, limit: int) -> None:
         """Finish the run: succeed running steps, resume suspended ones, fire timers."""
@@ -540,10 +548,12 @@ class Checker:
                 return
             if self.running:
                 step, attempt = sorted(self.running.items())[0]
-                self.report(StepSucceeded(step, attempt, self.spec.events[step][0]))
+                self.report(
+                    StepSucceeded(step=step, attempt=attempt, event=self.spec.events[step][0])
+                )
             elif self.instance.waiting:
                 step = sorted(self.instance.waiting)[0]
-                t = self.feed(Deliver(self.spec.events[step][0], None, step=step))
+                t = self.feed(Deliver(event=self.spec.events[step][0], payload=None, step=step))
                 assert t is not None
                 assert t.changed
             elif self.armed:
@@ -601,14 +611,20 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
                 metadata = data.draw(
                     st.none() | st.fixed_dictionaries({"m": st.integers(0, 3)}), label="metadata"
                 )
-                env.report(StepSucceeded(step, attempt, event, results, metadata))
+                env.report(
+                    StepSucceeded(
+                        step=step, attempt=attempt, event=event, results=results, metadata=metadata
+                    )
+                )
             elif outcome == "fail":
-                env.report(StepFailed(step, attempt, "Boom", "it broke"))
+                env.report(
+                    StepFailed(step=step, attempt=attempt, error_type="Boom", message="it broke")
+                )
             elif outcome == "suspend":
                 timeout = data.draw(st.none() | st.sampled_from([0.0, 1.0, 10.0]), label="timeout")
-                env.report(StepSuspended(step, attempt, timeout))
+                env.report(StepSuspended(step=step, attempt=attempt, timeout=timeout))
             else:
-                env.report(StepSucceeded(step, attempt, "bogus"))
+                env.report(StepSucceeded(step=step, attempt=attempt, event="bogus"))
         elif move == "deliver":
             waiting = sorted(env.instance.waiting)
             running = sorted(env.running)
@@ -625,9 +641,9 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             payload["serial"] = env.inputs  # tells apart events that are otherwise equal
             dedupe = data.draw(st.none() | st.sampled_from(["d1", "d2"]), label="dedupe")
             seen = dedupe is not None and dedupe in env.instance.dedupe_keys
-            t = env.feed(Deliver(event, payload, target, dedupe))
+            t = env.feed(Deliver(event=event, payload=payload, step=target, dedupe_key=dedupe))
             if seen and t is not None:
-                assert t.reply == "duplicate"
+                assert t.reply is Delivery.IGNORED
                 assert not t.changed
         elif move == "fire" and env.armed:
             env.fire(data.draw(st.sampled_from(sorted(env.armed)), label="timer"))
@@ -636,21 +652,21 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             if env.stale:
                 step, attempt = data.draw(st.sampled_from(env.stale), label="stale")
                 late: list[Input] = [
-                    StepSucceeded(step, attempt, spec.events[step][0]),
-                    StepFailed(step, attempt, "Late", "late"),
-                    StepSuspended(step, attempt, None),
+                    StepSucceeded(step=step, attempt=attempt, event=spec.events[step][0]),
+                    StepFailed(step=step, attempt=attempt, error_type="Late", message="late"),
+                    StepSuspended(step=step, attempt=attempt, timeout=None),
                 ]
                 t = env.feed(data.draw(st.sampled_from(late), label="stale outcome"))
                 assert t is not None
                 assert not t.changed
                 assert t.commands == ()
             else:
-                t = env.feed(TimerFired("t9999"))
+                t = env.feed(TimerFired(timer_id="t9999"))
                 assert t is not None
                 assert not t.changed
         elif move == "schedule":
             step = data.draw(st.sampled_from(spec.keys), label="resume step")
-            t = env.feed(ScheduleResume(step, data.draw(st.sampled_from([0.0, 2.0]))))
+            t = env.feed(ScheduleResume(step=step, delay=data.draw(st.sampled_from([0.0, 2.0]))))
             if t is not None:
                 assert isinstance(t.reply, str)
                 assert t.reply in env.armed
@@ -658,7 +674,7 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             ids = sorted({tm.id for tm in env.instance.timers} | {"t9999"})
             timer_id = data.draw(st.sampled_from(ids), label="cancel timer")
             was = next((tm for tm in env.instance.timers if tm.id == timer_id), None)
-            t = env.feed(CancelTimer(timer_id))
+            t = env.feed(CancelTimer(timer_id=timer_id))
             assert t is not None
             # Only schedule_resume's timers are the caller's to drop.
             assert t.reply is (was is not None and was.kind == "resume")
@@ -666,7 +682,7 @@ def random_run(spec: Spec, data: st.DataObject, max_moves: int) -> Checker:
             env.crash_and_recover()
         elif move == "cancel" and data.draw(st.integers(0, 3), label="really cancel") == 0:
             status_was = env.instance.status
-            t = env.feed(Cancel("prop"))
+            t = env.feed(Cancel(reason="prop"))
             if status_was in (hx.Status.COMPLETED, hx.Status.FAILED):
                 assert t is None
             else:
@@ -699,12 +715,12 @@ def test_random_runs_keep_every_invariant_and_terminate(spec: Spec, data: st.Dat
     for event in (
         Start(),
         Recover(),
-        TimerFired("t1"),
-        CancelTimer("t1"),
-        StepSucceeded(spec.keys[0], 1, spec.events[spec.keys[0]][0]),
-        StepFailed(spec.keys[0], 1, "E", "m"),
-        Deliver("ok"),
-        ScheduleResume(spec.keys[0], 1.0),
+        TimerFired(timer_id="t1"),
+        CancelTimer(timer_id="t1"),
+        StepSucceeded(step=spec.keys[0], attempt=1, event=spec.events[spec.keys[0]][0]),
+        StepFailed(step=spec.keys[0], attempt=1, error_type="E", message="m"),
+        Deliver(event="ok"),
+        ScheduleResume(step=spec.keys[0], delay=1.0),
         Cancel(),
     ):
         t = env.feed(event)
@@ -743,10 +759,10 @@ def test_crash_anywhere_then_recover_ends_like_no_crash(spec: Spec, data: st.Dat
             crashing.crash_and_recover()
         if crashing.running:
             step, attempt = sorted(crashing.running.items())[0]
-            crashing.report(StepSucceeded(step, attempt, spec.events[step][0]))
+            crashing.report(StepSucceeded(step=step, attempt=attempt, event=spec.events[step][0]))
         elif crashing.instance.waiting:
             step = sorted(crashing.instance.waiting)[0]
-            crashing.feed(Deliver(spec.events[step][0], None, step=step))
+            crashing.feed(Deliver(event=spec.events[step][0], payload=None, step=step))
         elif crashing.armed:
             crashing.fire(min(crashing.armed.values(), key=lambda tm: (tm.deadline, tm.id)).id)
     assert crashing.instance.status is plain.instance.status is hx.Status.COMPLETED
@@ -824,16 +840,18 @@ def test_early_events_wait_in_the_inbox_and_arrive_in_order(
         pool = sorted({e for k in live for e in spec.events[k]})
         for _ in range(data.draw(st.integers(0, 3) if pool else st.just(0), label="queue")):
             event = data.draw(st.sampled_from(pool), label="early event")
-            t = env.feed(Deliver(event, {"serial": env.inputs}))
-            assert t is None or t.reply in ("queued", "delivered")
+            t = env.feed(Deliver(event=event, payload={"serial": env.inputs}))
+            assert t is None or t.reply in (Delivery.QUEUED, Delivery.DELIVERED)
         if env.instance.status.is_terminal:  # a delivery finished it
             break
         if env.running:
             step, attempt = sorted(env.running.items())[0]
-            env.report(StepSuspended(step, attempt, None))  # may take a queued event
+            env.report(
+                StepSuspended(step=step, attempt=attempt, timeout=None)
+            )  # may take a queued event
         elif env.instance.waiting:
             step = sorted(env.instance.waiting)[0]
-            env.feed(Deliver(spec.events[step][0], None, step=step))
+            env.feed(Deliver(event=spec.events[step][0], payload=None, step=step))
         else:
             env.fire(sorted(env.armed)[0])
     assert env.instance.status.is_terminal

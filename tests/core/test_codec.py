@@ -305,19 +305,19 @@ def test_stored_fixture_still_drives_the_engine() -> None:
     wf = fixture_workflow()
     instance = decode_instance((FIXTURES / "snapshot-format1-running.msgpack").read_bytes())
     # "wait" suspends: the queued "approved" is delivered; "ship" still waits for b and c.
-    t = apply(wf, instance, StepSuspended("wait", 1, None), 1700000002.0)
+    t = apply(wf, instance, StepSuspended(step="wait", attempt=1, timeout=None), 1700000002.0)
     assert t.instance.revision == 8
     assert t.instance.inbox == ()
     assert t.instance.results["wait"] == {"by": "ann"}
     assert t.commands[0] == DisarmTimerOf("t3")
-    t = apply(wf, t.instance, TimerFired("t2"), 1700000004.0)
-    assert t.commands == (RunStep("b", 2),)
+    t = apply(wf, t.instance, TimerFired(timer_id="t2"), 1700000004.0)
+    assert t.commands == (RunStep(step="b", attempt=2),)
 
 
 def DisarmTimerOf(timer_id: str) -> Any:  # noqa: N802 - reads as the command it builds
     from hephaestus._core._engine import DisarmTimer
 
-    return DisarmTimer(timer_id)
+    return DisarmTimer(timer_id=timer_id)
 
 
 # --- what may be stored ------------------------------------------------------------------------

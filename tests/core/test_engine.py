@@ -30,6 +30,7 @@ from hephaestus._core._engine import (
     retry_delay,
     step_context,
 )
+from hephaestus._core._notes import Delivery, EventDropped
 
 from .helpers import Driver, mk, of_type, workflow
 
@@ -52,23 +53,25 @@ def test_new_instance_is_pending() -> None:
 def test_linear() -> None:
     run = Driver(linear())
     t = run(Start())
-    assert t.commands == (RunStep("a", 1),)
+    assert t.commands == (RunStep(step="a", attempt=1),)
     assert run.status is hx.Status.RUNNING
     assert run.instance.active == ("a",)
     assert run.instance.revision == 2
 
-    t = run(StepSucceeded("a", 1, "ok", {"x": 1}, {"trace": "t1"}))
-    assert t.commands == (RunStep("b", 1),)
+    t = run(
+        StepSucceeded(step="a", attempt=1, event="ok", results={"x": 1}, metadata={"trace": "t1"})
+    )
+    assert t.commands == (RunStep(step="b", attempt=1),)
     run.now = 1001.0
     assert run.instance.results == {"a": {"x": 1}}
     assert run.instance.metadata == {"trace": "t1"}
     assert run.instance.completed == ("a",)
     assert run.instance.active == ("b",)
 
-    run(StepSucceeded("b", 1, "ok", None, {"more": 2}))
+    run(StepSucceeded(step="b", attempt=1, event="ok", results=None, metadata={"more": 2}))
     assert run.instance.metadata == {"trace": "t1", "more": 2}
-    t = run(StepSucceeded("c", 1, "ok"))
-    assert t.commands == (Finished(hx.Status.COMPLETED),)
+    t = run(StepSucceeded(step="c", attempt=1, event="ok"))
+    assert t.commands == (Finished(status=hx.Status.COMPLETED),)
     assert t.instance.status is hx.Status.COMPLETED
     assert t.instance.completed == ("a", "b", "c")
     assert t.instance.active == ()
@@ -97,20 +100,20 @@ def test_branching_takes_one_branch() -> None:
         workflow(a, {(a, "left"): b, (a, "right"): c, (b, "ok"): hx.Done, (c, "ok"): hx.Done})
     )
     run(Start())
-    t = run(StepSucceeded("a", 1, "right"))
-    assert t.commands == (RunStep("c", 1),)
-    t = run(StepSucceeded("c", 1, "ok"))
+    t = run(StepSucceeded(step="a", attempt=1, event="right"))
+    assert t.commands == (RunStep(step="c", attempt=1),)
+    t = run(StepSucceeded(step="c", attempt=1, event="ok"))
     assert run.status is hx.Status.COMPLETED
     assert "b" not in run.instance.completed
-    assert t.commands == (Finished(hx.Status.COMPLETED),)
+    assert t.commands == (Finished(status=hx.Status.COMPLETED),)
 
 
 def test_done_edge_ends_at_once() -> None:
     a, b = mk("a", "stop", "go"), mk("b")
     run = Driver(workflow(a, {(a, "stop"): hx.Done, (a, "go"): b, (b, "ok"): hx.Done}))
     run(Start())
-    t = run(StepSucceeded("a", 1, "stop"))
-    assert t.commands == (Finished(hx.Status.COMPLETED),)
+    t = run(StepSucceeded(step="a", attempt=1, event="stop"))
+    assert t.commands == (Finished(status=hx.Status.COMPLETED),)
 
 
 def diamond() -> hx.Workflow:
@@ -121,17 +124,17 @@ def diamond() -> hx.Workflow:
 def test_fan_out_then_fan_in_waits_for_both() -> None:
     run = Driver(diamond())
     run(Start())
-    t = run(StepSucceeded("a", 1, "ok"))
-    assert t.commands == (RunStep("b", 1), RunStep("c", 1))
+    t = run(StepSucceeded(step="a", attempt=1, event="ok"))
+    assert t.commands == (RunStep(step="b", attempt=1), RunStep(step="c", attempt=1))
     assert set(run.instance.active) == {"b", "c"}
-    t = run(StepSucceeded("c", 1, "ok"))
+    t = run(StepSucceeded(step="c", attempt=1, event="ok"))
     assert t.commands == ()  # d waits: b may still lead to it
     assert run.status is hx.Status.RUNNING
     assert "d" not in run.instance.active
-    t = run(StepSucceeded("b", 1, "ok"))
-    assert t.commands == (RunStep("d", 1),)
+    t = run(StepSucceeded(step="b", attempt=1, event="ok"))
+    assert t.commands == (RunStep(step="d", attempt=1),)
     assert set(run.instance.fired["d"]) == {"b", "c"}
-    run(StepSucceeded("d", 1, "ok"))
+    run(StepSucceeded(step="d", attempt=1, event="ok"))
     assert run.instance.status is hx.Status.COMPLETED
 
 
@@ -140,16 +143,18 @@ def test_fan_in_waits_for_a_suspended_or_retrying_branch() -> None:
     b = mk("b", "ok", retry=hx.Retry(max_attempts=2))
     run = Driver(workflow(a, {(a, "ok"): [b, c], (b, "ok"): d, (c, "ok"): d, (d, "ok"): hx.Done}))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepFailed("b", 1, "Boom", "first try"))  # b backs off: still live
-    t = run(StepSucceeded("c", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(
+        StepFailed(step="b", attempt=1, error_type="Boom", message="first try")
+    )  # b backs off: still live
+    t = run(StepSucceeded(step="c", attempt=1, event="ok"))
     assert t.commands == ()
     assert run.status is hx.Status.WAITING
     (timer,) = run.instance.timers
-    t = run(TimerFired(timer.id))
-    assert t.commands == (RunStep("b", 2),)
-    t = run(StepSucceeded("b", 2, "ok"))
-    assert t.commands == (RunStep("d", 1),)
+    t = run(TimerFired(timer_id=timer.id))
+    assert t.commands == (RunStep(step="b", attempt=2),)
+    t = run(StepSucceeded(step="b", attempt=2, event="ok"))
+    assert t.commands == (RunStep(step="d", attempt=1),)
 
 
 def exclusive_join() -> hx.Workflow:
@@ -163,10 +168,10 @@ def exclusive_join() -> hx.Workflow:
 def test_join_after_exclusive_branches_activates(event: str, branch: str) -> None:
     run = Driver(exclusive_join())
     run(Start())
-    run(StepSucceeded("a", 1, event))
-    t = run(StepSucceeded(branch, 1, "ok"))
-    assert t.commands == (RunStep("d", 1),)
-    run(StepSucceeded("d", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event=event))
+    t = run(StepSucceeded(step=branch, attempt=1, event="ok"))
+    assert t.commands == (RunStep(step="d", attempt=1),)
+    run(StepSucceeded(step="d", attempt=1, event="ok"))
     assert run.status is hx.Status.COMPLETED
 
 
@@ -186,9 +191,11 @@ def test_join_when_a_parallel_branch_ends_elsewhere() -> None:
         )
     )
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    assert run(StepSucceeded("b", 1, "ok")).commands == ()
-    assert run(StepSucceeded("c", 1, "skip")).commands == (RunStep("d", 1),)
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    assert run(StepSucceeded(step="b", attempt=1, event="ok")).commands == ()
+    assert run(StepSucceeded(step="c", attempt=1, event="skip")).commands == (
+        RunStep(step="d", attempt=1),
+    )
 
 
 def test_join_waits_for_a_predecessor_that_is_live_only_by_reachability() -> None:
@@ -201,19 +208,23 @@ def test_join_waits_for_a_predecessor_that_is_live_only_by_reachability() -> Non
         )
     )
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    assert run(StepSucceeded("b", 1, "ok")).commands == ()
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    assert run(StepSucceeded(step="b", attempt=1, event="ok")).commands == ()
     assert live_steps(run.wf, run.instance) == {"x", "y", "d"}
-    assert run(StepSucceeded("x", 1, "ok")).commands == (RunStep("y", 1),)
-    assert run(StepSucceeded("y", 1, "ok")).commands == (RunStep("d", 1),)
+    assert run(StepSucceeded(step="x", attempt=1, event="ok")).commands == (
+        RunStep(step="y", attempt=1),
+    )
+    assert run(StepSucceeded(step="y", attempt=1, event="ok")).commands == (
+        RunStep(step="d", attempt=1),
+    )
 
 
 def test_target_config_reaches_run_step() -> None:
     a, b = mk("a"), mk("b")
     run = Driver(workflow(a, {(a, "ok"): hx.Target(b, {"region": "eu"}), (b, "ok"): hx.Done}))
     run(Start())
-    t = run(StepSucceeded("a", 1, "ok"))
-    assert t.commands == (RunStep("b", 1, {"region": "eu"}),)
+    t = run(StepSucceeded(step="a", attempt=1, event="ok"))
+    assert t.commands == (RunStep(step="b", attempt=1, config={"region": "eu"}),)
     assert run.instance.configs == {"b": {"region": "eu"}}
 
 
@@ -243,8 +254,10 @@ def test_route_valid_choice_sees_the_step_results() -> None:
     wf = routed(choose)
     run = Driver(wf, initial={"n": 1})
     run(Start())
-    t = run(StepSucceeded("a", 1, "ok", {"pick": "c"}))
-    assert t.commands == (RunStep("c", 1, {"fast": True}),)  # the Target's config
+    t = run(StepSucceeded(step="a", attempt=1, event="ok", results={"pick": "c"}))
+    assert t.commands == (
+        RunStep(step="c", attempt=1, config={"fast": True}),
+    )  # the Target's config
     (ctx,) = seen
     assert ctx.step == "a"
     assert ctx.attempt == 1
@@ -253,7 +266,7 @@ def test_route_valid_choice_sees_the_step_results() -> None:
     assert ctx.workflow == "wf"
     assert run.instance.fired == {"c": ("a",)}
     assert "b" not in run.instance.fired
-    run(StepSucceeded("c", 1, "ok"))
+    run(StepSucceeded(step="c", attempt=1, event="ok"))
     assert run.status is hx.Status.COMPLETED
 
 
@@ -261,8 +274,11 @@ def test_route_can_pick_several_and_a_bare_step() -> None:
     wf: hx.Workflow = routed(lambda ctx: [wf.steps["b"], wf.steps["c"], wf.steps["b"]])
     run = Driver(wf)
     run(Start())
-    t = run(StepSucceeded("a", 1, "ok"))
-    assert t.commands == (RunStep("b", 1), RunStep("c", 1, {"fast": True}))
+    t = run(StepSucceeded(step="a", attempt=1, event="ok"))
+    assert t.commands == (
+        RunStep(step="b", attempt=1),
+        RunStep(step="c", attempt=1, config={"fast": True}),
+    )
 
 
 @pytest.mark.parametrize(
@@ -289,9 +305,9 @@ def test_route_choice_outside_targets_fails_the_attempt(choice: Any) -> None:
     )
     run = Driver(wf)
     run(Start())
-    t = run(StepSucceeded("a", 1, "ok"))
+    t = run(StepSucceeded(step="a", attempt=1, event="ok"))
     assert run.status is hx.Status.FAILED
-    assert t.commands == (Finished(hx.Status.FAILED),)
+    assert t.commands == (Finished(status=hx.Status.FAILED),)
     error = run.instance.error
     assert error is not None
     assert error.step == "a"
@@ -316,16 +332,16 @@ def test_route_choose_raising_fails_the_attempt_and_is_retried() -> None:
     wf = routed(choose, retry=hx.Retry(max_attempts=2, initial=1.0))
     run = Driver(wf)
     run(Start())
-    t = run(StepSucceeded("a", 1, "ok"))
+    t = run(StepSucceeded(step="a", attempt=1, event="ok"))
     (arm,) = of_type(t.commands, ArmTimer)
     assert arm.timer.kind == "retry"
     assert run.status is hx.Status.WAITING
     assert run.instance.history[-1].error == "RouteError"
     assert run.instance.error is None
-    t = run(TimerFired(arm.timer.id))
-    assert t.commands == (RunStep("a", 2),)
-    t = run(StepSucceeded("a", 2, "ok"))
-    assert t.commands == (RunStep("b", 1),)
+    t = run(TimerFired(timer_id=arm.timer.id))
+    assert t.commands == (RunStep(step="a", attempt=2),)
+    t = run(StepSucceeded(step="a", attempt=2, event="ok"))
+    assert t.commands == (RunStep(step="b", attempt=1),)
     assert calls == [1, 2]
 
 
@@ -335,7 +351,7 @@ def test_route_choose_raising_without_retry_names_the_exception() -> None:
 
     run = Driver(routed(choose))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
     assert run.instance.error is not None
     assert "RuntimeError: boom" in run.instance.error.message
 
@@ -360,20 +376,20 @@ def approval(*, timeout_event: bool = True) -> hx.Workflow:
 def at_wait(wf: hx.Workflow | None = None) -> Driver:
     run = Driver(wf or approval())
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
     return run
 
 
 def test_suspend_then_resume() -> None:
     run = at_wait()
-    t = run(StepSuspended("wait", 1, None))
+    t = run(StepSuspended(step="wait", attempt=1, timeout=None))
     assert t.commands == ()
     assert run.status is hx.Status.WAITING
     assert run.instance.waiting == {"wait": ("approved", "rejected", "timeout")}
     assert run.instance.active == ()
-    t = run(Deliver("approved", {"by": "ann"}))
-    assert t.reply == "delivered"
-    assert t.commands == (RunStep("ship", 1),)
+    t = run(Deliver(event="approved", payload={"by": "ann"}))
+    assert t.reply == Delivery.DELIVERED
+    assert t.commands == (RunStep(step="ship", attempt=1),)
     assert run.instance.results["wait"] == {"by": "ann"}
     assert run.instance.waiting == {}
     assert run.instance.history[-1].event == "approved"
@@ -382,7 +398,7 @@ def test_suspend_then_resume() -> None:
 def test_suspend_with_timeout_arms_a_timer_that_completes_with_timeout() -> None:
     run = at_wait()
     run.now = 2000.0
-    t = run(StepSuspended("wait", 1, 30.0))
+    t = run(StepSuspended(step="wait", attempt=1, timeout=30.0))
     (arm,) = t.commands
     assert isinstance(arm, ArmTimer)
     assert arm.timer.deadline == 2030.0
@@ -390,27 +406,27 @@ def test_suspend_with_timeout_arms_a_timer_that_completes_with_timeout() -> None
     assert arm.timer.step == "wait"
     assert run.instance.timers == (arm.timer,)
     run.now = 2030.0
-    t = run(TimerFired(arm.timer.id))
-    assert t.commands == (Finished(hx.Status.COMPLETED),)
+    t = run(TimerFired(timer_id=arm.timer.id))
+    assert t.commands == (Finished(status=hx.Status.COMPLETED),)
     assert run.instance.history[-1].event == "timeout"
     assert not run.instance.timers
 
 
 def test_resume_before_the_timeout_disarms_it() -> None:
     run = at_wait()
-    (arm,) = run(StepSuspended("wait", 1, 30.0)).commands
+    (arm,) = run(StepSuspended(step="wait", attempt=1, timeout=30.0)).commands
     assert isinstance(arm, ArmTimer)
-    t = run(Deliver("rejected"))
-    assert DisarmTimer(arm.timer.id) in t.commands
+    t = run(Deliver(event="rejected"))
+    assert DisarmTimer(timer_id=arm.timer.id) in t.commands
     assert run.status is hx.Status.COMPLETED
     assert run.instance.timers == ()
     # the timer firing late changes nothing
-    assert not run(TimerFired(arm.timer.id)).changed
+    assert not run(TimerFired(timer_id=arm.timer.id)).changed
 
 
 def test_suspend_with_timeout_without_declaring_timeout_fails_the_attempt() -> None:
     run = at_wait(approval(timeout_event=False))
-    run(StepSuspended("wait", 1, 5.0))
+    run(StepSuspended(step="wait", attempt=1, timeout=5.0))
     assert run.status is hx.Status.FAILED
     assert run.instance.error is not None
     assert run.instance.error.type == "UndeclaredEvent"
@@ -420,7 +436,7 @@ def test_suspend_with_timeout_without_declaring_timeout_fails_the_attempt() -> N
 def test_step_ending_with_an_undeclared_event_fails_the_attempt() -> None:
     run = Driver(linear())
     run(Start())
-    run(StepSucceeded("a", 1, "surprise"))
+    run(StepSucceeded(step="a", attempt=1, event="surprise"))
     error = run.instance.error
     assert error is not None
     assert error.type == "UndeclaredEvent"
@@ -433,32 +449,32 @@ def test_wait_step_sleeps_then_times_out() -> None:
     a, nap, b = mk("a"), hx.Wait(60, key="nap"), mk("b")
     run = Driver(workflow(a, {(a, "ok"): nap, (nap, "timeout"): b, (b, "ok"): hx.Done}))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    (arm,) = run(StepSuspended("nap", 1, 60.0)).commands
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    (arm,) = run(StepSuspended(step="nap", attempt=1, timeout=60.0)).commands
     assert isinstance(arm, ArmTimer)
     assert arm.timer.deadline == run.now + 60
-    assert run(TimerFired(arm.timer.id)).commands == (RunStep("b", 1),)
+    assert run(TimerFired(timer_id=arm.timer.id)).commands == (RunStep(step="b", attempt=1),)
 
 
 def test_early_events_wait_in_the_inbox_and_are_delivered_fifo() -> None:
     run = Driver(approval())
     run(Start())
-    t1 = run(Deliver("rejected", {"n": 1}))  # "wait" has not even started
-    t2 = run(Deliver("approved", {"n": 2}))
-    assert t1.reply == t2.reply == "queued"
+    t1 = run(Deliver(event="rejected", payload={"n": 1}))  # "wait" has not even started
+    t2 = run(Deliver(event="approved", payload={"n": 2}))
+    assert t1.reply == t2.reply == Delivery.QUEUED
     assert t1.changed
     assert t1.commands == ()
     assert [e.event for e in run.instance.inbox] == ["rejected", "approved"]
     assert run.instance.inbox[0].payload == {"n": 1}
     assert run.instance.inbox[0].at == run.now
-    run(StepSucceeded("a", 1, "ok"))
-    t = run(StepSuspended("wait", 1, 30.0))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    t = run(StepSuspended(step="wait", attempt=1, timeout=30.0))
     assert not of_type(t.commands, ArmTimer)  # delivered at once: no timeout timer
     assert run.instance.history[-1].event == "rejected"
     assert run.instance.results["wait"] == {"n": 1}
     # No step that can still run takes "approved" any more: it is dropped, with a note.
     assert run.instance.inbox == ()
-    assert [note.event for note in t.notes] == ["approved"]
+    assert [note.event for note in t.notes if isinstance(note, EventDropped)] == ["approved"]
     assert run.status is hx.Status.COMPLETED
 
 
@@ -466,25 +482,25 @@ def test_inbox_event_for_a_named_step_goes_to_that_step_only() -> None:
     a, b, c = mk("a"), mk("b", "go"), mk("c", "go")
     run = Driver(workflow(a, {(a, "ok"): [b, c], (b, "go"): hx.Done, (c, "go"): hx.Done}))
     run(Start())
-    run(Deliver("go", {"for": "c"}, step="c"))
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("b", 1, None))
+    run(Deliver(event="go", payload={"for": "c"}, step="c"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="b", attempt=1, timeout=None))
     assert run.instance.waiting == {"b": ("go",)}
     assert len(run.instance.inbox) == 1
-    run(StepSuspended("c", 1, None))
+    run(StepSuspended(step="c", attempt=1, timeout=None))
     assert run.instance.results == {"a": {}, "c": {"for": "c"}}
     assert not run.instance.inbox
 
 
 def test_dedupe_key_is_accepted_once() -> None:
     run = at_wait()
-    run(StepSuspended("wait", 1, None))
-    first = run(Deliver("approved", None, dedupe_key="pay-1"))
-    assert first.reply == "delivered"
+    run(StepSuspended(step="wait", attempt=1, timeout=None))
+    first = run(Deliver(event="approved", payload=None, dedupe_key="pay-1"))
+    assert first.reply == Delivery.DELIVERED
     assert run.instance.dedupe_keys == ("pay-1",)
     revision = run.instance.revision
-    again = run(Deliver("approved", None, dedupe_key="pay-1"))
-    assert again.reply == "duplicate"
+    again = run(Deliver(event="approved", payload=None, dedupe_key="pay-1"))
+    assert again.reply == Delivery.IGNORED
     assert not again.changed
     assert again.commands == ()
     assert run.instance.revision == revision
@@ -493,8 +509,8 @@ def test_dedupe_key_is_accepted_once() -> None:
 def test_dedupe_key_of_a_queued_event() -> None:
     run = Driver(approval())
     run(Start())
-    assert run(Deliver("approved", dedupe_key="k")).reply == "queued"
-    assert run(Deliver("approved", dedupe_key="k")).reply == "duplicate"
+    assert run(Deliver(event="approved", dedupe_key="k")).reply == Delivery.QUEUED
+    assert run(Deliver(event="approved", dedupe_key="k")).reply == Delivery.IGNORED
     assert len(run.instance.inbox) == 1
     assert run.instance.inbox[0].dedupe_key == "k"
 
@@ -503,36 +519,36 @@ def test_rejected_delivery_does_not_burn_its_dedupe_key() -> None:
     run = Driver(approval())
     run(Start())
     with pytest.raises(hx.EventRejected):
-        run(Deliver("approved", step="a", dedupe_key="k"))
+        run(Deliver(event="approved", step="a", dedupe_key="k"))
     assert run.instance.dedupe_keys == ()
-    assert run(Deliver("approved", dedupe_key="k")).reply == "queued"
+    assert run(Deliver(event="approved", dedupe_key="k")).reply == Delivery.QUEUED
 
 
 def test_undeclared_event_is_rejected() -> None:
     run = at_wait()
-    run(StepSuspended("wait", 1, None))
+    run(StepSuspended(step="wait", attempt=1, timeout=None))
     with pytest.raises(hx.UndeclaredEvent, match="'nonsense'") as info:
-        run(Deliver("nonsense"))
+        run(Deliver(event="nonsense"))
     assert isinstance(info.value, hx.EventRejected)
     assert "order::abc" in str(info.value)
     with pytest.raises(hx.UndeclaredEvent, match="'ok'"):
-        run(Deliver("ok", step="wait"))  # declared elsewhere, not by the named step
+        run(Deliver(event="ok", step="wait"))  # declared elsewhere, not by the named step
 
 
 def test_event_of_a_completed_step_is_rejected_but_is_not_undeclared() -> None:
     a, b = mk("a", "ok", "late"), mk("b")
     run = Driver(workflow(a, {(a, "ok"): b, (a, "late"): hx.Done, (b, "ok"): hx.Done}))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
     with pytest.raises(hx.EventRejected, match="cannot be accepted") as info:
-        run(Deliver("late"))
+        run(Deliver(event="late"))
     assert not isinstance(info.value, hx.UndeclaredEvent)
 
 
 def test_event_of_a_dead_step_is_rejected() -> None:
     run = at_wait(exclusive_join_with_events())
     with pytest.raises(hx.EventRejected, match="cannot be accepted"):
-        run(Deliver("poke"))  # only c declares it, and the run went left
+        run(Deliver(event="poke"))  # only c declares it, and the run went left
 
 
 def exclusive_join_with_events() -> hx.Workflow:
@@ -552,7 +568,7 @@ def exclusive_join_with_events() -> hx.Workflow:
 def test_unknown_step_is_rejected() -> None:
     run = at_wait()
     with pytest.raises(hx.EventRejected, match="no step 'nope'"):
-        run(Deliver("approved", step="nope"))
+        run(Deliver(event="approved", step="nope"))
 
 
 def two_waiters() -> hx.Workflow:
@@ -563,17 +579,17 @@ def two_waiters() -> hx.Workflow:
 def test_several_suspended_steps_need_step() -> None:
     run = Driver(two_waiters())
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("b", 1, None))
-    run(StepSuspended("c", 1, None))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="b", attempt=1, timeout=None))
+    run(StepSuspended(step="c", attempt=1, timeout=None))
     with pytest.raises(hx.EventRejected, match=r"step=") as info:
-        run(Deliver("go"))
+        run(Deliver(event="go"))
     assert "'b'" in str(info.value)
     assert "'c'" in str(info.value)
-    run(Deliver("go", {"x": 1}, step="c"))
+    run(Deliver(event="go", payload={"x": 1}, step="c"))
     assert run.instance.completed == ("a", "c")
     assert set(run.instance.waiting) == {"b"}
-    assert run(Deliver("go")).reply == "delivered"  # one waiter left: no step= needed
+    assert run(Deliver(event="go")).reply == Delivery.DELIVERED  # one waiter left: no step= needed
     assert run.status is hx.Status.COMPLETED
 
 
@@ -582,7 +598,7 @@ def test_delivery_on_terminal_instance_is_rejected() -> None:
     run(Start())
     run(Cancel())
     with pytest.raises(hx.EventRejected, match="cancelled"):
-        run(Deliver("ok"))
+        run(Deliver(event="ok"))
 
 
 # --- retries -----------------------------------------------------------------------------------
@@ -594,7 +610,7 @@ def test_retry_then_success() -> None:
     run = Driver(workflow(a, {(a, "ok"): b, (b, "ok"): hx.Done}))
     run(Start())
     run.now = 1010.0
-    t = run(StepFailed("a", 1, "ValueError", "bad input"))
+    t = run(StepFailed(step="a", attempt=1, error_type="ValueError", message="bad input"))
     (arm,) = t.commands
     assert isinstance(arm, ArmTimer)
     assert arm.timer.kind == "retry"
@@ -606,17 +622,19 @@ def test_retry_then_success() -> None:
     assert (entry.step, entry.event, entry.attempt, entry.error) == ("a", None, 1, "ValueError")
 
     run.now = 1012.0
-    assert run(TimerFired(arm.timer.id)).commands == (RunStep("a", 2),)
+    assert run(TimerFired(timer_id=arm.timer.id)).commands == (RunStep(step="a", attempt=2),)
     assert run.instance.status is hx.Status.RUNNING
     assert run.instance.timers == ()
     run.now = 1013.0
-    (arm2,) = run(StepFailed("a", 2, "ValueError", "again")).commands
+    (arm2,) = run(
+        StepFailed(step="a", attempt=2, error_type="ValueError", message="again")
+    ).commands
     assert isinstance(arm2, ArmTimer)
     assert arm2.timer.deadline == 1013.0 + 4.0
     assert arm2.timer.id != arm.timer.id
-    run(TimerFired(arm2.timer.id))
-    t = run(StepSucceeded("a", 3, "ok"))
-    assert t.commands == (RunStep("b", 1),)
+    run(TimerFired(timer_id=arm2.timer.id))
+    t = run(StepSucceeded(step="a", attempt=3, event="ok"))
+    assert t.commands == (RunStep(step="b", attempt=1),)
     assert [h.attempt for h in run.instance.history] == [1, 2, 3]
 
 
@@ -637,32 +655,32 @@ def test_retries_exhausted_fail_the_instance_and_cancel_siblings() -> None:
         )
     )
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    (d_timer,) = run(StepSuspended("d", 1, 100.0)).commands
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    (d_timer,) = run(StepSuspended(step="d", attempt=1, timeout=100.0)).commands
     assert isinstance(d_timer, ArmTimer)
-    (retry,) = run(StepFailed("b", 1, "IOError", "disk")).commands
+    (retry,) = run(StepFailed(step="b", attempt=1, error_type="IOError", message="disk")).commands
     assert isinstance(retry, ArmTimer)
-    run(TimerFired(retry.timer.id))
-    t = run(StepFailed("b", 2, "IOError", "disk still"))
+    run(TimerFired(timer_id=retry.timer.id))
+    t = run(StepFailed(step="b", attempt=2, error_type="IOError", message="disk still"))
     assert run.status is hx.Status.FAILED
     assert run.instance.error == hx.ErrorInfo(
         step="b", type="IOError", message="disk still", attempts=2
     )
-    assert CancelStep("c") in t.commands
-    assert DisarmTimer(d_timer.timer.id) in t.commands
-    assert t.commands[-1] == Finished(hx.Status.FAILED)
+    assert CancelStep(step="c") in t.commands
+    assert DisarmTimer(timer_id=d_timer.timer.id) in t.commands
+    assert t.commands[-1] == Finished(status=hx.Status.FAILED)
     assert run.instance.active == ()
     assert run.instance.waiting == {}
     assert run.instance.timers == ()
     # the cancelled sibling reporting late changes nothing
-    assert not run(StepSucceeded("c", 1, "ok")).changed
+    assert not run(StepSucceeded(step="c", attempt=1, event="ok")).changed
 
 
 def test_no_retry_policy_fails_at_once() -> None:
     run = Driver(linear())
     run(Start())
-    t = run(StepFailed("a", 1, "KeyError", "'x'"))
-    assert t.commands == (Finished(hx.Status.FAILED),)
+    t = run(StepFailed(step="a", attempt=1, error_type="KeyError", message="'x'"))
+    assert t.commands == (Finished(status=hx.Status.FAILED),)
     assert run.instance.error == hx.ErrorInfo(step="a", type="KeyError", message="'x'", attempts=1)
 
 
@@ -699,7 +717,7 @@ def test_jittered_retry_timer_uses_the_jittered_delay() -> None:
     a = mk("a", retry=hx.Retry(max_attempts=2, initial=10.0, jitter=True))
     run = Driver(workflow(a, {(a, "ok"): hx.Done}))
     run(Start())
-    (arm,) = run(StepFailed("a", 1, "E", "m")).commands
+    (arm,) = run(StepFailed(step="a", attempt=1, error_type="E", message="m")).commands
     assert isinstance(arm, ArmTimer)
     assert arm.timer.deadline == run.now + retry_delay(a, "order::abc", 1)  # type: ignore[operator]
     assert run.now + 5.0 <= arm.timer.deadline <= run.now + 10.0
@@ -716,17 +734,17 @@ def test_cancel_stops_everything() -> None:
         )
     )
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("b", 1, None))
-    (sr,) = run(ScheduleResume("b", 50.0)).commands
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="b", attempt=1, timeout=None))
+    (sr,) = run(ScheduleResume(step="b", delay=50.0)).commands
     assert isinstance(sr, ArmTimer)
-    t = run(Cancel("customer asked"))
+    t = run(Cancel(reason="customer asked"))
     assert set(t.commands) == {
-        CancelStep("c"),
-        DisarmTimer(sr.timer.id),
-        Finished(hx.Status.CANCELLED),
+        CancelStep(step="c"),
+        DisarmTimer(timer_id=sr.timer.id),
+        Finished(status=hx.Status.CANCELLED),
     }
-    assert t.commands[-1] == Finished(hx.Status.CANCELLED)
+    assert t.commands[-1] == Finished(status=hx.Status.CANCELLED)
     assert run.status is hx.Status.CANCELLED
     assert run.instance.cancel_reason == "customer asked"
     assert run.instance.active == ()
@@ -737,8 +755,8 @@ def test_cancel_stops_everything() -> None:
 def test_cancel_is_idempotent_on_a_cancelled_instance() -> None:
     run = Driver(linear())
     run(Start())
-    run(Cancel("first"))
-    t = run(Cancel("second"))
+    run(Cancel(reason="first"))
+    t = run(Cancel(reason="second"))
     assert not t.changed
     assert t.commands == ()
     assert run.instance.cancel_reason == "first"
@@ -747,21 +765,21 @@ def test_cancel_is_idempotent_on_a_cancelled_instance() -> None:
 def test_cancel_a_pending_instance() -> None:
     run = Driver(linear())
     t = run(Cancel())
-    assert t.commands == (Finished(hx.Status.CANCELLED),)
+    assert t.commands == (Finished(status=hx.Status.CANCELLED),)
     assert not run(Start()).changed
 
 
 def test_cancel_rejected_on_completed_and_failed() -> None:
     done = Driver(linear())
     done(Start())
-    done(StepSucceeded("a", 1, "ok"))
-    done(StepSucceeded("b", 1, "ok"))
-    done(StepSucceeded("c", 1, "ok"))
+    done(StepSucceeded(step="a", attempt=1, event="ok"))
+    done(StepSucceeded(step="b", attempt=1, event="ok"))
+    done(StepSucceeded(step="c", attempt=1, event="ok"))
     with pytest.raises(hx.EventRejected, match="completed"):
         done(Cancel())
     failed = Driver(linear())
     failed(Start())
-    failed(StepFailed("a", 1, "E", "m"))
+    failed(StepFailed(step="a", attempt=1, error_type="E", message="m"))
     with pytest.raises(hx.EventRejected, match="failed"):
         failed(Cancel())
 
@@ -771,14 +789,14 @@ def test_cancel_rejected_on_completed_and_failed() -> None:
 
 def test_schedule_resume_fires_timeout_on_the_suspended_step() -> None:
     run = at_wait()
-    run(StepSuspended("wait", 1, None))
-    t = run(ScheduleResume("wait", 15.0))
+    run(StepSuspended(step="wait", attempt=1, timeout=None))
+    t = run(ScheduleResume(step="wait", delay=15.0))
     (arm,) = t.commands
     assert isinstance(arm, ArmTimer)
     assert t.reply == arm.timer.id
     assert arm.timer.kind == "resume"
     assert arm.timer.deadline == run.now + 15.0
-    t = run(TimerFired(arm.timer.id))
+    t = run(TimerFired(timer_id=arm.timer.id))
     assert run.instance.history[-1].event == "timeout"
     assert run.status is hx.Status.COMPLETED
 
@@ -786,26 +804,28 @@ def test_schedule_resume_fires_timeout_on_the_suspended_step() -> None:
 def test_schedule_resume_before_the_step_suspends() -> None:
     run = Driver(approval())
     run(Start())
-    timer_id = run(ScheduleResume("wait", 5.0)).reply
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("wait", 1, None))
-    run(TimerFired(timer_id))
+    timer_id = run(ScheduleResume(step="wait", delay=5.0)).reply
+    assert isinstance(timer_id, str)
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="wait", attempt=1, timeout=None))
+    run(TimerFired(timer_id=timer_id))
     assert run.instance.history[-1].event == "timeout"
 
 
 def test_cancel_timer() -> None:
     run = at_wait()
-    run(StepSuspended("wait", 1, None))
-    timer_id = run(ScheduleResume("wait", 15.0)).reply
-    t = run(CancelTimer(timer_id))
+    run(StepSuspended(step="wait", attempt=1, timeout=None))
+    timer_id = run(ScheduleResume(step="wait", delay=15.0)).reply
+    assert isinstance(timer_id, str)
+    t = run(CancelTimer(timer_id=timer_id))
     assert t.reply is True
-    assert t.commands == (DisarmTimer(timer_id),)
+    assert t.commands == (DisarmTimer(timer_id=timer_id),)
     assert run.instance.timers == ()
     assert run.status is hx.Status.WAITING
-    again = run(CancelTimer(timer_id))
+    again = run(CancelTimer(timer_id=timer_id))
     assert again.reply is False
     assert not again.changed
-    assert not run(TimerFired(timer_id)).changed
+    assert not run(TimerFired(timer_id=timer_id)).changed
 
 
 @pytest.mark.parametrize(
@@ -824,20 +844,20 @@ def test_schedule_resume_rejections(step: str, error: type[Exception], needle: s
         )
     )
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
     if step == "a":  # make "a" a step that declares timeout? it does not: use a completed one
         step = "wait"
-        run(StepSuspended("wait", 1, None))
-        run(Deliver("go"))
+        run(StepSuspended(step="wait", attempt=1, timeout=None))
+        run(Deliver(event="go"))
     with pytest.raises(error, match=needle):
-        run(ScheduleResume(step, 1.0))
+        run(ScheduleResume(step=step, delay=1.0))
 
 
 def test_schedule_resume_on_terminal_instance_is_rejected() -> None:
     run = at_wait()
     run(Cancel())
     with pytest.raises(hx.EventRejected, match="cancelled"):
-        run(ScheduleResume("wait", 1.0))
+        run(ScheduleResume(step="wait", delay=1.0))
 
 
 # --- stale inputs ------------------------------------------------------------------------------
@@ -846,12 +866,12 @@ def test_schedule_resume_on_terminal_instance_is_rejected() -> None:
 @pytest.mark.parametrize(
     "stale",
     [
-        StepSucceeded("a", 2, "ok"),
-        StepSucceeded("a", 0, "ok"),
-        StepFailed("a", 7, "E", "m"),
-        StepSuspended("a", 3, None),
-        StepSucceeded("b", 1, "ok"),  # not running
-        TimerFired("t999"),
+        StepSucceeded(step="a", attempt=2, event="ok"),
+        StepSucceeded(step="a", attempt=0, event="ok"),
+        StepFailed(step="a", attempt=7, error_type="E", message="m"),
+        StepSuspended(step="a", attempt=3, timeout=None),
+        StepSucceeded(step="b", attempt=1, event="ok"),  # not running
+        TimerFired(timer_id="t999"),
     ],
 )
 def test_stale_inputs_are_ignored(stale: Input) -> None:
@@ -867,19 +887,19 @@ def test_stale_inputs_are_ignored(stale: Input) -> None:
 @pytest.mark.parametrize(
     "late",
     [
-        StepSucceeded("b", 1, "ok"),
-        StepFailed("b", 1, "E", "m"),
-        StepSuspended("b", 1, 5.0),
-        TimerFired("t1"),
+        StepSucceeded(step="b", attempt=1, event="ok"),
+        StepFailed(step="b", attempt=1, error_type="E", message="m"),
+        StepSuspended(step="b", attempt=1, timeout=5.0),
+        TimerFired(timer_id="t1"),
         Recover(),
         Start(),
-        CancelTimer("t1"),
+        CancelTimer(timer_id="t1"),
     ],
 )
 def test_inputs_after_cancel_are_ignored(late: Input) -> None:
     run = Driver(linear())
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
     run(Cancel())
     before = run.instance
     t = run(late)
@@ -908,10 +928,10 @@ def test_recover_reruns_running_steps_and_rearms_every_timer() -> None:
         )
     )
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    (retry,) = run(StepFailed("b", 1, "E", "m")).commands
-    (timeout,) = run(StepSuspended("d", 1, 60.0)).commands
-    resume = run(ScheduleResume("d", 5.0)).reply
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    (retry,) = run(StepFailed(step="b", attempt=1, error_type="E", message="m")).commands
+    (timeout,) = run(StepSuspended(step="d", attempt=1, timeout=60.0)).commands
+    resume = run(ScheduleResume(step="d", delay=5.0)).reply
     assert isinstance(retry, ArmTimer)
     assert isinstance(timeout, ArmTimer)
     timers = run.instance.timers
@@ -919,19 +939,21 @@ def test_recover_reruns_running_steps_and_rearms_every_timer() -> None:
 
     t = run(Recover())
     assert t.changed
-    assert of_type(t.commands, RunStep) == [RunStep("c", 2)]  # only the running one, attempt+1
+    assert of_type(t.commands, RunStep) == [
+        RunStep(step="c", attempt=2)
+    ]  # only the running one, attempt+1
     assert [c.timer for c in of_type(t.commands, ArmTimer)] == list(timers)
     assert run.instance.timers == timers
     assert run.instance.waiting == {"d": d.events}
     # the pre-crash attempt reporting late is stale; the new one counts
-    assert not run(StepSucceeded("c", 1, "ok")).changed
-    assert run(StepSucceeded("c", 2, "ok")).changed
+    assert not run(StepSucceeded(step="c", attempt=1, event="ok")).changed
+    assert run(StepSucceeded(step="c", attempt=2, event="ok")).changed
     assert run.instance.history[-1].attempt == 2
 
 
 def test_recover_of_a_waiting_instance_only_rearms() -> None:
     run = at_wait()
-    (arm,) = run(StepSuspended("wait", 1, 30.0)).commands
+    (arm,) = run(StepSuspended(step="wait", attempt=1, timeout=30.0)).commands
     t = run(Recover())
     assert t.commands == (arm,)
     assert not t.changed
@@ -940,14 +962,14 @@ def test_recover_of_a_waiting_instance_only_rearms() -> None:
 def test_recover_of_a_pending_instance_starts_it() -> None:
     run = Driver(linear())
     t = run(Recover())
-    assert t.commands == (RunStep("a", 1),)
+    assert t.commands == (RunStep(step="a", attempt=1),)
     assert run.status is hx.Status.RUNNING
 
 
 def test_recover_of_a_terminal_instance_does_nothing() -> None:
     run = Driver(linear())
     run(Start())
-    run(StepFailed("a", 1, "E", "m"))
+    run(StepFailed(step="a", attempt=1, error_type="E", message="m"))
     t = run(Recover())
     assert not t.changed
     assert t.commands == ()
@@ -957,12 +979,16 @@ def test_an_attempt_cut_short_by_a_crash_uses_up_no_retry() -> None:
     a = mk("a", retry=hx.Retry(max_attempts=2, initial=1.0))
     run = Driver(workflow(a, {(a, "ok"): hx.Done}))
     run(Start())
-    assert run(Recover()).commands == (RunStep("a", 2),)  # attempt 1 died with the engine
-    (arm,) = run(StepFailed("a", 2, "E", "m")).commands  # the first failure: one retry left
+    assert run(Recover()).commands == (
+        RunStep(step="a", attempt=2),
+    )  # attempt 1 died with the engine
+    (arm,) = run(
+        StepFailed(step="a", attempt=2, error_type="E", message="m")
+    ).commands  # the first failure: one retry left
     assert isinstance(arm, ArmTimer)
     assert arm.timer.deadline == run.now + 1.0
-    assert run(TimerFired(arm.timer.id)).commands == (RunStep("a", 3),)
-    run(StepFailed("a", 3, "E", "m"))
+    assert run(TimerFired(timer_id=arm.timer.id)).commands == (RunStep(step="a", attempt=3),)
+    run(StepFailed(step="a", attempt=3, error_type="E", message="m"))
     assert run.status is hx.Status.FAILED
     assert run.instance.error is not None
     assert run.instance.error.attempts == 3
@@ -974,19 +1000,19 @@ def test_an_attempt_cut_short_by_a_crash_uses_up_no_retry() -> None:
 
 def rejected_cases() -> list[tuple[str, Input]]:
     return [
-        ("undeclared", Deliver("nonsense")),
-        ("undeclared for step", Deliver("ok", step="wait")),
-        ("unknown step", Deliver("approved", step="ghost")),
-        ("completed step", Deliver("ok", step="a")),
-        ("schedule unknown step", ScheduleResume("ghost", 1.0)),
-        ("schedule no timeout", ScheduleResume("ship", 1.0)),
+        ("undeclared", Deliver(event="nonsense")),
+        ("undeclared for step", Deliver(event="ok", step="wait")),
+        ("unknown step", Deliver(event="approved", step="ghost")),
+        ("completed step", Deliver(event="ok", step="a")),
+        ("schedule unknown step", ScheduleResume(step="ghost", delay=1.0)),
+        ("schedule no timeout", ScheduleResume(step="ship", delay=1.0)),
     ]
 
 
 @pytest.mark.parametrize(("name", "event"), rejected_cases(), ids=[n for n, _ in rejected_cases()])
 def test_rejections_leave_the_instance_identical(name: str, event: Input) -> None:
     run = at_wait()
-    run(StepSuspended("wait", 1, 30.0))
+    run(StepSuspended(step="wait", attempt=1, timeout=30.0))
     before = run.instance
     encoded = encode_instance(before)
     with pytest.raises(hx.EventRejected):
@@ -995,17 +1021,17 @@ def test_rejections_leave_the_instance_identical(name: str, event: Input) -> Non
     assert run.instance is before
     assert before.revision == 4
     # and the instance still works: the next real input gets revision + 1
-    run(Deliver("approved"))
+    run(Deliver(event="approved"))
     assert run.instance.revision == 5
 
 
 def test_rejections_on_terminal_instances() -> None:
     run = Driver(linear())
     run(Start())
-    run(StepFailed("a", 1, "E", "m"))
+    run(StepFailed(step="a", attempt=1, error_type="E", message="m"))
     before = run.instance
     encoded = encode_instance(before)
-    for event in (Deliver("ok"), Cancel(), ScheduleResume("a", 1.0)):
+    for event in (Deliver(event="ok"), Cancel(), ScheduleResume(step="a", delay=1.0)):
         with pytest.raises(hx.EventRejected):
             run(event)
     assert run.instance is before
@@ -1017,58 +1043,61 @@ def test_cancel_timer_does_not_drop_a_retry_backoff() -> None:
     b = mk("b", retry=hx.Retry(max_attempts=3))
     run = Driver(workflow(a, {(a, "ok"): b, (b, "ok"): c, (c, "ok"): hx.Done}))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    (arm,) = run(StepFailed("b", 1, "E", "m")).commands
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    (arm,) = run(StepFailed(step="b", attempt=1, error_type="E", message="m")).commands
     assert isinstance(arm, ArmTimer)
-    t = run(CancelTimer(arm.timer.id))
+    t = run(CancelTimer(timer_id=arm.timer.id))
     assert t.reply is False
     assert not t.changed
     assert run.status is hx.Status.WAITING
     assert run.instance.retrying == ("b",)
-    assert run(TimerFired(arm.timer.id)).commands == (RunStep("b", 2),)
+    assert run(TimerFired(timer_id=arm.timer.id)).commands == (RunStep(step="b", attempt=2),)
 
 
 def test_schedule_resume_on_a_pending_instance_does_not_block_its_start() -> None:
     run = Driver(approval())
-    timer_id = run(ScheduleResume("wait", 5.0)).reply
+    timer_id = run(ScheduleResume(step="wait", delay=5.0)).reply
+    assert isinstance(timer_id, str)
     assert run.status is hx.Status.PENDING
-    assert run(Start()).commands == (RunStep("a", 1),)
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("wait", 1, None))
-    run(TimerFired(timer_id))
+    assert run(Start()).commands == (RunStep(step="a", attempt=1),)
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="wait", attempt=1, timeout=None))
+    run(TimerFired(timer_id=timer_id))
     assert run.instance.history[-1].event == "timeout"
 
 
 def test_early_event_on_a_pending_instance_is_queued() -> None:
     run = Driver(approval())
-    t = run(Deliver("approved", {"n": 1}))
-    assert t.reply == "queued"
+    t = run(Deliver(event="approved", payload={"n": 1}))
+    assert t.reply == Delivery.QUEUED
     assert run.status is hx.Status.PENDING
     assert live_steps(run.wf, run.instance) == {"a", "wait", "ship"}
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    assert run(StepSuspended("wait", 1, None)).commands == (RunStep("ship", 1),)
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    assert run(StepSuspended(step="wait", attempt=1, timeout=None)).commands == (
+        RunStep(step="ship", attempt=1),
+    )
     with pytest.raises(hx.UndeclaredEvent):
-        Driver(approval())(Deliver("nonsense"))
+        Driver(approval())(Deliver(event="nonsense"))
 
 
 def test_cancel_timer_does_not_drop_a_wait_timeout() -> None:
     nap = hx.Wait(30, key="nap")
     run = Driver(workflow(nap, {(nap, "timeout"): hx.Done}))
     run(Start())
-    (arm,) = run(StepSuspended("nap", 1, 30.0)).commands
+    (arm,) = run(StepSuspended(step="nap", attempt=1, timeout=30.0)).commands
     assert isinstance(arm, ArmTimer)
-    t = run(CancelTimer(arm.timer.id))
+    t = run(CancelTimer(timer_id=arm.timer.id))
     assert t.reply is False
     assert not t.changed
-    assert run(TimerFired(arm.timer.id)).instance.status is hx.Status.COMPLETED
+    assert run(TimerFired(timer_id=arm.timer.id)).instance.status is hx.Status.COMPLETED
 
 
 def test_step_context_is_a_copy_that_step_code_cannot_use_to_change_the_instance() -> None:
     a, b = mk("a"), mk("b")
     run = Driver(workflow(a, {(a, "ok"): b, (b, "ok"): hx.Done}))
     run(Start())
-    run(StepSucceeded("a", 1, "ok", {"items": [1, 2]}))
+    run(StepSucceeded(step="a", attempt=1, event="ok", results={"items": [1, 2]}))
     ctx = step_context(run.wf, run.instance, "b", 1)
     ctx.results["a"]["items"].append(3)  # nested data is the step's own copy
     assert run.instance.results["a"] == {"items": [1, 2]}

@@ -21,6 +21,7 @@ from hephaestus._core._engine import (
     apply,
     step_context,
 )
+from hephaestus._core._notes import Delivery
 from hephaestus._core._terminal import answer_terminal
 
 from .helpers import Driver, mk, workflow
@@ -32,11 +33,13 @@ def test_every_completed_step_has_a_results_entry() -> None:
     a, b, c, d = mk("a"), mk("b", "go"), mk("c"), mk("d")
     run = Driver(workflow(a, {(a, "ok"): b, (b, "go"): c, (c, "ok"): d, (d, "ok"): hx.Done}))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))  # a bare event
-    run(StepSuspended("b", 1, None))
-    run(Deliver("go"))  # resumed without a payload
-    run(StepSucceeded("c", 1, "ok", None, {"m": 1}))  # an Emit without results
-    run(StepSucceeded("d", 1, "ok", {"v": 1}))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))  # a bare event
+    run(StepSuspended(step="b", attempt=1, timeout=None))
+    run(Deliver(event="go"))  # resumed without a payload
+    run(
+        StepSucceeded(step="c", attempt=1, event="ok", results=None, metadata={"m": 1})
+    )  # an Emit without results
+    run(StepSucceeded(step="d", attempt=1, event="ok", results={"v": 1}))
     assert run.status is hx.Status.COMPLETED
     assert run.instance.results == {"a": {}, "b": {}, "c": {}, "d": {"v": 1}}
 
@@ -55,8 +58,8 @@ def test_after_an_exclusive_split_the_join_sees_which_branch_ran() -> None:
     )
     run = Driver(wf)
     run(Start())
-    run(StepSucceeded("split", 1, "r"))
-    run(StepSucceeded("right", 1, "ok"))
+    run(StepSucceeded(step="split", attempt=1, event="r"))
+    run(StepSucceeded(step="right", attempt=1, event="ok"))
     assert run.instance.active == ("join",)
     ctx = step_context(wf, run.instance, "join", 1)
     assert "right" in ctx.results
@@ -70,8 +73,8 @@ def _finished(status: hx.Status) -> Driver:
     a = mk("a", "go")
     run = Driver(workflow(a, {(a, "go"): hx.Done}))
     run(Start())
-    run(StepSuspended("a", 1, None))
-    run(Deliver("go", None, None, "hook-1"))
+    run(StepSuspended(step="a", attempt=1, timeout=None))
+    run(Deliver(event="go", payload=None, step=None, dedupe_key="hook-1"))
     assert run.status is hx.Status.COMPLETED
     if status is not hx.Status.COMPLETED:  # same dedupe history, other terminal status
         run.instance = msgspec.structs.replace(
@@ -89,12 +92,22 @@ def _finished(status: hx.Status) -> Driver:
 def test_a_repeated_dedupe_key_is_ignored_whatever_the_status(status: hx.Status) -> None:
     run = _finished(status)
     before = run.instance
-    t = apply(run.wf, before, Deliver("go", {"again": True}, None, "hook-1"), 2000.0)
+    t = apply(
+        run.wf,
+        before,
+        Deliver(event="go", payload={"again": True}, step=None, dedupe_key="hook-1"),
+        2000.0,
+    )
     assert not t.changed
     assert t.instance is before
-    assert t.reply == "duplicate"
+    assert t.reply == Delivery.IGNORED
     with pytest.raises(hx.EventRejected, match=f"it is {status.value}"):
-        apply(run.wf, before, Deliver("go", None, None, "hook-2"), 2000.0)
+        apply(
+            run.wf,
+            before,
+            Deliver(event="go", payload=None, step=None, dedupe_key="hook-2"),
+            2000.0,
+        )
 
 
 @pytest.mark.parametrize("status", [hx.Status.COMPLETED, hx.Status.FAILED, hx.Status.CANCELLED])
@@ -104,17 +117,19 @@ def test_the_engine_answers_terminal_instances_as_answer_terminal_does(status: h
     inputs: list[Input] = [
         Start(),
         Recover(),
-        StepSucceeded("a", 1, "go"),
-        StepFailed("a", 1, "Boom", "x"),
-        StepSuspended("a", 1, None),
-        TimerFired("t1"),
-        Deliver("go", None, None, "hook-1"),
-        Deliver("go"),
-        ScheduleResume("a", 1.0),
-        CancelTimer("t1"),
-        Cancel("why"),
+        StepSucceeded(step="a", attempt=1, event="go"),
+        StepFailed(step="a", attempt=1, error_type="Boom", message="x"),
+        StepSuspended(step="a", attempt=1, timeout=None),
+        TimerFired(timer_id="t1"),
+        Deliver(event="go", payload=None, step=None, dedupe_key="hook-1"),
+        Deliver(event="go"),
+        ScheduleResume(step="a", delay=1.0),
+        CancelTimer(timer_id="t1"),
+        Cancel(reason="why"),
     ]
     for event in inputs:
+        expected: tuple[str, object]
+        got: tuple[str, object]
         try:
             expected = ("reply", answer_terminal(run.instance, event))
         except hx.EventRejected as exc:
@@ -139,7 +154,7 @@ def test_the_step_context_shows_the_instance_metadata_read_only() -> None:
     run = Driver(wf)
     run.instance = msgspec.structs.replace(run.instance, metadata={"tenant": "t1", "tags": ["x"]})
     run(Start())
-    run(StepSucceeded("a", 1, "ok", None, {"stage": "a"}))
+    run(StepSucceeded(step="a", attempt=1, event="ok", results=None, metadata={"stage": "a"}))
     ctx = step_context(wf, run.instance, "b", 1)
     assert ctx.metadata == {"tenant": "t1", "tags": ["x"], "stage": "a"}
     with pytest.raises(TypeError):

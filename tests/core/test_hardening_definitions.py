@@ -11,6 +11,7 @@ import hephaestus as hx
 from hephaestus._core._codec import decode_instance
 from hephaestus._core._definitions import definition_problems
 from hephaestus._core._engine import Deliver, Start, StepSucceeded, StepSuspended, apply
+from hephaestus._core._notes import Delivery
 
 from .helpers import Driver, mk, workflow
 
@@ -38,20 +39,20 @@ def test_new_instances_and_every_write_record_the_fingerprint() -> None:
 def test_state_naming_a_missing_step_or_event_does_not_fit() -> None:
     run = Driver(_pair("b", ("go", "stop")))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("b", 1, None))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="b", attempt=1, timeout=None))
     assert definition_problems(run.wf, run.instance) == []
     renamed = _pair("c")
     problems = definition_problems(renamed, run.instance)
     assert "step 'b'" in problems
     with pytest.raises(hx.DefinitionChanged, match="Register the old definition"):
-        apply(renamed, run.instance, Deliver("go"), 2000.0)
+        apply(renamed, run.instance, Deliver(event="go"), 2000.0)
     narrower = _pair("b", ("go",))
     assert definition_problems(narrower, run.instance) == ["event 'stop' of step 'b'"]
     # A different fingerprint alone is no problem: the names are what counts.
     wider = _pair("b", ("go", "stop", "later"))
     assert definition_problems(wider, run.instance) == []
-    t = apply(wider, run.instance, Deliver("go"), 2000.0)
+    t = apply(wider, run.instance, Deliver(event="go"), 2000.0)
     assert t.instance.status is hx.Status.COMPLETED
     assert t.instance.graph == wider.fingerprint
 
@@ -59,12 +60,18 @@ def test_state_naming_a_missing_step_or_event_does_not_fit() -> None:
 def test_a_terminal_instance_answers_whatever_its_definition() -> None:
     run = Driver(_pair("b"))
     run(Start())
-    run(StepSucceeded("a", 1, "ok"))
-    run(StepSuspended("b", 1, None))
-    run(Deliver("go", None, None, "k"))
+    run(StepSucceeded(step="a", attempt=1, event="ok"))
+    run(StepSuspended(step="b", attempt=1, timeout=None))
+    run(Deliver(event="go", payload=None, step=None, dedupe_key="k"))
     assert run.status is hx.Status.COMPLETED
-    assert apply(_pair("c"), run.instance, Deliver("go", None, None, "k"), 2000.0).reply == (
-        "duplicate"
+    assert (
+        apply(
+            _pair("c"),
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key="k"),
+            2000.0,
+        ).reply
+        == Delivery.IGNORED
     )
 
 

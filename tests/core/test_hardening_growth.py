@@ -16,6 +16,7 @@ from hephaestus._core._engine import (
     StepSuspended,
     apply,
 )
+from hephaestus._core._notes import Delivery, EventDropped, EventQueued
 
 from .helpers import Driver, mk, workflow
 
@@ -36,12 +37,17 @@ def test_ten_thousand_resumes_into_a_running_step_keep_the_snapshot_bounded() ->
     messages: set[str] = set()
     for n in range(1, 10_001):
         try:
-            t = apply(run.wf, instance, Deliver("ping", {"n": n}, None, f"key-{n:05d}"), 1000.0)
+            t = apply(
+                run.wf,
+                instance,
+                Deliver(event="ping", payload={"n": n}, step=None, dedupe_key=f"key-{n:05d}"),
+                1000.0,
+            )
         except hx.EventRejected as exc:
             rejected += 1
             messages.add(str(exc))
         else:
-            assert t.reply == "queued"
+            assert t.reply == Delivery.QUEUED
             instance = t.instance
         if n % 1000 == 0:
             sizes[n] = len(encode_instance(instance))
@@ -53,7 +59,7 @@ def test_ten_thousand_resumes_into_a_running_step_keep_the_snapshot_bounded() ->
     assert set(sizes.values()) == {sizes[1000]}  # no growth after the inbox is full
     assert sizes[10_000] < 100_000
     # The queued events are still delivered, first in first out.
-    t = apply(run.wf, instance, StepSuspended("work", 1, None), 1000.0)
+    t = apply(run.wf, instance, StepSuspended(step="work", attempt=1, timeout=None), 1000.0)
     assert t.instance.results["work"] == {"n": 1}
 
 
@@ -61,21 +67,41 @@ def test_the_dedupe_window_keeps_the_most_recent_keys() -> None:
     a = mk("a", "go", "more")
     run = Driver(workflow(a, {(a, "go"): hx.Done, (a, "more"): hx.Done}))
     run(Start())
-    run(StepSuspended("a", 1, None))
+    run(StepSuspended(step="a", attempt=1, timeout=None))
     old = tuple(f"old-{i}" for i in range(5 * DEDUPE_WINDOW))  # an older release kept them all
     run.instance = msgspec.structs.replace(run.instance, dedupe_keys=old)
-    assert apply(run.wf, run.instance, Deliver("go", None, None, old[-1]), 1.0).reply == (
-        "duplicate"
+    assert (
+        apply(
+            run.wf,
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key=old[-1]),
+            1.0,
+        ).reply
+        == Delivery.IGNORED
     )
-    t = run(Deliver("go", None, None, "new"))
-    assert t.reply == "delivered"
+    t = run(Deliver(event="go", payload=None, step=None, dedupe_key="new"))
+    assert t.reply == Delivery.DELIVERED
     assert len(run.instance.dedupe_keys) == DEDUPE_WINDOW
     assert run.instance.dedupe_keys[-1] == "new"
     assert run.instance.dedupe_keys[0] == old[-(DEDUPE_WINDOW - 1)]
     # Within the window a key is a duplicate, whatever the status.
-    assert apply(run.wf, run.instance, Deliver("go", None, None, "new"), 1.0).reply == "duplicate"
-    assert apply(run.wf, run.instance, Deliver("go", None, None, old[-2]), 1.0).reply == (
-        "duplicate"
+    assert (
+        apply(
+            run.wf,
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key="new"),
+            1.0,
+        ).reply
+        == Delivery.IGNORED
+    )
+    assert (
+        apply(
+            run.wf,
+            run.instance,
+            Deliver(event="go", payload=None, step=None, dedupe_key=old[-2]),
+            1.0,
+        ).reply
+        == Delivery.IGNORED
     )
 
 
@@ -87,12 +113,15 @@ def test_inbox_events_no_live_step_can_take_are_dropped_with_a_note() -> None:
     )
     run = Driver(wf)
     run(Start())
-    queued = run(Deliver("go", {"early": True}, None, "k1"))
-    assert queued.reply == "queued"
-    assert queued.notes == ()
-    t = run(StepSucceeded("split", 1, "r"))  # "left" can no longer run: nobody takes "go"
+    queued = run(Deliver(event="go", payload={"early": True}, step=None, dedupe_key="k1"))
+    assert queued.reply == Delivery.QUEUED
+    assert queued.notes == (EventQueued(event="go", step=None),)
+    t = run(
+        StepSucceeded(step="split", attempt=1, event="r")
+    )  # "left" can no longer run: nobody takes "go"
     assert run.instance.inbox == ()
-    assert [(n.event, n.step, n.dedupe_key) for n in t.notes] == [("go", None, "k1")]
+    dropped = [n for n in t.notes if isinstance(n, EventDropped)]
+    assert dropped == [EventDropped(event="go", step=None, dedupe_key="k1")]
     assert run.instance.active == ("right",)
     with pytest.raises(hx.EventRejected, match="cannot be accepted"):
-        run(Deliver("go"))
+        run(Deliver(event="go"))

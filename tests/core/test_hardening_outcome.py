@@ -32,9 +32,13 @@ def test_a_bad_suspend_timeout_fails_the_attempt_naming_the_step(timeout: object
 
 
 def test_a_valid_suspend_timeout_is_a_float() -> None:
-    assert outcome(WAITER, 1, hx.Suspend(timeout=3)) == StepSuspended("waiter", 1, 3.0)
-    assert outcome(WAITER, 1, hx.Suspend()) == StepSuspended("waiter", 1, None)
-    assert outcome(WAITER, 1, hx.Suspend(timeout=0)) == StepSuspended("waiter", 1, 0.0)
+    assert outcome(WAITER, 1, hx.Suspend(timeout=3)) == StepSuspended(
+        step="waiter", attempt=1, timeout=3.0
+    )
+    assert outcome(WAITER, 1, hx.Suspend()) == StepSuspended(step="waiter", attempt=1, timeout=None)
+    assert outcome(WAITER, 1, hx.Suspend(timeout=0)) == StepSuspended(
+        step="waiter", attempt=1, timeout=0.0
+    )
 
 
 def test_a_timeout_without_the_timeout_event_is_undeclared() -> None:

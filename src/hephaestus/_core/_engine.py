@@ -22,17 +22,32 @@ from ._codec import detached_copy
 from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
+from ._notes import (
+    DUPLICATE,
+    AttemptFailed,
+    Delivery,
+    EventDropped,
+    EventQueued,
+    InstanceFinished,
+    Note,
+    Reply,
+    RetryArmed,
+    StepEnded,
+    Suspended,
+    TimerElapsed,
+    Via,
+)
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
 from ._workflow import Workflow
 
 # --- inputs -----------------------------------------------------------------------------------
 
 
-class Start(msgspec.Struct, frozen=True, tag=True):
+class Start(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Begin a pending instance: its start step becomes due."""
 
 
-class StepSucceeded(msgspec.Struct, frozen=True, tag=True):
+class StepSucceeded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` of ``step`` ended with ``event``."""
 
     step: str
@@ -42,7 +57,7 @@ class StepSucceeded(msgspec.Struct, frozen=True, tag=True):
     metadata: dict[str, Any] | None = None
 
 
-class StepFailed(msgspec.Struct, frozen=True, tag=True):
+class StepFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` of ``step`` raised (or timed out, or returned nonsense)."""
 
     step: str
@@ -51,7 +66,7 @@ class StepFailed(msgspec.Struct, frozen=True, tag=True):
     message: str
 
 
-class StepSuspended(msgspec.Struct, frozen=True, tag=True):
+class StepSuspended(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` of ``step`` returned ``Suspend(timeout)``."""
 
     step: str
@@ -59,7 +74,7 @@ class StepSuspended(msgspec.Struct, frozen=True, tag=True):
     timeout: float | None = None
 
 
-class Deliver(msgspec.Struct, frozen=True, tag=True):
+class Deliver(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An outside event (``engine.resume``)."""
 
     event: str
@@ -68,36 +83,36 @@ class Deliver(msgspec.Struct, frozen=True, tag=True):
     dedupe_key: str | None = None
 
 
-class TimerFired(msgspec.Struct, frozen=True, tag=True):
+class TimerFired(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The timer ``timer_id`` reached its deadline."""
 
     timer_id: str
 
 
-class ScheduleResume(msgspec.Struct, frozen=True, tag=True):
+class ScheduleResume(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Add a durable timer that resumes ``step`` with ``"timeout"`` after ``delay`` seconds."""
 
     step: str
     delay: float
 
 
-class CancelTimer(msgspec.Struct, frozen=True, tag=True):
+class CancelTimer(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Drop the timer ``timer_id``; the reply says whether it was pending."""
 
     timer_id: str
 
 
-class Cancel(msgspec.Struct, frozen=True, tag=True):
+class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Cancel the instance."""
 
     reason: str | None = None
 
 
-class Recover(msgspec.Struct, frozen=True, tag=True):
+class Recover(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The instance is loaded after a restart: re-run what was running, re-arm timers."""
 
 
-class Retry(msgspec.Struct, frozen=True, tag=True):
+class Retry(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Re-open a FAILED instance: every step it started but did not complete runs again.
 
     That is the step that failed for good and the siblings cancelled with it
@@ -124,7 +139,7 @@ Input = (
 # --- commands ---------------------------------------------------------------------------------
 
 
-class RunStep(msgspec.Struct, frozen=True, tag=True):
+class RunStep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Run attempt ``attempt`` of ``step`` with ``config``."""
 
     step: str
@@ -132,44 +147,31 @@ class RunStep(msgspec.Struct, frozen=True, tag=True):
     config: dict[str, Any] | None = None
 
 
-class ArmTimer(msgspec.Struct, frozen=True, tag=True):
+class ArmTimer(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Sleep until ``timer.deadline``, then feed ``TimerFired(timer.id)``."""
 
     timer: Timer
 
 
-class DisarmTimer(msgspec.Struct, frozen=True, tag=True):
+class DisarmTimer(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Stop the sleeping timer ``timer_id``, if it is armed."""
 
     timer_id: str
 
 
-class CancelStep(msgspec.Struct, frozen=True, tag=True):
+class CancelStep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Cancel the running attempt of ``step``."""
 
     step: str
 
 
-class Finished(msgspec.Struct, frozen=True, tag=True):
+class Finished(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The instance reached a terminal status."""
 
     status: Status
 
 
 Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished
-
-# --- notes ------------------------------------------------------------------------------------
-
-
-class EventDropped(msgspec.Struct, frozen=True, kw_only=True):
-    """A queued inbox event was dropped: no step that can still run would ever take it."""
-
-    event: str
-    step: str | None
-    dedupe_key: str | None
-
-
-Note = EventDropped
 
 MAX_INBOX: Final = 1000
 """The most events an instance's inbox holds; a resume beyond that is rejected."""
@@ -188,8 +190,10 @@ class Transition:
 
     ``instance`` is the input instance itself when nothing changed (then
     nothing needs persisting); otherwise a new instance with ``revision + 1``.
-    ``reply`` is the answer for the caller of the input (a timer id, a bool).
-    ``notes`` say what else happened that telemetry may report (events dropped).
+    ``reply`` is the answer for the caller of the input: a :class:`Delivery`
+    for ``Deliver``, the timer id for ``ScheduleResume``, a bool for
+    ``CancelTimer``, None otherwise. ``notes`` say what happened, in order
+    (see ``_notes.py``); the shell maps them to telemetry.
     """
 
     __slots__ = ("changed", "commands", "instance", "notes", "reply")
@@ -198,7 +202,7 @@ class Transition:
         self,
         instance: Instance,
         commands: Sequence[Command],
-        reply: Any,
+        reply: Reply,
         changed: bool,
         notes: Sequence[Note] = (),
     ) -> None:
@@ -344,6 +348,24 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
         DefinitionChanged: ``instance``'s state names steps or events that
             ``workflow`` lacks (it was stored by another definition).
     """
+    kind = type(event)
+    if kind is StepSucceeded:
+        fast = _fast_succeeded(workflow, instance, cast(StepSucceeded, event), now)
+        if fast is not None:
+            return fast
+    elif kind is StepSuspended:
+        fast = _fast_suspended(workflow, instance, cast(StepSuspended, event), now)
+        if fast is not None:
+            return fast
+    return apply_general(workflow, instance, event, now)
+
+
+def apply_general(workflow: Workflow, instance: Instance, event: Input, now: float) -> Transition:
+    """:func:`apply` without its fast paths: every input through the general ``_Draft``.
+
+    Returns and raises exactly what :func:`apply` does (a property test
+    compares the two on random workflows and runs).
+    """
     if (answered := _answered_terminal(instance, event)) is not None:
         return answered
     if instance.graph != workflow.fingerprint:
@@ -354,28 +376,165 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             draft.start()
         case Recover():
             draft.recover()
-        case StepSucceeded(step, attempt, ev, results, metadata):
+        case StepSucceeded(
+            step=step, attempt=attempt, event=ev, results=results, metadata=metadata
+        ):
             if draft.is_current(step, attempt, draft.active):
-                draft.complete(step, ev, results, metadata)
-        case StepFailed(step, attempt, error_type, message):
+                draft.complete(step, ev, results, metadata, Via.RETURNED)
+        case StepFailed(step=step, attempt=attempt, error_type=error_type, message=message):
             if draft.is_current(step, attempt, draft.active):
                 draft.fail(step, error_type, message)
-        case StepSuspended(step, attempt, timeout):
+        case StepSuspended(step=step, attempt=attempt, timeout=timeout):
             if draft.is_current(step, attempt, draft.active):
                 draft.suspend(step, timeout)
-        case Deliver(ev, payload, step, dedupe_key):
+        case Deliver(event=ev, payload=payload, step=step, dedupe_key=dedupe_key):
             draft.deliver(ev, payload, step, dedupe_key)
-        case TimerFired(timer_id):
+        case TimerFired(timer_id=timer_id):
             draft.timer_fired(timer_id)
-        case ScheduleResume(step, delay):
+        case ScheduleResume(step=step, delay=delay):
             draft.schedule_resume(step, delay)
-        case CancelTimer(timer_id):
+        case CancelTimer(timer_id=timer_id):
             draft.cancel_timer(timer_id)
-        case Cancel(reason):
+        case Cancel(reason=reason):
             draft.cancel(reason)
         case Retry():
             draft.retry()
     return draft.finish()
+
+
+# --- fast paths -------------------------------------------------------------------------------
+#
+# The two transitions every instance makes most: a lone running step returns an event
+# whose plain edge leads to one step that can start at once (or to Done), and a step
+# suspends with an empty inbox. Each returns None unless the instance is in exactly the
+# simple state it handles; then its result equals apply_general's, field for field
+# (property_tests/test_fast_paths.py), at a fraction of the cost of a _Draft.
+
+
+def _fast_succeeded(
+    workflow: Workflow, instance: Instance, event: StepSucceeded, now: float
+) -> Transition | None:
+    step = event.step
+    if (
+        instance.active != (step,)
+        or instance.waiting
+        or instance.timers
+        or instance.inbox
+        or instance.status.is_terminal
+        or instance.graph != workflow.fingerprint
+        or instance.attempts.get(step) != event.attempt
+    ):
+        return None
+    edge = workflow.edges.get((step, event.event))
+    if edge is None or edge.route is not None or len(edge.targets) > 1:
+        return None
+    completed = instance.completed
+    fired = instance.fired
+    if any(key != step and key not in completed for key in fired):
+        return None  # a join is pending: the general path decides it
+    attempt = event.attempt
+    results = event.results
+    history = (
+        *instance.history,
+        HistoryEntry(step=step, event=event.event, attempt=attempt, at=now, error=None),
+    )
+    metadata = {**instance.metadata, **event.metadata} if event.metadata else instance.metadata
+    ended = StepEnded(step=step, attempt=attempt, event=event.event, via=Via.RETURNED)
+    done = (*completed, step)
+    step_results = {**instance.results, step: {} if results is None else results}
+    if not edge.targets:
+        status = Status.COMPLETED
+        return Transition(
+            msgspec.structs.replace(
+                instance,
+                status=status,
+                active=(),
+                completed=done,
+                results=step_results,
+                metadata=metadata,
+                history=history,
+                updated_at=now,
+                revision=instance.revision + 1,
+            ),
+            (Finished(status=status),),
+            None,
+            changed=True,
+            notes=(ended, InstanceFinished(status=status, error_type=None)),
+        )
+    target, config = edge.targets[0]
+    if target in completed or target == step:
+        return None
+    if any(p != step and p not in completed for p in workflow.predecessors[target]):
+        return None
+    configs = instance.configs if config is None else {**instance.configs, target: config}
+    return Transition(
+        msgspec.structs.replace(
+            instance,
+            status=Status.RUNNING,
+            active=(target,),
+            completed=done,
+            results=step_results,
+            metadata=metadata,
+            history=history,
+            attempts={**instance.attempts, target: 1},
+            configs=configs,
+            fired={**fired, target: (step,)},
+            updated_at=now,
+            revision=instance.revision + 1,
+        ),
+        (RunStep(step=target, attempt=1, config=configs.get(target)),),
+        None,
+        changed=True,
+        notes=(ended,),
+    )
+
+
+def _fast_suspended(
+    workflow: Workflow, instance: Instance, event: StepSuspended, now: float
+) -> Transition | None:
+    step = event.step
+    active = instance.active
+    if (
+        step not in active
+        or instance.inbox
+        or instance.status.is_terminal
+        or instance.graph != workflow.fingerprint
+        or instance.attempts.get(step) != event.attempt
+    ):
+        return None
+    timeout = event.timeout
+    events = workflow.steps[step].events
+    if timeout is not None and TIMEOUT_EVENT not in events:
+        return None  # a failed attempt: the general path says why
+    still_active = tuple(key for key in active if key != step)
+    waiting = {**instance.waiting, step: events}
+    timers = instance.timers
+    next_timer = instance.next_timer
+    commands: tuple[Command, ...] = ()
+    if timeout is not None:
+        timer = Timer(
+            id=f"t{next_timer}", kind="timeout", step=step, deadline=now + max(0.0, timeout)
+        )
+        next_timer += 1
+        timers = (*timers, timer)
+        commands = (ArmTimer(timer=timer),)
+    status = Status.RUNNING if still_active else Status.WAITING
+    return Transition(
+        msgspec.structs.replace(
+            instance,
+            status=status,
+            active=still_active,
+            waiting=waiting,
+            timers=timers,
+            next_timer=next_timer,
+            updated_at=now,
+            revision=instance.revision + 1,
+        ),
+        commands,
+        None,
+        changed=True,
+        notes=(Suspended(step=step, attempt=event.attempt, timeout=timeout),),
+    )
 
 
 @final
@@ -390,7 +549,7 @@ class _Draft:
         self.original = instance
         self.now = now
         self.changed = False
-        self.reply: Any = None
+        self.reply: Reply = None
         self.commands: list[Command] = []
         self.notes: list[Note] = []
         self.terminal = instance.status.is_terminal
@@ -426,7 +585,7 @@ class _Draft:
         self.attempts = {**self.attempts, step: attempt}
         if step not in self.active:
             self.active.append(step)
-        self.commands.append(RunStep(step, attempt, self.configs.get(step)))
+        self.commands.append(RunStep(step=step, attempt=attempt, config=self.configs.get(step)))
 
     def add_timer(self, kind: TimerKind, step: str, delay: float) -> Timer:
         self.changed = True
@@ -438,7 +597,7 @@ class _Draft:
         )
         self.next_timer += 1
         self.timers.append(timer)
-        self.commands.append(ArmTimer(timer))
+        self.commands.append(ArmTimer(timer=timer))
         return timer
 
     def drop_timers(self, keep: Any = lambda timer: False) -> None:
@@ -448,7 +607,7 @@ class _Draft:
                 kept.append(timer)
             else:
                 self.changed = True
-                self.commands.append(DisarmTimer(timer.id))
+                self.commands.append(DisarmTimer(timer_id=timer.id))
         self.timers = kept
 
     def history_entry(self, step: str, event: str | None, error: str | None = None) -> None:
@@ -476,7 +635,13 @@ class _Draft:
             return
         for step in list(self.active):
             self.run(step, self.attempts.get(step, 0) + 1)
-        self.commands.extend(ArmTimer(timer) for timer in self.timers)
+        for timer in self.timers:
+            self.commands.append(ArmTimer(timer=timer))
+            if timer.kind == "retry":
+                attempt = self.attempts.get(timer.step, 1) + 1
+                self.notes.append(
+                    RetryArmed(step=timer.step, attempt=attempt, deadline=timer.deadline)
+                )
         self.advance()
 
     def complete(
@@ -485,6 +650,7 @@ class _Draft:
         event: str,
         results: dict[str, Any] | None,
         metadata: dict[str, Any] | None,
+        via: Via,
     ) -> None:
         """Record that ``step`` (running or suspended) ended with ``event``; start what follows."""
         definition = self.workflow.steps[step]
@@ -494,6 +660,7 @@ class _Draft:
                 UndeclaredEvent.__name__,
                 f"step {step!r} ended with event {event!r}, which it does not declare "
                 f"(declared: {list(definition.events)!r})",
+                event=event,
             )
             return
         edge = self.workflow.edges[(step, event)]
@@ -505,6 +672,9 @@ class _Draft:
                 return
             targets = chosen
         self.changed = True
+        self.notes.append(
+            StepEnded(step=step, attempt=self.attempts.get(step, 1), event=event, via=via)
+        )
         if step in self.active:
             self.active.remove(step)
         self.waiting.pop(step, None)
@@ -567,7 +737,7 @@ class _Draft:
             return f"Route choose for ({step!r}, {event!r}) returned no target"
         return chosen
 
-    def fail(self, step: str, error_type: str, message: str) -> None:
+    def fail(self, step: str, error_type: str, message: str, *, event: str | None = None) -> None:
         self.changed = True
         self.history_entry(step, None, error_type)
         attempt = self.attempts.get(step, 1)
@@ -578,15 +748,21 @@ class _Draft:
         failed = self.failures.get(step, 0) + 1
         self.failures = {**self.failures, step: failed}
         delay = retry_delay(self.workflow.steps[step], self.original.id, failed)
+        failed_note = AttemptFailed(
+            step=step, attempt=attempt, error_type=error_type, message=message, event=event
+        )
         if delay is not None:
             self.drop_timers(keep=lambda timer: timer.step != step)
-            self.add_timer("retry", step, delay)
+            deadline = self.add_timer("retry", step, delay).deadline
+            self.notes.append(msgspec.structs.replace(failed_note, retry_at=deadline))
+            self.notes.append(RetryArmed(step=step, attempt=attempt + 1, deadline=deadline))
             return
+        self.notes.append(failed_note)
         self.error = ErrorInfo(step=step, type=error_type, message=message, attempts=attempt)
         self.stop_everything()
 
     def stop_everything(self) -> None:
-        self.commands.extend(CancelStep(step) for step in self.active)
+        self.commands.extend(CancelStep(step=step) for step in self.active)
         self.active.clear()
         self.waiting.clear()
         self.drop_timers()
@@ -603,12 +779,13 @@ class _Draft:
             )
             return
         self.changed = True
+        self.notes.append(Suspended(step=step, attempt=self.attempts.get(step, 1), timeout=timeout))
         self.active.remove(step)
         self.waiting[step] = definition.events
         for index, queued in enumerate(self.inbox):
             if queued.event in definition.events and queued.step in (None, step):
                 del self.inbox[index]
-                self.complete(step, queued.event, queued.payload, None)
+                self.complete(step, queued.event, queued.payload, None, Via.INBOX)
                 return
         if timeout is not None:
             self.add_timer("timeout", step, timeout)
@@ -651,7 +828,7 @@ class _Draft:
                 "pass step=... to name one"
             )
         if candidates:
-            self.complete(candidates[0], event, payload, None)
+            self.complete(candidates[0], event, payload, None, Via.RESUMED)
         else:
             live = live_steps(self.workflow, self.original)
             completed = set(self.completed)
@@ -683,12 +860,13 @@ class _Draft:
                 )
             )
             self.changed = True
-            self.reply = "queued"
+            self.notes.append(EventQueued(event=event, step=step))
+            self.reply = Delivery.QUEUED
         if dedupe_key is not None:
             # A bounded window: the most recent DEDUPE_WINDOW keys are remembered.
             self.dedupe_keys = (*self.dedupe_keys[-(DEDUPE_WINDOW - 1) :], dedupe_key)
         if self.reply is None:
-            self.reply = "delivered"
+            self.reply = Delivery.DELIVERED
 
     def timer_fired(self, timer_id: str) -> None:
         timer = next((t for t in self.timers if t.id == timer_id), None)
@@ -696,10 +874,11 @@ class _Draft:
             return
         self.changed = True
         self.timers.remove(timer)
+        self.notes.append(TimerElapsed(timer_id=timer_id))
         if timer.kind == "retry":
             self.run(timer.step, self.attempts.get(timer.step, 1) + 1)
         elif TIMEOUT_EVENT in self.waiting.get(timer.step, ()):
-            self.complete(timer.step, TIMEOUT_EVENT, None, None)
+            self.complete(timer.step, TIMEOUT_EVENT, None, None, Via.TIMEOUT)
         else:
             self.advance()
 
@@ -822,7 +1001,9 @@ class _Draft:
 
     def finish(self) -> Transition:
         if not self.changed:
-            return Transition(self.original, self.commands, self.reply, changed=False)
+            return Transition(
+                self.original, self.commands, self.reply, changed=False, notes=self.notes
+            )
         if self.inbox:
             self.drop_untakable()
         status = _status(
@@ -838,7 +1019,9 @@ class _Draft:
             status=status, updated_at=self.now, revision=self.original.revision + 1
         )
         if status.is_terminal and not self.terminal:
-            self.commands.append(Finished(status))
+            self.commands.append(Finished(status=status))
+            error_type = None if self.error is None else self.error.type
+            self.notes.append(InstanceFinished(status=status, error_type=error_type))
         return Transition(instance, self.commands, self.reply, changed=True, notes=self.notes)
 
 
@@ -919,4 +1102,4 @@ def _answered_terminal(instance: Instance, event: Input) -> Transition | None:
 
 
 # The terminal answers need the inputs defined above.
-from ._terminal import DUPLICATE, TERMINAL_INPUTS, answer_terminal  # noqa: E402
+from ._terminal import TERMINAL_INPUTS, answer_terminal  # noqa: E402

@@ -37,7 +37,7 @@ def outcome(step: Step, attempt: int, result: object) -> Outcome:
         problem = _undeclared(step, result)
         if problem is not None:
             return failed(step, attempt, problem)
-        return StepSucceeded(step.key, attempt, result)
+        return StepSucceeded(step=step.key, attempt=attempt, event=result)
     if isinstance(result, Emit):
         return _emitted(step, attempt, result)
     if isinstance(result, Suspend):
@@ -58,7 +58,9 @@ def failed(step: Step, attempt: int, exc: BaseException) -> StepFailed:
         message = str(exc) or repr(exc)
     except Exception:  # a broken __str__ in user code must not lose the failure
         message = f"<{type(exc).__name__} whose message cannot be shown>"
-    return StepFailed(step.key, attempt, type(exc).__name__, message)
+    return StepFailed(
+        step=step.key, attempt=attempt, error_type=type(exc).__name__, message=message
+    )
 
 
 def _emitted(step: Step, attempt: int, result: Emit) -> Outcome:
@@ -82,13 +84,15 @@ def _emitted(step: Step, attempt: int, result: Emit) -> Outcome:
         return failed(step, attempt, exc)
     results = None if result.results is None else detached_copy(result.results)
     metadata = None if result.metadata is None else detached_copy(result.metadata)
-    return StepSucceeded(step.key, attempt, event, results, metadata)
+    return StepSucceeded(
+        step=step.key, attempt=attempt, event=event, results=results, metadata=metadata
+    )
 
 
 def _suspended(step: Step, attempt: int, result: Suspend) -> Outcome:
     timeout: Any = result.timeout
     if timeout is None:
-        return StepSuspended(step.key, attempt, None)
+        return StepSuspended(step=step.key, attempt=attempt, timeout=None)
     problem = seconds_problem(timeout, f"hx.Suspend timeout of step {step.key!r}")
     if problem is not None:
         return failed(step, attempt, InvalidResult(f"{problem} (or None to wait without one)"))
@@ -101,7 +105,7 @@ def _suspended(step: Step, attempt: int, result: Suspend) -> Outcome:
                 f"{TIMEOUT_EVENT!r}: add it to events=..."
             ),
         )
-    return StepSuspended(step.key, attempt, float(timeout))
+    return StepSuspended(step=step.key, attempt=attempt, timeout=float(timeout))
 
 
 def _undeclared(step: Step, event: str) -> UndeclaredEvent | None:

@@ -7,7 +7,7 @@ the runtime uses them too for instances whose workflow is not registered.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from ._engine import (
     Cancel,
@@ -23,9 +23,7 @@ from ._engine import (
 )
 from ._errors import EventRejected
 from ._model import Instance, Status
-
-DUPLICATE: Final = "duplicate"
-"""The reply to an event whose dedupe key the instance has seen before."""
+from ._notes import DUPLICATE, Reply
 
 TERMINAL_INPUTS: Final = (
     Start,
@@ -42,10 +40,10 @@ TERMINAL_INPUTS: Final = (
 """The inputs :func:`answer_terminal` answers; any other input is the engine's to apply."""
 
 
-def answer_terminal(instance: Instance, event: object) -> Any:
+def answer_terminal(instance: Instance, event: object) -> Reply:
     """Return the reply of terminal ``instance`` to ``event``; the instance never changes.
 
-    - a ``Deliver`` whose dedupe key was seen before: ``"duplicate"`` (a webhook
+    - a ``Deliver`` whose dedupe key was seen before: ``Delivery.IGNORED`` (a webhook
       retried after the instance finished gets no error);
     - ``CancelTimer``: False (a terminal instance has no timers);
     - ``Cancel`` of a cancelled instance: None (cancelling is idempotent);

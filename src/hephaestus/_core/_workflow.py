@@ -87,120 +87,18 @@ class Workflow:
         unique: Unique,
         version: int = 1,
     ) -> None:
-        problems: list[str] = []
-        if not isinstance(name, str) or not name:
-            problems.append(f"workflow name must be a non-empty string, got {name!r}")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            problems.append(f"version must be an int >= 1, got {version!r}")
-        if not isinstance(unique, Unique):
-            problems.append(f"unique must be an hx.Unique(...), got {unique!r}")
-
-        steps: dict[str, Step] = {}
-
-        def register(step: Step) -> None:
-            known = steps.setdefault(step.key, step)
-            if known is not step:
-                message = (
-                    f"two different steps share the key {step.key!r}: give one of them "
-                    "another key (key='...')"
-                )
-                if message not in problems:
-                    problems.append(message)
-
-        if isinstance(start, Step):
-            register(start)
-        elif isinstance(start, _DoneType):
-            problems.append("start is hx.Done: a workflow must start with a step")
-        else:
-            problems.append(f"start must be a step, got {start!r}")
-
-        pairs = list(transitions.items()) if isinstance(transitions, Mapping) else list(transitions)
-        edges: dict[tuple[str, str], Edge] = {}
-        seen: set[tuple[str, str]] = set()  # also the pairs whose target was malformed
-        for pair in pairs:
-            try:
-                source_key, target = pair
-                source, event = source_key
-            except (TypeError, ValueError):
-                problems.append(f"transition {pair!r} must be ((step, 'event'), target)")
-                continue
-            if not isinstance(source, Step):
-                problems.append(
-                    f"transition source {_describe(source)} for event {event!r} is not a step"
-                )
-                continue
-            register(source)
-            if not isinstance(event, str) or not event:
-                problems.append(
-                    f"step {source.key!r}: transition event {event!r} must be a non-empty string"
-                )
-                continue
-            if (source.key, event) in seen:
-                problems.append(
-                    f"transition ({source.key!r}, {event!r}) is given more than once: keep one"
-                )
-                continue
-            seen.add((source.key, event))
-            if event not in source.events:
-                problems.append(
-                    f"step {source.key!r} has a transition on {event!r}, which it does not "
-                    f"declare (declared: {list(source.events)!r}): add it to events=... "
-                    "or remove the transition"
-                )
-            edge = self._compile_target(source.key, event, target, register, problems)
-            if edge is not None:
-                edges[(source.key, event)] = edge
-
-        for step in list(steps.values()):
-            missing = [e for e in step.events if (step.key, e) not in seen]
-            if len(missing) == len(step.events) and step.events:
-                problems.append(
-                    f"step {step.key!r} has no transitions, so paths through it never reach "
-                    f"hx.Done: add transitions for its events {list(step.events)!r}"
-                )
-            else:
-                problems.extend(
-                    f"step {step.key!r} declares event {e!r} but has no transition for it: "
-                    "add (step, event) -> target (hx.Done to end there)"
-                    for e in missing
-                )
-
-        successors: dict[str, set[str]] = {key: set() for key in steps}
-        for (source_key, _), edge in edges.items():
-            successors[source_key].update(edge.target_keys)
-        predecessors: dict[str, set[str]] = {key: set() for key in steps}
-        for source_key, targets in successors.items():
-            for target_key in targets:
-                predecessors[target_key].add(source_key)
-
-        if isinstance(start, Step):
-            reachable = {start.key}
-            frontier = [start.key]
-            while frontier:
-                for nxt in successors[frontier.pop()]:
-                    if nxt not in reachable:
-                        reachable.add(nxt)
-                        frontier.append(nxt)
-            problems.extend(
-                f"step {key!r} is unreachable from start step {start.key!r}: "
-                "add a transition that leads to it or remove it"
-                for key in steps
-                if key not in reachable
-            )
-            if start.key in {t for targets in successors.values() for t in targets}:
-                problems.append(
-                    f"start step {start.key!r} is the target of a transition: "
-                    "the start step cannot be entered again"
-                )
-
-        order, cycle = _topological_order(successors)
-        if cycle:
-            problems.append(
-                "cycle: "
-                + " -> ".join(repr(k) for k in cycle)
-                + ": workflows are acyclic; split the loop or use retries"
-            )
-
+        start_problems, steps = _check_start(start)
+        compiled = _compile_transitions(steps, transitions)
+        successors, predecessors = _links(steps, compiled.edges)
+        order, cycle_problems = _check_acyclic(successors)
+        problems = [
+            *_check_header(name, version, unique),
+            *start_problems,
+            *compiled.problems,
+            *_check_every_event_has_a_transition(steps, compiled.seen),
+            *_check_reachable(start, steps, successors),
+            *cycle_problems,
+        ]
         if problems:
             raise WorkflowDefinitionError(name if isinstance(name, str) else repr(name), problems)
 
@@ -210,69 +108,11 @@ class Workflow:
         self.unique = unique
         self.start = start
         self.steps = steps
-        self.edges = edges
+        self.edges = compiled.edges
         self.successors = {k: frozenset(v) for k, v in successors.items()}
         self.predecessors = {k: frozenset(v) for k, v in predecessors.items()}
         self.topo_order = tuple(order)
         self.fingerprint = graph_fingerprint(self)
-
-    @staticmethod
-    def _compile_target(
-        source: str,
-        event: str,
-        target: object,
-        register: Any,
-        problems: list[str],
-    ) -> Edge | None:
-        where = f"transition ({source!r}, {event!r})"
-
-        def one(item: object) -> tuple[str, dict[str, Any] | None] | None:
-            if isinstance(item, Step):
-                register(item)
-                return (item.key, None)
-            if isinstance(item, Target):
-                if not isinstance(item.step, Step):
-                    problems.append(f"{where}: Target wraps {item.step!r}, which is not a step")
-                    return None
-                register(item.step)
-                return (item.step.key, item.config)
-            problems.append(
-                f"{where}: target {item!r} is not a step, hx.Target, hx.Route, "
-                "a list of steps, or hx.Done"
-            )
-            return None
-
-        if isinstance(target, _DoneType):
-            return Edge((), done=True)
-        if isinstance(target, Route):
-            if not target.targets:
-                problems.append(f"{where}: hx.Route has no targets: list the steps it may choose")
-                return None
-            if not callable(target.choose):
-                problems.append(f"{where}: hx.Route choose {target.choose!r} is not callable")
-            compiled = [one(item) for item in target.targets]
-            if None in compiled:
-                return None
-            return Edge(tuple(c for c in compiled if c is not None), route=target)
-        if isinstance(target, Sequence) and not isinstance(target, str):
-            if not target:
-                problems.append(f"{where}: empty fan-out list: name at least one step or hx.Done")
-                return None
-            if any(isinstance(item, _DoneType) for item in target):
-                problems.append(
-                    f"{where}: hx.Done inside a fan-out list: use hx.Done alone to end the path"
-                )
-                return None
-            compiled = [one(item) for item in target]
-            if None in compiled:
-                return None
-            keys = [c[0] for c in compiled if c is not None]
-            if len(set(keys)) != len(keys):
-                problems.append(f"{where}: fan-out list names the same step twice")
-                return None
-            return Edge(tuple(c for c in compiled if c is not None))
-        single = one(target)
-        return None if single is None else Edge((single,))
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} v{self.version} steps={list(self.steps)!r}>"
@@ -324,3 +164,233 @@ def _topological_order(successors: Mapping[str, set[str]]) -> tuple[list[str], l
                 path.pop()
     order.reverse()
     return order, []
+
+
+# --- the checks behind Workflow(...): each returns its problems, in the order they are listed --
+
+
+def _check_header(name: object, version: object, unique: object) -> list[str]:
+    """Problems with the workflow's name, version and uniqueness key."""
+    problems: list[str] = []
+    if not isinstance(name, str) or not name:
+        problems.append(f"workflow name must be a non-empty string, got {name!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        problems.append(f"version must be an int >= 1, got {version!r}")
+    if not isinstance(unique, Unique):
+        problems.append(f"unique must be an hx.Unique(...), got {unique!r}")
+    return problems
+
+
+def _check_start(start: object) -> tuple[list[str], dict[str, Step]]:
+    """Problems with ``start``, and the step table it begins (its key -> the step)."""
+    if isinstance(start, Step):
+        return [], {start.key: start}
+    if isinstance(start, _DoneType):
+        return ["start is hx.Done: a workflow must start with a step"], {}
+    return [f"start must be a step, got {start!r}"], {}
+
+
+@final
+class _Steps:
+    """The step table being filled while transitions are read; notes key collisions once."""
+
+    __slots__ = ("problems", "steps")
+
+    def __init__(self, steps: dict[str, Step], problems: list[str]) -> None:
+        self.steps = steps
+        self.problems = problems
+
+    def register(self, step: Step) -> None:
+        known = self.steps.setdefault(step.key, step)
+        if known is not step:
+            message = (
+                f"two different steps share the key {step.key!r}: give one of them "
+                "another key (key='...')"
+            )
+            if message not in self.problems:
+                self.problems.append(message)
+
+
+@final
+class _Compiled:
+    """The transitions read into edges, the pairs seen, and the problems found on the way."""
+
+    __slots__ = ("edges", "problems", "seen")
+
+    def __init__(self) -> None:
+        self.edges: dict[tuple[str, str], Edge] = {}
+        self.seen: set[tuple[str, str]] = set()  # also the pairs whose target was malformed
+        self.problems: list[str] = []
+
+
+def _compile_transitions(
+    steps: dict[str, Step],
+    transitions: Mapping[tuple[Step, str], object] | Iterable[tuple[tuple[Step, str], object]],
+) -> _Compiled:
+    """Read every transition into an edge, adding the steps it names to ``steps``."""
+    compiled = _Compiled()
+    problems = compiled.problems
+    table = _Steps(steps, problems)
+    pairs = list(transitions.items()) if isinstance(transitions, Mapping) else list(transitions)
+    for pair in pairs:
+        try:
+            source_key, target = pair
+            source, event = source_key
+        except (TypeError, ValueError):
+            problems.append(f"transition {pair!r} must be ((step, 'event'), target)")
+            continue
+        if not isinstance(source, Step):
+            problems.append(
+                f"transition source {_describe(source)} for event {event!r} is not a step"
+            )
+            continue
+        table.register(source)
+        if not isinstance(event, str) or not event:
+            problems.append(
+                f"step {source.key!r}: transition event {event!r} must be a non-empty string"
+            )
+            continue
+        if (source.key, event) in compiled.seen:
+            problems.append(
+                f"transition ({source.key!r}, {event!r}) is given more than once: keep one"
+            )
+            continue
+        compiled.seen.add((source.key, event))
+        if event not in source.events:
+            problems.append(
+                f"step {source.key!r} has a transition on {event!r}, which it does not "
+                f"declare (declared: {list(source.events)!r}): add it to events=... "
+                "or remove the transition"
+            )
+        edge = _compile_target(source.key, event, target, table)
+        if edge is not None:
+            compiled.edges[(source.key, event)] = edge
+    return compiled
+
+
+def _compile_target(source: str, event: str, target: object, table: _Steps) -> Edge | None:
+    """Return the edge ``target`` stands for, or None (its problems noted in ``table``)."""
+    where = f"transition ({source!r}, {event!r})"
+    problems = table.problems
+
+    def one(item: object) -> tuple[str, dict[str, Any] | None] | None:
+        if isinstance(item, Step):
+            table.register(item)
+            return (item.key, None)
+        if isinstance(item, Target):
+            if not isinstance(item.step, Step):
+                problems.append(f"{where}: Target wraps {item.step!r}, which is not a step")
+                return None
+            table.register(item.step)
+            return (item.step.key, item.config)
+        problems.append(
+            f"{where}: target {item!r} is not a step, hx.Target, hx.Route, "
+            "a list of steps, or hx.Done"
+        )
+        return None
+
+    if isinstance(target, _DoneType):
+        return Edge((), done=True)
+    if isinstance(target, Route):
+        if not target.targets:
+            problems.append(f"{where}: hx.Route has no targets: list the steps it may choose")
+            return None
+        if not callable(target.choose):
+            problems.append(f"{where}: hx.Route choose {target.choose!r} is not callable")
+        compiled = [one(item) for item in target.targets]
+        if None in compiled:
+            return None
+        return Edge(tuple(c for c in compiled if c is not None), route=target)
+    if isinstance(target, Sequence) and not isinstance(target, str):
+        if not target:
+            problems.append(f"{where}: empty fan-out list: name at least one step or hx.Done")
+            return None
+        if any(isinstance(item, _DoneType) for item in target):
+            problems.append(
+                f"{where}: hx.Done inside a fan-out list: use hx.Done alone to end the path"
+            )
+            return None
+        compiled = [one(item) for item in target]
+        if None in compiled:
+            return None
+        keys = [c[0] for c in compiled if c is not None]
+        if len(set(keys)) != len(keys):
+            problems.append(f"{where}: fan-out list names the same step twice")
+            return None
+        return Edge(tuple(c for c in compiled if c is not None))
+    single = one(target)
+    return None if single is None else Edge((single,))
+
+
+def _check_every_event_has_a_transition(
+    steps: Mapping[str, Step], seen: set[tuple[str, str]]
+) -> list[str]:
+    """Problems of steps whose declared events lead nowhere."""
+    problems: list[str] = []
+    for step in steps.values():
+        missing = [e for e in step.events if (step.key, e) not in seen]
+        if len(missing) == len(step.events) and step.events:
+            problems.append(
+                f"step {step.key!r} has no transitions, so paths through it never reach "
+                f"hx.Done: add transitions for its events {list(step.events)!r}"
+            )
+        else:
+            problems.extend(
+                f"step {step.key!r} declares event {e!r} but has no transition for it: "
+                "add (step, event) -> target (hx.Done to end there)"
+                for e in missing
+            )
+    return problems
+
+
+def _links(
+    steps: Mapping[str, Step], edges: Mapping[tuple[str, str], Edge]
+) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Return each step's successors and predecessors."""
+    successors: dict[str, set[str]] = {key: set() for key in steps}
+    for (source_key, _), edge in edges.items():
+        successors[source_key].update(edge.target_keys)
+    predecessors: dict[str, set[str]] = {key: set() for key in steps}
+    for source_key, targets in successors.items():
+        for target_key in targets:
+            predecessors[target_key].add(source_key)
+    return successors, predecessors
+
+
+def _check_reachable(
+    start: object, steps: Mapping[str, Step], successors: Mapping[str, set[str]]
+) -> list[str]:
+    """Problems of steps the start step cannot reach, and of a start step entered again."""
+    if not isinstance(start, Step):
+        return []
+    reachable = {start.key}
+    frontier = [start.key]
+    while frontier:
+        for nxt in successors[frontier.pop()]:
+            if nxt not in reachable:
+                reachable.add(nxt)
+                frontier.append(nxt)
+    problems = [
+        f"step {key!r} is unreachable from start step {start.key!r}: "
+        "add a transition that leads to it or remove it"
+        for key in steps
+        if key not in reachable
+    ]
+    if start.key in {t for targets in successors.values() for t in targets}:
+        problems.append(
+            f"start step {start.key!r} is the target of a transition: "
+            "the start step cannot be entered again"
+        )
+    return problems
+
+
+def _check_acyclic(successors: Mapping[str, set[str]]) -> tuple[list[str], list[str]]:
+    """Return a topological order of the steps, and the problem of a cycle if there is one."""
+    order, cycle = _topological_order(successors)
+    if not cycle:
+        return order, []
+    return order, [
+        "cycle: "
+        + " -> ".join(repr(k) for k in cycle)
+        + ": workflows are acyclic; split the loop or use retries"
+    ]

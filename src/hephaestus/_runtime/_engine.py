@@ -247,7 +247,10 @@ class Engine:
         payload_dict = stored_copy(_as_dict(payload), "payload")
         check_text(step, "step", optional=True)
         check_text(dedupe_key, "dedupe_key", optional=True)
-        await self._request(instance_id, Deliver(event, payload_dict, step, dedupe_key))
+        await self._request(
+            instance_id,
+            Deliver(event=event, payload=payload_dict, step=step, dedupe_key=dedupe_key),
+        )
 
     async def schedule_resume(self, instance_id: str, step: str, delay: float) -> str:
         """Arm a durable timer that resumes suspended ``step`` with ``"timeout"`` after ``delay`` s.
@@ -267,7 +270,7 @@ class Engine:
         check_text(instance_id, "instance_id")
         check_text(step, "step")
         seconds = check_seconds(delay, "delay")
-        timer_id: str = await self._request(instance_id, ScheduleResume(step, seconds))
+        timer_id: str = await self._request(instance_id, ScheduleResume(step=step, delay=seconds))
         return timer_id
 
     async def cancel_timer(self, instance_id: str, timer_id: str) -> bool:
@@ -279,7 +282,7 @@ class Engine:
         """
         check_text(instance_id, "instance_id")
         check_text(timer_id, "timer_id")
-        found: bool = await self._request(instance_id, CancelTimer(timer_id))
+        found: bool = await self._request(instance_id, CancelTimer(timer_id=timer_id))
         return found
 
     async def cancel(self, instance_id: str, reason: str | None = None) -> None:
@@ -295,7 +298,7 @@ class Engine:
         """
         check_text(instance_id, "instance_id")
         check_text(reason, "reason", optional=True)
-        await self._request(instance_id, Cancel(reason))
+        await self._request(instance_id, Cancel(reason=reason))
 
     async def get(self, instance_id: str) -> Instance:
         """Return the instance's current snapshot.

@@ -30,23 +30,20 @@ from .._core._engine import (
     ArmTimer,
     CancelStep,
     Command,
-    Deliver,
     DisarmTimer,
     Finished,
     Input,
     RunStep,
-    StepFailed,
-    StepSucceeded,
-    StepSuspended,
     TimerFired,
     Transition,
     apply,
     step_context,
 )
 from .._core._errors import EventRejected, RevisionConflict
-from .._core._model import Instance, Status, Timer
+from .._core._model import Instance, Timer
 from .._core._workflow import Workflow
 from ._mailbox import Mailbox, Message
+from ._report import report
 from ._steprun import run_attempt
 
 if TYPE_CHECKING:
@@ -164,7 +161,7 @@ class Runner:
             # once the engine's clock has reached its deadline; until then sleep again.
             if now >= timer.deadline:
                 del self.armed[timer.id]
-                return Message(TimerFired(timer.id))
+                return Message(TimerFired(timer_id=timer.id))
             current = trio.current_time()
             wake = max(current + (timer.deadline - now), math.nextafter(current, math.inf))
             with trio.move_on_at(wake):
@@ -306,17 +303,17 @@ class Runner:
         assert nursery is not None
         for command in commands:
             match command:
-                case RunStep(step, attempt, _):
+                case RunStep(step=step, attempt=attempt):
                     old = self.scopes.pop(step, None)
                     if old is not None:
                         old.cancel()
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
-                case ArmTimer(timer):
+                case ArmTimer(timer=timer):
                     self.armed[timer.id] = timer
-                case DisarmTimer(timer_id):
+                case DisarmTimer(timer_id=timer_id):
                     self.armed.pop(timer_id, None)
-                case CancelStep(step):
+                case CancelStep(step=step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
                         found.cancel()
@@ -361,92 +358,6 @@ class Runner:
             metadata={"version": self.workflow.version, **(metadata or {})},
         )
 
-    def duration(self, step: str) -> dict[str, float]:
-        began = self.started.pop(step, None)
-        return {} if began is None else {"duration": trio.current_time() - began}
-
     def report(self, event: Input, before: Instance, transition: Transition) -> None:
-        """Emit the telemetry events that ``transition`` of ``event`` implies."""
-        instance = transition.instance
-        match event:
-            case StepSucceeded(step, attempt, ev):
-                if transition.changed:
-                    name = (
-                        "step.stop"
-                        if ev in self.workflow.steps[step].events
-                        else ("step.exception")
-                    )
-                    self.emit(
-                        name,
-                        step,
-                        measurements=self.duration(step),
-                        metadata={"event": ev, "attempt": attempt},
-                    )
-            case StepFailed(step, attempt, error_type, message):
-                if transition.changed:
-                    self.emit(
-                        "step.exception",
-                        step,
-                        measurements=self.duration(step),
-                        metadata={"attempt": attempt, "error": error_type, "message": message},
-                    )
-            case StepSuspended(step, attempt, timeout):
-                if transition.changed:
-                    self.emit(
-                        "step.suspend",
-                        step,
-                        measurements=self.duration(step),
-                        metadata={"attempt": attempt, "timeout": timeout},
-                    )
-                    if step in instance.completed[len(before.completed) :]:  # inbox event
-                        self.emit(
-                            "step.resume", step, metadata={"event": instance.history[-1].event}
-                        )
-                        self.emit("step.stop", step, metadata={"event": instance.history[-1].event})
-            case Deliver(ev, _, step, _):
-                if transition.changed:
-                    for resumed in instance.completed[len(before.completed) :]:
-                        self.emit("step.resume", resumed, metadata={"event": ev})
-                        self.emit("step.stop", resumed, metadata={"event": ev})
-                    if transition.reply == "queued":
-                        self.emit("step.resume", step, metadata={"event": ev, "queued": True})
-            case TimerFired(timer_id):
-                if transition.changed:
-                    self.emit("timer.fire", metadata={"timer": timer_id})
-                    for resumed in instance.completed[len(before.completed) :]:
-                        self.emit("step.stop", resumed, metadata={"event": "timeout"})
-        if transition.changed:
-            self.emit(
-                "workflow.transition",
-                metadata={
-                    "input": type(event).__name__,
-                    "status": instance.status.value,
-                    "revision": instance.revision,
-                    "targets": [c.step for c in transition.commands if isinstance(c, RunStep)],
-                },
-            )
-        for command in transition.commands:
-            if isinstance(command, ArmTimer) and command.timer.kind == "retry":
-                self.emit(
-                    "step.retry",
-                    command.timer.step,
-                    metadata={
-                        "deadline": command.timer.deadline,
-                        "attempt": instance.attempts.get(command.timer.step, 1) + 1,
-                    },
-                )
-            elif isinstance(command, Finished):
-                name = {
-                    Status.COMPLETED: "workflow.stop",
-                    Status.FAILED: "workflow.exception",
-                    Status.CANCELLED: "workflow.cancel",
-                }[command.status]
-                error = instance.error
-                self.emit(
-                    name,
-                    measurements={"duration": instance.updated_at - instance.created_at},
-                    metadata={
-                        "status": command.status.value,
-                        "error": None if error is None else error.type,
-                    },
-                )
+        """Emit the telemetry events that ``transition`` of ``event`` stands for (its notes)."""
+        report(self.engine.telemetry, self.workflow, event, transition, started=self.started)
