@@ -21,6 +21,7 @@ from .._core._engine import (
     RunStep,
     ScheduleResume,
     Start,
+    TimerFired,
     Transition,
     apply,
     apply_without_graph,
@@ -64,6 +65,7 @@ from ._runner import (
     Runner,
     SnapshotReplaced,
 )
+from ._timers import TimerService
 
 _log = logging.getLogger("hephaestus.engine")
 
@@ -116,6 +118,9 @@ class Engine:
             if latest is None or latest.version < workflow.version:
                 self._latest[workflow.name] = workflow
         check_registry(self._workflows.values())
+        self.timers = TimerService(clock, self._timer_due)
+        """Every armed timer of every instance; one task of the engine nursery fires them."""
+        nursery.start_soon(self.timers.run)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -466,6 +471,12 @@ class Engine:
                 entry.mark_done(FINISHED)
         return transition.reply
 
+    def _timer_due(self, instance_id: str, timer_id: str) -> None:
+        """Hand a due timer to the runner of its instance (the timer service calls this)."""
+        entry = self._registry.get(instance_id)
+        if entry is not None and entry.state == LIVE and entry.mailbox is not None:
+            entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
+
     def _stuck_message(self, entry: Entry) -> str:
         return (
             f"instance {entry.instance.id!r} stopped after its runner crashed more than "
@@ -523,6 +534,8 @@ class Engine:
                     await Runner(self, entry, workflow).run(commands)
                     break
                 except Exception as exc:
+                    # The next runner re-arms what is stored (Recover); nothing fires meanwhile.
+                    self.timers.disarm_all(entry.instance.id)
                     # The runner's nursery wraps what broke it: report that, not the group.
                     cause: BaseException = exc
                     while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
@@ -568,6 +581,8 @@ class Engine:
             entry.mark_done(FINISHED)
             self._drain(entry, EngineClosed("instance finished"))
         finally:
+            if self._registry.get(entry.instance.id) in (entry, None):
+                self.timers.disarm_all(entry.instance.id)
             if entry.state == LIVE:  # the engine is closing
                 if entry.finished is not None:
                     entry.finished.set()  # wait() callers outside the engine get EngineClosed

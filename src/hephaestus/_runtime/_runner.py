@@ -3,8 +3,9 @@
 Its loop is: receive a message -> apply the pure transition -> persist the new
 snapshot -> carry out the commands (start steps, arm and disarm timers) ->
 acknowledge the sender. Step tasks live in the runner's own nursery and report
-back through the same mailbox; armed timers are deadlines the runner sleeps on
-while it waits for mail. So only the runner ever touches the instance.
+back through the same mailbox; timers are armed in the engine's timer service
+(:mod:`._timers`), which posts each due one to the mailbox. So only the runner
+ever touches the instance.
 
 Storage faults are not bugs. A write that fails for a caller's request fails
 that request (the caller gets the storage's exception) and the runner goes on
@@ -20,7 +21,6 @@ someone else changed or deleted the snapshot: the runner stops with
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, final
 
@@ -44,7 +44,7 @@ from .._core._engine import (
     step_context,
 )
 from .._core._errors import EventRejected, RevisionConflict
-from .._core._model import Instance, Status, Timer
+from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ._mailbox import Mailbox, Message
 from ._steprun import run_attempt
@@ -99,10 +99,6 @@ class Entry:
             self.finished.set()
 
 
-def _deadline(timer: Timer) -> float:
-    return timer.deadline
-
-
 async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
     """Return the next message, or None once trio's clock reaches ``deadline``."""
     with trio.move_on_at(deadline):
@@ -114,11 +110,11 @@ async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
 class Runner:
     """Drives one instance until it is terminal, the engine closes, or it crashes.
 
-    Step attempts run as tasks in the runner's nursery; armed timers are slept
-    on by the runner itself while it waits for its next message.
+    Step attempts run as tasks in the runner's nursery; its timers are armed
+    in the engine's timer service, which posts ``TimerFired`` when one is due.
     """
 
-    __slots__ = ("armed", "engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
+    __slots__ = ("engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
@@ -126,7 +122,6 @@ class Runner:
         self.workflow = workflow
         self.instance = entry.instance
         self.scopes: dict[str, trio.CancelScope] = {}
-        self.armed: dict[str, Timer] = {}
         self.started: dict[str, float] = {}
         self.nursery: trio.Nursery | None = None
 
@@ -145,31 +140,9 @@ class Runner:
             while not self.instance.status.is_terminal:
                 message = mailbox.take_nowait()
                 if message is None:
-                    message = await self.next_message(mailbox)
+                    message = await mailbox.take()
                 await self.handle(message)
             nursery.cancel_scope.cancel()
-
-    async def next_message(self, mailbox: Mailbox) -> Message:
-        """Wait for the next message, or for the earliest armed timer to come due.
-
-        The runner sleeps on its own timers rather than giving each a task: a
-        sleeping instance then costs no more than a parked one.
-        """
-        clock = self.engine.clock
-        while self.armed:
-            timer = min(self.armed.values(), key=_deadline)
-            now = clock.now()
-            # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
-            # wall clock is coarse, slewed, stepped or stands still): a timer fires only
-            # once the engine's clock has reached its deadline; until then sleep again.
-            if now >= timer.deadline:
-                del self.armed[timer.id]
-                return Message(TimerFired(timer.id))
-            current = trio.current_time()
-            wake = max(current + (timer.deadline - now), math.nextafter(current, math.inf))
-            with trio.move_on_at(wake):
-                return await mailbox.take()
-        return await mailbox.take()
 
     async def handle(self, message: Message) -> None:
         """Apply one message: transition, persist, carry out, acknowledge."""
@@ -312,10 +285,10 @@ class Runner:
                         old.cancel()
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
-                case ArmTimer(timer):
-                    self.armed[timer.id] = timer
-                case DisarmTimer(timer_id):
-                    self.armed.pop(timer_id, None)
+                case ArmTimer(timer=timer):
+                    self.engine.timers.arm(self.instance.id, timer.id, timer.deadline)
+                case DisarmTimer(timer_id=timer_id):
+                    self.engine.timers.disarm(self.instance.id, timer_id)
                 case CancelStep(step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
