@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final, final
 
 import trio
@@ -99,6 +100,7 @@ class Engine:
         self._nursery = nursery
         self._registry: dict[str, Entry] = {}
         self._closed = False
+        self._writes: set[trio.CancelScope] = set()
         self._workflows: dict[tuple[str, int], Workflow] = {}
         self._latest: dict[str, Workflow] = {}
         for workflow in workflows:
@@ -447,11 +449,24 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state == LIVE:
-            assert entry.mailbox is not None
-            reply = Reply()
-            entry.mailbox.put(Message(event, reply))
-            return await reply.wait()
+        while entry is not None and entry.state == LIVE:
+            runner = entry.runner
+            if runner is None or entry.backoff:
+                # No runner takes requests directly now (starting, restarting, backing off):
+                # it applies them from its mailbox in order.
+                assert entry.mailbox is not None
+                reply = Reply()
+                entry.mailbox.put(Message(event, reply))
+                return await reply.wait()
+            if entry.token.try_acquire():
+                try:
+                    reply = await runner.apply_request(event)
+                finally:
+                    entry.token.release()
+                return await reply.wait()
+            await entry.token.changed()
+            self._check_open()
+            entry = self._registry.get(instance_id)
         if entry is not None and entry.state == STUCK and not isinstance(event, Cancel):
             raise RunnerFailed(self._stuck_message(entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
@@ -763,6 +778,26 @@ class Engine:
 
     def _close(self) -> None:
         self._closed = True
+        for scope in self._writes:
+            scope.cancel()
+
+    @contextmanager
+    def request_write(self) -> Iterator[trio.CancelScope]:
+        """A scope for a caller's write: shielded from the caller, cancelled by the engine closing.
+
+        A caller cancelled mid-write must not leave the engine unsure of what
+        is stored, so only the engine's closing interrupts the write; check
+        ``cancelled_caught`` afterwards.
+        """
+        scope = trio.CancelScope(shield=True)
+        if self._closed:
+            scope.cancel()
+        self._writes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._writes.discard(scope)
 
     # -- operating instances: retry, delete, prune, paging ------------------------------------
 

@@ -34,6 +34,7 @@ from .._core._engine import (
     DisarmTimer,
     Finished,
     Input,
+    Recover,
     RunStep,
     StepFailed,
     StepSucceeded,
@@ -43,10 +44,11 @@ from .._core._engine import (
     apply,
     step_context,
 )
-from .._core._errors import EventRejected, RevisionConflict
+from .._core._errors import EngineClosed, EventRejected, RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
-from ._mailbox import Mailbox, Message
+from ._mailbox import Mailbox, Message, Reply
+from ._registry import Token
 from ._steprun import run_attempt
 
 if TYPE_CHECKING:
@@ -83,7 +85,16 @@ class SnapshotReplaced(Exception):
 class Entry:
     """The registry's record of one instance known to this engine."""
 
-    __slots__ = ("finished", "instance", "mailbox", "state", "workflow")
+    __slots__ = (
+        "backoff",
+        "finished",
+        "instance",
+        "mailbox",
+        "runner",
+        "state",
+        "token",
+        "workflow",
+    )
 
     def __init__(self, workflow: Workflow | None, instance: Instance, state: str) -> None:
         self.workflow = workflow
@@ -91,6 +102,11 @@ class Entry:
         self.state = state
         self.finished: trio.Event | None = None
         self.mailbox: Mailbox | None = Mailbox() if state == LIVE else None
+        self.token = Token()
+        self.runner: Runner | None = None
+        """The runner taking callers' requests directly (under the token); None: by mail."""
+        self.backoff = False
+        """True while the runner retries a write it must store: requests go through the mailbox."""
 
     def mark_done(self, state: str) -> None:
         """Record that no runner serves this instance any more, and wake ``wait`` callers."""
@@ -114,38 +130,123 @@ class Runner:
     in the engine's timer service, which posts ``TimerFired`` when one is due.
     """
 
-    __slots__ = ("engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
+    __slots__ = ("engine", "entry", "nursery", "scopes", "started", "workflow")
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
         self.entry = entry
         self.workflow = workflow
-        self.instance = entry.instance
         self.scopes: dict[str, trio.CancelScope] = {}
         self.started: dict[str, float] = {}
         self.nursery: trio.Nursery | None = None
 
+    @property
+    def instance(self) -> Instance:
+        """The instance's current snapshot (the entry's: callers holding the token update it)."""
+        return self.entry.instance
+
     async def run(self, first_commands: Iterable[Command] = ()) -> None:
         """Process the mailbox until the instance is terminal.
+
+        Once the mailbox is empty for the first time (a ``Recover`` and the
+        requests queued meanwhile are applied first), callers apply their
+        requests themselves under the token (:meth:`apply_request`).
 
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
                 supervisor restarts it from the last snapshot.
         """
+        entry = self.entry
+        mailbox = entry.mailbox
+        assert mailbox is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self.carry_out(first_commands)
+                while not entry.instance.status.is_terminal:
+                    message = mailbox.take_nowait()
+                    if message is None:
+                        entry.runner = self
+                        message = await mailbox.take()
+                    await self.handle(message)
+                nursery.cancel_scope.cancel()
+        finally:
+            if entry.runner is self:
+                entry.runner = None
+            entry.token.poke()  # waiting callers send their requests another way
+
+    async def apply_request(self, event: Input) -> Reply:
+        """Apply a caller's request; the caller holds the token and releases it after.
+
+        Returns the reply to wait on: already answered when the request was
+        applied (and persisted), or pending when it was handed to the
+        supervisor because the snapshot was replaced under us. The write is
+        shielded from the caller (:meth:`Engine.request_write`): a caller
+        cancelled meanwhile gets its cancellation at the next checkpoint, with
+        the request applied.
+
+        Raises:
+            EventRejected: the instance cannot take ``event`` (nothing changed).
+            EngineClosed: the engine closed during the write (nothing acknowledged).
+            Exception: the storage's error when the write failed (nothing changed);
+                a bug in the transition, which also crashes this runner.
+        """
+        entry = self.entry
+        before = entry.instance
+        engine = self.engine
+        try:
+            transition = apply(self.workflow, before, event, engine.clock.now())
+        except EventRejected:
+            raise
+        except Exception as exc:
+            self.post_fault(exc)  # a bug: the supervisor restarts the runner
+            raise
+        if transition.changed:
+            with engine.request_write() as scope:
+                try:
+                    await engine.storage.put(transition.instance, expected_revision=before.revision)
+                except RevisionConflict as exc:
+                    reply = Reply()
+                    request = Message(event, reply)
+                    self.post_fault(SnapshotReplaced(request, exc))
+                    return reply
+                except Exception as exc:
+                    self.storage_error(exc, failures=1, retry_in=None)
+                    raise
+            if scope.cancelled_caught:
+                raise EngineClosed("the engine closed before the request was acknowledged")
+            entry.instance = transition.instance
+        if engine.telemetry.enabled:
+            self.report(event, before, transition)
+        if entry.runner is self:  # else the engine is closing: the next open_engine goes on
+            self.carry_out(transition.commands)
+        reply = Reply()
+        reply.set(transition.reply)
+        return reply
+
+    def post_fault(self, fault: Exception) -> None:
+        """Make the runner raise ``fault`` before it takes any other message."""
         mailbox = self.entry.mailbox
         assert mailbox is not None
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self.carry_out(first_commands)
-            while not self.instance.status.is_terminal:
-                message = mailbox.take_nowait()
-                if message is None:
-                    message = await mailbox.take()
-                await self.handle(message)
-            nursery.cancel_scope.cancel()
+        mailbox.put_back([Message(Recover(), fault=fault)])
 
     async def handle(self, message: Message) -> None:
-        """Apply one message: transition, persist, carry out, acknowledge."""
+        """Apply one message under the token: transition, persist, carry out, acknowledge.
+
+        Raises:
+            Exception: the message's fault, or whatever broke the runner.
+        """
+        if message.fault is not None:
+            raise message.fault
+        token = self.entry.token
+        await token.acquire()
+        try:
+            await self.apply_message(message)
+        finally:
+            token.release()
+
+    async def apply_message(self, message: Message) -> None:
+        """Apply one message while holding the token."""
         before = self.instance
         engine = self.engine
         try:
@@ -161,7 +262,7 @@ class Runner:
         if transition.changed:
             if not await self.persist(transition.instance, before.revision, message):
                 return  # the request's write failed: it was not applied, and said so
-            self.instance = self.entry.instance = transition.instance
+            self.entry.instance = transition.instance
         if engine.telemetry.enabled:
             self.report(message.input, before, transition)
         self.carry_out(transition.commands)
@@ -215,10 +316,14 @@ class Runner:
         failures = 1
         self.storage_error(first_error, failures=failures, retry_in=delay)
         deferred: list[Message] = []
+        self.entry.backoff = True
+        self.entry.token.poke()  # callers waiting for the token send their requests by mail
         try:
             while True:
                 wake = trio.current_time() + delay
                 while (message := await _take_until(mailbox, wake)) is not None:
+                    if message.fault is not None:
+                        raise message.fault
                     deferred.append(message)
                     if message.reply is None:
                         continue
@@ -250,6 +355,7 @@ class Runner:
                 )
                 return
         finally:
+            self.entry.backoff = False
             mailbox.put_back(deferred)
 
     def storage_error(self, exc: Exception, *, failures: int, retry_in: float | None) -> None:
