@@ -510,7 +510,7 @@ class Engine:
         mailbox = entry.mailbox
         if mailbox is None:
             return
-        while (message := mailbox.take_nowait()) is not None:
+        for message in _take_all(mailbox):
             if message.reply is None:
                 continue
             if entry.instance.status.is_terminal and entry.workflow is not None:
@@ -1003,8 +1003,14 @@ def _as_dict(value: Any) -> Any:
 
 
 def _take_all(mailbox: Mailbox) -> list[Message]:
+    """Empty ``mailbox``; a fault carrying a caller's request (snapshot replaced) yields it."""
     taken: list[Message] = []
     while (message := mailbox.take_nowait()) is not None:
+        if message.fault is not None:
+            fault = message.fault
+            if not isinstance(fault, SnapshotReplaced) or fault.message is None:
+                continue  # a bug already told to its caller, or nobody's request
+            message = fault.message
         taken.append(message)
     return taken
 

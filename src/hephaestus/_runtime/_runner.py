@@ -130,7 +130,7 @@ class Runner:
     in the engine's timer service, which posts ``TimerFired`` when one is due.
     """
 
-    __slots__ = ("engine", "entry", "nursery", "scopes", "started", "workflow")
+    __slots__ = ("engine", "entry", "inline", "nursery", "scopes", "started", "workflow")
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
@@ -139,6 +139,8 @@ class Runner:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.started: dict[str, float] = {}
         self.nursery: trio.Nursery | None = None
+        self.inline: tuple[str, int] | None = None
+        """A lone step (and its attempt) the runner loop is to run in its own task next."""
 
     @property
     def instance(self) -> Instance:
@@ -162,11 +164,18 @@ class Runner:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                self.carry_out(first_commands)
+                self.carry_out(first_commands, inline=True)
                 while not entry.instance.status.is_terminal:
                     message = mailbox.take_nowait()
                     if message is None:
                         entry.runner = self
+                        if self.inline is not None:
+                            # Queued messages came first; from now on callers apply their
+                            # requests themselves while the step runs here.
+                            step, attempt = self.inline
+                            self.inline = None
+                            await self.run_inline(step, attempt)
+                            continue
                         message = await mailbox.take()
                     await self.handle(message)
                 nursery.cancel_scope.cancel()
@@ -265,7 +274,7 @@ class Runner:
             self.entry.instance = transition.instance
         if engine.telemetry.enabled:
             self.report(message.input, before, transition)
-        self.carry_out(transition.commands)
+        self.carry_out(transition.commands, inline=True)
         if message.reply is not None:
             message.reply.set(transition.reply)
 
@@ -380,27 +389,68 @@ class Runner:
                 },
             )
 
-    def carry_out(self, commands: Iterable[Command]) -> None:
+    def carry_out(self, commands: Iterable[Command], *, inline: bool = False) -> None:
+        """Start steps, arm and disarm timers, cancel steps as ``commands`` say.
+
+        With ``inline`` (only in the runner's own task), a lone step that may run
+        inline (:meth:`inlinable`) is left in ``self.inline`` for the runner
+        loop to run in this task instead of a task of its own.
+        """
         nursery = self.nursery
         assert nursery is not None
         for command in commands:
             match command:
-                case RunStep(step, attempt, _):
+                case RunStep(step=step, attempt=attempt):
                     old = self.scopes.pop(step, None)
                     if old is not None:
                         old.cancel()
+                    if inline and self.inlinable(step, commands):
+                        self.inline = (step, attempt)
+                        continue
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
                 case ArmTimer(timer=timer):
                     self.engine.timers.arm(self.instance.id, timer.id, timer.deadline)
                 case DisarmTimer(timer_id=timer_id):
                     self.engine.timers.disarm(self.instance.id, timer_id)
-                case CancelStep(step):
+                case CancelStep(step=step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
                         found.cancel()
                 case Finished():
                     nursery.cancel_scope.cancel()
+
+    def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
+        """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
+
+        Alone means no other step runs or waits and no timer is armed, so the
+        runner, busy with step code, has nothing else to serve: callers apply
+        their requests themselves, and a cancellation of the step always
+        finishes the instance, which cancels the runner's nursery and with it
+        the step code.
+        """
+        if self.scopes or self.inline is not None:
+            return False
+        definition = self.workflow.steps[step]
+        if not definition.is_async or definition.timeout is not None:
+            return False
+        instance = self.entry.instance
+        if instance.active != (step,) or instance.waiting or instance.timers:
+            return False
+        return sum(isinstance(command, RunStep) for command in commands) == 1
+
+    async def run_inline(self, key: str, attempt: int) -> None:
+        """Run one attempt of ``key`` in the runner's task and post its outcome.
+
+        Raises:
+            trio.Cancelled: the instance finished (cancelled) or the engine is closing.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: no step code runs
+        ctx = step_context(self.workflow, self.entry.instance, key, attempt)
+        if self.engine.telemetry.enabled:
+            self.started[key] = trio.current_time()
+            self.emit("step.start", key, metadata={"attempt": attempt})
+        self.post(await run_attempt(self.workflow.steps[key], ctx))
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:
