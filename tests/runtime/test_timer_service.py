@@ -141,3 +141,22 @@ async def test_many_waiting_instances_share_one_timer_service_and_fire_in_order(
     order = [e.instance_id for e in seen if e.name == "timer.fire"]
     by_deadline = [iid for _, iid in sorted(zip(delays, ids, strict=True), key=lambda p: p[0])]
     assert order == by_deadline
+
+
+async def test_a_hundred_thousand_timers_fire_in_deadline_order_under_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rng = random.Random(100_000)
+    clock = TrioClock()
+    deadlines = {f"i{n}": EPOCH + rng.uniform(0, 43_200) for n in range(100_000)}
+    fired: list[tuple[float, float]] = []
+    service = TimerService(clock, lambda i, t: fired.append((deadlines[i], clock.now())))
+    for instance_id, deadline in deadlines.items():
+        service.arm(instance_id, "t1", deadline)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.run)
+        await trio.sleep(43_201)
+        nursery.cancel_scope.cancel()
+    assert len(fired) == len(deadlines)
+    assert [d for d, _ in fired] == sorted(deadlines.values())
+    assert all(at >= deadline for deadline, at in fired)
