@@ -59,6 +59,7 @@ from ._runner import (
     GONE,
     LIVE,
     ORPHAN,
+    PASSIVE,
     RETRY_FIRST,
     RETRY_MAX,
     STUCK,
@@ -91,8 +92,11 @@ class Engine:
         max_restarts: int,
         restart_window: float,
         nursery: trio.Nursery,
+        passivate_after: float | None = None,
     ) -> None:
         self.storage = storage
+        self.passivate_after = passivate_after
+        """Seconds a waiting instance keeps its runner with nothing to do; None: always."""
         self.clock = clock
         self.telemetry = telemetry
         self.max_restarts = max_restarts
@@ -369,11 +373,11 @@ class Engine:
         self._check_open()
         check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state == LIVE:
+        if entry is not None and entry.state in (LIVE, PASSIVE):
             if entry.finished is None:
                 entry.finished = trio.Event()
             await entry.finished.wait()
-            if entry.state == LIVE:  # woken by the engine closing, not by the instance
+            if entry.state in (LIVE, PASSIVE):  # woken by the engine closing
                 raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
@@ -449,7 +453,20 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
-        while entry is not None and entry.state == LIVE:
+        while entry is not None and entry.state in (LIVE, PASSIVE):
+            if entry.state == PASSIVE:
+                if entry.token.try_acquire():
+                    workflow = entry.workflow
+                    assert workflow is not None
+                    try:
+                        reply = await Runner(self, entry, workflow).apply_passive(event)
+                    finally:
+                        entry.token.release()
+                    return await reply.wait()
+                await entry.token.changed()
+                self._check_open()
+                entry = self._registry.get(instance_id)
+                continue
             runner = entry.runner
             if runner is None or entry.backoff:
                 # No runner takes requests directly now (starting, restarting, backing off):
@@ -489,8 +506,27 @@ class Engine:
     def _timer_due(self, instance_id: str, timer_id: str) -> None:
         """Hand a due timer to the runner of its instance (the timer service calls this)."""
         entry = self._registry.get(instance_id)
+        if entry is not None and entry.state == PASSIVE:
+            self.activate(entry, ())
         if entry is not None and entry.state == LIVE and entry.mailbox is not None:
             entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
+
+    def activate(self, entry: Entry, commands: Sequence[Command]) -> None:
+        """Give a passivated instance its runner back, from the snapshot the entry holds.
+
+        Its timers are still armed in the timer service, so nothing is
+        re-derived; ``commands`` (steps to run) are the new runner's first.
+        """
+        entry.state = LIVE
+        self._nursery.start_soon(self._supervise, entry, commands, False)
+
+    def finish_passive(self, entry: Entry) -> None:
+        """Let go of a passivated instance that a request finished (no runner to do it)."""
+        instance_id = entry.instance.id
+        if self._registry.get(instance_id) is entry:
+            del self._registry[instance_id]
+        entry.mark_done(FINISHED)
+        self.timers.disarm_all(instance_id)
 
     def _stuck_message(self, entry: Entry) -> str:
         return (
@@ -523,7 +559,9 @@ class Engine:
             else:
                 message.reply.fail(error)
 
-    async def _supervise(self, entry: Entry, first_commands: Sequence[Command]) -> None:
+    async def _supervise(
+        self, entry: Entry, first_commands: Sequence[Command], announce: bool = True
+    ) -> None:
         """Run the instance's runner, restarting it from storage after a crash.
 
         A crash (a bug) counts against ``max_restarts``; a snapshot changed or
@@ -538,7 +576,7 @@ class Engine:
         commands: Sequence[Command] = first_commands
         try:
             while True:
-                if self.telemetry.enabled:
+                if self.telemetry.enabled and announce:
                     self.telemetry.emit(
                         "runner.init",
                         instance_id=entry.instance.id,
@@ -546,7 +584,16 @@ class Engine:
                         metadata={"version": workflow.version, "restarts": len(crashes)},
                     )
                 try:
-                    await Runner(self, entry, workflow).run(commands)
+                    runner = Runner(self, entry, workflow)
+                    await runner.run(commands)
+                    if runner.passivated:
+                        if mailbox.empty():
+                            entry.state = (
+                                PASSIVE  # its timers stay armed; a request or one wakes it
+                            )
+                            return
+                        commands, announce = (), False  # mail came as it let go: serve it
+                        continue
                     break
                 except Exception as exc:
                     # The next runner re-arms what is stored (Recover); nothing fires meanwhile.
@@ -596,7 +643,7 @@ class Engine:
             entry.mark_done(FINISHED)
             self._drain(entry, EngineClosed("instance finished"))
         finally:
-            if self._registry.get(entry.instance.id) in (entry, None):
+            if entry.state != PASSIVE and self._registry.get(entry.instance.id) in (entry, None):
                 self.timers.disarm_all(entry.instance.id)
             if entry.state == LIVE:  # the engine is closing
                 if entry.finished is not None:
@@ -778,6 +825,9 @@ class Engine:
 
     def _close(self) -> None:
         self._closed = True
+        for entry in self._registry.values():
+            if entry.state == PASSIVE and entry.finished is not None:
+                entry.finished.set()  # wait() callers get EngineClosed
         for scope in self._writes:
             scope.cancel()
 
@@ -934,7 +984,7 @@ class Engine:
             entry = self._registry.get(instance_id)
             if entry is not None and entry.state == _DELETING:
                 raise EventRejected(f"instance {instance_id!r} is being deleted")
-            if entry is not None and entry.state == LIVE:
+            if entry is not None and entry.state in (LIVE, PASSIVE):
                 if not entry.instance.status.is_terminal:
                     refuse_active(entry.instance)
                     raise AssertionError("refuse_active must raise")  # pragma: no cover
@@ -944,7 +994,7 @@ class Engine:
                 continue
             instance = await self._load(instance_id)
             held = self._registry.get(instance_id)
-            if held is None or held.state not in (LIVE, _DELETING):
+            if held is None or held.state not in (LIVE, PASSIVE, _DELETING):
                 return instance
             # started, retried or being deleted meanwhile: look again
 

@@ -81,6 +81,10 @@ class Mailbox:
             task, self._waiter = self._waiter, None
             trio.lowlevel.reschedule(task)
 
+    def empty(self) -> bool:
+        """Whether no message is queued."""
+        return not self._items
+
     def take_nowait(self) -> Message | None:
         """Return the oldest queued message, or None when the mailbox is empty."""
         items = self._items

@@ -60,6 +60,8 @@ LIVE: Final = "live"
 STUCK: Final = "stuck"
 ORPHAN: Final = "orphan"
 FINISHED: Final = "finished"
+PASSIVE: Final = "passive"
+"""Waiting with no step running or due: no runner; its timers stay in the timer service."""
 GONE: Final = "gone"
 """The snapshot was deleted from storage while this engine ran the instance."""
 
@@ -130,7 +132,16 @@ class Runner:
     in the engine's timer service, which posts ``TimerFired`` when one is due.
     """
 
-    __slots__ = ("engine", "entry", "inline", "nursery", "scopes", "started", "workflow")
+    __slots__ = (
+        "engine",
+        "entry",
+        "inline",
+        "nursery",
+        "passivated",
+        "scopes",
+        "started",
+        "workflow",
+    )
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
@@ -140,6 +151,8 @@ class Runner:
         self.started: dict[str, float] = {}
         self.nursery: trio.Nursery | None = None
         self.inline: tuple[str, int] | None = None
+        self.passivated = False
+        """True when :meth:`run` returned because the instance no longer needs a runner."""
         """A lone step (and its attempt) the runner loop is to run in its own task next."""
 
     @property
@@ -169,20 +182,59 @@ class Runner:
                     message = mailbox.take_nowait()
                     if message is None:
                         entry.runner = self
-                        if self.inline is not None:
+                        if self.inline is None and self.idle():
+                            message = await self.idle_wait(mailbox)
+                            if message is None:
+                                # From here on requests go by mail: the supervisor sees them.
+                                entry.runner = None
+                                self.passivated = True
+                                return
+                        elif self.inline is not None:
                             # Queued messages came first; from now on callers apply their
                             # requests themselves while the step runs here.
                             step, attempt = self.inline
                             self.inline = None
                             await self.run_inline(step, attempt)
                             continue
-                        message = await mailbox.take()
+                        else:
+                            message = await mailbox.take()
                     await self.handle(message)
                 nursery.cancel_scope.cancel()
         finally:
             if entry.runner is self:
                 entry.runner = None
             entry.token.poke()  # waiting callers send their requests another way
+
+    def idle(self) -> bool:
+        """Whether the instance could do without its runner: waiting, no step running."""
+        return (
+            self.engine.passivate_after is not None
+            and not self.scopes
+            and self.entry.instance.status is Status.WAITING
+        )
+
+    async def idle_wait(self, mailbox: Mailbox) -> Message | None:
+        """The next message, or None once the runner may passivate (idle ``passivate_after`` s).
+
+        It passivates only holding the token, so no caller is half-way through
+        a request that this runner should carry out.
+        """
+        delay = self.engine.passivate_after
+        assert delay is not None
+        token = self.entry.token
+        while True:
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    return await mailbox.take()
+            message = mailbox.take_nowait()
+            if message is not None:
+                return message
+            if not self.idle():
+                return await mailbox.take()
+            if token.try_acquire():
+                token.release()
+                return None
+            await token.changed()  # a caller is applying a request: let it finish, look again
 
     async def apply_request(self, event: Input) -> Reply:
         """Apply a caller's request; the caller holds the token and releases it after.
@@ -229,6 +281,58 @@ class Runner:
             self.report(event, before, transition)
         if entry.runner is self:  # else the engine is closing: the next open_engine goes on
             self.carry_out(transition.commands)
+        reply = Reply()
+        reply.set(transition.reply)
+        return reply
+
+    async def apply_passive(self, event: Input) -> Reply:
+        """Apply a caller's request to a passivated instance; the caller holds the token.
+
+        ``self`` is not running: it lends its transition, write and telemetry
+        code. Timers are armed and disarmed in the timer service directly; a
+        step to run makes the instance resident again; a finished instance
+        leaves the registry. Returns the reply to wait on, as :meth:`apply_request`.
+
+        Raises:
+            EventRejected: the instance cannot take ``event`` (nothing changed).
+            EngineClosed: the engine closed during the write (nothing acknowledged).
+            Exception: the storage's error when the write failed (nothing changed).
+        """
+        entry = self.entry
+        before = entry.instance
+        engine = self.engine
+        transition = apply(self.workflow, before, event, engine.clock.now())
+        if transition.changed:
+            with engine.request_write() as scope:
+                try:
+                    await engine.storage.put(transition.instance, expected_revision=before.revision)
+                except RevisionConflict as exc:
+                    reply = Reply()
+                    self.post_fault(SnapshotReplaced(Message(event, reply), exc))
+                    engine.activate(entry, ())  # its supervisor reloads what is stored
+                    return reply
+                except Exception as exc:
+                    self.storage_error(exc, failures=1, retry_in=None)
+                    raise
+            if scope.cancelled_caught:
+                raise EngineClosed("the engine closed before the request was acknowledged")
+            entry.instance = transition.instance
+        if engine.telemetry.enabled:
+            self.report(event, before, transition)
+        steps: list[Command] = []
+        instance_id = before.id
+        for command in transition.commands:
+            match command:
+                case ArmTimer(timer=timer):
+                    engine.timers.arm(instance_id, timer.id, timer.deadline)
+                case DisarmTimer(timer_id=timer_id):
+                    engine.timers.disarm(instance_id, timer_id)
+                case RunStep():
+                    steps.append(command)
+        if entry.instance.status.is_terminal:
+            engine.finish_passive(entry)
+        elif steps:
+            engine.activate(entry, steps)
         reply = Reply()
         reply.set(transition.reply)
         return reply
