@@ -118,3 +118,43 @@ async def test_a_timer_armed_before_a_restart_fires_at_its_deadline_on_a_passive
         assert trio.current_time() - t0 == pytest.approx(60, abs=1e-6)
     assert final.status is hx.Status.COMPLETED
     assert final.history[-1].at >= deadline
+
+
+async def test_recovery_gives_runners_only_to_instances_with_steps_to_run(
+    autojump_clock: Any,
+) -> None:
+    gate = trio.Event()
+
+    @hx.step(events=("ok",))
+    async def busy(ctx: hx.StepContext) -> hx.StepResult:
+        await gate.wait()
+        return "ok"
+
+    running = hx.Workflow(
+        "busy", start=busy, transitions={(busy, "ok"): hx.Done}, unique=hx.Unique("b")
+    )
+    wf = approval()
+    store = hx.MemoryStorage()
+    async with hx.open_engine(workflows=[wf, running], storage=store, clock=clock()) as engine:
+        waiting = [await engine.start(wf, f"w{n}") for n in range(5)]
+        busy_id = await engine.start(running, "x")
+        await trio.testing.wait_all_tasks_blocked()
+    recorder = Recorder()
+    async with hx.open_engine(
+        workflows=[wf, running],
+        storage=store,
+        clock=clock(),
+        telemetry=recorder,
+        passivate_after=3600.0,  # a runner spawned for a waiting one would still be there
+    ) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        assert runners() == 1  # the one whose step runs again
+        assert len(engine.timers) == 5
+        inits = {
+            e.instance_id: e.metadata.get("resident", True) for e in recorder.named("runner.init")
+        }
+        assert inits == {**dict.fromkeys(waiting, False), busy_id: True}
+        gate.set()
+        await engine.resume(waiting[0], "go")
+        assert (await engine.wait(waiting[0])).status is hx.Status.COMPLETED
+        assert (await engine.wait(busy_id)).status is hx.Status.COMPLETED

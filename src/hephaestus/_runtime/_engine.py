@@ -13,6 +13,7 @@ import trio
 from .._core._codec import check_text, detached_instance, stored_copy
 from .._core._definitions import check_definition, definition_changed, definition_problems
 from .._core._engine import (
+    ArmTimer,
     Cancel,
     CancelTimer,
     Command,
@@ -799,11 +800,39 @@ class Engine:
             if problems:
                 self._skip_changed(workflow, instance, problems)
                 continue
+            if self._recover_passive(workflow, instance):
+                continue
             entry = Entry(workflow, instance, LIVE)
             assert entry.mailbox is not None
             entry.mailbox.put(Message(Recover()))
             self._registry[instance.id] = entry
             self._nursery.start_soon(self._supervise, entry, ())
+
+    def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
+        """Take a waiting instance back without a runner if recovering it runs nothing.
+
+        The core says what recovery does (``Recover``): when that changes no
+        state and starts no step, only its timers are armed and the entry is
+        passive. Returns False when it needs a runner (or passivation is off).
+        """
+        if self.passivate_after is None or instance.status is not Status.WAITING:
+            return False
+        transition = apply(workflow, instance, Recover(), self.clock.now())
+        if transition.changed or any(isinstance(c, RunStep) for c in transition.commands):
+            return False
+        entry = Entry(workflow, instance, PASSIVE)
+        self._registry[instance.id] = entry
+        for command in transition.commands:
+            if isinstance(command, ArmTimer):
+                self.timers.arm(instance.id, command.timer.id, command.timer.deadline)
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "runner.init",
+                instance_id=instance.id,
+                workflow=workflow.name,
+                metadata={"version": workflow.version, "restarts": 0, "resident": False},
+            )
+        return True
 
     def _skip_changed(
         self, workflow: Workflow, instance: Instance, problems: Sequence[str]

@@ -103,7 +103,7 @@ class Entry:
         self.instance = instance
         self.state = state
         self.finished: trio.Event | None = None
-        self.mailbox: Mailbox | None = Mailbox() if state == LIVE else None
+        self.mailbox: Mailbox | None = Mailbox() if state in (LIVE, PASSIVE) else None
         self.token = Token()
         self.runner: Runner | None = None
         """The runner taking callers' requests directly (under the token); None: by mail."""
