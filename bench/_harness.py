@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -103,8 +104,14 @@ class Section:
 
 
 def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Stat:
-    """Return the per-run ratios of two paired series as a :class:`Stat`."""
-    return Stat.of([a / b for a, b in zip(numerators, denominators, strict=True)])
+    """Return the per-run ratios of two paired series as a :class:`Stat` (NaN over a zero).
+
+    A zero denominator happens: an RSS delta of a few small tasks can stay
+    inside pages already mapped.
+    """
+    return Stat.of(
+        [a / b if b else math.nan for a, b in zip(numerators, denominators, strict=True)]
+    )
 
 
 def verdict(value: float, target: float, goal: float | None = None, *, lower: bool = True) -> str:

@@ -118,6 +118,7 @@ async def test_already_running_same_workflow(autojump_clock: Any) -> None:
     wf = event_workflow()
     async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
         iid = await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()  # its first step has suspended
         before = await engine.get(iid)
         with pytest.raises(hx.AlreadyRunning, match="already"):
             await engine.start(wf, "a")

@@ -56,7 +56,10 @@ async def test_normal_exit_leaves_no_task(autojump_clock: Any) -> None:
     storage = hx.MemoryStorage()
     before = all_tasks()
     async with hx.open_engine(
-        workflows=_busy_workflows(release), storage=storage, clock=clock()
+        workflows=_busy_workflows(release),
+        storage=storage,
+        clock=clock(),
+        passivate_after=None,  # every instance keeps its runner: the engine has tasks to leave
     ) as engine:
         await _fill(engine)
         during = all_tasks() - before

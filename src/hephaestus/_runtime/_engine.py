@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final, final
 
 import trio
@@ -12,6 +13,7 @@ import trio
 from .._core._codec import check_text, detached_instance, stored_copy
 from .._core._definitions import check_definition, definition_changed, definition_problems
 from .._core._engine import (
+    ArmTimer,
     Cancel,
     CancelTimer,
     Command,
@@ -21,6 +23,7 @@ from .._core._engine import (
     RunStep,
     ScheduleResume,
     Start,
+    TimerFired,
     Transition,
     apply,
     apply_without_graph,
@@ -57,6 +60,7 @@ from ._runner import (
     GONE,
     LIVE,
     ORPHAN,
+    PASSIVE,
     RETRY_FIRST,
     RETRY_MAX,
     STUCK,
@@ -64,6 +68,7 @@ from ._runner import (
     Runner,
     SnapshotReplaced,
 )
+from ._timers import TimerService
 
 _log = logging.getLogger("hephaestus.engine")
 
@@ -88,8 +93,11 @@ class Engine:
         max_restarts: int,
         restart_window: float,
         nursery: trio.Nursery,
+        passivate_after: float | None = None,
     ) -> None:
         self.storage = storage
+        self.passivate_after = passivate_after
+        """Seconds a waiting instance keeps its runner with nothing to do; None: always."""
         self.clock = clock
         self.telemetry = telemetry
         self.max_restarts = max_restarts
@@ -97,6 +105,7 @@ class Engine:
         self._nursery = nursery
         self._registry: dict[str, Entry] = {}
         self._closed = False
+        self._writes: set[trio.CancelScope] = set()
         self._workflows: dict[tuple[str, int], Workflow] = {}
         self._latest: dict[str, Workflow] = {}
         for workflow in workflows:
@@ -116,6 +125,9 @@ class Engine:
             if latest is None or latest.version < workflow.version:
                 self._latest[workflow.name] = workflow
         check_registry(self._workflows.values())
+        self.timers = TimerService(clock, self._timer_due)
+        """Every armed timer of every instance; one task of the engine nursery fires them."""
+        nursery.start_soon(self.timers.run)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -365,11 +377,11 @@ class Engine:
         self._check_open()
         check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state == LIVE:
+        if entry is not None and entry.state in (LIVE, PASSIVE):
             if entry.finished is None:
                 entry.finished = trio.Event()
             await entry.finished.wait()
-            if entry.state == LIVE:  # woken by the engine closing, not by the instance
+            if entry.state in (LIVE, PASSIVE):  # woken by the engine closing
                 raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
         if entry is not None and entry.state == STUCK:
             raise RunnerFailed(self._stuck_message(entry))
@@ -445,11 +457,37 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state == LIVE:
-            assert entry.mailbox is not None
-            reply = Reply()
-            entry.mailbox.put(Message(event, reply))
-            return await reply.wait()
+        while entry is not None and entry.state in (LIVE, PASSIVE):
+            if entry.state == PASSIVE:
+                if entry.token.try_acquire():
+                    workflow = entry.workflow
+                    assert workflow is not None
+                    try:
+                        reply = await Runner(self, entry, workflow).apply_passive(event)
+                    finally:
+                        entry.token.release()
+                    return await reply.wait()
+                await entry.token.changed()
+                self._check_open()
+                entry = self._registry.get(instance_id)
+                continue
+            runner = entry.runner
+            if runner is None or entry.backoff:
+                # No runner takes requests directly now (starting, restarting, backing off):
+                # it applies them from its mailbox in order.
+                assert entry.mailbox is not None
+                reply = Reply()
+                entry.mailbox.put(Message(event, reply))
+                return await reply.wait()
+            if entry.token.try_acquire():
+                try:
+                    reply = await runner.apply_request(event)
+                finally:
+                    entry.token.release()
+                return await reply.wait()
+            await entry.token.changed()
+            self._check_open()
+            entry = self._registry.get(instance_id)
         if entry is not None and entry.state == STUCK and not isinstance(event, Cancel):
             raise RunnerFailed(self._stuck_message(entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
@@ -469,6 +507,31 @@ class Engine:
                 entry.mark_done(FINISHED)
         return transition.reply
 
+    def _timer_due(self, instance_id: str, timer_id: str) -> None:
+        """Hand a due timer to the runner of its instance (the timer service calls this)."""
+        entry = self._registry.get(instance_id)
+        if entry is not None and entry.state == PASSIVE:
+            self.activate(entry, ())
+        if entry is not None and entry.state == LIVE and entry.mailbox is not None:
+            entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
+
+    def activate(self, entry: Entry, commands: Sequence[Command]) -> None:
+        """Give a passivated instance its runner back, from the snapshot the entry holds.
+
+        Its timers are still armed in the timer service, so nothing is
+        re-derived; ``commands`` (steps to run) are the new runner's first.
+        """
+        entry.state = LIVE
+        self._nursery.start_soon(self._supervise, entry, commands, False)
+
+    def finish_passive(self, entry: Entry) -> None:
+        """Let go of a passivated instance that a request finished (no runner to do it)."""
+        instance_id = entry.instance.id
+        if self._registry.get(instance_id) is entry:
+            del self._registry[instance_id]
+        entry.mark_done(FINISHED)
+        self.timers.disarm_all(instance_id)
+
     def _stuck_message(self, entry: Entry) -> str:
         return (
             f"instance {entry.instance.id!r} stopped after its runner crashed more than "
@@ -487,7 +550,7 @@ class Engine:
         mailbox = entry.mailbox
         if mailbox is None:
             return
-        while (message := mailbox.take_nowait()) is not None:
+        for message in _take_all(mailbox):
             if message.reply is None:
                 continue
             if entry.instance.status.is_terminal and entry.workflow is not None:
@@ -500,7 +563,9 @@ class Engine:
             else:
                 message.reply.fail(error)
 
-    async def _supervise(self, entry: Entry, first_commands: Sequence[Command]) -> None:
+    async def _supervise(
+        self, entry: Entry, first_commands: Sequence[Command], announce: bool = True
+    ) -> None:
         """Run the instance's runner, restarting it from storage after a crash.
 
         A crash (a bug) counts against ``max_restarts``; a snapshot changed or
@@ -515,7 +580,7 @@ class Engine:
         commands: Sequence[Command] = first_commands
         try:
             while True:
-                if self.telemetry.enabled:
+                if self.telemetry.enabled and announce:
                     self.telemetry.emit(
                         "runner.init",
                         instance_id=entry.instance.id,
@@ -523,9 +588,20 @@ class Engine:
                         metadata={"version": workflow.version, "restarts": len(crashes)},
                     )
                 try:
-                    await Runner(self, entry, workflow).run(commands)
+                    runner = Runner(self, entry, workflow)
+                    await runner.run(commands)
+                    if runner.passivated:
+                        if mailbox.empty():
+                            entry.state = (
+                                PASSIVE  # its timers stay armed; a request or one wakes it
+                            )
+                            return
+                        commands, announce = (), False  # mail came as it let go: serve it
+                        continue
                     break
                 except Exception as exc:
+                    # The next runner re-arms what is stored (Recover); nothing fires meanwhile.
+                    self.timers.disarm_all(entry.instance.id)
                     # The runner's nursery wraps what broke it: report that, not the group.
                     cause: BaseException = exc
                     while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
@@ -571,6 +647,8 @@ class Engine:
             entry.mark_done(FINISHED)
             self._drain(entry, EngineClosed("instance finished"))
         finally:
+            if entry.state != PASSIVE and self._registry.get(entry.instance.id) in (entry, None):
+                self.timers.disarm_all(entry.instance.id)
             if entry.state == LIVE:  # the engine is closing
                 if entry.finished is not None:
                     entry.finished.set()  # wait() callers outside the engine get EngineClosed
@@ -725,11 +803,39 @@ class Engine:
             if problems:
                 self._skip_changed(workflow, instance, problems)
                 continue
+            if self._recover_passive(workflow, instance):
+                continue
             entry = Entry(workflow, instance, LIVE)
             assert entry.mailbox is not None
             entry.mailbox.put(Message(Recover()))
             self._registry[instance.id] = entry
             self._nursery.start_soon(self._supervise, entry, ())
+
+    def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
+        """Take a waiting instance back without a runner if recovering it runs nothing.
+
+        The core says what recovery does (``Recover``): when that changes no
+        state and starts no step, only its timers are armed and the entry is
+        passive. Returns False when it needs a runner (or passivation is off).
+        """
+        if self.passivate_after is None or instance.status is not Status.WAITING:
+            return False
+        transition = apply(workflow, instance, Recover(), self.clock.now())
+        if transition.changed or any(isinstance(c, RunStep) for c in transition.commands):
+            return False
+        entry = Entry(workflow, instance, PASSIVE)
+        self._registry[instance.id] = entry
+        for command in transition.commands:
+            if isinstance(command, ArmTimer):
+                self.timers.arm(instance.id, command.timer.id, command.timer.deadline)
+        if self.telemetry.enabled:
+            self.telemetry.emit(
+                "runner.init",
+                instance_id=instance.id,
+                workflow=workflow.name,
+                metadata={"version": workflow.version, "restarts": 0, "resident": False},
+            )
+        return True
 
     def _skip_changed(
         self, workflow: Workflow, instance: Instance, problems: Sequence[str]
@@ -751,6 +857,29 @@ class Engine:
 
     def _close(self) -> None:
         self._closed = True
+        for entry in self._registry.values():
+            if entry.state == PASSIVE and entry.finished is not None:
+                entry.finished.set()  # wait() callers get EngineClosed
+        for scope in self._writes:
+            scope.cancel()
+
+    @contextmanager
+    def request_write(self) -> Iterator[trio.CancelScope]:
+        """A scope for a caller's write: shielded from the caller, cancelled by the engine closing.
+
+        A caller cancelled mid-write must not leave the engine unsure of what
+        is stored, so only the engine's closing interrupts the write; check
+        ``cancelled_caught`` afterwards.
+        """
+        scope = trio.CancelScope(shield=True)
+        if self._closed:
+            scope.cancel()
+        self._writes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._writes.discard(scope)
 
     # -- operating instances: retry, delete, prune, paging ------------------------------------
 
@@ -887,7 +1016,7 @@ class Engine:
             entry = self._registry.get(instance_id)
             if entry is not None and entry.state == _DELETING:
                 raise EventRejected(f"instance {instance_id!r} is being deleted")
-            if entry is not None and entry.state == LIVE:
+            if entry is not None and entry.state in (LIVE, PASSIVE):
                 if not entry.instance.status.is_terminal:
                     refuse_active(entry.instance)
                     raise AssertionError("refuse_active must raise")  # pragma: no cover
@@ -897,7 +1026,7 @@ class Engine:
                 continue
             instance = await self._load(instance_id)
             held = self._registry.get(instance_id)
-            if held is None or held.state not in (LIVE, _DELETING):
+            if held is None or held.state not in (LIVE, PASSIVE, _DELETING):
                 return instance
             # started, retried or being deleted meanwhile: look again
 
@@ -956,8 +1085,14 @@ def _as_dict(value: Any) -> Any:
 
 
 def _take_all(mailbox: Mailbox) -> list[Message]:
+    """Empty ``mailbox``; a fault carrying a caller's request (snapshot replaced) yields it."""
     taken: list[Message] = []
     while (message := mailbox.take_nowait()) is not None:
+        if message.fault is not None:
+            fault = message.fault
+            if not isinstance(fault, SnapshotReplaced) or fault.message is None:
+                continue  # a bug already told to its caller, or nobody's request
+            message = fault.message
         taken.append(message)
     return taken
 

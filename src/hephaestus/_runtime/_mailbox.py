@@ -41,13 +41,20 @@ class Reply:
 
 @final
 class Message:
-    """An input for the pure engine, with the reply slot of whoever is waiting for it."""
+    """An input for the pure engine, with the reply slot of whoever is waiting for it.
 
-    __slots__ = ("input", "reply")
+    A message with a ``fault`` is not applied: the runner that takes it raises
+    the fault (a caller that met a replaced snapshot or a bug hands it on so).
+    """
 
-    def __init__(self, input: Input, reply: Reply | None = None) -> None:
+    __slots__ = ("fault", "input", "reply")
+
+    def __init__(
+        self, input: Input, reply: Reply | None = None, *, fault: Exception | None = None
+    ) -> None:
         self.input = input
         self.reply = reply
+        self.fault = fault
 
 
 @final
@@ -73,6 +80,10 @@ class Mailbox:
         if self._waiter is not None:
             task, self._waiter = self._waiter, None
             trio.lowlevel.reschedule(task)
+
+    def empty(self) -> bool:
+        """Whether no message is queued."""
+        return not self._items
 
     def take_nowait(self) -> Message | None:
         """Return the oldest queued message, or None when the mailbox is empty."""

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry, TelemetryHandler
 from ..storage._memory import MemoryStorage
@@ -24,6 +25,7 @@ async def open_engine(
     telemetry: TelemetryHandler | Iterable[TelemetryHandler] = (),
     max_restarts: int = 3,
     restart_window: float = 5.0,
+    passivate_after: float | None = 0.0,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the length of the ``async with`` block.
 
@@ -43,6 +45,10 @@ async def open_engine(
         telemetry: a handler or handlers receiving ``TelemetryEvent`` objects.
         max_restarts: crashes of one instance's runner tolerated within
             ``restart_window`` seconds before it is left as stored.
+        passivate_after: seconds a waiting instance with no step running keeps
+            its runner task before it lets it go (its snapshot and timers stay,
+            and the next request or timer gives it a runner again); ``None``
+            keeps every instance's runner until it finishes.
 
     Raises:
         WorkflowDefinitionError: two different workflows share a name and version.
@@ -71,6 +77,11 @@ async def open_engine(
                     max_restarts=max_restarts,
                     restart_window=restart_window,
                     nursery=nursery,
+                    passivate_after=(
+                        None
+                        if passivate_after is None
+                        else check_seconds(passivate_after, "passivate_after")
+                    ),
                 )
                 await engine._recover_all()
                 try:

@@ -3,8 +3,9 @@
 Its loop is: receive a message -> apply the pure transition -> persist the new
 snapshot -> carry out the commands (start steps, arm and disarm timers) ->
 acknowledge the sender. Step tasks live in the runner's own nursery and report
-back through the same mailbox; armed timers are deadlines the runner sleeps on
-while it waits for mail. So only the runner ever touches the instance.
+back through the same mailbox; timers are armed in the engine's timer service
+(:mod:`._timers`), which posts each due one to the mailbox. So only the runner
+ever touches the instance.
 
 Storage faults are not bugs. A write that fails for a caller's request fails
 that request (the caller gets the storage's exception) and the runner goes on
@@ -20,7 +21,6 @@ someone else changed or deleted the snapshot: the runner stops with
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, final
 
@@ -33,16 +33,17 @@ from .._core._engine import (
     DisarmTimer,
     Finished,
     Input,
+    Recover,
     RunStep,
-    TimerFired,
     Transition,
     apply,
     step_context,
 )
-from .._core._errors import EventRejected, RevisionConflict
-from .._core._model import Instance, Timer
+from .._core._errors import EngineClosed, EventRejected, RevisionConflict
+from .._core._model import Instance, Status
 from .._core._workflow import Workflow
-from ._mailbox import Mailbox, Message
+from ._mailbox import Mailbox, Message, Reply
+from ._registry import Token
 from ._report import report
 from ._steprun import run_attempt
 
@@ -55,6 +56,8 @@ LIVE: Final = "live"
 STUCK: Final = "stuck"
 ORPHAN: Final = "orphan"
 FINISHED: Final = "finished"
+PASSIVE: Final = "passive"
+"""Waiting with no step running or due: no runner; its timers stay in the timer service."""
 GONE: Final = "gone"
 """The snapshot was deleted from storage while this engine ran the instance."""
 
@@ -80,24 +83,34 @@ class SnapshotReplaced(Exception):
 class Entry:
     """The registry's record of one instance known to this engine."""
 
-    __slots__ = ("finished", "instance", "mailbox", "state", "workflow")
+    __slots__ = (
+        "backoff",
+        "finished",
+        "instance",
+        "mailbox",
+        "runner",
+        "state",
+        "token",
+        "workflow",
+    )
 
     def __init__(self, workflow: Workflow | None, instance: Instance, state: str) -> None:
         self.workflow = workflow
         self.instance = instance
         self.state = state
         self.finished: trio.Event | None = None
-        self.mailbox: Mailbox | None = Mailbox() if state == LIVE else None
+        self.mailbox: Mailbox | None = Mailbox() if state in (LIVE, PASSIVE) else None
+        self.token = Token()
+        self.runner: Runner | None = None
+        """The runner taking callers' requests directly (under the token); None: by mail."""
+        self.backoff = False
+        """True while the runner retries a write it must store: requests go through the mailbox."""
 
     def mark_done(self, state: str) -> None:
         """Record that no runner serves this instance any more, and wake ``wait`` callers."""
         self.state = state
         if self.finished is not None:
             self.finished.set()
-
-
-def _deadline(timer: Timer) -> float:
-    return timer.deadline
 
 
 async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
@@ -111,65 +124,238 @@ async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
 class Runner:
     """Drives one instance until it is terminal, the engine closes, or it crashes.
 
-    Step attempts run as tasks in the runner's nursery; armed timers are slept
-    on by the runner itself while it waits for its next message.
+    Step attempts run as tasks in the runner's nursery; its timers are armed
+    in the engine's timer service, which posts ``TimerFired`` when one is due.
     """
 
-    __slots__ = ("armed", "engine", "entry", "instance", "nursery", "scopes", "started", "workflow")
+    __slots__ = (
+        "engine",
+        "entry",
+        "inline",
+        "nursery",
+        "passivated",
+        "scopes",
+        "started",
+        "workflow",
+    )
 
     def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
         self.engine = engine
         self.entry = entry
         self.workflow = workflow
-        self.instance = entry.instance
         self.scopes: dict[str, trio.CancelScope] = {}
-        self.armed: dict[str, Timer] = {}
         self.started: dict[str, float] = {}
         self.nursery: trio.Nursery | None = None
+        self.inline: tuple[str, int] | None = None
+        self.passivated = False
+        """True when :meth:`run` returned because the instance no longer needs a runner."""
+        """A lone step (and its attempt) the runner loop is to run in its own task next."""
+
+    @property
+    def instance(self) -> Instance:
+        """The instance's current snapshot (the entry's: callers holding the token update it)."""
+        return self.entry.instance
 
     async def run(self, first_commands: Iterable[Command] = ()) -> None:
         """Process the mailbox until the instance is terminal.
+
+        Once the mailbox is empty for the first time (a ``Recover`` and the
+        requests queued meanwhile are applied first), callers apply their
+        requests themselves under the token (:meth:`apply_request`).
 
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
                 supervisor restarts it from the last snapshot.
         """
+        entry = self.entry
+        mailbox = entry.mailbox
+        assert mailbox is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self.carry_out(first_commands, inline=True)
+                while not entry.instance.status.is_terminal:
+                    message = mailbox.take_nowait()
+                    if message is None:
+                        entry.runner = self
+                        if self.inline is None and self.idle():
+                            message = await self.idle_wait(mailbox)
+                            if message is None:
+                                # From here on requests go by mail: the supervisor sees them.
+                                entry.runner = None
+                                self.passivated = True
+                                return
+                        elif self.inline is not None:
+                            # Queued messages came first; from now on callers apply their
+                            # requests themselves while the step runs here.
+                            step, attempt = self.inline
+                            self.inline = None
+                            await self.run_inline(step, attempt)
+                            continue
+                        else:
+                            message = await mailbox.take()
+                    await self.handle(message)
+                nursery.cancel_scope.cancel()
+        finally:
+            if entry.runner is self:
+                entry.runner = None
+            entry.token.poke()  # waiting callers send their requests another way
+
+    def idle(self) -> bool:
+        """Whether the instance could do without its runner: waiting, no step running."""
+        return (
+            self.engine.passivate_after is not None
+            and not self.scopes
+            and self.entry.instance.status is Status.WAITING
+        )
+
+    async def idle_wait(self, mailbox: Mailbox) -> Message | None:
+        """The next message, or None once the runner may passivate (idle ``passivate_after`` s).
+
+        It passivates only holding the token, so no caller is half-way through
+        a request that this runner should carry out.
+        """
+        delay = self.engine.passivate_after
+        assert delay is not None
+        token = self.entry.token
+        while True:
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    return await mailbox.take()
+            message = mailbox.take_nowait()
+            if message is not None:
+                return message
+            if not self.idle():
+                return await mailbox.take()
+            if token.try_acquire():
+                token.release()
+                return None
+            await token.changed()  # a caller is applying a request: let it finish, look again
+
+    async def apply_request(self, event: Input) -> Reply:
+        """Apply a caller's request; the caller holds the token and releases it after.
+
+        Returns the reply to wait on: already answered when the request was
+        applied (and persisted), or pending when it was handed to the
+        supervisor because the snapshot was replaced under us. The write is
+        shielded from the caller (:meth:`Engine.request_write`): a caller
+        cancelled meanwhile gets its cancellation at the next checkpoint, with
+        the request applied.
+
+        Raises:
+            EventRejected: the instance cannot take ``event`` (nothing changed).
+            EngineClosed: the engine closed during the write (nothing acknowledged).
+            Exception: the storage's error when the write failed (nothing changed);
+                a bug in the transition, which also crashes this runner.
+        """
+        entry = self.entry
+        before = entry.instance
+        engine = self.engine
+        try:
+            transition = apply(self.workflow, before, event, engine.clock.now())
+        except EventRejected:
+            raise
+        except Exception as exc:
+            self.post_fault(exc)  # a bug: the supervisor restarts the runner
+            raise
+        if transition.changed:
+            with engine.request_write() as scope:
+                try:
+                    await engine.storage.put(transition.instance, expected_revision=before.revision)
+                except RevisionConflict as exc:
+                    reply = Reply()
+                    request = Message(event, reply)
+                    self.post_fault(SnapshotReplaced(request, exc))
+                    return reply
+                except Exception as exc:
+                    self.storage_error(exc, failures=1, retry_in=None)
+                    raise
+            if scope.cancelled_caught:
+                raise EngineClosed("the engine closed before the request was acknowledged")
+            entry.instance = transition.instance
+        if engine.telemetry.enabled:
+            self.report(event, before, transition)
+        if entry.runner is self:  # else the engine is closing: the next open_engine goes on
+            self.carry_out(transition.commands)
+        reply = Reply()
+        reply.set(transition.reply)
+        return reply
+
+    async def apply_passive(self, event: Input) -> Reply:
+        """Apply a caller's request to a passivated instance; the caller holds the token.
+
+        ``self`` is not running: it lends its transition, write and telemetry
+        code. Timers are armed and disarmed in the timer service directly; a
+        step to run makes the instance resident again; a finished instance
+        leaves the registry. Returns the reply to wait on, as :meth:`apply_request`.
+
+        Raises:
+            EventRejected: the instance cannot take ``event`` (nothing changed).
+            EngineClosed: the engine closed during the write (nothing acknowledged).
+            Exception: the storage's error when the write failed (nothing changed).
+        """
+        entry = self.entry
+        before = entry.instance
+        engine = self.engine
+        transition = apply(self.workflow, before, event, engine.clock.now())
+        if transition.changed:
+            with engine.request_write() as scope:
+                try:
+                    await engine.storage.put(transition.instance, expected_revision=before.revision)
+                except RevisionConflict as exc:
+                    reply = Reply()
+                    self.post_fault(SnapshotReplaced(Message(event, reply), exc))
+                    engine.activate(entry, ())  # its supervisor reloads what is stored
+                    return reply
+                except Exception as exc:
+                    self.storage_error(exc, failures=1, retry_in=None)
+                    raise
+            if scope.cancelled_caught:
+                raise EngineClosed("the engine closed before the request was acknowledged")
+            entry.instance = transition.instance
+        if engine.telemetry.enabled:
+            self.report(event, before, transition)
+        steps: list[Command] = []
+        instance_id = before.id
+        for command in transition.commands:
+            match command:
+                case ArmTimer(timer=timer):
+                    engine.timers.arm(instance_id, timer.id, timer.deadline)
+                case DisarmTimer(timer_id=timer_id):
+                    engine.timers.disarm(instance_id, timer_id)
+                case RunStep():
+                    steps.append(command)
+        if entry.instance.status.is_terminal:
+            engine.finish_passive(entry)
+        elif steps:
+            engine.activate(entry, steps)
+        reply = Reply()
+        reply.set(transition.reply)
+        return reply
+
+    def post_fault(self, fault: Exception) -> None:
+        """Make the runner raise ``fault`` before it takes any other message."""
         mailbox = self.entry.mailbox
         assert mailbox is not None
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self.carry_out(first_commands)
-            while not self.instance.status.is_terminal:
-                message = mailbox.take_nowait()
-                if message is None:
-                    message = await self.next_message(mailbox)
-                await self.handle(message)
-            nursery.cancel_scope.cancel()
-
-    async def next_message(self, mailbox: Mailbox) -> Message:
-        """Wait for the next message, or for the earliest armed timer to come due.
-
-        The runner sleeps on its own timers rather than giving each a task: a
-        sleeping instance then costs no more than a parked one.
-        """
-        clock = self.engine.clock
-        while self.armed:
-            timer = min(self.armed.values(), key=_deadline)
-            now = clock.now()
-            # trio's clock and the engine's drift apart (epoch floats round to 2.4e-7 s, a
-            # wall clock is coarse, slewed, stepped or stands still): a timer fires only
-            # once the engine's clock has reached its deadline; until then sleep again.
-            if now >= timer.deadline:
-                del self.armed[timer.id]
-                return Message(TimerFired(timer_id=timer.id))
-            current = trio.current_time()
-            wake = max(current + (timer.deadline - now), math.nextafter(current, math.inf))
-            with trio.move_on_at(wake):
-                return await mailbox.take()
-        return await mailbox.take()
+        mailbox.put_back([Message(Recover(), fault=fault)])
 
     async def handle(self, message: Message) -> None:
-        """Apply one message: transition, persist, carry out, acknowledge."""
+        """Apply one message under the token: transition, persist, carry out, acknowledge.
+
+        Raises:
+            Exception: the message's fault, or whatever broke the runner.
+        """
+        if message.fault is not None:
+            raise message.fault
+        token = self.entry.token
+        await token.acquire()
+        try:
+            await self.apply_message(message)
+        finally:
+            token.release()
+
+    async def apply_message(self, message: Message) -> None:
+        """Apply one message while holding the token."""
         before = self.instance
         engine = self.engine
         try:
@@ -185,10 +371,10 @@ class Runner:
         if transition.changed:
             if not await self.persist(transition.instance, before.revision, message):
                 return  # the request's write failed: it was not applied, and said so
-            self.instance = self.entry.instance = transition.instance
+            self.entry.instance = transition.instance
         if engine.telemetry.enabled:
             self.report(message.input, before, transition)
-        self.carry_out(transition.commands)
+        self.carry_out(transition.commands, inline=True)
         if message.reply is not None:
             message.reply.set(transition.reply)
 
@@ -239,10 +425,14 @@ class Runner:
         failures = 1
         self.storage_error(first_error, failures=failures, retry_in=delay)
         deferred: list[Message] = []
+        self.entry.backoff = True
+        self.entry.token.poke()  # callers waiting for the token send their requests by mail
         try:
             while True:
                 wake = trio.current_time() + delay
                 while (message := await _take_until(mailbox, wake)) is not None:
+                    if message.fault is not None:
+                        raise message.fault
                     deferred.append(message)
                     if message.reply is None:
                         continue
@@ -274,6 +464,7 @@ class Runner:
                 )
                 return
         finally:
+            self.entry.backoff = False
             mailbox.put_back(deferred)
 
     def storage_error(self, exc: Exception, *, failures: int, retry_in: float | None) -> None:
@@ -298,7 +489,13 @@ class Runner:
                 },
             )
 
-    def carry_out(self, commands: Iterable[Command]) -> None:
+    def carry_out(self, commands: Iterable[Command], *, inline: bool = False) -> None:
+        """Start steps, arm and disarm timers, cancel steps as ``commands`` say.
+
+        With ``inline`` (only in the runner's own task), a lone step that may run
+        inline (:meth:`inlinable`) is left in ``self.inline`` for the runner
+        loop to run in this task instead of a task of its own.
+        """
         nursery = self.nursery
         assert nursery is not None
         for command in commands:
@@ -307,18 +504,53 @@ class Runner:
                     old = self.scopes.pop(step, None)
                     if old is not None:
                         old.cancel()
+                    if inline and self.inlinable(step, commands):
+                        self.inline = (step, attempt)
+                        continue
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
                 case ArmTimer(timer=timer):
-                    self.armed[timer.id] = timer
+                    self.engine.timers.arm(self.instance.id, timer.id, timer.deadline)
                 case DisarmTimer(timer_id=timer_id):
-                    self.armed.pop(timer_id, None)
+                    self.engine.timers.disarm(self.instance.id, timer_id)
                 case CancelStep(step=step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
                         found.cancel()
                 case Finished():
                     nursery.cancel_scope.cancel()
+
+    def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
+        """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
+
+        Alone means no other step runs or waits and no timer is armed, so the
+        runner, busy with step code, has nothing else to serve: callers apply
+        their requests themselves, and a cancellation of the step always
+        finishes the instance, which cancels the runner's nursery and with it
+        the step code.
+        """
+        if self.scopes or self.inline is not None:
+            return False
+        definition = self.workflow.steps[step]
+        if not definition.is_async or definition.timeout is not None:
+            return False
+        instance = self.entry.instance
+        if instance.active != (step,) or instance.waiting or instance.timers:
+            return False
+        return sum(isinstance(command, RunStep) for command in commands) == 1
+
+    async def run_inline(self, key: str, attempt: int) -> None:
+        """Run one attempt of ``key`` in the runner's task and post its outcome.
+
+        Raises:
+            trio.Cancelled: the instance finished (cancelled) or the engine is closing.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: no step code runs
+        ctx = step_context(self.workflow, self.entry.instance, key, attempt)
+        if self.engine.telemetry.enabled:
+            self.started[key] = trio.current_time()
+            self.emit("step.start", key, metadata={"attempt": attempt})
+        self.post(await run_attempt(self.workflow.steps[key], ctx))
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:

@@ -378,6 +378,10 @@ class _Driver:
     async def send_events(self) -> None:
         for delay, event, payload in self.schedule:
             await trio.sleep_until(self.started_at + delay + EVENT_LAG)
+            # Work the engine can do at this instant (a step that does not sleep, the
+            # previous event's consequences) comes first: the outcome of a schedule must
+            # not depend on how many scheduler trips the engine takes to apply a request.
+            await trio.testing.wait_all_tasks_blocked()
             at = trio.current_time() - self.started_at
             while True:
                 engine = self.engine
