@@ -14,7 +14,7 @@ from .helpers import Recorder, clock, fan_expected, fan_workflow
 
 def ran_inline(task: trio.lowlevel.Task) -> bool:
     """Whether ``task`` is a runner (its supervisor's task) rather than a step task of its own."""
-    return task.name.endswith("._supervise")
+    return task.name.endswith("._supervisor.supervise")
 
 
 async def test_a_lone_step_runs_in_the_runner_task_and_fan_out_in_step_tasks(

@@ -30,7 +30,7 @@ def approval() -> hx.Workflow:
 
 
 def runners() -> int:
-    return sum(1 for task in all_tasks() if task.name.endswith("._supervise"))
+    return sum(1 for task in all_tasks() if task.name.endswith("._supervisor.supervise"))
 
 
 async def test_a_waiting_instance_lets_its_runner_go_and_a_resume_brings_it_back(

@@ -1,1 +1,1 @@
-"""The Trio shell: open_engine, the Engine, runners, the registry and timers."""
+"""The Trio shell: open_engine, the Engine, its registry, supervisors, runners and timers."""

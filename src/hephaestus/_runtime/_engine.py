@@ -1,4 +1,14 @@
-"""Engine: the public operations, the registry of instances and the per-instance supervisor."""
+"""Engine: the public operations and the path a caller's request takes.
+
+This module is what callers see: start, resume, cancel, get, list, wait,
+retry, delete and prune, each checking its arguments and then applying the
+request under the instance's write token (or mailing it to the runner that
+holds it). It keeps the registry, a dict of :class:`~._registry.Entry` by
+instance id, and recovers stored instances when the engine opens. What an
+entry is lives in :mod:`._registry`; what keeps a runner going, and what
+happens when it crashes, lives in :mod:`._supervisor`; timers in
+:mod:`._timers`.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +44,6 @@ from .._core._engine import (
 from .._core._engine import Retry as RetryInput
 from .._core._errors import (
     AlreadyRunning,
-    CorruptSnapshot,
     EngineClosed,
     EventRejected,
     InstanceNotFound,
@@ -53,21 +62,11 @@ from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
-from ._mailbox import Mailbox, Message, Reply
+from ._mailbox import Message, Reply
 from ._paging import check_page_args, for_each_page, query_page
-from ._runner import (
-    FINISHED,
-    GONE,
-    LIVE,
-    ORPHAN,
-    PASSIVE,
-    RETRY_FIRST,
-    RETRY_MAX,
-    STUCK,
-    Entry,
-    Runner,
-    SnapshotReplaced,
-)
+from ._registry import Entry, State
+from ._runner import Runner
+from ._supervisor import drain, stuck_message, supervise
 from ._timers import TimerService
 
 _log = logging.getLogger("hephaestus.engine")
@@ -168,7 +167,7 @@ class Engine:
         initial_dict = stored_copy(_as_dict(initial), "initial") or {}
         metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
         held = self._registry.get(instance_id)
-        if held is not None and held.state != FINISHED:
+        if held is not None and held.state is not State.FINISHED:
             raise self._already_running(wf, instance_id, held)
         now = self.clock.now()
 
@@ -186,7 +185,7 @@ class Engine:
             return apply(wf, fresh, Start(), now)
 
         transition = started(0)
-        entry = Entry(wf, transition.instance, LIVE)
+        entry = Entry(wf, transition.instance, State.LIVE)
         self._registry[instance_id] = entry  # claims the id before the first await
         try:
             # Shielded: a write that landed before the caller was cancelled must get its
@@ -198,7 +197,7 @@ class Engine:
                     stored = await self.storage.get(instance_id)
                     if stored is not None and not stored.status.is_terminal:
                         raise self._already_running(
-                            wf, instance_id, Entry(None, stored, ORPHAN)
+                            wf, instance_id, Entry(None, stored, State.ORPHAN)
                         ) from None
                     previous = 0 if stored is None else stored.revision
                     transition = started(previous)
@@ -208,7 +207,7 @@ class Engine:
         except BaseException as exc:
             if self._registry.get(instance_id) is entry:
                 del self._registry[instance_id]
-            self._drain(entry, self.unacknowledged(exc))
+            drain(self, entry, self.unacknowledged(exc))
             raise
         if self.telemetry.enabled:
             self.telemetry.emit(
@@ -217,7 +216,7 @@ class Engine:
                 workflow=wf.name,
                 metadata={"version": wf.version},
             )
-        self._nursery.start_soon(self._supervise, entry, transition.commands)
+        self._nursery.start_soon(supervise, self, entry, transition.commands)
         return instance_id
 
     async def resume(
@@ -377,15 +376,15 @@ class Engine:
         self._check_open()
         check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state in (LIVE, PASSIVE):
+        if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
             if entry.finished is None:
                 entry.finished = trio.Event()
             await entry.finished.wait()
-            if entry.state in (LIVE, PASSIVE):  # woken by the engine closing
+            if entry.state in (State.LIVE, State.PASSIVE):  # woken by the engine closing
                 raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
-        if entry is not None and entry.state == STUCK:
-            raise RunnerFailed(self._stuck_message(entry))
-        if entry is not None and entry.state == GONE:
+        if entry is not None and entry.state is State.STUCK:
+            raise RunnerFailed(stuck_message(self, entry))
+        if entry is not None and entry.state is State.GONE:
             raise InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
         # An entry's instance is shared with the engine and with other waiters; one loaded
         # from storage was decoded for this call alone.
@@ -457,8 +456,8 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
-        while entry is not None and entry.state in (LIVE, PASSIVE):
-            if entry.state == PASSIVE:
+        while entry is not None and entry.state in (State.LIVE, State.PASSIVE):
+            if entry.state is State.PASSIVE:
                 if entry.token.try_acquire():
                     workflow = entry.workflow
                     assert workflow is not None
@@ -488,8 +487,8 @@ class Engine:
             await entry.token.changed()
             self._check_open()
             entry = self._registry.get(instance_id)
-        if entry is not None and entry.state == STUCK and not isinstance(event, Cancel):
-            raise RunnerFailed(self._stuck_message(entry))
+        if entry is not None and entry.state is State.STUCK and not isinstance(event, Cancel):
+            raise RunnerFailed(stuck_message(self, entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
         workflow = self._workflows.get((instance.workflow, instance.version))
         if workflow is None:
@@ -504,15 +503,15 @@ class Engine:
             await self.storage.put(transition.instance, expected_revision=instance.revision)
             if entry is not None:
                 entry.instance = transition.instance
-                entry.mark_done(FINISHED)
+                entry.mark_done(State.FINISHED)
         return transition.reply
 
     def _timer_due(self, instance_id: str, timer_id: str) -> None:
         """Hand a due timer to the runner of its instance (the timer service calls this)."""
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state == PASSIVE:
+        if entry is not None and entry.state is State.PASSIVE:
             self.activate(entry, ())
-        if entry is not None and entry.state == LIVE and entry.mailbox is not None:
+        if entry is not None and entry.state is State.LIVE and entry.mailbox is not None:
             entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
 
     def activate(self, entry: Entry, commands: Sequence[Command]) -> None:
@@ -521,23 +520,16 @@ class Engine:
         Its timers are still armed in the timer service, so nothing is
         re-derived; ``commands`` (steps to run) are the new runner's first.
         """
-        entry.state = LIVE
-        self._nursery.start_soon(self._supervise, entry, commands, False)
+        entry.state = State.LIVE
+        self._nursery.start_soon(supervise, self, entry, commands, False)
 
     def finish_passive(self, entry: Entry) -> None:
         """Let go of a passivated instance that a request finished (no runner to do it)."""
         instance_id = entry.instance.id
         if self._registry.get(instance_id) is entry:
             del self._registry[instance_id]
-        entry.mark_done(FINISHED)
+        entry.mark_done(State.FINISHED)
         self.timers.disarm_all(instance_id)
-
-    def _stuck_message(self, entry: Entry) -> str:
-        return (
-            f"instance {entry.instance.id!r} stopped after its runner crashed more than "
-            f"{self.max_restarts} times in {self.restart_window} s; it is left as stored "
-            "and is recovered by the next open_engine on this storage"
-        )
 
     def unacknowledged(self, exc: BaseException) -> Exception:
         """Return the error to hand a caller whose request was not acknowledged."""
@@ -545,245 +537,12 @@ class Engine:
             return exc
         return EngineClosed("the engine closed before the request was acknowledged")
 
-    def _drain(self, entry: Entry, error: Exception) -> None:
-        """Answer every message still queued for ``entry`` without running it."""
-        mailbox = entry.mailbox
-        if mailbox is None:
-            return
-        for message in _take_all(mailbox):
-            if message.reply is None:
-                continue
-            if entry.instance.status.is_terminal and entry.workflow is not None:
-                try:
-                    outcome = apply(entry.workflow, entry.instance, message.input, self.clock.now())
-                except EventRejected as exc:
-                    message.reply.fail(exc)
-                else:
-                    message.reply.set(outcome.reply)
-            else:
-                message.reply.fail(error)
-
-    async def _supervise(
-        self, entry: Entry, first_commands: Sequence[Command], announce: bool = True
-    ) -> None:
-        """Run the instance's runner, restarting it from storage after a crash.
-
-        A crash (a bug) counts against ``max_restarts``; a snapshot changed or
-        deleted under the runner does not: it is reported once and the runner
-        goes on from what is stored, or stops if nothing is.
-        """
-        workflow = entry.workflow
-        assert workflow is not None
-        mailbox = entry.mailbox
-        assert mailbox is not None
-        crashes: list[float] = []
-        commands: Sequence[Command] = first_commands
-        try:
-            while True:
-                if self.telemetry.enabled and announce:
-                    self.telemetry.emit(
-                        "runner.init",
-                        instance_id=entry.instance.id,
-                        workflow=workflow.name,
-                        metadata={"version": workflow.version, "restarts": len(crashes)},
-                    )
-                try:
-                    runner = Runner(self, entry, workflow)
-                    await runner.run(commands)
-                    if runner.passivated:
-                        if mailbox.empty():
-                            entry.state = (
-                                PASSIVE  # its timers stay armed; a request or one wakes it
-                            )
-                            return
-                        commands, announce = (), False  # mail came as it let go: serve it
-                        continue
-                    break
-                except Exception as exc:
-                    # The next runner re-arms what is stored (Recover); nothing fires meanwhile.
-                    self.timers.disarm_all(entry.instance.id)
-                    # The runner's nursery wraps what broke it: report that, not the group.
-                    cause: BaseException = exc
-                    while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
-                        cause = cause.exceptions[0]
-                    if isinstance(cause, SnapshotReplaced):
-                        # Only callers' requests carry over: step outcomes and timers belong
-                        # to the state that was replaced; Recover re-derives them.
-                        requests = [cause.message] if cause.message is not None else []
-                        queued = [
-                            m for m in [*requests, *_take_all(mailbox)] if m.reply is not None
-                        ]
-                        replaced = True
-                    else:
-                        now = trio.current_time()
-                        crashes = [t for t in crashes if now - t <= self.restart_window]
-                        crashes.append(now)
-                        self._report_crash(entry, workflow, exc, cause, len(crashes))
-                        if len(crashes) > self.max_restarts:
-                            entry.mark_done(STUCK)
-                            self._drain(entry, RunnerFailed(self._stuck_message(entry)))
-                            _log.error("%s", self._stuck_message(entry))
-                            return
-                        # Recover must be the first message the new runner sees (and only once).
-                        queued = [m for m in _take_all(mailbox) if not isinstance(m.input, Recover)]
-                        replaced = False
-                stored = await self._reload(entry)
-                if replaced:
-                    self._report_replaced(entry, workflow, cause, stored)
-                if not self._continues(entry, workflow, stored, queued):
-                    return
-                commands = ()
-                for message in [Message(Recover()), *queued]:
-                    mailbox.put(message)
-                if self.telemetry.enabled and not replaced:
-                    self.telemetry.emit(
-                        "runner.restart",
-                        instance_id=entry.instance.id,
-                        workflow=workflow.name,
-                        metadata={"crashes": len(crashes)},
-                    )
-            if self._registry.get(entry.instance.id) is entry:
-                del self._registry[entry.instance.id]
-            entry.mark_done(FINISHED)
-            self._drain(entry, EngineClosed("instance finished"))
-        finally:
-            if entry.state != PASSIVE and self._registry.get(entry.instance.id) in (entry, None):
-                self.timers.disarm_all(entry.instance.id)
-            if entry.state == LIVE:  # the engine is closing
-                if entry.finished is not None:
-                    entry.finished.set()  # wait() callers outside the engine get EngineClosed
-                self._drain(
-                    entry,
-                    EngineClosed(
-                        f"the engine closed before instance {entry.instance.id!r} answered"
-                    ),
-                )
-
-    def _report_crash(
-        self, entry: Entry, workflow: Workflow, exc: Exception, cause: BaseException, crashes: int
-    ) -> None:
-        _log.error(
-            "runner of instance %r crashed (%d in %.1f s)",
-            entry.instance.id,
-            crashes,
-            self.restart_window,
-            exc_info=exc,
-        )
-        if self.telemetry.enabled:
-            self.telemetry.emit(
-                "runner.crash",
-                instance_id=entry.instance.id,
-                workflow=workflow.name,
-                metadata={"error": type(cause).__name__, "message": str(cause), "crashes": crashes},
-            )
-
-    async def _reload(self, entry: Entry) -> Instance | None:
-        """Read the instance's stored snapshot, retrying a failing storage with backoff.
-
-        Returns None when nothing (readable) is stored under its id any more.
-        """
-        instance_id = entry.instance.id
-        delay = RETRY_FIRST
-        failures = 0
-        while True:
-            try:
-                return await self.storage.get(instance_id)
-            except CorruptSnapshot:
-                return None  # quarantined and reported by the storage
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    _log.warning(
-                        "reading the snapshot of instance %r failed (%s: %s); retrying",
-                        instance_id,
-                        type(exc).__name__,
-                        exc,
-                    )
-                if self.telemetry.enabled:
-                    self.telemetry.emit(
-                        "storage.error",
-                        instance_id=instance_id,
-                        workflow=entry.instance.workflow,
-                        metadata={
-                            "operation": "get",
-                            "error": type(exc).__name__,
-                            "message": str(exc),
-                            "failures": failures,
-                            "retry_in": delay,
-                        },
-                    )
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-
-    def _report_replaced(
-        self, entry: Entry, workflow: Workflow, cause: BaseException, stored: Instance | None
-    ) -> None:
-        """Say once that the snapshot changed or vanished under the running instance."""
-        expected = entry.instance.revision
-        if stored is None:
-            what = "was deleted from storage; this engine stops running it"
-        else:
-            what = (
-                f"was replaced in storage (revision {stored.revision}, this engine wrote "
-                f"{expected}); going on from the stored snapshot"
-            )
-        _log.warning("snapshot of instance %r %s", entry.instance.id, what)
-        if self.telemetry.enabled:
-            self.telemetry.emit(
-                "storage.error",
-                instance_id=entry.instance.id,
-                workflow=workflow.name,
-                metadata={
-                    "operation": "put",
-                    "error": "RevisionConflict",
-                    "message": str(cause),
-                    "reason": "deleted" if stored is None else "replaced",
-                    "expected_revision": expected,
-                    "stored_revision": None if stored is None else stored.revision,
-                },
-            )
-
-    def _continues(
-        self, entry: Entry, workflow: Workflow, stored: Instance | None, queued: Sequence[Message]
-    ) -> bool:
-        """Adopt ``stored`` for the next runner; False (and ``entry`` closed) if none can run it."""
-        instance_id = entry.instance.id
-        if stored is None:
-            if self._registry.get(instance_id) is entry:
-                del self._registry[instance_id]
-            entry.mark_done(GONE)
-            mailbox = entry.mailbox
-            assert mailbox is not None
-            for message in queued:
-                mailbox.put(message)
-            self._drain(
-                entry, InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
-            )
-            return False
-        entry.instance = stored
-        if (stored.workflow, stored.version) != (workflow.name, workflow.version):
-            entry.workflow = self._workflows.get((stored.workflow, stored.version))
-            entry.mark_done(ORPHAN)
-            mailbox = entry.mailbox
-            assert mailbox is not None
-            for message in queued:
-                mailbox.put(message)
-            self._drain(
-                entry,
-                EventRejected(
-                    f"instance {instance_id!r} was replaced in storage by one of workflow "
-                    f"{stored.workflow!r} v{stored.version}: send the request again"
-                ),
-            )
-            return False
-        return True
-
     async def _recover_all(self) -> None:
         """Give every non-terminal stored instance its runner back."""
         for instance in await self.storage.query(status=_ACTIVE):
             workflow = self._workflows.get((instance.workflow, instance.version))
             if workflow is None:
-                self._registry[instance.id] = Entry(None, instance, ORPHAN)
+                self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
                 _log.warning(
                     "instance %r is %s but workflow %r v%d is not registered; left untouched",
                     instance.id,
@@ -805,11 +564,11 @@ class Engine:
                 continue
             if self._recover_passive(workflow, instance):
                 continue
-            entry = Entry(workflow, instance, LIVE)
+            entry = Entry(workflow, instance, State.LIVE)
             assert entry.mailbox is not None
             entry.mailbox.put(Message(Recover()))
             self._registry[instance.id] = entry
-            self._nursery.start_soon(self._supervise, entry, ())
+            self._nursery.start_soon(supervise, self, entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -823,7 +582,7 @@ class Engine:
         transition = apply(workflow, instance, Recover(), self.clock.now())
         if transition.changed or any(isinstance(c, RunStep) for c in transition.commands):
             return False
-        entry = Entry(workflow, instance, PASSIVE)
+        entry = Entry(workflow, instance, State.PASSIVE)
         self._registry[instance.id] = entry
         for command in transition.commands:
             if isinstance(command, ArmTimer):
@@ -841,7 +600,7 @@ class Engine:
         self, workflow: Workflow, instance: Instance, problems: Sequence[str]
     ) -> None:
         """Leave an instance its definition no longer fits as stored, and report it once."""
-        self._registry[instance.id] = Entry(None, instance, ORPHAN)
+        self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
         _log.warning("%s", definition_changed(workflow, instance, problems))
         if self.telemetry.enabled:
             self.telemetry.emit(
@@ -858,7 +617,7 @@ class Engine:
     def _close(self) -> None:
         self._closed = True
         for entry in self._registry.values():
-            if entry.state == PASSIVE and entry.finished is not None:
+            if entry.state is State.PASSIVE and entry.finished is not None:
                 entry.finished.set()  # wait() callers get EngineClosed
         for scope in self._writes:
             scope.cancel()
@@ -914,7 +673,7 @@ class Engine:
                 "version in open_engine(workflows=[...]) to retry it"
             )
         transition = apply(workflow, instance, RetryInput(), now)
-        entry = Entry(workflow, transition.instance, LIVE)
+        entry = Entry(workflow, transition.instance, State.LIVE)
         self._registry[instance_id] = entry  # claims the id before the first await
         try:
             with trio.CancelScope(shield=True):  # a landed write must get its runner
@@ -923,7 +682,7 @@ class Engine:
         except BaseException as exc:
             if self._registry.get(instance_id) is entry:
                 del self._registry[instance_id]
-            self._drain(entry, self.unacknowledged(exc))
+            drain(self, entry, self.unacknowledged(exc))
             raise
         if self.telemetry.enabled:
             self.telemetry.emit(
@@ -936,7 +695,7 @@ class Engine:
                     "revision": transition.instance.revision,
                 },
             )
-        self._nursery.start_soon(self._supervise, entry, transition.commands)
+        self._nursery.start_soon(supervise, self, entry, transition.commands)
 
     async def delete(self, instance_id: str) -> None:
         """Remove a finished (completed, failed or cancelled) instance from storage.
@@ -1014,9 +773,9 @@ class Engine:
         while True:
             self._check_open()
             entry = self._registry.get(instance_id)
-            if entry is not None and entry.state == _DELETING:
+            if entry is not None and entry.state is State.DELETING:
                 raise EventRejected(f"instance {instance_id!r} is being deleted")
-            if entry is not None and entry.state in (LIVE, PASSIVE):
+            if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
                 if not entry.instance.status.is_terminal:
                     refuse_active(entry.instance)
                     raise AssertionError("refuse_active must raise")  # pragma: no cover
@@ -1026,7 +785,7 @@ class Engine:
                 continue
             instance = await self._load(instance_id)
             held = self._registry.get(instance_id)
-            if held is None or held.state not in (LIVE, PASSIVE, _DELETING):
+            if held is None or held.state not in (State.LIVE, State.PASSIVE, State.DELETING):
                 return instance
             # started, retried or being deleted meanwhile: look again
 
@@ -1044,7 +803,7 @@ class Engine:
         if reason is not None:
             raise EventRejected(f"instance {instance_id!r} is not deleted: {reason}")
         previous = self._registry.get(instance_id)
-        claim = Entry(None, instance, _DELETING)
+        claim = Entry(None, instance, State.DELETING)
         self._registry[instance_id] = claim  # start, retry and delete wait or refuse meanwhile
         try:
             with trio.CancelScope(shield=True):
@@ -1059,9 +818,6 @@ class Engine:
         if self._registry.get(instance_id) is claim:
             del self._registry[instance_id]
 
-
-_DELETING: Final = "deleting"
-"""Registry state of an instance whose snapshot is being removed by delete or prune."""
 
 _PRUNE_PAGE: Final = 500
 """Instances prune reads per page of the store."""
@@ -1082,19 +838,6 @@ def _is_finished(instance: Instance) -> str | None:
 def _as_dict(value: Any) -> Any:
     """Turn a mapping that is no dict into one; leave anything else for stored_copy to judge."""
     return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
-
-
-def _take_all(mailbox: Mailbox) -> list[Message]:
-    """Empty ``mailbox``; a fault carrying a caller's request (snapshot replaced) yields it."""
-    taken: list[Message] = []
-    while (message := mailbox.take_nowait()) is not None:
-        if message.fault is not None:
-            fault = message.fault
-            if not isinstance(fault, SnapshotReplaced) or fault.message is None:
-                continue  # a bug already told to its caller, or nobody's request
-            message = fault.message
-        taken.append(message)
-    return taken
 
 
 def _check_workflow_arg(workflow: object, version: object) -> None:

@@ -1,17 +1,85 @@
-"""The write token: who may apply the next transition to one instance.
+"""The registry's records: one :class:`Entry` per instance this engine knows, and its token.
 
-Whoever applies a transition holds the instance's token: the runner when a
-step returns or a timer fires, a caller's request otherwise. Holding it, they
-read the current snapshot, apply the pure transition, persist it, carry out
-the commands and release; step code never runs while it is held. A token is
-created with its registry entry and costs a few dozen bytes while free.
+This module says what the engine knows about each instance and who may change
+it; it runs nothing. An :class:`Entry` holds the instance's latest snapshot,
+its :class:`State` (who serves it: a runner, nobody because it is passivated,
+stuck, orphaned, finished or gone), its mailbox and its write token.
+
+The write token: whoever applies a transition holds the instance's token: the
+runner when a step returns or a timer fires, a caller's request otherwise.
+Holding it, they read the current snapshot, apply the pure transition, persist
+it, carry out the commands and release; step code never runs while it is held.
+A token is created with its registry entry and costs a few dozen bytes while
+free.
 """
 
 from __future__ import annotations
 
-from typing import final
+import enum
+from typing import TYPE_CHECKING, final
 
 import trio
+
+from .._core._model import Instance
+from .._core._workflow import Workflow
+from ._mailbox import Mailbox
+
+if TYPE_CHECKING:
+    from ._runner import Runner
+
+
+@final
+class State(enum.Enum):
+    """Who serves an instance of the registry, if anyone."""
+
+    LIVE = "live"
+    """A runner (or its supervisor, between two runners) serves it."""
+    STUCK = "stuck"
+    """Its runner crashed past the restart budget; left as stored until the next open_engine."""
+    ORPHAN = "orphan"
+    """This engine does not run it (workflow not registered, or definition changed)."""
+    FINISHED = "finished"
+    """Its runner let go of it for good."""
+    PASSIVE = "passive"
+    """Waiting with no step running or due: no runner; its timers stay in the timer service."""
+    GONE = "gone"
+    """The snapshot was deleted from storage while this engine ran the instance."""
+    DELETING = "deleting"
+    """Its snapshot is being removed by delete or prune."""
+
+
+@final
+class Entry:
+    """The registry's record of one instance known to this engine."""
+
+    __slots__ = (
+        "backoff",
+        "finished",
+        "instance",
+        "mailbox",
+        "runner",
+        "state",
+        "token",
+        "workflow",
+    )
+
+    def __init__(self, workflow: Workflow | None, instance: Instance, state: State) -> None:
+        self.workflow = workflow
+        self.instance = instance
+        self.state = state
+        self.finished: trio.Event | None = None
+        self.mailbox: Mailbox | None = Mailbox() if state in (State.LIVE, State.PASSIVE) else None
+        self.token = Token()
+        self.runner: Runner | None = None
+        """The runner taking callers' requests directly (under the token); None: by mail."""
+        self.backoff = False
+        """True while the runner retries a write it must store: requests go through the mailbox."""
+
+    def mark_done(self, state: State) -> None:
+        """Record that no runner serves this instance any more, and wake ``wait`` callers."""
+        self.state = state
+        if self.finished is not None:
+            self.finished.set()
 
 
 @final

@@ -15,7 +15,8 @@ with capped exponential backoff until it is stored, without re-running
 anything; each failure is reported as ``storage.error``. A write refused
 because the stored revision is not the one this runner wrote last means
 someone else changed or deleted the snapshot: the runner stops with
-:class:`SnapshotReplaced` and its supervisor reloads what is stored.
+:class:`SnapshotReplaced` and its supervisor (:mod:`._supervisor`) reloads what
+is stored.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .._core._errors import EngineClosed, EventRejected, RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ._mailbox import Mailbox, Message, Reply
-from ._registry import Token
+from ._registry import Entry
 from ._report import report
 from ._steprun import run_attempt
 
@@ -51,15 +52,6 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 _log = logging.getLogger("hephaestus.engine")
-
-LIVE: Final = "live"
-STUCK: Final = "stuck"
-ORPHAN: Final = "orphan"
-FINISHED: Final = "finished"
-PASSIVE: Final = "passive"
-"""Waiting with no step running or due: no runner; its timers stay in the timer service."""
-GONE: Final = "gone"
-"""The snapshot was deleted from storage while this engine ran the instance."""
 
 RETRY_FIRST: Final = 0.1
 """Seconds before the first retry of a write that must be stored; doubled after each failure."""
@@ -77,40 +69,6 @@ class SnapshotReplaced(Exception):
     def __init__(self, message: Message | None, conflict: RevisionConflict) -> None:
         super().__init__(str(conflict))
         self.message = message
-
-
-@final
-class Entry:
-    """The registry's record of one instance known to this engine."""
-
-    __slots__ = (
-        "backoff",
-        "finished",
-        "instance",
-        "mailbox",
-        "runner",
-        "state",
-        "token",
-        "workflow",
-    )
-
-    def __init__(self, workflow: Workflow | None, instance: Instance, state: str) -> None:
-        self.workflow = workflow
-        self.instance = instance
-        self.state = state
-        self.finished: trio.Event | None = None
-        self.mailbox: Mailbox | None = Mailbox() if state in (LIVE, PASSIVE) else None
-        self.token = Token()
-        self.runner: Runner | None = None
-        """The runner taking callers' requests directly (under the token); None: by mail."""
-        self.backoff = False
-        """True while the runner retries a write it must store: requests go through the mailbox."""
-
-    def mark_done(self, state: str) -> None:
-        """Record that no runner serves this instance any more, and wake ``wait`` callers."""
-        self.state = state
-        if self.finished is not None:
-            self.finished.set()
 
 
 async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:

@@ -1,0 +1,315 @@
+"""The supervisor: keeps one instance's runner going, within the restart budget.
+
+:func:`supervise` is the task the engine spawns per resident instance. It runs
+a :class:`~._runner.Runner` and, when the runner stops, decides what happens to
+the instance:
+
+- it finished: the entry leaves the registry (``FINISHED``);
+- it passivated with an empty mailbox: the entry stays, ``PASSIVE``;
+- it crashed (a bug): the crash is reported and counted; more than
+  ``max_restarts`` crashes within ``restart_window`` seconds leave the
+  instance ``STUCK`` as stored, otherwise a new runner starts from the stored
+  snapshot with ``Recover`` as its first message;
+- its snapshot was changed or deleted under it: that is reported once, not
+  counted, and the next runner goes on from what is stored (or the entry is
+  ``GONE``, or ``ORPHAN`` when it now belongs to another workflow or version).
+
+Requests still queued for an instance nobody will run are answered here
+(:func:`drain`), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._core._engine import Command, Recover, apply
+from .._core._errors import (
+    CorruptSnapshot,
+    EngineClosed,
+    EventRejected,
+    InstanceNotFound,
+    RunnerFailed,
+)
+from .._core._model import Instance
+from .._core._workflow import Workflow
+from ._mailbox import Mailbox, Message
+from ._registry import Entry, State
+from ._runner import RETRY_FIRST, RETRY_MAX, Runner, SnapshotReplaced
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+_log = logging.getLogger("hephaestus.engine")
+
+
+def stuck_message(engine: Engine, entry: Entry) -> str:
+    """What ``wait`` and requests answer for an instance left ``STUCK``."""
+    return (
+        f"instance {entry.instance.id!r} stopped after its runner crashed more than "
+        f"{engine.max_restarts} times in {engine.restart_window} s; it is left as stored "
+        "and is recovered by the next open_engine on this storage"
+    )
+
+
+def drain(engine: Engine, entry: Entry, error: Exception) -> None:
+    """Answer every message still queued for ``entry`` without running it."""
+    mailbox = entry.mailbox
+    if mailbox is None:
+        return
+    for message in _take_all(mailbox):
+        if message.reply is None:
+            continue
+        if entry.instance.status.is_terminal and entry.workflow is not None:
+            try:
+                outcome = apply(entry.workflow, entry.instance, message.input, engine.clock.now())
+            except EventRejected as exc:
+                message.reply.fail(exc)
+            else:
+                message.reply.set(outcome.reply)
+        else:
+            message.reply.fail(error)
+
+
+async def supervise(
+    engine: Engine, entry: Entry, first_commands: Sequence[Command], announce: bool = True
+) -> None:
+    """Run the instance's runner, restarting it from storage after a crash.
+
+    A crash (a bug) counts against ``max_restarts``; a snapshot changed or
+    deleted under the runner does not: it is reported once and the runner
+    goes on from what is stored, or stops if nothing is.
+    """
+    workflow = entry.workflow
+    assert workflow is not None
+    mailbox = entry.mailbox
+    assert mailbox is not None
+    crashes: list[float] = []
+    commands: Sequence[Command] = first_commands
+    try:
+        while True:
+            if engine.telemetry.enabled and announce:
+                engine.telemetry.emit(
+                    "runner.init",
+                    instance_id=entry.instance.id,
+                    workflow=workflow.name,
+                    metadata={"version": workflow.version, "restarts": len(crashes)},
+                )
+            try:
+                runner = Runner(engine, entry, workflow)
+                await runner.run(commands)
+                if runner.passivated:
+                    if mailbox.empty():
+                        entry.state = (
+                            State.PASSIVE  # its timers stay armed; a request or one wakes it
+                        )
+                        return
+                    commands, announce = (), False  # mail came as it let go: serve it
+                    continue
+                break
+            except Exception as exc:
+                # The next runner re-arms what is stored (Recover); nothing fires meanwhile.
+                engine.timers.disarm_all(entry.instance.id)
+                # The runner's nursery wraps what broke it: report that, not the group.
+                cause: BaseException = exc
+                while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                    cause = cause.exceptions[0]
+                if isinstance(cause, SnapshotReplaced):
+                    # Only callers' requests carry over: step outcomes and timers belong
+                    # to the state that was replaced; Recover re-derives them.
+                    requests = [cause.message] if cause.message is not None else []
+                    queued = [m for m in [*requests, *_take_all(mailbox)] if m.reply is not None]
+                    replaced = True
+                else:
+                    now = trio.current_time()
+                    crashes = [t for t in crashes if now - t <= engine.restart_window]
+                    crashes.append(now)
+                    _report_crash(engine, entry, workflow, exc, cause, len(crashes))
+                    if len(crashes) > engine.max_restarts:
+                        entry.mark_done(State.STUCK)
+                        drain(engine, entry, RunnerFailed(stuck_message(engine, entry)))
+                        _log.error("%s", stuck_message(engine, entry))
+                        return
+                    # Recover must be the first message the new runner sees (and only once).
+                    queued = [m for m in _take_all(mailbox) if not isinstance(m.input, Recover)]
+                    replaced = False
+            stored = await _reload(engine, entry)
+            if replaced:
+                _report_replaced(engine, entry, workflow, cause, stored)
+            if not _continues(engine, entry, workflow, stored, queued):
+                return
+            commands = ()
+            for message in [Message(Recover()), *queued]:
+                mailbox.put(message)
+            if engine.telemetry.enabled and not replaced:
+                engine.telemetry.emit(
+                    "runner.restart",
+                    instance_id=entry.instance.id,
+                    workflow=workflow.name,
+                    metadata={"crashes": len(crashes)},
+                )
+        if engine._registry.get(entry.instance.id) is entry:
+            del engine._registry[entry.instance.id]
+        entry.mark_done(State.FINISHED)
+        drain(engine, entry, EngineClosed("instance finished"))
+    finally:
+        if entry.state is not State.PASSIVE and engine._registry.get(entry.instance.id) in (
+            entry,
+            None,
+        ):
+            engine.timers.disarm_all(entry.instance.id)
+        if entry.state is State.LIVE:  # the engine is closing
+            if entry.finished is not None:
+                entry.finished.set()  # wait() callers outside the engine get EngineClosed
+            drain(
+                engine,
+                entry,
+                EngineClosed(f"the engine closed before instance {entry.instance.id!r} answered"),
+            )
+
+
+def _report_crash(
+    engine: Engine,
+    entry: Entry,
+    workflow: Workflow,
+    exc: Exception,
+    cause: BaseException,
+    crashes: int,
+) -> None:
+    _log.error(
+        "runner of instance %r crashed (%d in %.1f s)",
+        entry.instance.id,
+        crashes,
+        engine.restart_window,
+        exc_info=exc,
+    )
+    if engine.telemetry.enabled:
+        engine.telemetry.emit(
+            "runner.crash",
+            instance_id=entry.instance.id,
+            workflow=workflow.name,
+            metadata={"error": type(cause).__name__, "message": str(cause), "crashes": crashes},
+        )
+
+
+async def _reload(engine: Engine, entry: Entry) -> Instance | None:
+    """Read the instance's stored snapshot, retrying a failing storage with backoff.
+
+    Returns None when nothing (readable) is stored under its id any more.
+    """
+    instance_id = entry.instance.id
+    delay = RETRY_FIRST
+    failures = 0
+    while True:
+        try:
+            return await engine.storage.get(instance_id)
+        except CorruptSnapshot:
+            return None  # quarantined and reported by the storage
+        except Exception as exc:
+            failures += 1
+            if failures == 1:
+                _log.warning(
+                    "reading the snapshot of instance %r failed (%s: %s); retrying",
+                    instance_id,
+                    type(exc).__name__,
+                    exc,
+                )
+            if engine.telemetry.enabled:
+                engine.telemetry.emit(
+                    "storage.error",
+                    instance_id=instance_id,
+                    workflow=entry.instance.workflow,
+                    metadata={
+                        "operation": "get",
+                        "error": type(exc).__name__,
+                        "message": str(exc),
+                        "failures": failures,
+                        "retry_in": delay,
+                    },
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+
+def _report_replaced(
+    engine: Engine, entry: Entry, workflow: Workflow, cause: BaseException, stored: Instance | None
+) -> None:
+    """Say once that the snapshot changed or vanished under the running instance."""
+    expected = entry.instance.revision
+    if stored is None:
+        what = "was deleted from storage; this engine stops running it"
+    else:
+        what = (
+            f"was replaced in storage (revision {stored.revision}, this engine wrote "
+            f"{expected}); going on from the stored snapshot"
+        )
+    _log.warning("snapshot of instance %r %s", entry.instance.id, what)
+    if engine.telemetry.enabled:
+        engine.telemetry.emit(
+            "storage.error",
+            instance_id=entry.instance.id,
+            workflow=workflow.name,
+            metadata={
+                "operation": "put",
+                "error": "RevisionConflict",
+                "message": str(cause),
+                "reason": "deleted" if stored is None else "replaced",
+                "expected_revision": expected,
+                "stored_revision": None if stored is None else stored.revision,
+            },
+        )
+
+
+def _continues(
+    engine: Engine,
+    entry: Entry,
+    workflow: Workflow,
+    stored: Instance | None,
+    queued: Sequence[Message],
+) -> bool:
+    """Adopt ``stored`` for the next runner; False (and ``entry`` closed) if none can run it."""
+    instance_id = entry.instance.id
+    if stored is None:
+        if engine._registry.get(instance_id) is entry:
+            del engine._registry[instance_id]
+        entry.mark_done(State.GONE)
+        mailbox = entry.mailbox
+        assert mailbox is not None
+        for message in queued:
+            mailbox.put(message)
+        drain(engine, entry, InstanceNotFound(f"instance {instance_id!r} was deleted from storage"))
+        return False
+    entry.instance = stored
+    if (stored.workflow, stored.version) != (workflow.name, workflow.version):
+        entry.workflow = engine._workflows.get((stored.workflow, stored.version))
+        entry.mark_done(State.ORPHAN)
+        mailbox = entry.mailbox
+        assert mailbox is not None
+        for message in queued:
+            mailbox.put(message)
+        drain(
+            engine,
+            entry,
+            EventRejected(
+                f"instance {instance_id!r} was replaced in storage by one of workflow "
+                f"{stored.workflow!r} v{stored.version}: send the request again"
+            ),
+        )
+        return False
+    return True
+
+
+def _take_all(mailbox: Mailbox) -> list[Message]:
+    """Empty ``mailbox``; a fault carrying a caller's request (snapshot replaced) yields it."""
+    taken: list[Message] = []
+    while (message := mailbox.take_nowait()) is not None:
+        if message.fault is not None:
+            fault = message.fault
+            if not isinstance(fault, SnapshotReplaced) or fault.message is None:
+                continue  # a bug already told to its caller, or nobody's request
+            message = fault.message
+        taken.append(message)
+    return taken
