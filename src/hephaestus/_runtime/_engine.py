@@ -12,6 +12,7 @@ happens when it crashes, lives in :mod:`._supervisor`; timers in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -186,29 +187,19 @@ class Engine:
 
         transition = started(0)
         entry = Entry(wf, transition.instance, State.LIVE)
-        self._registry[instance_id] = entry  # claims the id before the first await
-        try:
-            # Shielded: a write that landed before the caller was cancelled must get its
-            # runner, or the stored instance would sit unrun with its id blocked.
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.storage.put(transition.instance, expected_revision=0)
-                except RevisionConflict:
-                    stored = await self.storage.get(instance_id)
-                    if stored is not None and not stored.status.is_terminal:
-                        raise self._already_running(
-                            wf, instance_id, Entry(None, stored, State.ORPHAN)
-                        ) from None
-                    previous = 0 if stored is None else stored.revision
-                    transition = started(previous)
-                    entry.instance = transition.instance
-                    await self.storage.put(transition.instance, expected_revision=previous)
-            self._check_open()  # closed meanwhile: the next open_engine recovers it
-        except BaseException as exc:
-            if self._registry.get(instance_id) is entry:
-                del self._registry[instance_id]
-            drain(self, entry, self.unacknowledged(exc))
-            raise
+        with self._claiming(entry):
+            try:
+                await self.storage.put(transition.instance, expected_revision=0)
+            except RevisionConflict:
+                stored = await self.storage.get(instance_id)
+                if stored is not None and not stored.status.is_terminal:
+                    raise self._already_running(
+                        wf, instance_id, Entry(None, stored, State.ORPHAN)
+                    ) from None
+                previous = 0 if stored is None else stored.revision
+                transition = started(previous)
+                entry.instance = transition.instance
+                await self.storage.put(transition.instance, expected_revision=previous)
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "workflow.start",
@@ -404,6 +395,30 @@ class Engine:
         return instance
 
     # -- internals -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _claiming(self, entry: Entry) -> Iterator[None]:
+        """Hold ``entry``'s id in the registry while the block writes its first snapshot.
+
+        The id is claimed before the block's first await, so a concurrent
+        start, retry or delete of it waits or is refused. The block runs
+        shielded from the caller's cancellation: a write that landed must get
+        its runner, or the stored instance would sit unrun with its id
+        blocked. If the block raises, or the engine closed meanwhile (the next
+        ``open_engine`` recovers what was written), the claim is released,
+        requests queued for the entry get the error, and it propagates.
+        """
+        instance_id = entry.instance.id
+        self._registry[instance_id] = entry
+        try:
+            with trio.CancelScope(shield=True):
+                yield
+            self._check_open()
+        except BaseException as exc:
+            if self._registry.get(instance_id) is entry:
+                del self._registry[instance_id]
+            drain(self, entry, self.unacknowledged(exc))
+            raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -674,16 +689,8 @@ class Engine:
             )
         transition = apply(workflow, instance, RetryInput(), now)
         entry = Entry(workflow, transition.instance, State.LIVE)
-        self._registry[instance_id] = entry  # claims the id before the first await
-        try:
-            with trio.CancelScope(shield=True):  # a landed write must get its runner
-                await self.storage.put(transition.instance, expected_revision=instance.revision)
-            self._check_open()  # closed meanwhile: the next open_engine recovers it
-        except BaseException as exc:
-            if self._registry.get(instance_id) is entry:
-                del self._registry[instance_id]
-            drain(self, entry, self.unacknowledged(exc))
-            raise
+        with self._claiming(entry):
+            await self.storage.put(transition.instance, expected_revision=instance.revision)
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "workflow.retry",
