@@ -217,20 +217,9 @@ class Runner:
             self.post_fault(exc)  # a bug: the supervisor restarts the runner
             raise
         if transition.changed:
-            with engine.request_write() as scope:
-                try:
-                    await engine.storage.put(transition.instance, expected_revision=before.revision)
-                except RevisionConflict as exc:
-                    reply = Reply()
-                    request = Message(event, reply)
-                    self.post_fault(SnapshotReplaced(request, exc))
-                    return reply
-                except Exception as exc:
-                    self.storage_error(exc, failures=1, retry_in=None)
-                    raise
-            if scope.cancelled_caught:
-                raise EngineClosed("the engine closed before the request was acknowledged")
-            entry.instance = transition.instance
+            handed = await self.persist_request(event, transition)
+            if handed is not None:
+                return handed
         if engine.telemetry.enabled:
             self.report(event, before, transition)
         if entry.runner is self:  # else the engine is closing: the next open_engine goes on
@@ -238,6 +227,34 @@ class Runner:
         reply = Reply()
         reply.set(transition.reply)
         return reply
+
+    async def persist_request(self, event: Input, transition: Transition) -> Reply | None:
+        """Store a caller's changed ``transition`` and adopt it; the caller holds the token.
+
+        Returns None once it is stored, or the pending reply of the request
+        handed to the supervisor when the snapshot was replaced under us.
+
+        Raises:
+            EngineClosed: the engine closed during the write (nothing acknowledged).
+            Exception: the storage's error when the write failed (nothing changed).
+        """
+        entry = self.entry
+        with self.engine.request_write() as scope:
+            try:
+                await self.engine.storage.put(
+                    transition.instance, expected_revision=entry.instance.revision
+                )
+            except RevisionConflict as exc:
+                reply = Reply()
+                self.post_fault(SnapshotReplaced(Message(event, reply), exc))
+                return reply
+            except Exception as exc:
+                self.storage_error(exc, failures=1, retry_in=None)
+                raise
+        if scope.cancelled_caught:
+            raise EngineClosed("the engine closed before the request was acknowledged")
+        entry.instance = transition.instance
+        return None
 
     async def apply_passive(self, event: Input) -> Reply:
         """Apply a caller's request to a passivated instance; the caller holds the token.
@@ -257,20 +274,10 @@ class Runner:
         engine = self.engine
         transition = apply(self.workflow, before, event, engine.clock.now())
         if transition.changed:
-            with engine.request_write() as scope:
-                try:
-                    await engine.storage.put(transition.instance, expected_revision=before.revision)
-                except RevisionConflict as exc:
-                    reply = Reply()
-                    self.post_fault(SnapshotReplaced(Message(event, reply), exc))
-                    engine.activate(entry, ())  # its supervisor reloads what is stored
-                    return reply
-                except Exception as exc:
-                    self.storage_error(exc, failures=1, retry_in=None)
-                    raise
-            if scope.cancelled_caught:
-                raise EngineClosed("the engine closed before the request was acknowledged")
-            entry.instance = transition.instance
+            handed = await self.persist_request(event, transition)
+            if handed is not None:
+                engine.activate(entry, ())  # its supervisor reloads what is stored
+                return handed
         if engine.telemetry.enabled:
             self.report(event, before, transition)
         steps: list[Command] = []
