@@ -63,7 +63,7 @@ from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
-from ._mailbox import Message, Reply
+from ._mailbox import Mailbox, Message, Reply
 from ._paging import check_page_args, for_each_page, query_page
 from ._registry import Entry, State
 from ._runner import Runner
@@ -316,9 +316,9 @@ class Engine:
         self._check_open()
         check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
-        if entry is not None:
-            return detached_instance(entry.instance)  # the runner goes on with the original
-        return await self._load(instance_id)  # decoded for this call alone
+        if entry is not None and entry.snapshot is not None:
+            return detached_instance(entry.snapshot)  # the runner goes on with the original
+        return await self._load(instance_id)  # decoded for this call alone (or passivated)
 
     async def list(
         self,
@@ -380,8 +380,8 @@ class Engine:
         # An entry's instance is shared with the engine and with other waiters; one loaded
         # from storage was decoded for this call alone.
         instance = (
-            detached_instance(entry.instance)
-            if entry is not None
+            detached_instance(entry.snapshot)
+            if entry is not None and entry.snapshot is not None
             else await self._load(instance_id)
         )
         if not instance.status.is_terminal:
@@ -408,7 +408,7 @@ class Engine:
         ``open_engine`` recovers what was written), the claim is released,
         requests queued for the entry get the error, and it propagates.
         """
-        instance_id = entry.instance.id
+        instance_id = entry.id
         self._registry[instance_id] = entry
         try:
             with trio.CancelScope(shield=True):
@@ -444,19 +444,22 @@ class Engine:
         return found
 
     def _already_running(self, wf: Workflow, instance_id: str, held: Entry) -> AlreadyRunning:
-        holder = held.instance
-        same = holder.workflow == wf.name and (
-            wf.unique.scope != "version" or holder.version == wf.version
-        )
+        holder = held.snapshot
+        if holder is not None:
+            name, version = holder.workflow, holder.version
+        else:  # passivated: the index record's workflow
+            assert held.workflow is not None
+            name, version = held.workflow.name, held.workflow.version
+        same = name == wf.name and (wf.unique.scope != "version" or version == wf.version)
         if same or wf.unique.scope == "global":
             return AlreadyRunning(
-                f"instance {instance_id!r} is already {holder.status.value} "
-                f"(workflow {holder.workflow!r} v{holder.version}); wait for it to finish "
+                f"instance {instance_id!r} is already {held.status.value} "
+                f"(workflow {name!r} v{version}); wait for it to finish "
                 "or cancel it first"
             )
         return AlreadyRunning(
             f"id {instance_id!r} is held by an active instance of workflow "
-            f"{holder.workflow!r} v{holder.version}; ids are shared across workflows, so give "
+            f"{name!r} v{version}; ids are shared across workflows, so give "
             f"{wf.name!r} its own hx.Unique key"
         )
 
@@ -480,6 +483,7 @@ class Engine:
                         reply = await Runner(self, entry, workflow).apply_passive(event)
                     finally:
                         entry.token.release()
+                        entry.drop_idle_token()
                     return await reply.wait()
                 await entry.token.changed()
                 self._check_open()
@@ -522,25 +526,60 @@ class Engine:
         return transition.reply
 
     def _timer_due(self, instance_id: str, timer_id: str) -> None:
-        """Hand a due timer to the runner of its instance (the timer service calls this)."""
+        """Hand a due timer to its instance (the timer service calls this).
+
+        A resident instance's runner gets it by mail; a passivated one is
+        applied by a task of its own under the token (:meth:`_fire_passive`).
+        """
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state is State.PASSIVE:
-            self.activate(entry, ())
-        if entry is not None and entry.state is State.LIVE and entry.mailbox is not None:
+        if entry is None:
+            return
+        if entry.state is State.PASSIVE:
+            self._nursery.start_soon(self._fire_passive, entry, timer_id)
+        elif entry.state is State.LIVE and entry.mailbox is not None:
             entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
 
-    def activate(self, entry: Entry, commands: Sequence[Command]) -> None:
-        """Give a passivated instance its runner back, from the snapshot the entry holds.
+    async def _fire_passive(self, entry: Entry, timer_id: str) -> None:
+        """Apply a due timer to a passivated instance under its token, without a runner.
+
+        If the instance became resident meanwhile, its runner gets the timer by mail.
+        """
+        token = entry.token
+        await token.acquire()
+        try:
+            if self._registry.get(entry.id) is not entry:
+                return  # finished, deleted or replaced meanwhile
+            if entry.state is State.PASSIVE:
+                workflow = entry.workflow
+                assert workflow is not None
+                await Runner(self, entry, workflow).fire_passive(timer_id)
+            elif entry.state is State.LIVE and entry.mailbox is not None:
+                entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
+        finally:
+            token.release()
+            entry.drop_idle_token()
+
+    def activate(
+        self, entry: Entry, commands: Sequence[Command], messages: Sequence[Message] = ()
+    ) -> None:
+        """Give a passivated instance its runner back.
 
         Its timers are still armed in the timer service, so nothing is
-        re-derived; ``commands`` (steps to run) are the new runner's first.
+        re-derived; ``commands`` (steps to run) are the new runner's first, and
+        ``messages`` are queued for it. An entry without a snapshot is reloaded
+        from storage by its supervisor first (``Recover``).
         """
         entry.state = State.LIVE
+        mailbox = entry.mailbox
+        if mailbox is None:
+            mailbox = entry.mailbox = Mailbox()
+        for message in messages:
+            mailbox.put(message)
         self._nursery.start_soon(supervise, self, entry, commands, False)
 
     def finish_passive(self, entry: Entry) -> None:
         """Let go of a passivated instance that a request finished (no runner to do it)."""
-        instance_id = entry.instance.id
+        instance_id = entry.id
         if self._registry.get(instance_id) is entry:
             del self._registry[instance_id]
         entry.mark_done(State.FINISHED)
@@ -783,8 +822,11 @@ class Engine:
             if entry is not None and entry.state is State.DELETING:
                 raise EventRejected(f"instance {instance_id!r} is being deleted")
             if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
-                if not entry.instance.status.is_terminal:
-                    refuse_active(entry.instance)
+                if not entry.status.is_terminal:
+                    snapshot = entry.snapshot
+                    refuse_active(
+                        snapshot if snapshot is not None else await self._load(instance_id)
+                    )
                     raise AssertionError("refuse_active must raise")  # pragma: no cover
                 if entry.finished is None:
                     entry.finished = trio.Event()

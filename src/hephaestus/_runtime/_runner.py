@@ -36,15 +36,16 @@ from .._core._engine import (
     Input,
     Recover,
     RunStep,
+    TimerFired,
     Transition,
     apply,
     step_context,
 )
-from .._core._errors import EngineClosed, EventRejected, RevisionConflict
+from .._core._errors import CorruptSnapshot, EngineClosed, EventRejected, RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ._mailbox import Mailbox, Message, Reply
-from ._registry import Entry
+from ._registry import Entry, State
 from ._report import report
 from ._steprun import run_attempt
 
@@ -260,29 +261,145 @@ class Runner:
         """Apply a caller's request to a passivated instance; the caller holds the token.
 
         ``self`` is not running: it lends its transition, write and telemetry
-        code. Timers are armed and disarmed in the timer service directly; a
-        step to run makes the instance resident again; a finished instance
-        leaves the registry. Returns the reply to wait on, as :meth:`apply_request`.
+        code. The snapshot is loaded from storage for the request and dropped
+        again after it, unless a step must run: timers are armed and disarmed
+        in the timer service directly, a step to run makes the instance
+        resident again, a finished instance leaves the registry. A snapshot
+        that is not the one the index record names (changed or deleted under
+        the engine) is handed with the request to a runner, whose supervisor
+        reports it and goes on from what is stored. Returns the reply to wait
+        on, as :meth:`apply_request`.
 
         Raises:
             EventRejected: the instance cannot take ``event`` (nothing changed).
             EngineClosed: the engine closed during the write (nothing acknowledged).
-            Exception: the storage's error when the write failed (nothing changed).
+            Exception: the storage's error when the read or the write failed
+                (nothing changed); a bug in the transition, which is also
+                reported as a crash of the instance's runner (``runner.crash``).
         """
         entry = self.entry
-        before = entry.instance
         engine = self.engine
-        transition = apply(self.workflow, before, event, engine.clock.now())
-        if transition.changed:
-            handed = await self.persist_request(event, transition)
-            if handed is not None:
-                engine.activate(entry, ())  # its supervisor reloads what is stored
-                return handed
-        if engine.telemetry.enabled:
-            self.report(event, before, transition)
+        try:
+            try:
+                loaded = await self.load_passive()
+            except Exception as exc:
+                self.storage_error(exc, failures=1, retry_in=None, operation="get")
+                raise
+            if not loaded:
+                reply = Reply()
+                engine.activate(entry, (), [Message(event, reply)])
+                return reply
+            before = entry.instance
+            try:
+                transition = apply(self.workflow, before, event, engine.clock.now())
+            except EventRejected:
+                raise
+            except Exception as exc:
+                self.post_fault(exc)  # a bug: reported and counted like a runner's crash
+                engine.activate(entry, ())
+                raise
+            if transition.changed:
+                handed = await self.persist_request(event, transition)
+                if handed is not None:
+                    engine.activate(entry, ())  # its supervisor reloads what is stored
+                    return handed
+            if engine.telemetry.enabled:
+                self.report(event, before, transition)
+            self.carry_out_passive(transition.commands)
+            reply = Reply()
+            reply.set(transition.reply)
+            return reply
+        finally:
+            if entry.state is State.PASSIVE:
+                entry.passivate()
+
+    async def fire_passive(self, timer_id: str) -> None:
+        """Apply a due timer to a passivated instance; the caller holds the token.
+
+        Like :meth:`apply_passive`, without a runner unless a step must run.
+        What the engine must not lose goes to a runner instead: when the read
+        or the write fails, or what is stored is not what the index record
+        names, the instance becomes resident and its supervisor goes on from
+        storage (the runner retries a failing write with backoff; the timer,
+        still in the stored snapshot, fires again); a bug in the transition is
+        reported as a runner crash. Cancelled (the engine closing), nothing is
+        stored and the next ``open_engine`` fires the timer.
+        """
+        entry = self.entry
+        engine = self.engine
+        event = TimerFired(timer_id=timer_id)
+        try:
+            try:
+                loaded = await self.load_passive()
+            except Exception as exc:
+                self.storage_error(exc, failures=1, retry_in=RETRY_FIRST, operation="get")
+                loaded = False
+            if not loaded:
+                engine.activate(entry, ())  # no snapshot: the supervisor reloads it
+                return
+            before = entry.instance
+            try:
+                transition = apply(self.workflow, before, event, engine.clock.now())
+            except Exception as exc:
+                self.post_fault(exc)
+                engine.activate(entry, ())
+                return
+            if transition.changed:
+                try:
+                    await engine.storage.put(transition.instance, expected_revision=before.revision)
+                except RevisionConflict:
+                    entry.passivate()  # the record keeps the revision this engine wrote
+                    engine.activate(entry, ())
+                    return
+                except Exception:
+                    # The runner applies it again and retries the write with backoff.
+                    engine.activate(entry, (), [Message(event)])
+                    return
+                entry.instance = transition.instance
+            if engine.telemetry.enabled:
+                self.report(event, before, transition)
+            self.carry_out_passive(transition.commands)
+        finally:
+            if entry.state is State.PASSIVE:
+                entry.passivate()
+
+    async def load_passive(self) -> bool:
+        """Load a passivated instance's snapshot into its entry; the caller holds the token.
+
+        Returns False, loading nothing, when what is stored is not what the
+        index record names: another revision, another workflow, or nothing.
+
+        Raises:
+            Exception: the storage's error (nothing loaded).
+        """
+        entry = self.entry
+        try:
+            stored = await self.engine.storage.get(entry.id)
+        except CorruptSnapshot:
+            return False  # quarantined and reported by the storage
+        workflow = self.workflow
+        if (
+            stored is None
+            or stored.revision != entry.revision
+            or stored.workflow != workflow.name
+            or stored.version != workflow.version
+        ):
+            return False
+        entry.instance = stored
+        return True
+
+    def carry_out_passive(self, commands: Iterable[Command]) -> None:
+        """Carry out what a transition of a passivated instance says, without a runner.
+
+        Timers are armed and disarmed in the timer service; steps to run make
+        the instance resident (a runner starts them); a finished instance
+        leaves the registry.
+        """
+        engine = self.engine
+        entry = self.entry
         steps: list[Command] = []
-        instance_id = before.id
-        for command in transition.commands:
+        instance_id = entry.id
+        for command in commands:
             match command:
                 case ArmTimer(timer=timer):
                     engine.timers.arm(instance_id, timer.id, timer.deadline)
@@ -294,14 +411,13 @@ class Runner:
             engine.finish_passive(entry)
         elif steps:
             engine.activate(entry, steps)
-        reply = Reply()
-        reply.set(transition.reply)
-        return reply
 
     def post_fault(self, fault: Exception) -> None:
         """Make the runner raise ``fault`` before it takes any other message."""
-        mailbox = self.entry.mailbox
-        assert mailbox is not None
+        entry = self.entry
+        mailbox = entry.mailbox
+        if mailbox is None:  # passivated: the runner that raises it is about to start
+            mailbox = entry.mailbox = Mailbox()
         mailbox.put_back([Message(Recover(), fault=fault)])
 
     async def handle(self, message: Message) -> None:
@@ -432,12 +548,15 @@ class Runner:
             self.entry.backoff = False
             mailbox.put_back(deferred)
 
-    def storage_error(self, exc: Exception, *, failures: int, retry_in: float | None) -> None:
-        """Report a failed write: ``retry_in`` seconds until the next try, None if none."""
+    def storage_error(
+        self, exc: Exception, *, failures: int, retry_in: float | None, operation: str = "put"
+    ) -> None:
+        """Report a failed write (or read): ``retry_in`` s until the next try, None if none."""
         if failures == 1:
             _log.warning(
-                "writing the snapshot of instance %r failed (%s: %s)%s",
-                self.instance.id,
+                "%s the snapshot of instance %r failed (%s: %s)%s",
+                "writing" if operation == "put" else "reading",
+                self.entry.id,
                 type(exc).__name__,
                 exc,
                 "" if retry_in is None else "; retrying with backoff",
@@ -446,7 +565,7 @@ class Runner:
             self.emit(
                 "storage.error",
                 metadata={
-                    "operation": "put",
+                    "operation": operation,
                     "error": type(exc).__name__,
                     "message": str(exc),
                     "failures": failures,
@@ -475,9 +594,9 @@ class Runner:
                     scope = self.scopes[step] = trio.CancelScope()
                     nursery.start_soon(self.run_step, step, attempt, scope)
                 case ArmTimer(timer=timer):
-                    self.engine.timers.arm(self.instance.id, timer.id, timer.deadline)
+                    self.engine.timers.arm(self.entry.id, timer.id, timer.deadline)
                 case DisarmTimer(timer_id=timer_id):
-                    self.engine.timers.disarm(self.instance.id, timer_id)
+                    self.engine.timers.disarm(self.entry.id, timer_id)
                 case CancelStep(step=step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
@@ -548,7 +667,7 @@ class Runner:
     ) -> None:
         self.engine.telemetry.emit(
             name,
-            instance_id=self.instance.id,
+            instance_id=self.entry.id,
             workflow=self.workflow.name,
             step=step,
             measurements=measurements,
