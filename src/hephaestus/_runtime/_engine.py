@@ -67,7 +67,7 @@ from ._mailbox import Mailbox, Message, Reply
 from ._paging import check_page_args, for_each_page, query_page
 from ._registry import Entry, State
 from ._runner import Runner
-from ._supervisor import drain, stuck_message, supervise
+from ._supervisor import drain, reload, stuck_message, supervise
 from ._timers import TimerService
 
 _log = logging.getLogger("hephaestus.engine")
@@ -147,9 +147,9 @@ class Engine:
     ) -> str:
         """Create an instance and persist it before returning its id.
 
-        Once the write has begun, cancelling the caller does not interrupt it:
-        the instance is stored and run, and the cancellation is delivered at the
-        caller's next checkpoint.
+        A caller cancelled during the write gets the cancellation and no id;
+        if the write landed anyway, the instance is run all the same (and its
+        id is held until it finishes), otherwise the id is free again.
 
         Raises:
             UnknownWorkflow: the workflow (or that version) is not registered.
@@ -401,24 +401,60 @@ class Engine:
         """Hold ``entry``'s id in the registry while the block writes its first snapshot.
 
         The id is claimed before the block's first await, so a concurrent
-        start, retry or delete of it waits or is refused. The block runs
-        shielded from the caller's cancellation: a write that landed must get
-        its runner, or the stored instance would sit unrun with its id
-        blocked. If the block raises, or the engine closed meanwhile (the next
-        ``open_engine`` recovers what was written), the claim is released,
-        requests queued for the entry get the error, and it propagates.
+        start, retry or delete of it waits or is refused. If the block raises,
+        or the engine closed meanwhile (the next ``open_engine`` recovers what
+        was written), the claim is released, requests queued for the entry get
+        the error, and it propagates.
+
+        A caller cancelled during the write cannot tell whether it landed (a
+        storage may acknowledge after writing), and a write that landed must
+        get its runner, or the stored instance would sit unrun with its id
+        blocked. So the claim is not released then: the engine settles it in a
+        task of its own (:meth:`_settle_claim`) and the cancellation propagates.
         """
         instance_id = entry.id
         self._registry[instance_id] = entry
         try:
-            with trio.CancelScope(shield=True):
-                yield
+            yield
             self._check_open()
-        except BaseException as exc:
+        except trio.Cancelled:
             if self._registry.get(instance_id) is entry:
-                del self._registry[instance_id]
-            drain(self, entry, self.unacknowledged(exc))
+                self._nursery.start_soon(self._settle_claim, entry)
             raise
+        except BaseException as exc:
+            self._release_claim(entry, exc)
+            raise
+
+    def _release_claim(self, entry: Entry, exc: BaseException) -> None:
+        """Give up a claimed id whose first snapshot was not written."""
+        if self._registry.get(entry.id) is entry:
+            del self._registry[entry.id]
+        drain(self, entry, self.unacknowledged(exc))
+
+    async def _settle_claim(self, entry: Entry) -> None:
+        """Run a claimed instance whose caller was cancelled during its write, if it landed.
+
+        Reads what is stored: the snapshot the caller wrote gets its runner
+        (``Recover`` first: steps that were to start run); anything else (no
+        write, or an older one) releases the claim. Requests queued meanwhile
+        are served, or answered with the error.
+        """
+        written = entry.instance
+        stored = await reload(self, entry)
+        if stored is None or stored.revision != written.revision:
+            self._release_claim(
+                entry,
+                InstanceNotFound(
+                    f"instance {entry.id!r} was not stored: the request that wrote it was "
+                    "cancelled first"
+                ),
+            )
+            return
+        entry.instance = stored
+        mailbox = entry.mailbox
+        assert mailbox is not None
+        mailbox.put_back([Message(Recover())])
+        await supervise(self, entry, ())
 
     def _check_open(self) -> None:
         if self._closed:
@@ -703,9 +739,9 @@ class Engine:
         failed for good, and the siblings cancelled with it) runs again with a
         fresh retry budget; ``ctx.attempt`` keeps counting, so an idempotency
         key built from it never repeats. Completed steps keep their results and
-        do not run again; the history is kept. Once the write has begun,
-        cancelling the caller does not interrupt it: the instance is stored and
-        run, and the cancellation is delivered at the caller's next checkpoint.
+        do not run again; the history is kept. A caller cancelled during the
+        write gets the cancellation; if the write landed anyway, the instance
+        is run all the same.
 
         Raises:
             InstanceNotFound: no instance has that id.

@@ -138,7 +138,7 @@ async def supervise(
                     # Recover must be the first message the new runner sees (and only once).
                     queued = [m for m in _take_all(mailbox) if not isinstance(m.input, Recover)]
                     replaced = False
-            stored = await _reload(engine, entry)
+            stored = await reload(engine, entry)
             if replaced:
                 report_replaced(engine, entry, workflow, cause, stored)
             if not continues(engine, entry, workflow, stored, queued):
@@ -178,7 +178,7 @@ async def _wake(engine: Engine, entry: Entry, workflow: Workflow, mailbox: Mailb
     from what is stored, and only callers' requests carry over. ``Recover`` is
     the runner's first message.
     """
-    stored = await _reload(engine, entry)
+    stored = await reload(engine, entry)
     queued = _take_all(mailbox)
     if stored is None or stored.revision != entry.revision:
         report_replaced(
@@ -222,7 +222,7 @@ def _report_crash(
         )
 
 
-async def _reload(engine: Engine, entry: Entry) -> Instance | None:
+async def reload(engine: Engine, entry: Entry) -> Instance | None:
     """Read the instance's stored snapshot, retrying a failing storage with backoff.
 
     Returns None when nothing (readable) is stored under its id any more.
