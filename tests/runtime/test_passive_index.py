@@ -252,3 +252,33 @@ async def test_wait_returns_an_instance_the_engine_finished_without_reading_stor
     assert [f.status for f in finals] == [hx.Status.COMPLETED] * 2
     finals[0].results.clear()  # each waiter has its own copy
     assert finals[1].results == {"approval": {}}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_recovery_pauses_the_cyclic_gc_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    import gc
+
+    wf = approval()
+    storage = hx.MemoryStorage()
+    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
+        await engine.start(wf, "a")
+        await trio.testing.wait_all_tasks_blocked()
+    real_query = storage.query
+    seen: list[bool] = []
+
+    async def query(**kwargs: Any) -> list[hx.Instance]:
+        seen.append(gc.isenabled())
+        return await real_query(**kwargs)
+
+    monkeypatch.setattr(storage, "query", query)
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
+            assert gc.isenabled() is enabled
+            assert (await engine.get("ap::a")).status is hx.Status.WAITING
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False]
