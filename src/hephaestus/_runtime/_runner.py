@@ -60,6 +60,10 @@ RETRY_MAX: Final = 10.0
 """The longest pause between two retries of such a write."""
 
 
+WAKE: Final = Message(Recover())
+"""Queued only to wake a runner loop, which skips it (a caller started a step in a task)."""
+
+
 class SnapshotReplaced(Exception):
     """The stored snapshot is not the one the runner wrote last: changed or deleted under it.
 
@@ -93,6 +97,8 @@ class Runner:
         "inline",
         "nursery",
         "passivated",
+        "pending",
+        "scope",
         "scopes",
         "started",
         "workflow",
@@ -104,11 +110,16 @@ class Runner:
         self.workflow = workflow
         self.scopes: dict[str, trio.CancelScope] = {}
         self.started: dict[str, float] = {}
+        self.scope: trio.CancelScope | None = None
+        """The scope of everything the runner runs (inline step code, its nursery)."""
         self.nursery: trio.Nursery | None = None
+        """Opened once a step must run in a task of its own; None until then."""
+        self.pending: list[tuple[str, int, trio.CancelScope]] = []
+        """Steps to start in a task of their own once the nursery is open."""
         self.inline: tuple[str, int] | None = None
+        """A lone step (and its attempt) the runner loop is to run in its own task next."""
         self.passivated = False
         """True when :meth:`run` returned because the instance no longer needs a runner."""
-        """A lone step (and its attempt) the runner loop is to run in its own task next."""
 
     @property
     def instance(self) -> Instance:
@@ -122,6 +133,11 @@ class Runner:
         requests queued meanwhile are applied first), callers apply their
         requests themselves under the token (:meth:`apply_request`).
 
+        The runner opens a nursery only once a step must run in a task of its
+        own (fan-out, a step with a timeout or a sync one): an instance whose
+        steps all run inline costs one cancel scope, which is what finishing
+        the instance (a ``cancel`` while a step runs inline) cancels.
+
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
                 supervisor restarts it from the last snapshot.
@@ -130,35 +146,55 @@ class Runner:
         mailbox = entry.mailbox
         assert mailbox is not None
         try:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
+            with trio.CancelScope() as scope:
+                self.scope = scope
                 self.carry_out(first_commands, inline=True)
-                while not entry.instance.status.is_terminal:
-                    message = mailbox.take_nowait()
-                    if message is None:
-                        entry.runner = self
-                        if self.inline is None and self.idle():
-                            message = await self.idle_wait(mailbox)
-                            if message is None:
-                                # From here on requests go by mail: the supervisor sees them.
-                                entry.runner = None
-                                self.passivated = True
-                                return
-                        elif self.inline is not None:
-                            # Queued messages came first; from now on callers apply their
-                            # requests themselves while the step runs here.
-                            step, attempt = self.inline
-                            self.inline = None
-                            await self.run_inline(step, attempt)
-                            continue
-                        else:
-                            message = await mailbox.take()
-                    await self.handle(message)
-                nursery.cancel_scope.cancel()
+                if not await self.serve(mailbox):
+                    async with trio.open_nursery() as nursery:
+                        self.nursery = nursery
+                        for step, attempt, step_scope in self.pending:
+                            nursery.start_soon(self.run_step, step, attempt, step_scope)
+                        self.pending.clear()
+                        await self.serve(mailbox)
+                        nursery.cancel_scope.cancel()
         finally:
             if entry.runner is self:
                 entry.runner = None
             entry.token.poke()  # waiting callers send their requests another way
+
+    async def serve(self, mailbox: Mailbox) -> bool:
+        """Apply messages and run inline steps until the instance no longer needs the runner.
+
+        Returns True once it is terminal or passivated (``self.passivated``),
+        False when a step waits for a task of its own and the runner has no
+        nursery yet (never once it has one).
+        """
+        entry = self.entry
+        while not entry.instance.status.is_terminal:
+            if self.pending:
+                return False
+            message = mailbox.take_nowait()
+            if message is None:
+                entry.runner = self
+                if self.inline is None and self.idle():
+                    message = await self.idle_wait(mailbox)
+                    if message is None:
+                        # From here on requests go by mail: the supervisor sees them.
+                        entry.runner = None
+                        self.passivated = True
+                        return True
+                elif self.inline is not None:
+                    # Queued messages came first; from now on callers apply their
+                    # requests themselves while the step runs here.
+                    step, attempt = self.inline
+                    self.inline = None
+                    await self.run_inline(step, attempt)
+                    continue
+                else:
+                    message = await mailbox.take()
+            if message is not WAKE:
+                await self.handle(message)
+        return True
 
     def idle(self) -> bool:
         """Whether the instance could do without its runner: waiting, no step running."""
@@ -581,7 +617,6 @@ class Runner:
         loop to run in this task instead of a task of its own.
         """
         nursery = self.nursery
-        assert nursery is not None
         for command in commands:
             match command:
                 case RunStep(step=step, attempt=attempt):
@@ -592,7 +627,12 @@ class Runner:
                         self.inline = (step, attempt)
                         continue
                     scope = self.scopes[step] = trio.CancelScope()
-                    nursery.start_soon(self.run_step, step, attempt, scope)
+                    if nursery is not None:
+                        nursery.start_soon(self.run_step, step, attempt, scope)
+                        continue
+                    self.pending.append((step, attempt, scope))
+                    if not inline:  # a caller's task: the runner opens its nursery
+                        self.post_wake()
                 case ArmTimer(timer=timer):
                     self.engine.timers.arm(self.entry.id, timer.id, timer.deadline)
                 case DisarmTimer(timer_id=timer_id):
@@ -602,7 +642,12 @@ class Runner:
                     if found is not None:
                         found.cancel()
                 case Finished():
-                    nursery.cancel_scope.cancel()
+                    # Stops the inline step and every step task; the runner itself, when
+                    # it applied this, has nothing left to stop.
+                    if not inline or self.scopes:
+                        everything = self.scope
+                        assert everything is not None
+                        everything.cancel()
 
     def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
@@ -649,6 +694,12 @@ class Runner:
             if self.scopes.get(key) is scope:
                 del self.scopes[key]
             self.post(result)
+
+    def post_wake(self) -> None:
+        """Wake the runner loop without a message to apply (:data:`WAKE`)."""
+        mailbox = self.entry.mailbox
+        assert mailbox is not None
+        mailbox.put(WAKE)
 
     def post(self, event: Input) -> None:
         mailbox = self.entry.mailbox
