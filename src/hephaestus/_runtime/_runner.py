@@ -465,7 +465,8 @@ class Runner:
         if message.fault is not None:
             raise message.fault
         token = self.entry.token
-        await token.acquire()
+        if not token.try_acquire():
+            await token.acquire()
         try:
             await self.apply_message(message)
         finally:
