@@ -352,7 +352,11 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             ``workflow`` lacks (it was stored by another definition).
     """
     kind = type(event)
-    if kind is StepSucceeded:
+    if kind is Start:
+        fast = _fast_start(workflow, instance, now)
+        if fast is not None:
+            return fast
+    elif kind is StepSucceeded:
         fast = _fast_succeeded(workflow, instance, cast(StepSucceeded, event), now)
         if fast is not None:
             return fast
@@ -407,11 +411,38 @@ def apply_general(workflow: Workflow, instance: Instance, event: Input, now: flo
 
 # --- fast paths -------------------------------------------------------------------------------
 #
-# The two transitions every instance makes most: a lone running step returns an event
-# whose plain edge leads to one step that can start at once (or to Done), and a step
-# suspends with an empty inbox. Each returns None unless the instance is in exactly the
+# The transitions every instance makes most: a fresh instance starts, a lone running step
+# returns an event whose plain edge leads to one step that can start at once (or to Done),
+# and a step suspends with an empty inbox. Each returns None unless the instance is in exactly the
 # simple state it handles; then its result equals apply_general's, field for field
 # (property_tests/test_fast_paths.py), at a fraction of the cost of a _Draft.
+
+
+def _fast_start(workflow: Workflow, instance: Instance, now: float) -> Transition | None:
+    """``Start`` of a fresh PENDING instance: its start step runs (attempt 1)."""
+    if (
+        instance.status is not Status.PENDING
+        or instance.active
+        or instance.inbox
+        or instance.cancelled
+        or instance.error is not None
+        or instance.graph != workflow.fingerprint
+    ):
+        return None
+    key = workflow.start.key
+    return Transition(
+        msgspec.structs.replace(
+            instance,
+            status=Status.RUNNING,
+            active=(key,),
+            attempts={**instance.attempts, key: 1},
+            updated_at=now,
+            revision=instance.revision + 1,
+        ),
+        (RunStep(step=key, attempt=1, config=instance.configs.get(key)),),
+        None,
+        changed=True,
+    )
 
 
 def _fast_succeeded(
