@@ -156,7 +156,8 @@ async def supervise(
         if engine._registry.get(entry.id) is entry:
             del engine._registry[entry.id]
         entry.mark_done(State.FINISHED)
-        drain(engine, entry, EngineClosed("instance finished"))
+        if not mailbox.empty():
+            drain(engine, entry, EngineClosed("instance finished"))
     finally:
         if entry.state is not State.PASSIVE and engine._registry.get(entry.id) in (entry, None):
             engine.timers.disarm_all(entry.id)
