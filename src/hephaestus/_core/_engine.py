@@ -249,17 +249,17 @@ def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int
     config = instance.configs.get(step)
     initial = instance.initial
     results = instance.results
-    return StepContext(
-        instance_id=instance.id,
-        workflow=workflow.name,
-        version=workflow.version,
-        initial=detached_copy(initial) if initial else {},
+    return StepContext._of(
+        instance.id,
+        workflow.name,
+        workflow.version,
+        detached_copy(initial) if initial else {},
         # Steps that stored no results (the common case) leave only empty dicts to copy.
-        results=(detached_copy(results) if any(results.values()) else {key: {} for key in results}),
-        metadata=detached_copy(instance.metadata) if instance.metadata else {},
-        config=None if config is None else detached_copy(config),
-        attempt=attempt,
-        step=step,
+        detached_copy(results) if any(results.values()) else {key: {} for key in results},
+        detached_copy(instance.metadata) if instance.metadata else {},
+        None if config is None else detached_copy(config),
+        attempt,
+        step,
     )
 
 
