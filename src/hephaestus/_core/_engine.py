@@ -464,8 +464,9 @@ def _fast_succeeded(
         return None
     completed = instance.completed
     fired = instance.fired
-    if any(key != step and key not in completed for key in fired):
-        return None  # a join is pending: the general path decides it
+    for key in fired:  # a loop, not any(): this runs three times per linear instance
+        if key != step and key not in completed:
+            return None  # a join is pending: the general path decides it
     attempt = event.attempt
     results = event.results
     history = (
@@ -498,8 +499,9 @@ def _fast_succeeded(
     target, config = edge.targets[0]
     if target in completed or target == step:
         return None
-    if any(p != step and p not in completed for p in workflow.predecessors[target]):
-        return None
+    for p in workflow.predecessors[target]:
+        if p != step and p not in completed:
+            return None
     configs = instance.configs if config is None else {**instance.configs, target: config}
     return Transition(
         msgspec.structs.replace(

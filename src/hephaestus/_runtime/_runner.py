@@ -464,37 +464,34 @@ class Runner:
         """
         if message.fault is not None:
             raise message.fault
-        token = self.entry.token
+        entry = self.entry
+        token = entry.token
         if not token.try_acquire():
             await token.acquire()
         try:
-            await self.apply_message(message)
+            before = entry.instance
+            engine = self.engine
+            try:
+                transition = apply(self.workflow, before, message.input, engine.clock.now())
+            except EventRejected as exc:
+                if message.reply is not None:
+                    message.reply.fail(exc)
+                return
+            except BaseException as exc:
+                if message.reply is not None:
+                    message.reply.fail(exc)
+                raise
+            if transition.changed:
+                if not await self.persist(transition.instance, before.revision, message):
+                    return  # the request's write failed: it was not applied, and said so
+                entry.instance = transition.instance
+            if engine.telemetry.enabled:
+                self.report(message.input, before, transition)
+            self.carry_out(transition.commands, inline=True)
+            if message.reply is not None:
+                message.reply.set(transition.reply)
         finally:
             token.release()
-
-    async def apply_message(self, message: Message) -> None:
-        """Apply one message while holding the token."""
-        before = self.instance
-        engine = self.engine
-        try:
-            transition = apply(self.workflow, before, message.input, engine.clock.now())
-        except EventRejected as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
-            return
-        except BaseException as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
-            raise
-        if transition.changed:
-            if not await self.persist(transition.instance, before.revision, message):
-                return  # the request's write failed: it was not applied, and said so
-            self.entry.instance = transition.instance
-        if engine.telemetry.enabled:
-            self.report(message.input, before, transition)
-        self.carry_out(transition.commands, inline=True)
-        if message.reply is not None:
-            message.reply.set(transition.reply)
 
     async def persist(self, instance: Instance, expected: int, message: Message) -> bool:
         """Store ``instance``; return False if the write failed and ``message``'s caller was told.
