@@ -16,6 +16,7 @@ from ..storage._protocol import Storage
 from ._clock import Clock, SystemClock
 from ._engine import Engine
 from ._limiters import Limiters
+from ._schedules import Schedule, check_schedules, open_schedule, run_schedule
 
 
 @asynccontextmanager
@@ -29,6 +30,7 @@ async def open_engine(
     restart_window: float = 5.0,
     passivate_after: float | None = 0.0,
     limiters: Mapping[str, int] | None = None,
+    schedules: Iterable[Schedule] = (),
 ) -> AsyncIterator[Engine]:
     """Run an engine for the length of the ``async with`` block.
 
@@ -56,13 +58,19 @@ async def open_engine(
             many attempts of the steps declared with ``limiter="api"`` run at
             once in this engine; the others wait, first come first served, and
             their timeout clocks start once they run.
+        schedules: ``hx.Schedule`` values; each starts its workflow once per
+            cron tick. Their stored progress is read on entry, after recovery
+            (a schedule seen for the first time starts from that moment); the
+            ticks missed meanwhile follow its ``catch_up`` just after.
 
     Raises:
         WorkflowDefinitionError: two different workflows share a name and version;
-            a step names a limiter that ``limiters`` lacks, or a limit is no int >= 1.
+            a step names a limiter that ``limiters`` lacks, or a limit is no int >= 1;
+            a schedule's workflow is not in ``workflows``, or two schedules share a name.
     """
     workflows = list(workflows)
     limits = check_limiters(limiters, workflows)
+    scheduled = check_schedules(schedules, workflows)
     handlers = [telemetry] if callable(telemetry) else list(telemetry)
     dispatcher = Telemetry(handlers)
     store: Storage = MemoryStorage() if storage is None else storage
@@ -95,6 +103,11 @@ async def open_engine(
                     limiters=Limiters(limits),
                 )
                 await engine._recover_all()
+                for schedule in scheduled:
+                    progress = await open_schedule(engine, schedule)
+                    nursery.start_soon(
+                        run_schedule, engine, schedule, progress, name=f"schedule {schedule.name!r}"
+                    )
                 try:
                     yield engine
                 finally:
