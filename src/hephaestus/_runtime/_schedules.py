@@ -282,7 +282,12 @@ def _skipped(engine: Engine, schedule: Schedule, span: tuple[float, float]) -> N
         engine.telemetry.emit(
             "schedule.skip",
             workflow=schedule.workflow.name,
-            metadata={"schedule": schedule.name, "first": first, "last": last},
+            metadata={
+                "version": schedule.workflow.version,
+                "schedule": schedule.name,
+                "first": first,
+                "last": last,
+            },
         )
 
 
