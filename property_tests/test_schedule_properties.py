@@ -52,7 +52,7 @@ def model(
     chosen = {"all": missed, "latest": missed[-1:], "skip": []}[catch_up]
     left_out = [t for t in missed if t not in chosen]
     skipped = (left_out[0], left_out[-1]) if left_out else None
-    return Plan(start=tuple(on_time + chosen), skipped=skipped)
+    return Plan(start=tuple(on_time + chosen), through=now, skipped=skipped)
 
 
 moments = st.integers(0, 60).map(float) | st.floats(0, 60, allow_nan=False)
@@ -64,14 +64,31 @@ moments = st.integers(0, 60).map(float) | st.floats(0, 60, allow_nan=False)
     now=moments,
     catch_up=st.sampled_from(CATCH_UP),
     waited_index=st.none() | st.integers(0, 19),
+    limit=st.integers(1, 4) | st.just(1_000),
 )
 def test_plan_starts_what_the_rules_say(
-    ticks: list[int], through: float, now: float, catch_up: CatchUp, waited_index: int | None
+    ticks: list[int],
+    through: float,
+    now: float,
+    catch_up: CatchUp,
+    waited_index: int | None,
+    limit: int,
 ) -> None:
+    """Looking again at once while a plan stops short of ``now`` adds up to the model's plan."""
     oracle = ListTicks(ticks)
     waited = oracle.after(through) if waited_index is not None else None
-    got = plan(oracle, through=through, now=now, waited=waited, catch_up=catch_up)
-    assert got == model(ticks, through, now, waited, catch_up)
+    expected = model(ticks, through, now, waited, catch_up)
+    got = plan(oracle, through=through, now=now, waited=waited, catch_up=catch_up, limit=limit)
+    started = list(got.start)
+    while got.through < now:
+        assert len(got.start) == limit
+        assert got.through == got.start[-1]
+        got = plan(
+            oracle, through=got.through, now=now, waited=None, catch_up=catch_up, limit=limit
+        )
+        started += got.start
+    assert len(got.start) <= (limit if catch_up == "all" else 2)  # latest: on time + latest
+    assert Plan(start=tuple(started), through=got.through, skipped=got.skipped) == expected
 
 
 @given(
@@ -100,8 +117,13 @@ def test_looks_and_restarts_never_start_a_tick_twice(
             now = min(now + elapsed, waited)
         else:
             now += elapsed
-        started += plan(oracle, through=through, now=now, waited=waited, catch_up=catch_up).start
-        through = max(through, now)
+        chosen = plan(oracle, through=through, now=now, waited=waited, catch_up=catch_up, limit=3)
+        started += chosen.start
+        through = max(through, chosen.through)
+        while chosen.through < now:  # the runtime looks again at once
+            chosen = plan(oracle, through=through, now=now, waited=None, catch_up=catch_up, limit=3)
+            started += chosen.start
+            through = max(through, chosen.through)
         waited = oracle.after(through)
     assert len(started) == len(set(started))
     assert started == sorted(started)

@@ -34,9 +34,9 @@ class Hourly:
 @pytest.mark.parametrize(
     ("catch_up", "expected"),
     [
-        ("all", Plan(start=(20.0, 30.0, 40.0, 50.0))),
-        ("latest", Plan(start=(50.0,), skipped=(20.0, 40.0))),
-        ("skip", Plan(start=(), skipped=(20.0, 50.0))),
+        ("all", Plan(start=(20.0, 30.0, 40.0, 50.0), through=55.0)),
+        ("latest", Plan(start=(50.0,), through=55.0, skipped=(20.0, 40.0))),
+        ("skip", Plan(start=(), through=55.0, skipped=(20.0, 50.0))),
     ],
 )
 def test_after_downtime_the_missed_ticks_follow_catch_up(catch_up: str, expected: Plan) -> None:
@@ -47,14 +47,27 @@ def test_after_downtime_the_missed_ticks_follow_catch_up(catch_up: str, expected
 @pytest.mark.parametrize("catch_up", ["all", "latest", "skip"])
 def test_the_tick_waited_for_always_starts(catch_up: str) -> None:
     on_time = plan(Hourly(), through=15.0, now=20.0, waited=20.0, catch_up=catch_up)  # type: ignore[arg-type]
-    assert on_time == Plan(start=(20.0,))
+    assert on_time == Plan(start=(20.0,), through=20.0)
     overslept = plan(Hourly(), through=15.0, now=45.0, waited=20.0, catch_up=catch_up)  # type: ignore[arg-type]
     assert overslept.start[0] == 20.0
 
 
 def test_nothing_is_due_before_the_next_tick_or_with_a_clock_set_back() -> None:
-    assert plan(Hourly(), through=15.0, now=19.0, waited=20.0, catch_up="all") == Plan(start=())
-    assert plan(Hourly(), through=55.0, now=30.0, waited=60.0, catch_up="latest") == Plan(start=())
+    assert plan(Hourly(), through=15.0, now=19.0, waited=20.0, catch_up="all") == Plan(
+        start=(), through=19.0
+    )
+    assert plan(Hourly(), through=55.0, now=30.0, waited=60.0, catch_up="latest") == Plan(
+        start=(), through=30.0
+    )
+
+
+def test_all_catches_up_a_long_downtime_in_steps_of_limit_ticks() -> None:
+    first = plan(Hourly(), through=5.0, now=75.0, waited=10.0, catch_up="all", limit=3)
+    assert first == Plan(start=(10.0, 20.0, 30.0), through=30.0)
+    rest = plan(Hourly(), through=30.0, now=75.0, waited=None, catch_up="all", limit=3)
+    assert rest == Plan(start=(40.0, 50.0, 60.0), through=60.0)
+    last = plan(Hourly(), through=60.0, now=75.0, waited=None, catch_up="all", limit=3)
+    assert last == Plan(start=(70.0,), through=75.0)
 
 
 def test_tick_values_are_utc_times() -> None:

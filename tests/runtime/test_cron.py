@@ -40,3 +40,17 @@ def test_an_expression_that_never_ticks_has_no_next_tick() -> None:
 def test_a_bad_expression_is_a_cron_error(expression: str) -> None:
     with pytest.raises(CronError, match="is not a valid cron expression"):
         Cron(expression)
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 * * * *", "*/7 3-5 * * 1-5", "0 0 L * *", "*/20 * * * * *"]
+)
+def test_going_on_from_the_last_tick_agrees_with_starting_over(expression: str) -> None:
+    going_on, fresh = Cron(expression), Cron(expression)
+    tick = T + 0.5
+    for _ in range(50):
+        following = going_on.after(tick)
+        assert following is not None
+        assert following == fresh.after(tick) == Cron(expression).after(tick)
+        tick = following
+    assert going_on.after(T) == Cron(expression).after(T)  # another moment starts over

@@ -367,8 +367,9 @@ def test_every_problem_of_a_schedule_is_listed() -> None:
         hx.Schedule(report(scope="none"), cron="nope", catch_up="some", name="")  # type: ignore[arg-type]
     assert len(info.value.problems) == 4
     assert any("catch_up must be 'latest'" in p for p in info.value.problems)
-    with pytest.raises(hx.WorkflowDefinitionError, match=r"must be an hx\.Workflow"):
+    with pytest.raises(hx.WorkflowDefinitionError, match=r"must be an hx\.Workflow") as info:
         hx.Schedule("report", cron=HOURLY)  # type: ignore[arg-type]
+    assert len(info.value.problems) == 1
 
 
 def test_initial_must_be_storable() -> None:
@@ -412,3 +413,59 @@ def test_without_cronsim_a_schedule_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "cronsim", None)
     with pytest.raises(ImportError, match=r"pip install 'hephaestus-trio\[cron\]'"):
         hx.Schedule(report(), cron=HOURLY)
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_a_durable_store_keeps_the_progress_across_engines(tmp_path: Any, kind: str) -> None:
+    """The record and the tick ids go through FileStorage and SQLiteStorage like any instance.
+
+    Their writes run in threads, so trio's clock jumps only after 5 ms of real idleness.
+    """
+    wf = report()
+    schedule = hx.Schedule(wf, cron=HOURLY, catch_up="all")
+
+    def store() -> hx.Storage:
+        if kind == "file":
+            return hx.FileStorage(tmp_path / "store", durable=False)
+        return hx.SQLiteStorage(tmp_path / "store.sqlite", durable=False)
+
+    async def main() -> tuple[list[str], float]:
+        async with hx.open_engine(
+            workflows=[wf], storage=store(), schedules=[schedule], clock=clock()
+        ):
+            await trio.sleep(2.5 * HOUR)
+        await trio.sleep(2 * HOUR)  # 03:00 and 04:00 are missed
+        async with hx.open_engine(
+            workflows=[wf], storage=store(), schedules=[schedule], clock=clock()
+        ) as engine:
+            await trio.sleep(HOUR)
+            record = await engine.get(record_id("report"))
+            return await tick_ids(engine, wf), record.metadata["through"]
+
+    ids, through = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.005))
+    assert ids == hour_ids(1, 5)
+    assert through == DEFAULT_EPOCH + 5 * HOUR
+
+
+async def test_all_catches_up_a_long_downtime_in_steps(autojump_clock: Any) -> None:
+    """1,100 missed minutes, more than one plan holds (PLAN_LIMIT): each starts exactly once."""
+    wf = report()
+    recorder = Recorder()
+    schedule = hx.Schedule(wf, cron="* * * * *", catch_up="all")
+    storage = hx.MemoryStorage()
+    async with storage:
+        async with hx.open_engine(
+            workflows=[wf], storage=storage, clock=clock(), schedules=[schedule]
+        ):
+            pass
+        await trio.sleep(1_100 * 60 + 30)
+        async with hx.open_engine(
+            workflows=[wf], storage=storage, clock=clock(), schedules=[schedule], telemetry=recorder
+        ) as engine:
+            await trio.testing.wait_all_tasks_blocked()
+            ids = await tick_ids(engine, wf)
+            record = await engine.get(record_id("report"))
+    expected = [f"report::{tick_value(DEFAULT_EPOCH + m * 60)}" for m in range(1, 1_101)]
+    assert ids == expected
+    assert Counter(str(e.instance_id) for e in recorder.named("workflow.start")) == Counter(ids)
+    assert record.revision == 1 + 2  # first sight, then one write per plan of at most 1,000

@@ -57,23 +57,39 @@ class Ticks(Protocol):
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """What a schedule does when it looks: the ticks to start, in order, and those it skips.
 
-    ``skipped`` is the first and the last missed tick that ``catch_up`` leaves
-    out (every tick between them is left out too), or None.
+    ``through`` is the moment up to which the plan deals with every tick: the
+    moment of the look, or, when ``"all"`` has more missed ticks than one plan
+    holds, its last tick (look again at once for the rest). ``skipped`` is the
+    first and the last missed tick that ``catch_up`` leaves out (every tick
+    between them is left out too), or None.
     """
 
     start: tuple[float, ...]
+    through: float
     skipped: tuple[float, float] | None = None
 
 
+PLAN_LIMIT: Final = 1_000
+"""The most ticks one plan of ``"all"`` starts: a long downtime is caught up in such steps."""
+
+
 def plan(
-    ticks: Ticks, *, through: float, now: float, waited: float | None, catch_up: CatchUp
+    ticks: Ticks,
+    *,
+    through: float,
+    now: float,
+    waited: float | None,
+    catch_up: CatchUp,
+    limit: int = PLAN_LIMIT,
 ) -> Plan:
     """Return the ticks to start at ``now``, all ticks up to ``through`` having been dealt with.
 
     ``waited`` is the tick the schedule slept for (None on its first look after
     an engine opened): started if it is due. Every other tick in ``(through,
     now]`` was missed and follows ``catch_up``. Nothing is due when ``now`` is
-    not past ``through`` (a clock set back).
+    not past ``through`` (a clock set back). With ``"all"`` at most ``limit``
+    ticks (>= 1) start; when more are due, the plan's ``through`` stops at the
+    last of them.
     """
     start: list[float] = []
     lower = through
@@ -83,24 +99,26 @@ def plan(
     if catch_up == "all":
         tick = ticks.after(lower)
         while tick is not None and tick <= now:
+            if len(start) == limit:
+                return Plan(start=tuple(start), through=start[-1])
             start.append(tick)
             tick = ticks.after(tick)
-        return Plan(start=tuple(start))
+        return Plan(start=tuple(start), through=now)
     last = ticks.latest(now)
     if last is None or last <= lower:
-        return Plan(start=tuple(start))
+        return Plan(start=tuple(start), through=now)
     first = ticks.after(lower)
     assert first is not None
-    assert first <= last
+    assert first <= last  # last itself is a tick after lower
     if catch_up == "skip":
-        return Plan(start=tuple(start), skipped=(first, last))
+        return Plan(start=tuple(start), through=now, skipped=(first, last))
     start.append(last)
     if first == last:
-        return Plan(start=tuple(start))
+        return Plan(start=tuple(start), through=now)
     before_last = ticks.latest(math.nextafter(last, -math.inf))
     assert before_last is not None
     assert before_last >= first
-    return Plan(start=tuple(start), skipped=(first, before_last))
+    return Plan(start=tuple(start), through=now, skipped=(first, before_last))
 
 
 def catch_up_problem(catch_up: object) -> str | None:

@@ -9,6 +9,7 @@ float a hair below a tick never reads as the tick itself (and skips it).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
 
@@ -53,7 +54,7 @@ class Cron:
         ImportError: cronsim is not installed.
     """
 
-    __slots__ = ("_cronsim", "expression")
+    __slots__ = ("_cronsim", "_last", "expression")
 
     def __init__(self, expression: str) -> None:
         cronsim = _cronsim()
@@ -71,14 +72,23 @@ class Cron:
             ) from None
         self.expression = expression
         self._cronsim = cronsim
+        self._last: tuple[float, Iterator[datetime]] | None = None
+        """The tick ``after`` returned last and the iterator that found it: asked for the
+        tick after that one (catching up tick by tick), it goes on instead of starting over."""
 
     def after(self, moment: float) -> float | None:
         """The first tick strictly after ``moment``, or None if none comes within 50 years."""
+        last = self._last
+        found = last[1] if last is not None and last[0] == moment else None
+        if found is None:
+            found = self._cronsim(self.expression, _datetime(moment))
         try:
-            tick = next(self._cronsim(self.expression, _datetime(moment)))
+            tick = next(found).timestamp()
         except StopIteration:
+            self._last = None
             return None
-        return tick.timestamp()
+        self._last = (tick, found)
+        return tick
 
     def latest(self, moment: float) -> float | None:
         """The last tick at or before ``moment``, or None if none was within 50 years."""

@@ -117,21 +117,22 @@ class Schedule:
             problems.append(f"workflow must be an hx.Workflow, got {workflow!r}")
         else:
             problems += filter(None, [scope_problem(workflow.name, workflow.unique)])
-            if name is None:
-                name = workflow.name
         problems += filter(None, [catch_up_problem(catch_up)])
         ticks: Cron | None = None
         try:
             ticks = Cron(cron)
         except CronError as exc:
             problems.append(str(exc))
-        if not isinstance(name, str) or not name:
-            problems.append(f"name must be a non-empty str (or None), got {name!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            problems.append(
+                f"name must be a non-empty str (or None for the workflow's), got {name!r}"
+            )
         if problems:
-            raise WorkflowDefinitionError(f"hx.Schedule({name!r})", problems)
+            label = name if name is not None else getattr(workflow, "name", None)
+            raise WorkflowDefinitionError(f"hx.Schedule({label!r})", problems)
         assert ticks is not None
-        assert isinstance(name, str)
-        check_text(name, "Schedule name")
+        name = workflow.name if name is None else check_text(name, "Schedule name")
+        assert name is not None
         copied = stored_copy(dict(initial) if isinstance(initial, Mapping) else initial, "initial")
         self.workflow = workflow
         self.cron = cron
@@ -227,8 +228,11 @@ async def _serve(engine: Engine, schedule: Schedule, progress: Progress) -> None
             await _retrying(engine, schedule, "start", partial(_start_tick, engine, schedule, tick))
         if chosen.skipped is not None:
             _skipped(engine, schedule, chosen.skipped)
-        through = max(through, now)
+        through = max(through, chosen.through)
         await progress.save(through)
+        if chosen.through < now:
+            waited = None  # "all" has more missed ticks than one plan holds: go on at once
+            continue
         waited = ticks.after(through)
         if waited is None:
             _log.warning(
