@@ -13,7 +13,7 @@ import trio.testing
 
 import hephaestus as hx
 
-from .helpers import clock
+from .helpers import Recorder, clock
 
 
 class Inside:
@@ -355,3 +355,25 @@ def test_a_step_records_its_limiter() -> None:
 
     assert call.limiter == "api"
     assert hx.step(call.fn, events=("ok",)).limiter is None
+
+
+async def test_step_start_is_reported_when_the_attempt_gets_its_token(autojump_clock: Any) -> None:
+    @hx.step(events=("ok",), limiter="one")
+    async def call(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(1.0)
+        return "ok"
+
+    wf = hx.Workflow("t", start=call, transitions={(call, "ok"): hx.Done}, unique=hx.Unique("t"))
+    recorder = Recorder()
+    async with hx.open_engine(
+        workflows=[wf], clock=clock(), limiters={"one": 1}, telemetry=recorder
+    ) as engine:
+        began = trio.current_time()
+        ids = [await engine.start(wf, f"v{i}") for i in range(3)]
+        for iid in ids:
+            await engine.wait(iid)
+    starts = recorder.named("step.start")
+    assert [e.instance_id for e in starts] == ids  # first come, first served
+    durations = [e.measurements["duration"] for e in recorder.named("step.stop")]
+    assert durations == [1.0, 1.0, 1.0]  # the wait is not the step's time
+    assert trio.current_time() - began == 3.0

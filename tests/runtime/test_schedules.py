@@ -469,3 +469,34 @@ async def test_all_catches_up_a_long_downtime_in_steps(autojump_clock: Any) -> N
     assert ids == expected
     assert Counter(str(e.instance_id) for e in recorder.named("workflow.start")) == Counter(ids)
     assert record.revision == 1 + 2  # first sight, then one write per plan of at most 1,000
+
+
+class JumpingClock:
+    """The virtual clock plus ``offset``: a wall clock that jumps (a host that was suspended)."""
+
+    def __init__(self) -> None:
+        self.virtual = clock()
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return self.virtual.now() + self.offset
+
+
+@pytest.mark.parametrize(
+    ("catch_up", "started"),
+    [("latest", [1, 6, 7]), ("all", [1, 2, 3, 4, 5, 6, 7]), ("skip", [1, 7])],
+)
+async def test_ticks_that_passed_while_the_engine_slept_follow_catch_up(
+    autojump_clock: Any, catch_up: Any, started: list[int]
+) -> None:
+    """The clock jumps five hours while the schedule sleeps for 01:00: 01:00 is on time, the
+    ticks after it that also passed (02:00 to 06:00) were missed."""
+    wf = report()
+    jumping = JumpingClock()
+    schedule = hx.Schedule(wf, cron=HOURLY, catch_up=catch_up)
+    async with hx.open_engine(workflows=[wf], clock=jumping, schedules=[schedule]) as engine:
+        await trio.sleep(HOUR / 2)
+        jumping.offset = 5 * HOUR
+        await trio.sleep(2 * HOUR)  # the schedule wakes at 06:00 by the clock, then at 07:00
+        ids = await tick_ids(engine, wf)
+    assert ids == [f"report::{tick_value(DEFAULT_EPOCH + h * HOUR)}" for h in started]
