@@ -17,9 +17,9 @@ therefore counts step code really running, not attempts the engine awaits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import final
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Final, final
 
 import trio
 
@@ -38,11 +38,11 @@ class ThreadToken:
     ``taken`` says whether trio took charge of it.
     """
 
-    __slots__ = ("_borrower", "_limiter", "taken")
+    __slots__ = ("_limiter", "borrower", "taken")
 
     def __init__(self, limiter: trio.CapacityLimiter, borrower: object) -> None:
         self._limiter = limiter
-        self._borrower = borrower
+        self.borrower = borrower
         self.taken = False
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
@@ -51,7 +51,7 @@ class ThreadToken:
 
     def release_on_behalf_of(self, borrower: object) -> None:
         trio.to_thread.current_default_thread_limiter().release_on_behalf_of(borrower)
-        self._limiter.release_on_behalf_of(self._borrower)
+        self._limiter.release_on_behalf_of(self.borrower)
 
 
 @final
@@ -71,28 +71,57 @@ class Limiters:
         """
         return self._limiters[name]
 
-    @asynccontextmanager
-    async def hold(self, step: Step) -> AsyncIterator[ThreadToken | None]:
-        """Hold a token of ``step``'s limiter for the block (no wait for a step without one).
+    def hold(self, step: Step) -> AbstractAsyncContextManager[ThreadToken | None]:
+        """Return an async context that holds a token of ``step``'s limiter while it runs.
 
-        Yields the token to pass to a worker thread (``run_attempt``), or None
-        without a limiter. Entering waits for a token, first come first served;
+        It yields the token to pass to a worker thread (``run_attempt``); for a
+        step without a limiter it waits for nothing and yields None. Entering waits for a token, first come first served;
         a cancellation meanwhile propagates and takes no token. Leaving gives
         the token back, unless a worker thread took it: then the thread's end
         does.
         """
         if step.limiter is None:
-            yield None
-            return
-        limiter = self._limiters[step.limiter]
+            return _UNLIMITED
+        return _Hold(self._limiters[step.limiter])
+
+
+@final
+class _Unlimited:
+    """The context of a step without a limiter: no wait, no token (one shared instance)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNLIMITED: Final = _Unlimited()
+
+
+@final
+class _Hold:
+    """Holds one token of ``limiter`` between entering and leaving (see :meth:`Limiters.hold`)."""
+
+    __slots__ = ("_limiter", "_token")
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self._limiter = limiter
+        self._token: ThreadToken | None = None
+
+    async def __aenter__(self) -> ThreadToken:
         borrower = object()
-        await limiter.acquire_on_behalf_of(borrower)
-        token = ThreadToken(limiter, borrower)
-        try:
-            yield token
-        finally:
-            if not token.taken:
-                limiter.release_on_behalf_of(borrower)
+        await self._limiter.acquire_on_behalf_of(borrower)
+        self._token = ThreadToken(self._limiter, borrower)
+        return self._token
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        token = self._token
+        assert token is not None
+        if not token.taken:
+            self._limiter.release_on_behalf_of(token.borrower)
 
 
 def unlimited(workflow: Workflow) -> dict[str, int]:
