@@ -97,8 +97,11 @@ async def test_a_month_of_hourly_ticks_starts_exactly_720_instances(autojump_clo
     assert all(i.initial == {"to": "ops"} for i in instances)
     assert instances[0].id == "report::20260101T010000Z"
     assert instances[-1].id == "report::20260131T000000Z"
-    # Each started at its tick, by the engine's clock.
+    # Each started at its tick, by the engine's clock, and its metadata says which tick it is.
     assert [i.created_at for i in instances] == [DEFAULT_EPOCH + h * HOUR for h in range(1, 721)]
+    assert [i.metadata for i in instances[:2]] == [
+        {"schedule": "report", "tick": DEFAULT_EPOCH + h * HOUR} for h in (1, 2)
+    ]
 
 
 async def test_a_seconds_field_and_the_version_scope_build_one_id_per_tick(

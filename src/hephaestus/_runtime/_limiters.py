@@ -75,10 +75,10 @@ class Limiters:
         """Return an async context that holds a token of ``step``'s limiter while it runs.
 
         It yields the token to pass to a worker thread (``run_attempt``); for a
-        step without a limiter it waits for nothing and yields None. Entering waits for a token, first come first served;
-        a cancellation meanwhile propagates and takes no token. Leaving gives
-        the token back, unless a worker thread took it: then the thread's end
-        does.
+        step without a limiter it waits for nothing and yields None. Entering
+        waits for a token, first come first served; a cancellation meanwhile
+        propagates and takes no token. Leaving gives the token back, unless a
+        worker thread took it: then the thread's end does.
         """
         if step.limiter is None:
             return _UNLIMITED

@@ -74,7 +74,9 @@ class Schedule:
     """Start one instance of ``workflow`` at every tick of ``cron`` (evaluated in UTC).
 
     Each tick's instance has the tick's UTC time as its business value
-    (``20261201T081500Z``) and ``initial`` as its initial data; the store
+    (``20261201T081500Z``), ``initial`` as its initial data, and in its
+    metadata ``schedule`` (this schedule's name) and ``tick`` (the tick in
+    epoch seconds, as ``ctx.metadata["tick"]`` shows its steps); the store
     holds at most one instance per tick, whatever crashes or restarts happen.
     A schedule seen for the first time starts with the first tick after that
     moment. Ticks that fall due while no engine runs the schedule are missed;
@@ -255,7 +257,12 @@ async def _start_tick(engine: Engine, schedule: Schedule, tick: float) -> None:
         held = True  # something is stored under that id: never overwrite it
     if not held:
         try:
-            await engine.start(workflow, value, schedule.initial)
+            await engine.start(
+                workflow,
+                value,
+                schedule.initial,
+                metadata={"schedule": schedule.name, "tick": tick},
+            )
         except AlreadyRunning:
             held = True
     if engine.telemetry.enabled:
