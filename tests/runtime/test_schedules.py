@@ -508,3 +508,33 @@ async def test_ticks_that_passed_while_the_engine_slept_follow_catch_up(
         await trio.sleep(2 * HOUR)  # the schedule wakes at 06:00 by the clock, then at 07:00
         ids = await tick_ids(engine, wf)
     assert ids == [f"report::{tick_value(DEFAULT_EPOCH + h * HOUR)}" for h in started]
+
+
+async def test_a_new_version_of_the_workflow_goes_on_from_the_schedules_progress(
+    autojump_clock: Any,
+) -> None:
+    """The record is the schedule's (named after the workflow), not the version's: v2 takes
+    over at the next tick, without starting the ticks v1 ran again under its own ids."""
+    v1, v2 = report(scope="version", version=1), report(scope="version", version=2)
+    storage = hx.MemoryStorage()
+    async with storage:
+        async with hx.open_engine(
+            workflows=[v1],
+            storage=storage,
+            clock=clock(),
+            schedules=[hx.Schedule(v1, cron=HOURLY, catch_up="all")],
+        ):
+            await trio.sleep(2.5 * HOUR)
+        async with hx.open_engine(
+            workflows=[v1, v2],
+            storage=storage,
+            clock=clock(),
+            schedules=[hx.Schedule(v2, cron=HOURLY, catch_up="all")],
+        ) as engine:
+            await trio.sleep(HOUR)
+            ids = await tick_ids(engine, v2)
+    assert ids == [
+        "report::20260101T010000Z::v1",
+        "report::20260101T020000Z::v1",
+        "report::20260101T030000Z::v2",
+    ]
