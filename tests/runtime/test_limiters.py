@@ -1,6 +1,8 @@
-"""Step limiters: open_engine(limiters={name: n}) lets at most n attempts of the steps naming
-one run at once; waiting for it is no part of a step's timeout, and a cancelled wait takes
-no token."""
+"""Step limiters: at most n attempts of the steps naming one run at once.
+
+open_engine(limiters={name: n}) sets n; waiting for a token is no part of a
+step's timeout, and a cancelled wait takes no token.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""hx.Schedule: one instance per cron tick, exactly once per tick per store, across restarts,
-crashes and downtime, in virtual time."""
+"""hx.Schedule: one instance per cron tick, exactly once per tick per store.
+
+Across restarts, crashes and downtime, in virtual time.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Schedules, the pure part: which cron ticks to start when a schedule looks, tick values,
-and the record that keeps a schedule's progress in storage.
+"""Schedules, the pure part: which ticks to start at a look, tick values, the stored record.
 
 A schedule keeps one number: ``through``, the moment (epoch seconds of the
 engine's clock) up to which every tick has been dealt with, started or
@@ -12,9 +11,11 @@ skipped. Each time it looks, at a moment ``now``, the ticks in
   host was suspended): ``catch_up`` says which of them start, ``"all"``
   every one, ``"latest"`` only the most recent, ``"skip"`` none.
 
-Then ``through`` becomes ``now``. A schedule seen for the first time has no
-``through`` yet: it starts at the moment it is seen, so its first tick is the
-first one after that moment.
+Then ``through`` becomes ``now`` (or, when ``"all"`` has more missed ticks
+than one plan starts, the last tick it started: the schedule looks again at
+once). A schedule seen for the first time has no ``through`` yet: it starts
+at the moment it is seen, so its first tick is the first one after that
+moment.
 
 ``through`` is stored as an instance-like record, so every ``Storage`` keeps
 it, third-party adapters included (they store only instances): id
