@@ -37,6 +37,7 @@ from ._notes import (
     TimerElapsed,
     Via,
 )
+from ._schedule import is_record
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
 from ._workflow import Workflow
 
@@ -1125,9 +1126,15 @@ def prune_statuses(status: Status | Collection[Status] | None) -> tuple[Status, 
 def prunable(instance: Instance, *, statuses: Collection[Status], cut: float) -> bool:
     """True when ``prune`` deletes ``instance``: terminal, of ``statuses``, older than ``cut``.
 
-    ``cut`` is an epoch time; "older" means last updated strictly before it.
+    ``cut`` is an epoch time; "older" means last updated strictly before it. A
+    schedule's record (:mod:`._schedule`) is never pruned.
     """
-    return instance.status.is_terminal and instance.status in statuses and instance.updated_at < cut
+    return (
+        instance.status.is_terminal
+        and instance.status in statuses
+        and instance.updated_at < cut
+        and not is_record(instance)
+    )
 
 
 def _answered_terminal(instance: Instance, event: Input) -> Transition | None:

@@ -64,6 +64,7 @@ from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
+from ._limiters import Limiters
 from ._mailbox import Mailbox, Message, Reply
 from ._paging import check_page_args, for_each_page, query_page
 from ._registry import Entry, State
@@ -95,8 +96,11 @@ class Engine:
         restart_window: float,
         nursery: trio.Nursery,
         passivate_after: float | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
         self.storage = storage
+        self.limiters = Limiters({}) if limiters is None else limiters
+        """The concurrency limits that step attempts naming one hold (:mod:`._limiters`)."""
         self.passivate_after = passivate_after
         """Seconds a waiting instance keeps its runner with nothing to do; None: always."""
         self.clock = clock

@@ -674,10 +674,13 @@ class Runner:
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: no step code runs
         ctx = step_context(self.workflow, self.entry.instance, key, attempt)
-        if self.engine.telemetry.enabled:
-            self.started[key] = trio.current_time()
-            self.emit("step.start", key, metadata={"attempt": attempt})
-        self.post(await run_attempt(self.workflow.steps[key], ctx))
+        definition = self.workflow.steps[key]
+        async with self.engine.limiters.hold(definition) as thread_token:
+            if self.engine.telemetry.enabled:
+                self.started[key] = trio.current_time()
+                self.emit("step.start", key, metadata={"attempt": attempt})
+            result = await run_attempt(definition, ctx, thread_token)
+        self.post(result)
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:
@@ -685,10 +688,12 @@ class Runner:
             # same batch of messages that started it): its code must not run at all.
             await trio.lowlevel.checkpoint_if_cancelled()
             ctx = step_context(self.workflow, self.instance, key, attempt)
-            if self.engine.telemetry.enabled:
-                self.started[key] = trio.current_time()
-                self.emit("step.start", key, metadata={"attempt": attempt})
-            result = await run_attempt(self.workflow.steps[key], ctx)
+            definition = self.workflow.steps[key]
+            async with self.engine.limiters.hold(definition) as thread_token:
+                if self.engine.telemetry.enabled:
+                    self.started[key] = trio.current_time()
+                    self.emit("step.start", key, metadata={"attempt": attempt})
+                result = await run_attempt(definition, ctx, thread_token)
             if self.scopes.get(key) is scope:
                 del self.scopes[key]
             self.post(result)
