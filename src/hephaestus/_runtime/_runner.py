@@ -675,6 +675,12 @@ class Runner:
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: no step code runs
         ctx = step_context(self.workflow, self.entry.instance, key, attempt)
         definition = self.workflow.steps[key]
+        if definition.limiter is None:  # most steps: no limiter context to enter
+            if self.engine.telemetry.enabled:
+                self.started[key] = trio.current_time()
+                self.emit("step.start", key, metadata={"attempt": attempt})
+            self.post(await run_attempt(definition, ctx))
+            return
         async with self.engine.limiters.hold(definition) as thread_token:
             if self.engine.telemetry.enabled:
                 self.started[key] = trio.current_time()
