@@ -150,6 +150,40 @@ class StepContext:
         set_(self, "attempt", attempt)
         set_(self, "step", step)
 
+    @classmethod
+    def _of(
+        cls,
+        instance_id: str,
+        workflow: str,
+        version: int,
+        initial: dict[str, Any],
+        results: dict[str, dict[str, Any]],
+        metadata: dict[str, Any],
+        config: dict[str, Any] | None,
+        attempt: int,
+        step: str,
+    ) -> StepContext:
+        """Build a context from dicts the caller owns (the engine's copies): no checks, no kwargs.
+
+        The same object ``__init__`` builds, for the engine's hot path.
+        """
+        context = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(context, "instance_id", instance_id)
+        set_(context, "workflow", workflow)
+        set_(context, "version", version)
+        set_(context, "initial", MappingProxyType(initial))
+        set_(
+            context,
+            "results",
+            MappingProxyType({k: MappingProxyType(v) for k, v in results.items()}),
+        )
+        set_(context, "metadata", MappingProxyType(metadata))
+        set_(context, "config", None if config is None else MappingProxyType(config))
+        set_(context, "attempt", attempt)
+        set_(context, "step", step)
+        return context
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("StepContext is read-only")
 
