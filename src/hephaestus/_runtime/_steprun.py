@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from .._core._engine import StepFailed, StepSucceeded, StepSuspended
+from .._core._engine import ChildRequested, StepFailed, StepSucceeded, StepSuspended
 from .._core._errors import StepTimeout
 from .._core._outcome import failed, outcome
 from .._core._steps import Step, StepContext
@@ -16,7 +16,9 @@ from .._core._steps import Step, StepContext
 _PROPAGATE = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 
 
-async def run_attempt(step: Step, ctx: StepContext) -> StepSucceeded | StepFailed | StepSuspended:
+async def run_attempt(
+    step: Step, ctx: StepContext
+) -> StepSucceeded | StepFailed | StepSuspended | ChildRequested:
     """Run one attempt of ``step`` and report its outcome; never raises for step errors.
 
     Async steps are awaited here; plain functions run in a worker thread. What

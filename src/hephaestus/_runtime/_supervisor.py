@@ -154,6 +154,7 @@ async def supervise(
         if engine._registry.get(entry.instance.id) is entry:
             del engine._registry[entry.instance.id]
         entry.mark_done(State.FINISHED)
+        engine.on_finished(entry.instance)
         drain(engine, entry, EngineClosed("instance finished"))
     finally:
         if entry.state is not State.PASSIVE and engine._registry.get(entry.instance.id) in (

@@ -10,7 +10,7 @@ from typing import Any, Final, TypeAlias, final
 import trio
 import trio.testing
 
-from .._core._errors import EngineClosed, EventRejected
+from .._core._errors import EngineClosed, EventRejected, InstanceNotFound
 from .._core._model import Instance, Status
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
@@ -34,6 +34,9 @@ once the zero-time work before it (stub steps, recovery) has settled.
 
 ScheduledEvent: TypeAlias = tuple[float, str] | tuple[float, str, Mapping[str, Any] | None]
 """``(delay, event)`` or ``(delay, event, payload)``: resume ``event`` ``delay`` s after start."""
+
+_MAX_DEPTH: Final = 100
+"""How deep is_stuck follows children (the registry refuses cycles; this bounds it anyway)."""
 
 _TERMINAL_NAMES: Final = frozenset({"workflow.stop", "workflow.exception", "workflow.cancel"})
 
@@ -114,6 +117,7 @@ def run_workflow(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> Instance:
     """Run one instance of ``workflow`` to a terminal status, in virtual time; return it.
 
@@ -138,7 +142,12 @@ def run_workflow(
             :func:`with_overrides`. The workflow itself is not changed.
         crash_at: kill the engine before its n-th snapshot write (an int or
             :class:`CrashPoint`, or several), reopen one on the same storage and
-            carry on.
+            carry on. Writes of child instances count too.
+        workflows: more workflows to register beside ``workflow``. The children
+            that its ``hx.SubWorkflow`` steps name by object (and theirs) are
+            registered without asking; list those named by name here. A parent
+            runs with its children: the run ends when the parent is terminal,
+            and a parent waiting on a child is stuck only if the child is.
 
     Raises:
         WorkflowStuck: the instance can make no more progress and is not terminal.
@@ -146,7 +155,13 @@ def run_workflow(
         RuntimeError: called inside ``trio.run``.
     """
     return trace_workflow(
-        workflow, value, initial, events=events, step_overrides=step_overrides, crash_at=crash_at
+        workflow,
+        value,
+        initial,
+        events=events,
+        step_overrides=step_overrides,
+        crash_at=crash_at,
+        workflows=workflows,
     ).instance
 
 
@@ -158,6 +173,7 @@ async def run_workflow_async(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> Instance:
     """:func:`run_workflow` inside a running trio loop.
 
@@ -165,7 +181,13 @@ async def run_workflow_async(
     fixture, or timers, backoffs and scheduled events really sleep.
     """
     run = await trace_workflow_async(
-        workflow, value, initial, events=events, step_overrides=step_overrides, crash_at=crash_at
+        workflow,
+        value,
+        initial,
+        events=events,
+        step_overrides=step_overrides,
+        crash_at=crash_at,
+        workflows=workflows,
     )
     return run.instance
 
@@ -178,6 +200,7 @@ def trace_workflow(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> WorkflowRun:
     """:func:`run_workflow`, returning the whole :class:`WorkflowRun` (events, snapshots, ...)."""
     try:
@@ -197,6 +220,7 @@ def trace_workflow(
         events=events,
         step_overrides=step_overrides,
         crash_at=crash_at,
+        workflows=workflows,
     )
     return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -209,6 +233,7 @@ async def trace_workflow_async(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> WorkflowRun:
     """:func:`trace_workflow` inside a running trio loop (see :func:`run_workflow_async`)."""
     schedule = _schedule(workflow, events)
@@ -216,7 +241,30 @@ async def trace_workflow_async(
     driver = _Driver(
         substitute, value, dict(initial or {}), schedule, CrashingStorage(crash_plan(crash_at))
     )
+    driver.others = _family(substitute, workflows)
     return await driver.run()
+
+
+def _family(workflow: Workflow, extra: Iterable[Workflow]) -> list[Workflow]:
+    """``extra`` plus every child workflow object reachable from ``workflow``, each once."""
+    found: list[Workflow] = []
+    for given in extra:
+        if not isinstance(given, Workflow):
+            raise TypeError(f"workflows must hold hx.Workflow objects, got {given!r}")
+        if all(given is not known for known in found):
+            found.append(given)
+    frontier = [workflow, *found]
+    while frontier:
+        for spec in frontier.pop().children.values():
+            child = spec.workflow
+            if (
+                isinstance(child, Workflow)
+                and child is not workflow
+                and all(child is not known for known in found)
+            ):
+                found.append(child)
+                frontier.append(child)
+    return found
 
 
 def _schedule(
@@ -265,6 +313,8 @@ class _Driver:
         self.outcomes: list[EventOutcome] = []
         self.telemetry: list[TelemetryEvent] = []
         self.started_at = 0.0
+        self.others: list[Workflow] = []
+        """The other workflows the engines register (children)."""
 
     def poke(self) -> None:
         """Wake the watcher: something happened that may change the verdict."""
@@ -291,7 +341,7 @@ class _Driver:
             while final is None:
                 try:
                     async with open_engine(
-                        workflows=[self.workflow],
+                        workflows=[self.workflow, *self.others],
                         storage=storage,
                         clock=clock,
                         telemetry=self.record,
@@ -351,7 +401,7 @@ class _Driver:
             while not self.storage.dead:
                 progress = self.progress
                 instance = await engine.get(self.instance_id)
-                if not self.storage.dead and self.is_stuck(instance):
+                if not self.storage.dead and await self.is_stuck(engine, instance):
                     stuck = instance
                     break
                 await progress.wait()
@@ -360,8 +410,23 @@ class _Driver:
             raise WorkflowStuck(self.stuck_message(stuck), stuck)
         return ended
 
-    def is_stuck(self, instance: Instance) -> bool:
-        return instance.status is Status.WAITING and not instance.timers and self.schedule_done
+    async def is_stuck(self, engine: Engine, instance: Instance, depth: int = 0) -> bool:
+        """Whether ``instance`` waits for nothing that can still happen (its children too)."""
+        if instance.status is not Status.WAITING or instance.timers or not self.schedule_done:
+            return False
+        for step in instance.waiting:
+            link = instance.children.get(step)
+            if link is None:
+                continue  # an outside event that nobody will send
+            try:
+                child = await engine.get(link.id)
+            except InstanceNotFound:
+                return False  # not stored yet: it is on its way
+            if child.parent is None or child.parent.id != instance.id:
+                return False  # the id is another's: the step is about to fail
+            if depth > _MAX_DEPTH or not await self.is_stuck(engine, child, depth + 1):
+                return False
+        return True
 
     def stuck_message(self, instance: Instance) -> str:
         waits = ", ".join(
