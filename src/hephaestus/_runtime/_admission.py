@@ -14,6 +14,7 @@ while it waits simply leaves the queue. The queue is rebuilt from storage by
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 from typing import TYPE_CHECKING, final
@@ -38,7 +39,7 @@ _log = logging.getLogger("hephaestus.engine")
 class Admission:
     """One engine's admission slots and queues, per limited workflow name."""
 
-    __slots__ = ("admitted", "engine", "limits", "queues", "sequence")
+    __slots__ = ("admitted", "admitting", "engine", "limits", "queues", "ready", "sequence")
 
     def __init__(self, engine: Engine, workflows: list[Workflow]) -> None:
         self.engine = engine
@@ -48,6 +49,12 @@ class Admission:
             name: [] for name in self.limits
         }
         self.sequence = 0
+        self.ready: dict[str, collections.deque[Entry]] = {
+            name: collections.deque() for name in self.limits
+        }
+        """Instances given a slot, to be started in this order by the admitting task."""
+        self.admitting: set[str] = set()
+        """The workflow names whose admitting task runs."""
 
     def limited(self, name: str) -> bool:
         """True when workflow ``name`` has a ``max_active``."""
@@ -116,7 +123,19 @@ class Admission:
             ):
                 continue  # cancelled (or deleted) while it waited
             admitted.add(instance_id)
-            self.engine._nursery.start_soon(self._admit, entry)
+            self.ready[name].append(entry)
+        if self.ready[name] and name not in self.admitting:
+            self.admitting.add(name)
+            self.engine._nursery.start_soon(self._admit_ready, name)
+
+    async def _admit_ready(self, name: str) -> None:
+        """Start the instances given a slot one after another, so they start in queue order."""
+        ready = self.ready[name]
+        try:
+            while ready:
+                await self._admit(ready.popleft())
+        finally:
+            self.admitting.discard(name)
 
     async def _admit(self, entry: Entry) -> None:
         """Start the PENDING instance of ``entry`` (a slot is held for it) and give it a runner."""
