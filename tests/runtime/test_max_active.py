@@ -1,4 +1,4 @@
-"""hx.Workflow(max_active=n): at most n admitted at once, the rest PENDING, first come first served."""
+"""hx.Workflow(max_active=n): at most n admitted at once, the rest PENDING, in start order."""
 
 from __future__ import annotations
 
