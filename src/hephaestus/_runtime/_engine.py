@@ -444,16 +444,19 @@ class Engine:
 
         The id is claimed before the block's first await, so a concurrent
         start, retry or delete of it waits or is refused. The block runs
-        shielded from the caller's cancellation: a write that landed must get
-        its runner, or the stored instance would sit unrun with its id
-        blocked. If the block raises, or the engine closed meanwhile (the next
-        ``open_engine`` recovers what was written), the claim is released,
+        shielded from the caller's cancellation (not from the engine
+        closing): a write that landed must get its runner, or the stored
+        instance would sit unrun with its id blocked. If the block raises, or
+        the engine closed meanwhile (the next ``open_engine`` recovers what
+        was written), the claim is released,
         requests queued for the entry get the error, and it propagates.
         """
         instance_id = entry.instance.id
         self._registry[instance_id] = entry
         try:
-            with trio.CancelScope(shield=True):
+            # Shielded from the caller; the engine closing still ends a write that hangs
+            # (a storage that stopped answering), and the claim is then released below.
+            with self.request_write():
                 yield
             self._check_open()
         except BaseException as exc:
