@@ -12,6 +12,7 @@ import trio.testing
 
 from .._core._errors import EngineClosed, EventRejected, InstanceNotFound
 from .._core._model import Instance, Status
+from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._runtime._engine import Engine
@@ -152,6 +153,8 @@ def run_workflow(
     Raises:
         WorkflowStuck: the instance can make no more progress and is not terminal.
         ValueError: an event no step declares, a bad override or crash point.
+        WorkflowDefinitionError: a child workflow (named by name) is not given
+            in ``workflows``, or the workflows contain each other.
         RuntimeError: called inside ``trio.run``.
     """
     return trace_workflow(
@@ -242,6 +245,7 @@ async def trace_workflow_async(
         substitute, value, dict(initial or {}), schedule, CrashingStorage(crash_plan(crash_at))
     )
     driver.others = _family(substitute, workflows)
+    check_registry([substitute, *driver.others])  # open_engine would; say it before running
     return await driver.run()
 
 
