@@ -98,3 +98,16 @@ def test_workflows_must_be_workflows() -> None:
     bad: Any = ["child"]
     with pytest.raises(TypeError, match=r"hx\.Workflow objects"):
         run_workflow(parent, "p", workflows=bad)
+
+
+async def test_a_crash_while_the_watcher_looks_at_a_child_does_not_hang(
+    autojump_clock: Any,
+) -> None:
+    """The watcher read children through the crashing storage and blocked on it for good."""
+    parent, _ = family()
+    clean = await hx.testing.trace_workflow_async(parent, "p", {"n": 1})
+    for _ in range(5):
+        for write in range(1, clean.writes + 1):
+            with trio.fail_after(10_000):
+                run = await hx.testing.trace_workflow_async(parent, "p", {"n": 1}, crash_at=write)
+            assert run.instance.status is hx.Status.COMPLETED

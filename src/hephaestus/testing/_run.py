@@ -10,7 +10,7 @@ from typing import Any, Final, TypeAlias, final
 import trio
 import trio.testing
 
-from .._core._errors import EngineClosed, EventRejected, InstanceNotFound
+from .._core._errors import EngineClosed, EventRejected
 from .._core._model import Instance, Status
 from .._core._registry import check_registry
 from .._core._seconds import check_seconds
@@ -405,7 +405,7 @@ class _Driver:
             while not self.storage.dead:
                 progress = self.progress
                 instance = await engine.get(self.instance_id)
-                if not self.storage.dead and await self.is_stuck(engine, instance):
+                if not self.storage.dead and await self.is_stuck(instance):
                     stuck = instance
                     break
                 await progress.wait()
@@ -414,7 +414,7 @@ class _Driver:
             raise WorkflowStuck(self.stuck_message(stuck), stuck)
         return ended
 
-    async def is_stuck(self, engine: Engine, instance: Instance, depth: int = 0) -> bool:
+    async def is_stuck(self, instance: Instance, depth: int = 0) -> bool:
         """Whether ``instance`` waits for nothing that can still happen (its children too)."""
         if instance.status is not Status.WAITING or instance.timers or not self.schedule_done:
             return False
@@ -422,13 +422,14 @@ class _Driver:
             link = instance.children.get(step)
             if link is None:
                 continue  # an outside event that nobody will send
-            try:
-                child = await engine.get(link.id)
-            except InstanceNotFound:
+            # Read what is stored without the crash machinery: a crash while this looks
+            # must not leave the watcher blocked on a dead storage.
+            child = await self.storage.inner.get(link.id)
+            if child is None:
                 return False  # not stored yet: it is on its way
             if child.parent is None or child.parent.id != instance.id:
                 return False  # the id is another's: the step is about to fail
-            if depth > _MAX_DEPTH or not await self.is_stuck(engine, child, depth + 1):
+            if depth > _MAX_DEPTH or not await self.is_stuck(child, depth + 1):
                 return False
         return True
 
