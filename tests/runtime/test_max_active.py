@@ -175,3 +175,38 @@ async def test_the_limit_of_the_highest_version_applies(autojump_clock: Any) -> 
 def test_max_active_must_be_a_positive_int(bad: Any) -> None:
     with pytest.raises(hx.WorkflowDefinitionError, match="max_active must be an int >= 1"):
         limited(bad)
+
+
+class FailingAdmissions(Watching):
+    """Fails the first ``n`` writes that admit a PENDING instance."""
+
+    def __init__(self, workflow: str, limit: int, n: int) -> None:
+        super().__init__(workflow, limit)
+        self.failures_left = n
+
+    async def put(self, instance: hx.Instance, *, expected_revision: int | None = None) -> None:
+        was = self.status.get(instance.id)
+        if was is hx.Status.PENDING and instance.status in _ADMITTED and self.failures_left:
+            self.failures_left -= 1
+            raise OSError(28, "No space left on device")
+        await super().put(instance, expected_revision=expected_revision)
+
+
+async def test_a_failing_admission_write_is_retried_with_backoff(autojump_clock: Any) -> None:
+    wf = limited(1, seconds=10)
+    storage = FailingAdmissions("limited", 1, n=3)
+    errors: list[hx.TelemetryEvent] = []
+
+    def record(event: hx.TelemetryEvent) -> None:
+        if event.name == "storage.error":
+            errors.append(event)
+
+    async with hx.open_engine(
+        workflows=[wf], storage=storage, clock=clock(), telemetry=record
+    ) as engine:
+        first = await engine.start(wf, "a")
+        second = await engine.start(wf, "b")
+        assert (await engine.wait(second)).status is hx.Status.COMPLETED
+    assert storage.admitted == [first, second]
+    assert [e.metadata["failures"] for e in errors] == [1, 2, 3]
+    assert {e.instance_id for e in errors} == {second}

@@ -111,3 +111,12 @@ async def test_a_crash_while_the_watcher_looks_at_a_child_does_not_hang(
             with trio.fail_after(10_000):
                 run = await hx.testing.trace_workflow_async(parent, "p", {"n": 1}, crash_at=write)
             assert run.instance.status is hx.Status.COMPLETED
+
+
+def test_the_invariant_checks_look_at_the_parent_only() -> None:
+    from hephaestus.testing._invariants import run_problems
+
+    parent, _ = family()
+    run = trace_workflow(parent, "p", {"n": 1}, crash_at=[2, 4])
+    assert {s.id for s in run.snapshots} == {"parentid::p", "childid::parentid-p-sub"}
+    assert run_problems(run) == []

@@ -166,9 +166,11 @@ class Admission:
     async def _persist(self, entry: Entry, transition: Transition, expected: int) -> bool:
         """Store the admitted snapshot, retrying storage errors; False if it was replaced."""
         delay = RETRY_FIRST
+        failures = 0
+        engine = self.engine
         while True:
             try:
-                await self.engine.storage.put(transition.instance, expected_revision=expected)
+                await engine.storage.put(transition.instance, expected_revision=expected)
             except RevisionConflict:
                 _log.warning(
                     "instance %r changed in storage while it was being admitted; left as stored",
@@ -177,12 +179,27 @@ class Admission:
                 self.release(entry.instance)
                 return False
             except Exception as exc:
-                _log.warning(
-                    "admitting instance %r failed (%s: %s); retrying",
-                    entry.instance.id,
-                    type(exc).__name__,
-                    exc,
-                )
+                failures += 1
+                if failures == 1:
+                    _log.warning(
+                        "admitting instance %r failed (%s: %s); retrying",
+                        entry.instance.id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if engine.telemetry.enabled:
+                    engine.telemetry.emit(
+                        "storage.error",
+                        instance_id=entry.instance.id,
+                        workflow=entry.instance.workflow,
+                        metadata={
+                            "operation": "put",
+                            "error": type(exc).__name__,
+                            "message": str(exc),
+                            "failures": failures,
+                            "retry_in": delay,
+                        },
+                    )
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue

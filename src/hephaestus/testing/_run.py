@@ -480,9 +480,14 @@ class _Driver:
         self.poke()
 
 
-def terminal_index(telemetry: Sequence[TelemetryEvent]) -> int | None:
-    """Return the index of the event that marks the instance terminal, if any."""
+def terminal_index(
+    telemetry: Sequence[TelemetryEvent], instance_id: str | None = None
+) -> int | None:
+    """Return the index of the event that marks the instance terminal, if any.
+
+    With ``instance_id``, that instance's (a run's children end before it).
+    """
     for index, event in enumerate(telemetry):
-        if event.name in _TERMINAL_NAMES:
+        if event.name in _TERMINAL_NAMES and instance_id in (None, event.instance_id):
             return index
     return None
