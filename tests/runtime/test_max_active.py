@@ -210,3 +210,54 @@ async def test_a_failing_admission_write_is_retried_with_backoff(autojump_clock:
     assert storage.admitted == [first, second]
     assert [e.metadata["failures"] for e in errors] == [1, 2, 3]
     assert {e.instance_id for e in errors} == {second}
+
+
+async def test_a_pending_instance_takes_events_but_no_timer(autojump_clock: Any) -> None:
+    @hx.step(events=("ok",))
+    async def hold(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(10)
+        return "ok"
+
+    gate = hx.WaitForEvent("go", key="gate", timeout=1000)
+    wf = hx.Workflow(
+        "gated",
+        start=hold,
+        transitions={(hold, "ok"): gate, (gate, "go"): hx.Done, (gate, "timeout"): hx.Done},
+        unique=hx.Unique("gated"),
+        max_active=1,
+    )
+    async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
+        first = await engine.start(wf, "a")
+        second = await engine.start(wf, "b")
+        await engine.resume(second, "go")  # early: kept in its inbox
+        with pytest.raises(hx.EventRejected, match="pending"):
+            await engine.schedule_resume(second, "gate", 5)
+        await engine.resume(first, "go")
+        final = await engine.wait(second)
+    assert [(h.step, h.event) for h in final.history] == [("hold", "ok"), ("gate", "go")]
+
+
+async def test_a_retried_instance_holds_a_slot(autojump_clock: Any) -> None:
+    @hx.step(events=("ok",))
+    async def flaky(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(10)
+        if ctx.attempt == 1 and ctx.instance_id.endswith("a"):
+            raise RuntimeError("first time")
+        return "ok"
+
+    wf = hx.Workflow(
+        "flaky",
+        start=flaky,
+        transitions={(flaky, "ok"): hx.Done},
+        unique=hx.Unique("flaky"),
+        max_active=1,
+    )
+    storage = Watching("flaky", 1)
+    async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
+        first = await engine.start(wf, "a")
+        assert (await engine.wait(first)).status is hx.Status.FAILED
+        await engine.retry(first)
+        second = await engine.start(wf, "b")  # queued behind the retried one
+        assert (await engine.get(second)).status is hx.Status.PENDING
+        await engine.wait(second)
+    assert storage.peak == 1

@@ -96,7 +96,7 @@ class Admission:
             self.fill(name)
 
     def recovered(self, instance: Instance) -> None:
-        """Count a recovered active instance that holds a slot (RUNNING or WAITING)."""
+        """Count an active instance that holds a slot (RUNNING or WAITING): recovered, retried."""
         if instance.workflow in self.limits and holds_slot(instance):
             self.admitted[instance.workflow].add(instance.id)
 

@@ -758,6 +758,8 @@ class Engine:
         entry = Entry(workflow, transition.instance, State.LIVE)
         with self._claiming(entry):
             await self.storage.put(transition.instance, expected_revision=instance.revision)
+        # Re-opened at once, even over its workflow's max_active: it holds a slot from now.
+        self.admission.recovered(transition.instance)
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "workflow.retry",

@@ -277,6 +277,7 @@ def _continues(
         if engine._registry.get(instance_id) is entry:
             del engine._registry[instance_id]
         entry.mark_done(State.GONE)
+        engine.admission.release(entry.instance)
         mailbox = entry.mailbox
         assert mailbox is not None
         for message in queued:
