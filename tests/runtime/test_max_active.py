@@ -212,7 +212,9 @@ async def test_a_failing_admission_write_is_retried_with_backoff(autojump_clock:
     assert {e.instance_id for e in errors} == {second}
 
 
-async def test_a_pending_instance_takes_events_but_no_timer(autojump_clock: Any) -> None:
+async def test_a_pending_instance_takes_events_and_timers_in_its_place(
+    autojump_clock: Any,
+) -> None:
     @hx.step(events=("ok",))
     async def hold(ctx: hx.StepContext) -> hx.StepResult:
         await trio.sleep(10)
@@ -230,10 +232,15 @@ async def test_a_pending_instance_takes_events_but_no_timer(autojump_clock: Any)
         first = await engine.start(wf, "a")
         second = await engine.start(wf, "b")
         await engine.resume(second, "go")  # early: kept in its inbox
-        with pytest.raises(hx.EventRejected, match="pending"):
-            await engine.schedule_resume(second, "gate", 5)
+        # Due while it still waits for its slot: no effect (no step to resume), no runner.
+        await engine.schedule_resume(second, "gate", 5)
+        await trio.sleep(20)
+        waiting = await engine.get(second)
+        assert waiting.status is hx.Status.PENDING
+        assert waiting.timers == ()
         await engine.resume(first, "go")
-        final = await engine.wait(second)
+        with trio.fail_after(1000):
+            final = await engine.wait(second)
     assert [(h.step, h.event) for h in final.history] == [("hold", "ok"), ("gate", "go")]
 
 
@@ -261,3 +268,34 @@ async def test_a_retried_instance_holds_a_slot(autojump_clock: Any) -> None:
         assert (await engine.get(second)).status is hx.Status.PENDING
         await engine.wait(second)
     assert storage.peak == 1
+
+
+async def test_a_pending_instances_timer_survives_a_restart(autojump_clock: Any) -> None:
+    @hx.step(events=("ok",))
+    async def hold(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(10)
+        return "ok"
+
+    @hx.step(events=("go", "timeout"))
+    async def gate(ctx: hx.StepContext) -> hx.StepResult:
+        return hx.Suspend()  # a "go", or the timer schedule_resume set
+
+    wf = hx.Workflow(
+        "gated",
+        start=hold,
+        transitions={(hold, "ok"): gate, (gate, "go"): hx.Done, (gate, "timeout"): hx.Done},
+        unique=hx.Unique("gated"),
+        max_active=1,
+    )
+    storage = hx.MemoryStorage()
+    async with storage:
+        async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
+            first = await engine.start(wf, "a")
+            second = await engine.start(wf, "b")
+            await engine.schedule_resume(second, "gate", 50)
+        async with hx.open_engine(workflows=[wf], storage=storage, clock=clock()) as engine:
+            await trio.sleep(15)
+            await engine.resume(first, "go")
+            with trio.fail_after(1000):
+                final = await engine.wait(second)
+    assert [(h.step, h.event) for h in final.history] == [("hold", "ok"), ("gate", "timeout")]

@@ -1045,11 +1045,6 @@ class _Draft:
             )
         if step in self.completed:
             raise self.rejected(f"step {step!r} has already completed")
-        if self.original.status is Status.PENDING:
-            raise self.rejected(
-                "it is pending (waiting for a slot under its workflow's max_active) and "
-                "has no step to resume yet: schedule the resume once it runs"
-            )
         self.reply = self.add_timer("resume", step, delay).id
 
     def cancel_timer(self, timer_id: str) -> None:

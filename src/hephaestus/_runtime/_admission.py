@@ -15,6 +15,7 @@ while it waits simply leaves the queue. The queue is rebuilt from storage by
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import logging
 from typing import TYPE_CHECKING, final
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING, final
 import trio
 
 from .._core._admission import holds_slot, limits, queue_key
-from .._core._engine import Start, Transition, apply
-from .._core._errors import RevisionConflict
+from .._core._engine import Start, TimerFired, Transition, apply
+from .._core._errors import EngineClosed, EventRejected, InstanceNotFound, RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ._registry import Entry, State
@@ -127,6 +128,17 @@ class Admission:
         if self.ready[name] and name not in self.admitting:
             self.admitting.add(name)
             self.engine._nursery.start_soon(self._admit_ready, name)
+
+    async def timer_due(self, instance_id: str, timer_id: str) -> None:
+        """Apply a timer that fell due while its instance waits for admission.
+
+        Applied like a caller's request on the passive entry: it changes what
+        it must (a ``schedule_resume`` for a step not suspended yet has no
+        effect) and starts no runner, so the instance keeps its place in the
+        queue. An engine closing meanwhile leaves it to the next recovery.
+        """
+        with contextlib.suppress(EventRejected, InstanceNotFound, EngineClosed):
+            await self.engine._request(instance_id, TimerFired(timer_id=timer_id))
 
     async def _admit_ready(self, name: str) -> None:
         """Start the instances given a slot one after another, so they start in queue order."""

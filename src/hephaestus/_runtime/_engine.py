@@ -571,6 +571,10 @@ class Engine:
         """Hand a due timer to the runner of its instance (the timer service calls this)."""
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state is State.PASSIVE:
+            if entry.instance.status is Status.PENDING:
+                # Waiting for admission: applied like a request, it wakes no runner.
+                self._nursery.start_soon(self.admission.timer_due, instance_id, timer_id)
+                return
             self.activate(entry, ())
         if entry is not None and entry.state is State.LIVE and entry.mailbox is not None:
             entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
@@ -640,6 +644,8 @@ class Engine:
             if instance.status is Status.PENDING and self.admission.limited(workflow.name):
                 self._registry[instance.id] = Entry(workflow, instance, State.PASSIVE)
                 self.admission.enqueue(instance, admit=False)
+                for timer in instance.timers:  # schedule_resume before it was admitted
+                    self.timers.arm(instance.id, timer.id, timer.deadline)
                 continue
             if self._recover_passive(workflow, instance):
                 continue
