@@ -399,3 +399,22 @@ def test_subworkflow_arguments_are_checked() -> None:
         hx.SubWorkflow("child", key="sub", initial={"x": object()})
     with pytest.raises(hx.WorkflowDefinitionError, match="step key"):
         hx.SubWorkflow("child", key="Bad Key")
+
+
+@pytest.mark.parametrize("passivate_after", [None, 0.0, 30.0])
+async def test_resident_and_passivated_parents_alike(
+    autojump_clock: Any, passivate_after: float | None
+) -> None:
+    child = child_workflow(sleep=60)
+    parent = parent_workflow(child)
+    async with hx.open_engine(
+        workflows=[parent, child], clock=clock(), passivate_after=passivate_after
+    ) as engine:
+        done = await engine.start(parent, "done", {"n": 1})
+        stopped = await engine.start(parent, "stopped", {"n": 1})
+        await trio.sleep(10)
+        await engine.cancel(stopped)
+        kid = await engine.wait((await engine.get(stopped)).children["sub"].id)
+        final = await engine.wait(done)
+    assert kid.status is hx.Status.CANCELLED
+    assert final.completed == ("sub", "on_completed")
