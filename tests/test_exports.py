@@ -23,6 +23,7 @@ API_NAMES = [
     "Unique",
     "open_engine",
     "Engine",
+    "Schedule",
     "Status",
     "Instance",
     "HistoryEntry",

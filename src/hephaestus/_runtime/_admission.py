@@ -15,7 +15,6 @@ while it waits simply leaves the queue. The queue is rebuilt from storage by
 from __future__ import annotations
 
 import collections
-import contextlib
 import heapq
 import logging
 from typing import TYPE_CHECKING, final
@@ -23,12 +22,12 @@ from typing import TYPE_CHECKING, final
 import trio
 
 from .._core._admission import holds_slot, limits, queue_key
-from .._core._engine import Start, TimerFired, Transition, apply
-from .._core._errors import EngineClosed, EventRejected, InstanceNotFound, RevisionConflict
+from .._core._engine import Start, Transition, apply
+from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ._registry import Entry, State
-from ._runner import RETRY_FIRST, RETRY_MAX
+from ._runner import RETRY_FIRST, RETRY_MAX, Runner
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -103,10 +102,13 @@ class Admission:
 
     def release(self, instance: Instance) -> None:
         """Give back the slot of ``instance``, which has ended (or failed to start)."""
-        name = instance.workflow
+        self.release_id(instance.workflow, instance.id)
+
+    def release_id(self, name: str, instance_id: str) -> None:
+        """Give back the slot that instance ``instance_id`` of workflow ``name`` holds, if any."""
         admitted = self.admitted.get(name)
-        if admitted is not None and instance.id in admitted:
-            admitted.discard(instance.id)
+        if admitted is not None and instance_id in admitted:
+            admitted.discard(instance_id)
             self.fill(name)
 
     def fill(self, name: str) -> None:
@@ -120,7 +122,7 @@ class Admission:
             if (
                 entry is None
                 or entry.state is not State.PASSIVE
-                or entry.instance.status is not Status.PENDING
+                or entry.status is not Status.PENDING
             ):
                 continue  # cancelled (or deleted) while it waited
             admitted.add(instance_id)
@@ -128,17 +130,6 @@ class Admission:
         if self.ready[name] and name not in self.admitting:
             self.admitting.add(name)
             self.engine._nursery.start_soon(self._admit_ready, name)
-
-    async def timer_due(self, instance_id: str, timer_id: str) -> None:
-        """Apply a timer that fell due while its instance waits for admission.
-
-        Applied like a caller's request on the passive entry: it changes what
-        it must (a ``schedule_resume`` for a step not suspended yet has no
-        effect) and starts no runner, so the instance keeps its place in the
-        queue. An engine closing meanwhile leaves it to the next recovery.
-        """
-        with contextlib.suppress(EventRejected, InstanceNotFound, EngineClosed):
-            await self.engine._request(instance_id, TimerFired(timer_id=timer_id))
 
     async def _admit_ready(self, name: str) -> None:
         """Start the instances given a slot one after another, so they start in queue order."""
@@ -150,18 +141,27 @@ class Admission:
             self.admitting.discard(name)
 
     async def _admit(self, entry: Entry) -> None:
-        """Start the PENDING instance of ``entry`` (a slot is held for it) and give it a runner."""
+        """Start the PENDING instance of ``entry`` (a slot is held for it) and give it a runner.
+
+        Its snapshot is loaded from storage under the token (the entry is an
+        index record); one changed or deleted under the engine meanwhile is
+        left as stored and gives its slot back.
+        """
         engine = self.engine
         workflow = entry.workflow
         assert workflow is not None
         await entry.token.acquire()
         try:
-            before = entry.instance
-            if entry.state is not State.PASSIVE or before.status is not Status.PENDING:
-                self.release(before)  # cancelled while the slot was on its way
+            if entry.state is not State.PASSIVE or entry.status is not Status.PENDING:
+                self.release_id(workflow.name, entry.id)  # cancelled while the slot was on its way
                 return
+            if not await self._load(entry, workflow):
+                self.release_id(workflow.name, entry.id)
+                return
+            before = entry.instance
             transition = apply(workflow, before, Start(), engine.clock.now())
             if not await self._persist(entry, transition, before.revision):
+                entry.passivate()
                 return
             entry.instance = transition.instance
         finally:
@@ -169,11 +169,27 @@ class Admission:
         if engine.telemetry.enabled:
             engine.telemetry.emit(
                 "workflow.admit",
-                instance_id=before.id,
+                instance_id=entry.id,
                 workflow=workflow.name,
                 metadata={"version": workflow.version},
             )
         engine.activate(entry, transition.commands)
+
+    async def _load(self, entry: Entry, workflow: Workflow) -> bool:
+        """Load the passive entry's snapshot, retrying storage errors; False if it is not there."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await Runner(self.engine, entry, workflow).load_passive()
+            except Exception as exc:
+                _log.warning(
+                    "reading pending instance %r failed (%s: %s); retrying",
+                    entry.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     async def _persist(self, entry: Entry, transition: Transition, expected: int) -> bool:
         """Store the admitted snapshot, retrying storage errors; False if it was replaced."""
@@ -186,24 +202,24 @@ class Admission:
             except RevisionConflict:
                 _log.warning(
                     "instance %r changed in storage while it was being admitted; left as stored",
-                    entry.instance.id,
+                    entry.id,
                 )
-                self.release(entry.instance)
+                self.release_id(transition.instance.workflow, entry.id)
                 return False
             except Exception as exc:
                 failures += 1
                 if failures == 1:
                     _log.warning(
                         "admitting instance %r failed (%s: %s); retrying",
-                        entry.instance.id,
+                        entry.id,
                         type(exc).__name__,
                         exc,
                     )
                 if engine.telemetry.enabled:
                     engine.telemetry.emit(
                         "storage.error",
-                        instance_id=entry.instance.id,
-                        workflow=entry.instance.workflow,
+                        instance_id=entry.id,
+                        workflow=transition.instance.workflow,
                         metadata={
                             "operation": "put",
                             "error": type(exc).__name__,

@@ -171,9 +171,9 @@ class Children:
     async def _find(self, instance_id: str) -> Instance | None:
         """The instance's current snapshot: the registry's, else the stored one."""
         entry = self.engine._registry.get(instance_id)
-        if entry is not None and entry.state not in _GONE:
-            return entry.instance
-        return await self.engine.storage.get(instance_id)
+        if entry is not None and entry.state not in _GONE and entry.snapshot is not None:
+            return entry.snapshot
+        return await self.engine.storage.get(instance_id)  # or passivated: an index record
 
     async def _start(self, command: StartChild) -> None:
         link, parent = command.child, command.parent

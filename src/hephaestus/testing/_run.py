@@ -16,6 +16,7 @@ from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._runtime._engine import Engine
+from .._runtime._limiters import unlimited
 from .._runtime._open import open_engine
 from .._telemetry import TelemetryEvent
 from ._clock import VirtualClock
@@ -349,6 +350,7 @@ class _Driver:
                         storage=storage,
                         clock=clock,
                         telemetry=self.record,
+                        limiters=unlimited(self.workflow),
                     ) as engine:
                         final = await self.serve(engine, nursery)
                 except WorkflowStuck as exc:
@@ -381,7 +383,7 @@ class _Driver:
                 return None
             while not self.schedule_done:  # events due after the end: let them be rejected
                 await self.progress.wait()
-            return await engine.get(self.instance_id)
+            return await self.stored()
         finally:
             self.set_engine(None)
 
@@ -404,7 +406,7 @@ class _Driver:
             nursery.start_soon(wait_end, nursery.cancel_scope)
             while not self.storage.dead:
                 progress = self.progress
-                instance = await engine.get(self.instance_id)
+                instance = await self.stored()
                 if not self.storage.dead and await self.is_stuck(instance):
                     stuck = instance
                     break
@@ -413,6 +415,17 @@ class _Driver:
         if stuck is not None:
             raise WorkflowStuck(self.stuck_message(stuck), stuck)
         return ended
+
+    async def stored(self) -> Instance:
+        """The instance as stored, read past the crash machinery.
+
+        What is stored is what the engine acknowledged (it writes ahead), and
+        a passivated instance is only in storage: reading it through the
+        crashing storage could block the watcher for good at a crash.
+        """
+        instance = await self.storage.inner.get(self.instance_id)
+        assert instance is not None, "the start was acknowledged, so it is stored"
+        return instance
 
     async def is_stuck(self, instance: Instance, depth: int = 0) -> bool:
         """Whether ``instance`` waits for nothing that can still happen (its children too)."""
