@@ -123,3 +123,22 @@ def test_the_invariant_checks_look_at_the_parent_only() -> None:
     run = trace_workflow(parent, "p", {"n": 1}, crash_at=[2, 4])
     assert {s.id for s in run.snapshots} == {"parentid::p", "childid::parentid-p-sub"}
     assert run_problems(run) == []
+
+
+def test_children_with_limited_steps_run_too() -> None:
+    @hx.step(events=("ok",), limiter="api")
+    async def call(ctx: hx.StepContext) -> hx.StepResult:
+        return hx.Emit("ok", {"called": True})
+
+    child = hx.Workflow(
+        "child", start=call, transitions={(call, "ok"): hx.Done}, unique=hx.Unique("childid")
+    )
+    sub = hx.SubWorkflow(child, key="sub")
+    parent = hx.Workflow(
+        "parent",
+        start=sub,
+        transitions={(sub, e): hx.Done for e in ("completed", "failed", "cancelled")},
+        unique=hx.Unique("parentid"),
+    )
+    final = run_workflow(parent, "p")
+    assert final.results["sub"]["results"] == {"call": {"called": True}}

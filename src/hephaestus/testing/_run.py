@@ -350,7 +350,7 @@ class _Driver:
                         storage=storage,
                         clock=clock,
                         telemetry=self.record,
-                        limiters=unlimited(self.workflow),
+                        limiters=self.limits(),
                     ) as engine:
                         final = await self.serve(engine, nursery)
                 except WorkflowStuck as exc:
@@ -415,6 +415,14 @@ class _Driver:
         if stuck is not None:
             raise WorkflowStuck(self.stuck_message(stuck), stuck)
         return ended
+
+    def limits(self) -> dict[str, int]:
+        """Limiters under which the instance and its children never wait for one another."""
+        limits: dict[str, int] = {}
+        for workflow in (self.workflow, *self.others):
+            for name, tokens in unlimited(workflow).items():
+                limits[name] = limits.get(name, 0) + tokens
+        return limits
 
     async def stored(self) -> Instance:
         """The instance as stored, read past the crash machinery.
