@@ -49,7 +49,10 @@ from ._runtime._open import open_engine as open_engine
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
+from .storage import LeaseLost as LeaseLost
+from .storage import MemorySharedStorage as MemorySharedStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import SharedStorage as SharedStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -85,6 +88,8 @@ __all__ = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "SharedStorage",
+    "MemorySharedStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",
@@ -105,6 +110,7 @@ __all__ = [
     "CorruptSnapshot",
     "RunnerFailed",
     "EngineClosed",
+    "LeaseLost",
     # helpers
     "testing",
 ]
