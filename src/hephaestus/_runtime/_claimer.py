@@ -15,12 +15,14 @@ this one) owned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ..storage._shared import LeaseLost
+from ._lease import renew
 
 if TYPE_CHECKING:
     from ._shared import SharedRuntime
@@ -38,10 +40,15 @@ async def claim_loop(runtime: SharedRuntime) -> None:
     while True:
         runtime.claimer_wake = trio.Event()
         delay = runtime.poll
+        seen = runtime.lease
         try:
-            batch = await store.claim(runtime.lease, limit=BATCH)
+            batch = await store.claim(seen, limit=BATCH)
         except LeaseLost:
-            batch = None  # the heartbeat starts a new epoch; claim again after it
+            batch = None
+            with contextlib.suppress(Exception):  # the heartbeat reports its own failures
+                await renew(runtime, seen)  # paused past the TTL: new epoch, claim again
+            if runtime.lease != seen:
+                continue
         except Exception as exc:
             batch = None
             _log.warning(

@@ -179,20 +179,16 @@ class LeasedStorage:
 
 
 async def heartbeat_loop(runtime: SharedRuntime) -> None:
-    """Renew the engine's lease every TTL/4 until cancelled.
+    """Renew the engine's lease every TTL/4 until cancelled (see :func:`renew`).
 
-    A renewal that finds the lease expired (the engine was paused or cut off
-    longer than the TTL, and others may have claimed its instances) drops
-    every instance this engine holds *before* writing under the new epoch
-    the store handed out. A renewal that fails (the store is unreachable) is
-    logged and tried again next time; if that lasts a TTL, the lease
-    expires and the next renewal that gets through starts a new epoch.
+    A renewal that fails (the store is unreachable) is logged and tried again
+    next time; if that lasts a TTL, the lease expires and the next renewal
+    that gets through starts a new epoch.
     """
-    store = runtime.store
     while True:
         await trio.sleep(runtime.poll)
         try:
-            beat = await store.heartbeat(runtime.lease)
+            await renew(runtime, runtime.lease)
         except Exception as exc:
             _log.warning(
                 "engine %s could not renew its lease (%s: %s)",
@@ -204,19 +200,36 @@ async def heartbeat_loop(runtime: SharedRuntime) -> None:
                 "storage.error",
                 metadata={"operation": "heartbeat", "error": type(exc).__name__},
             )
-            continue
-        if beat.expired:
-            old = runtime.lease
-            _log.warning(
-                "engine %s found its lease (epoch %d) expired; dropping its instances and "
-                "going on as epoch %d",
-                old.engine_id,
-                old.epoch,
-                beat.lease.epoch,
-            )
-            runtime.drop_all(
-                LeaseLost(f"the lease of engine {old.engine_id} (epoch {old.epoch}) expired")
-            )
-            runtime.leased.lease = beat.lease
-            runtime.emit("engine.lease", metadata={"expired_epoch": old.epoch})
-            runtime.claimer_wake.set()
+
+
+async def renew(runtime: SharedRuntime, seen: Lease) -> None:
+    """Renew the lease ``seen``; if it had expired, drop everything, then take the new epoch.
+
+    A lease that expired (the engine was paused or cut off longer than the
+    TTL, and others may have claimed its instances) makes this engine drop
+    every instance it holds *before* anything is written or claimed under the
+    new epoch the store handed out. Renewals are serialised; one asked for a
+    lease that was replaced meanwhile does nothing.
+
+    Raises:
+        Exception: the store's error when the renewal did not get through.
+    """
+    async with runtime.renewing:
+        if runtime.lease != seen:
+            return
+        beat = await runtime.store.heartbeat(seen)
+        if not beat.expired:
+            return
+        _log.warning(
+            "engine %s found its lease (epoch %d) expired; dropping its instances and "
+            "going on as epoch %d",
+            seen.engine_id,
+            seen.epoch,
+            beat.lease.epoch,
+        )
+        runtime.drop_all(
+            LeaseLost(f"the lease of engine {seen.engine_id} (epoch {seen.epoch}) expired")
+        )
+        runtime.leased.lease = beat.lease
+        runtime.emit("engine.lease", metadata={"expired_epoch": seen.epoch})
+        runtime.claimer_wake.set()

@@ -55,9 +55,11 @@ from ..storage._shared import (
     Accepted,
     Answer,
     Claimed,
+    ClaimOne,
     Consumed,
     Finished,
     InboxRequest,
+    InboxRow,
     Lease,
     LeaseLost,
     Notification,
@@ -68,7 +70,7 @@ from ..storage._shared import (
     SharedStorage,
     Wake,
 )
-from ._lease import LeasedStorage, absorbing, answer_value, replying
+from ._lease import LeasedStorage, absorbing, answer_value, renew, replying
 from ._mailbox import Message
 from ._registry import Entry, State
 from ._supervisor import drain, stuck_message
@@ -110,6 +112,8 @@ class SharedRuntime:
         self._again: set[str] = set()
         self.claimer_wake = trio.Event()
         """Set when released work may be claimable; the claimer replaces it after each look."""
+        self.renewing = trio.Lock()
+        """Held while the lease is renewed (:func:`._lease.renew`): one renewal at a time."""
 
     @property
     def lease(self) -> Lease:
@@ -282,12 +286,26 @@ class SharedRuntime:
         Raises:
             AlreadyRunning: another live engine holds it (it is being started there).
         """
-        one = await self.store.claim_instance(self.lease, stored.id)
+        one = await self.claim_instance(stored.id)
         if one.owner is not None:
             raise AlreadyRunning(
                 f"instance {stored.id!r} is being started or run by engine "
                 f"{one.owner.engine_id}; wait for it to finish or cancel it first"
             )
+
+    async def claim_instance(self, instance_id: str) -> ClaimOne:
+        """Claim ``instance_id`` for this engine; a lease found expired is renewed first.
+
+        Raises:
+            LeaseLost: the lease could not be renewed.
+            Exception: the store's error.
+        """
+        seen = self.lease
+        try:
+            return await self.store.claim_instance(seen, instance_id)
+        except LeaseLost:
+            await renew(self, seen)  # paused past the TTL: drop everything, new epoch
+        return await self.store.claim_instance(self.lease, instance_id)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -312,7 +330,7 @@ class SharedRuntime:
                     continue  # someone else holds it now: route it again
                 await self._let_go_if_passive(instance_id)
                 return reply
-            one = await self.store.claim_instance(self.lease, instance_id)
+            one = await self.claim_instance(instance_id)
             if one.claimed is not None:
                 if self.adopt(one.claimed) is None:
                     await self._release([instance_id])
@@ -337,7 +355,7 @@ class SharedRuntime:
         if entry is not None and entry.state in (*_HELD, State.DELETING):
             await engine.retry_here(instance_id)  # active here: it refuses, or waits to finish
             return
-        one = await self.store.claim_instance(self.lease, instance_id)
+        one = await self.claim_instance(instance_id)
         if one.claimed is not None:
             try:
                 await engine.retry_here(instance_id)
@@ -382,7 +400,7 @@ class SharedRuntime:
             owner = appended.owner
             while row.answer is None:
                 if owner is None:
-                    one = await self.store.claim_instance(self.lease, instance_id)
+                    one = await self.claim_instance(instance_id)
                     if one.claimed is not None:
                         if self.adopt(one.claimed) is None:
                             await self.serve_unheld(instance_id)
@@ -390,25 +408,30 @@ class SharedRuntime:
                             await self.serve_inbox(instance_id)
                     elif one.owner is None:
                         raise InstanceNotFound(f"no instance with id {instance_id!r}")
-                else:
-                    with trio.move_on_after(self.poll):
-                        await replied.wait()
+                elif owner == self.lease:
+                    await self.serve_inbox(instance_id)  # serving already: it looks again
+                row = await self._row(instance_id, request_id)
+                if row.answer is not None:
+                    break
+                with trio.move_on_after(self.poll):
+                    await replied.wait()
                 engine._check_open()
-                found = await self.store.get_request(instance_id, request_id)
-                if found is None:
-                    raise InstanceNotFound(f"instance {instance_id!r} was deleted")
-                row = found
+                row = await self._row(instance_id, request_id)
                 if row.answer is None:
                     owner = await self.store.owner_of(instance_id)
-                    if owner is not None and owner != self.lease:
+                    if owner is not None and owner != self.lease:  # a lost wake-up, maybe
                         wake = Wake(engine_id=owner.engine_id, instance_id=instance_id)
                         await self.store.notify(wake)
-                    elif owner == self.lease:
-                        owner = None  # ours now (claimed above, or adopted meanwhile): serve it
             return _unwrap(row.answer)
         finally:
             if self._replies.get(request_id) is replied:
                 del self._replies[request_id]
+
+    async def _row(self, instance_id: str, request_id: str) -> InboxRow:
+        found = await self.store.get_request(instance_id, request_id)
+        if found is None:
+            raise InstanceNotFound(f"instance {instance_id!r} was deleted")
+        return found
 
     async def serve_inbox(self, instance_id: str) -> None:
         """Apply the pending inbox rows of an instance this engine holds, oldest first.

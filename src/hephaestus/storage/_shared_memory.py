@@ -549,13 +549,21 @@ class MemorySharedConnection:
             self._resumed.set()
             self._resumed = None
 
+    @property
+    def killed(self) -> bool:
+        """Whether the connection was killed (:meth:`kill`, or a :meth:`kill_after` that struck)."""
+        return self._killed
+
     def kill(self) -> None:
         """Refuse every call from now on, as if the process were gone."""
         self._killed = True
         self.resume()
 
-    def kill_after(self, method: str) -> None:
-        """Let the next call of ``method`` commit, then kill the connection before it returns."""
+    def kill_after(self, method: str | None) -> None:
+        """Let the next call of ``method`` commit, then kill the connection before it returns.
+
+        ``None`` takes back an earlier ``kill_after`` that has not struck yet.
+        """
         self._kill_after = method
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
