@@ -345,3 +345,57 @@ async def test_a_due_timer_of_a_released_instance_fires_on_some_engine(
         assert done.history[-1].at >= started + 3600  # never early
         assert done.history[-1].at <= started + 3600 + TTL
         nursery.cancel_scope.cancel()
+
+
+async def test_an_engine_that_finds_its_lease_expired_drops_its_instances_first(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+    bodies: Counter[str] = Counter()
+
+    def slow(key: str) -> hx.Step:
+        async def body(ctx: hx.StepContext) -> hx.StepResult:
+            bodies[f"{key} started"] += 1
+            try:
+                await trio.sleep(10 * TTL)
+            except trio.Cancelled:
+                bodies[f"{key} cancelled"] += 1
+                raise
+            return "ok"
+
+        return hx.step(body, events=("ok",), key=key)
+
+    left, right = slow("left"), slow("right")  # two at once: not inline, cancellable
+
+    @hx.step(events=("ok",))
+    async def split(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    wf = hx.Workflow(
+        "par",
+        start=split,
+        transitions={(split, "ok"): [left, right], (left, "ok"): hx.Done, (right, "ok"): hx.Done},
+        unique=hx.Unique("par"),
+    )
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        iid = await a.engine.start(wf, "x")
+        await trio.sleep(1)
+        assert bodies == {"left started": 1, "right started": 1}
+        a.conn.pause()
+        await trio.sleep(1.5 * TTL)  # a's lease expires; nobody else is there to take over
+        a.conn.resume()
+        await trio.sleep(TTL)
+        # a noticed, dropped the instance (cancelling its steps) and then, under its new
+        # epoch, claimed it again like any other engine would: the steps run again.
+        assert bodies["left cancelled"] == bodies["right cancelled"] == 1
+        assert bodies["left started"] == bodies["right started"] == 2
+        names = [
+            (e.name, e.metadata["epoch"])
+            for e in a.events.events
+            if e.name.startswith(("runner.drop", "engine."))
+        ]
+        assert names[:2] == [("runner.drop", 1), ("engine.lease", 2)]
+        assert ("engine.claim", 2) in names
+        assert (await a.engine.wait(iid)).status is hx.Status.COMPLETED
+        nursery.cancel_scope.cancel()
