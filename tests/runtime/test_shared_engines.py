@@ -399,3 +399,88 @@ async def test_an_engine_that_finds_its_lease_expired_drops_its_instances_first(
         assert ("engine.claim", 2) in names
         assert (await a.engine.wait(iid)).status is hx.Status.COMPLETED
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_to_an_owner_that_died_is_applied_by_the_caller(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+    wf = event_workflow()
+    async with store, trio.open_nursery() as nursery:
+        owner = await spawn(nursery, store, [wf], clock, passivate_after=None)
+        caller = await spawn(nursery, store, [wf], clock)
+        iid = await owner.engine.start(wf, "x")
+        await trio.sleep(1)
+        owner.kill()  # its lease is still live for up to a TTL: the request waits in the inbox
+        sent = trio.current_time()
+        await caller.engine.resume(iid, "go", {"by": "caller"})
+        assert trio.current_time() - sent <= 1.5 * TTL
+        assert caller.events.count("engine.takeover", iid) == 1
+        assert (await caller.engine.wait(iid)).results["finish"] == {"approved": "caller"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_wait_get_list_and_delete_read_the_shared_store(autojump_clock: Any) -> None:
+    store, clock = store_and_clock()
+    wf = fan_workflow()
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        b = await spawn(nursery, store, [wf], clock)
+        ids = [await a.engine.start(wf, f"v{n}", {"n": n}) for n in range(5)]
+        for iid in ids:
+            await b.engine.wait(iid)
+        page = await b.engine.list(limit=2, after=ids[0])
+        assert [i.id for i in page] == ids[1:3]
+        assert len(await b.engine.list(workflow=wf, status=hx.Status.COMPLETED)) == 5
+        with pytest.raises(hx.InstanceNotFound):
+            await b.engine.wait("fan::missing")
+        with pytest.raises(hx.InstanceNotFound):
+            await b.engine.get("fan::missing")
+        await b.engine.delete(ids[0])
+        with pytest.raises(hx.InstanceNotFound):
+            await a.engine.get(ids[0])
+        await trio.sleep(1)
+        assert await b.engine.prune(older_than=0.5) == 4
+        assert await a.engine.list() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_wait_ends_with_engine_closed_when_the_engine_closes(autojump_clock: Any) -> None:
+    store, clock = store_and_clock()
+    wf = event_workflow()
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        iid = await a.engine.start(wf, "x")
+        outcome: list[BaseException] = []
+
+        async def waiter() -> None:
+            try:
+                await a.engine.wait(iid)
+            except hx.EngineClosed as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(waiter)
+        await trio.sleep(5)
+        a.stop()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(outcome) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_claims_are_reported(autojump_clock: Any) -> None:
+    store, clock = store_and_clock()
+    runs: Counter[tuple[str, str]] = Counter()
+    wf = counting_workflow(runs)
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        ids = [await a.engine.start(wf, f"i{n}", {"n": n}) for n in range(3)]
+        await trio.sleep(0.5)
+        a.stop()  # a clean exit: released at once, so no takeover and no waiting for a TTL
+        b = await spawn(nursery, store, [wf], clock)
+        for iid in ids:
+            await b.engine.wait(iid)
+        claims = b.events.named("engine.claim")
+        assert sum(e.measurements["instances"] for e in claims) == 3
+        assert claims[0].metadata["engine"] == b.engine_id
+        assert b.events.count("engine.takeover") == 0
+        nursery.cancel_scope.cancel()
