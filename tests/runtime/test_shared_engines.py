@@ -125,7 +125,10 @@ async def test_requests_to_a_non_owner_are_answered_by_the_owner(autojump_clock:
         assert await other.engine.cancel_timer(iid, timer) is False
         before = await other.engine.get(iid)
         assert before.status is hx.Status.WAITING
+        answered = owner.conn.calls["answer_requests"]
         await other.engine.resume(iid, "go", {"by": "other"})
+        # The row was consumed by the write that applied it, not by a write of its own.
+        assert owner.conn.calls["answer_requests"] == answered
         # Returned once persisted: the stored snapshot has it already.
         stored = await store.get(iid)
         assert stored is not None

@@ -11,6 +11,7 @@ without yielding, so each call is one atomic transaction, as in PostgreSQL.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import itertools
 import math
@@ -512,6 +513,8 @@ class MemorySharedConnection:
         self._resumed: trio.Event | None = None
         self._killed = False
         self._kill_after: str | None = None
+        self.calls: collections.Counter[str] = collections.Counter()
+        """How often each method went through, by name (a test control)."""
 
     @property
     def lease_ttl(self) -> float:
@@ -572,6 +575,7 @@ class MemorySharedConnection:
         if self._killed:
             raise ConnectionKilled(f"the connection was killed (calling {name})")
         result = await getattr(self.store, name)(*args, **kwargs)
+        self.calls[name] += 1
         if self._kill_after == name:
             self._kill_after = None
             self.kill()
