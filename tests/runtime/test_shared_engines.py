@@ -487,3 +487,35 @@ async def test_claims_are_reported(autojump_clock: Any) -> None:
         assert claims[0].metadata["engine"] == b.engine_id
         assert b.events.count("engine.takeover") == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_row_served_after_a_takeover_is_consumed_by_the_write_applying_it(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+
+    @hx.step(events=("ok",))
+    async def work(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(5)
+        return "ok"
+
+    approve = hx.WaitForEvent("go", key="approve")
+    wf = hx.Workflow(
+        "late",
+        start=work,
+        transitions={(work, "ok"): approve, (approve, "go"): hx.Done},
+        unique=hx.Unique("late"),
+    )
+    async with store, trio.open_nursery() as nursery:
+        owner = await spawn(nursery, store, [wf], clock)
+        caller = await spawn(nursery, store, [wf], clock)
+        iid = await owner.engine.start(wf, "x")
+        await trio.sleep(1)
+        owner.kill()  # mid-step: the caller's early event waits in the shared inbox
+        await caller.engine.resume(iid, "go", {"early": True})
+        # The caller took the instance over (its step runs again there) and applied its
+        # own row: queued in the instance's inbox, in the same write that consumed the row.
+        assert caller.conn.calls["answer_requests"] == 0
+        done = await caller.engine.wait(iid)
+        assert done.results["approve"] == {"early": True}
+        nursery.cancel_scope.cancel()

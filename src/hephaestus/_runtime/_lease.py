@@ -12,7 +12,12 @@ It also folds inbox rows into the write that applies them: the task that
 serves a request from the shared inbox marks it with :func:`absorbing`, and
 the put made for it in that task (``Runner.persist_request`` announces the
 transition's reply with :func:`replying`) marks the row consumed, with its
-answer, in the same transaction.
+answer, in the same transaction. A request that reaches a runner by mail
+instead (the runner was starting, recovering or backing off from a failing
+store) is written in the runner's task; its row is then marked consumed by
+a write of its own just after, and an owner that dies between the two leaves
+it to be applied again by the next one (a resume with a dedupe key is then
+ignored by the core; a cancel is idempotent).
 """
 
 from __future__ import annotations
