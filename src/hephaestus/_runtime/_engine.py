@@ -479,9 +479,9 @@ class Engine:
         """Send ``event`` to the instance's runner and return its reply once persisted."""
         if self.shared is not None:
             return await self.shared.request(instance_id, event)
-        return await self.request_here(instance_id, event)
+        return await self._request_here(instance_id, event)
 
-    async def request_here(self, instance_id: str, event: Input) -> Any:
+    async def _request_here(self, instance_id: str, event: Input) -> Any:
         """Apply ``event`` in this engine (its runner, or the caller under the token)."""
         await trio.lowlevel.checkpoint()
         self._check_open()
@@ -570,9 +570,9 @@ class Engine:
     async def _recover_all(self) -> None:
         """Give every non-terminal stored instance its runner back."""
         for instance in await self.storage.query(status=_ACTIVE):
-            self.recover(instance)
+            self._recover_instance(instance)
 
-    def recover(self, instance: Instance) -> None:
+    def _recover_instance(self, instance: Instance) -> None:
         """Take a stored non-terminal instance into the registry, with a runner if it needs one.
 
         One this engine cannot run (workflow not registered, definition
@@ -702,9 +702,9 @@ class Engine:
         if self.shared is not None:
             await self.shared.retry(instance_id)
             return
-        await self.retry_here(instance_id)
+        await self._retry_here(instance_id)
 
-    async def retry_here(self, instance_id: str) -> None:
+    async def _retry_here(self, instance_id: str) -> None:
         """Apply ``retry`` in this engine (see :meth:`retry`)."""
         await trio.lowlevel.checkpoint()
         instance = await self._settled(instance_id, self._refuse_retry)

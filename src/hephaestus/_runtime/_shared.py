@@ -70,7 +70,8 @@ from ..storage._shared import (
     SharedStorage,
     Wake,
 )
-from ._lease import LeasedStorage, absorbing, answer_value, renew, replying
+from ._claimer import claim_loop
+from ._lease import LeasedStorage, absorbing, answer_value, heartbeat_loop, renew, replying
 from ._mailbox import Message
 from ._registry import Entry, State
 from ._supervisor import drain, stuck_message
@@ -127,9 +128,6 @@ class SharedRuntime:
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the heartbeat, the claimer and the listener in the engine's nursery."""
-        from ._claimer import claim_loop
-        from ._lease import heartbeat_loop
-
         nursery.start_soon(heartbeat_loop, self)
         nursery.start_soon(claim_loop, self)
         nursery.start_soon(self._listen_loop)
@@ -203,7 +201,7 @@ class SharedRuntime:
             del registry[instance.id]  # a stale record (stuck, orphaned): what is stored wins
         if instance.status.is_terminal:
             return None
-        engine.recover(instance)
+        engine._recover_instance(instance)
         entry = registry.get(instance.id)
         if entry is None or entry.state not in _HELD:
             if entry is not None:
@@ -324,7 +322,7 @@ class SharedRuntime:
             entry = engine._registry.get(instance_id)
             if entry is not None and entry.state in (*_HELD, State.STUCK, State.ORPHAN):
                 try:
-                    reply = await engine.request_here(instance_id, event)
+                    reply = await engine._request_here(instance_id, event)
                 except LeaseLost:
                     self._drop_if_held(instance_id)
                     continue  # someone else holds it now: route it again
@@ -334,7 +332,7 @@ class SharedRuntime:
             if one.claimed is not None:
                 if self.adopt(one.claimed) is None:
                     await self._release([instance_id])
-                    return await engine.request_here(instance_id, event)  # answers from storage
+                    return await engine._request_here(instance_id, event)  # answers from storage
                 self.engine._nursery.start_soon(self.serve_inbox, instance_id)
                 continue
             if one.owner is not None:
@@ -353,12 +351,12 @@ class SharedRuntime:
         engine._check_open()
         entry = engine._registry.get(instance_id)
         if entry is not None and entry.state in (*_HELD, State.DELETING):
-            await engine.retry_here(instance_id)  # active here: it refuses, or waits to finish
+            await engine._retry_here(instance_id)  # active here: it refuses, or waits to finish
             return
         one = await self.claim_instance(instance_id)
         if one.claimed is not None:
             try:
-                await engine.retry_here(instance_id)
+                await engine._retry_here(instance_id)
             except BaseException:
                 if engine._registry.get(instance_id) is None:
                     await self._release([instance_id])
@@ -483,10 +481,10 @@ class SharedRuntime:
             try:
                 if isinstance(request.request, RetryInput):
                     with replying(None):
-                        await engine.retry_here(instance_id)
+                        await engine._retry_here(instance_id)
                     answer = Accepted()
                 else:
-                    reply = await engine.request_here(instance_id, request.request)
+                    reply = await engine._request_here(instance_id, request.request)
                     answer = Accepted(value=answer_value(reply))
             except LeaseLost:
                 self._drop_if_held(instance_id)
@@ -508,7 +506,7 @@ class SharedRuntime:
         """Answer the pending rows of a claimed instance this engine does not run; release it.
 
         A finished instance (or one of a workflow this engine lacks) answers
-        from what is stored, as :meth:`Engine.request_here` does; ``retry`` of
+        from what is stored, as :meth:`Engine._request_here` does; ``retry`` of
         a failed one runs it here. Never raises (a storage error is logged and
         leaves the rows pending).
         """
