@@ -519,3 +519,33 @@ async def test_a_row_served_after_a_takeover_is_consumed_by_the_write_applying_i
         done = await caller.engine.wait(iid)
         assert done.results["approve"] == {"early": True}
         nursery.cancel_scope.cancel()
+
+
+async def test_without_notifications_everything_still_completes_by_polling(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+    wf = event_workflow()
+    ev_wf = fan_workflow()
+    async with store, trio.open_nursery() as nursery:
+        # Every engine misses every notification: wake-ups, replies, finished instances.
+        original = store.connect
+
+        def deaf() -> Any:
+            conn = original()
+            conn.deaf = True
+            return conn
+
+        store.connect = deaf  # type: ignore[method-assign]
+        owner = await spawn(nursery, store, [wf, ev_wf], clock, passivate_after=None)
+        other = await spawn(nursery, store, [wf, ev_wf], clock)
+        iid = await owner.engine.start(wf, "x")
+        await trio.sleep(1)
+        sent = trio.current_time()
+        await other.engine.resume(iid, "go", {"by": "other"})  # owner serves it on a poll
+        assert trio.current_time() - sent <= 2 * TTL
+        assert owner.events.count("step.resume") == 1
+        assert (await other.engine.wait(iid)).results["finish"] == {"approved": "other"}
+        fan = await owner.engine.start(ev_wf, "y", {"n": 2})
+        assert (await other.engine.wait(fan)).results == fan_expected(2)
+        nursery.cancel_scope.cancel()

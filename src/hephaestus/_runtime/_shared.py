@@ -502,6 +502,35 @@ class SharedRuntime:
                 return False
         return True
 
+    async def serve_owned(self, instance_id: str) -> None:
+        """Serve the inbox of an instance the store says this engine owns.
+
+        One this engine does not hold in its registry (it lost track of it
+        after a failed write) is claimed back and recovered first. Never
+        raises: it runs as a task of the engine's nursery.
+        """
+        entry = self.engine._registry.get(instance_id)
+        if entry is not None and entry.state in _HELD:
+            await self.serve_inbox(instance_id)
+            return
+        try:
+            one = await self.claim_instance(instance_id)
+        except Exception as exc:
+            _log.warning(
+                "engine %s could not claim %r back (%s: %s)",
+                self.engine_id,
+                instance_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if one.claimed is None:
+            return
+        if self.adopt(one.claimed) is None:
+            await self.serve_unheld(instance_id)
+        else:
+            await self.serve_inbox(instance_id)
+
     async def serve_unheld(self, instance_id: str) -> None:
         """Answer the pending rows of a claimed instance this engine does not run; release it.
 

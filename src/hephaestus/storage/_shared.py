@@ -49,6 +49,14 @@ announce can be read back from the store (``get``, ``get_request``,
 announce (PostgreSQL's ``NOTIFY`` inside the transaction is delivered on
 commit), so that a reader who is woken finds the change already visible.
 
+One optional method, used when a store has it: ``pending_instances(lease)
+-> list[str]``, the ids of instances owned by ``lease`` that have unconsumed
+inbox rows (``SELECT DISTINCT i.instance_id FROM inbox i JOIN instances s ON
+s.id = i.instance_id WHERE NOT i.consumed AND s.owner_id = $1 AND
+s.owner_epoch = $2``). The owner polls it every TTL/4, so a request whose
+:class:`Wake` was lost is still served within that time; without it, such a
+request waits until its instance is released or its owner's lease ends.
+
 Everything here is async and, like :class:`Storage`, works only between
 ``aopen()`` and ``aclose()``; cancelling a call may or may not leave its
 change committed (as with ``put``), which is why every change is either

@@ -352,6 +352,17 @@ class MemorySharedStorage(StorageBase):
         await self._enter()
         return self._inbox.get(instance_id, {}).get(request_id)
 
+    async def pending_instances(self, lease: Lease) -> list[str]:
+        """Return the ids of instances ``lease`` owns that have unconsumed inbox rows, by id."""
+        await self._enter()
+        return sorted(
+            iid
+            for iid in self._inbox
+            if (row := self._rows.get(iid)) is not None
+            and row.owner == lease
+            and self._has_pending(iid)
+        )
+
     # --- notifications ------------------------------------------------------------------------
 
     async def notify(self, note: Notification) -> None:
@@ -515,6 +526,8 @@ class MemorySharedConnection:
         self._kill_after: str | None = None
         self.calls: collections.Counter[str] = collections.Counter()
         """How often each method went through, by name (a test control)."""
+        self.deaf = False
+        """True: subscriptions made from now on receive no notifications (lost wake-ups)."""
 
     @property
     def lease_ttl(self) -> float:
@@ -692,6 +705,11 @@ class MemorySharedConnection:
         row: InboxRow | None = await self._call("get_request", instance_id, request_id)
         return row
 
+    async def pending_instances(self, lease: Lease) -> list[str]:
+        """See :meth:`MemorySharedStorage.pending_instances`."""
+        ids: list[str] = await self._call("pending_instances", lease)
+        return ids
+
     async def notify(self, note: Notification) -> None:
         """See :meth:`MemorySharedStorage.notify`."""
         await self._call("notify", note)
@@ -699,5 +717,13 @@ class MemorySharedConnection:
     def listen(
         self, engine_id: str
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Notification]]:
-        """See :meth:`MemorySharedStorage.listen`."""
+        """See :meth:`MemorySharedStorage.listen`; nothing arrives while the connection is deaf."""
+        if self.deaf:
+            return self._silence()
         return self.store.listen(engine_id)
+
+    @asynccontextmanager
+    async def _silence(self) -> AsyncIterator[trio.abc.ReceiveChannel[Notification]]:
+        send, receive = trio.open_memory_channel[Notification](0)
+        async with send, receive:
+            yield receive
