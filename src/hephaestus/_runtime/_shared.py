@@ -195,12 +195,12 @@ class SharedRuntime:
                 metadata={"from_engine": previous.engine_id, "from_epoch": previous.epoch},
             )
         held = registry.get(instance.id)
-        if held is not None and held.state in (*_HELD, State.DELETING):
+        if held is not None and held.state in _HELD:
             return held
+        if instance.status.is_terminal or (held is not None and held.state is State.DELETING):
+            return None
         if held is not None:
             del registry[instance.id]  # a stale record (stuck, orphaned): what is stored wins
-        if instance.status.is_terminal:
-            return None
         engine._recover_instance(instance)
         entry = registry.get(instance.id)
         if entry is None or entry.state not in _HELD:
