@@ -374,7 +374,9 @@ class SharedRuntime:
         dedupe key), so a caller that repeats the call after this engine died
         appends nothing new. While the answer is missing, the owner is woken
         again every poll; if no live engine holds the instance any more, this
-        engine claims it and applies the pending rows itself.
+        engine claims it and applies the pending rows itself. A caller
+        cancelled once the row is appended does not hear the answer, but the
+        request stays in the inbox and is applied: it was persisted.
 
         Raises:
             the owner's answer, as the ``hx`` exception it names.
@@ -561,6 +563,7 @@ class SharedRuntime:
         """Return the instance once it is terminal, wherever it runs.
 
         Woken by the store's ``Finished`` notification, and polls every TTL/4.
+        Cancelling it changes nothing.
 
         Raises:
             InstanceNotFound: no instance has that id.
