@@ -49,6 +49,7 @@ async def _run(
     task_status: trio.TaskStatus[Node],
 ) -> None:
     conn = store.connect()
+    conn.deaf = options.pop("deaf", False)
     events = Recorder()
     with trio.CancelScope() as scope:
         async with hx.open_engine(
@@ -69,6 +70,9 @@ async def spawn(
     clock: Any,
     **options: Any,
 ) -> Node:
-    """Start an engine on its own connection to ``store``; it runs until killed or stopped."""
+    """Start an engine on its own connection to ``store``; it runs until killed or stopped.
+
+    ``deaf=True`` makes its connection lose every notification.
+    """
     node: Node = await nursery.start(_run, store, workflows, {"clock": clock, **options})
     return node

@@ -529,16 +529,8 @@ async def test_without_notifications_everything_still_completes_by_polling(
     ev_wf = fan_workflow()
     async with store, trio.open_nursery() as nursery:
         # Every engine misses every notification: wake-ups, replies, finished instances.
-        original = store.connect
-
-        def deaf() -> Any:
-            conn = original()
-            conn.deaf = True
-            return conn
-
-        store.connect = deaf  # type: ignore[method-assign]
-        owner = await spawn(nursery, store, [wf, ev_wf], clock, passivate_after=None)
-        other = await spawn(nursery, store, [wf, ev_wf], clock)
+        owner = await spawn(nursery, store, [wf, ev_wf], clock, passivate_after=None, deaf=True)
+        other = await spawn(nursery, store, [wf, ev_wf], clock, deaf=True)
         iid = await owner.engine.start(wf, "x")
         await trio.sleep(1)
         sent = trio.current_time()
@@ -548,4 +540,25 @@ async def test_without_notifications_everything_still_completes_by_polling(
         assert (await other.engine.wait(iid)).results["finish"] == {"approved": "other"}
         fan = await owner.engine.start(ev_wf, "y", {"n": 2})
         assert (await other.engine.wait(fan)).results == fan_expected(2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_cancelled_after_the_row_is_stored_still_has_it_applied(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+    wf = event_workflow()
+    async with store, trio.open_nursery() as nursery:
+        # Deaf: it serves the row on its next poll, not at once.
+        owner = await spawn(nursery, store, [wf], clock, passivate_after=None, deaf=True)
+        other = await spawn(nursery, store, [wf], clock)
+        iid = await owner.engine.start(wf, "x")
+        await trio.sleep(1)
+        appended = other.conn.calls["append_request"]
+        with trio.move_on_after(0.01) as scope:
+            await other.engine.resume(iid, "go", {"by": "impatient"})
+        assert scope.cancelled_caught
+        assert other.conn.calls["append_request"] == appended + 1
+        done = await owner.engine.wait(iid)
+        assert done.results["finish"] == {"approved": "impatient"}
         nursery.cancel_scope.cancel()
