@@ -261,6 +261,8 @@ async def test_a_paused_engine_is_fenced_and_rejoins_under_a_new_epoch(
         assert finals == stored  # nothing a computed while paused overwrote anything
         assert store.fenced_writes >= 1  # it did try
         assert a.events.count("runner.drop") == 10  # and dropped every instance it held
+        # A lost lease is neither a crash nor a storage fault: no restart, no retried write.
+        assert a.events.count("runner.crash") == a.events.count("storage.error") == 0
         assert store.engines()[a.engine_id][0] == 2  # it came back under a new epoch
         assert {key for key, n in runs.items() if n > 1} <= flying
         for final in finals:  # nothing applied twice: one completion per step
