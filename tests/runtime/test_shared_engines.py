@@ -564,3 +564,71 @@ async def test_a_caller_cancelled_after_the_row_is_stored_still_has_it_applied(
         done = await owner.engine.wait(iid)
         assert done.results["finish"] == {"approved": "impatient"}
         nursery.cancel_scope.cancel()
+
+
+async def test_three_engines_many_instances_one_killed_nothing_lost(autojump_clock: Any) -> None:
+    """The issue's scenario in memory: steps, a durable timer, resumes sent to random engines."""
+    store, clock = store_and_clock()
+    runs: Counter[tuple[str, str]] = Counter()
+
+    @hx.step(events=("ok",))
+    async def work(ctx: hx.StepContext) -> hx.StepResult:
+        runs[(ctx.instance_id, "work")] += 1
+        await trio.sleep(1.0)
+        return hx.Emit("ok", {"n": ctx.initial["n"]})
+
+    @hx.step(events=("ok",))
+    async def finish(ctx: hx.StepContext) -> hx.StepResult:
+        runs[(ctx.instance_id, "finish")] += 1
+        await trio.sleep(0.5)
+        return hx.Emit("ok", {"total": ctx.results["work"]["n"] + ctx.results["approve"]["v"]})
+
+    approve = hx.WaitForEvent("go", key="approve", timeout=600)
+    cool = hx.Wait(3.0, key="cool")
+    wf = hx.Workflow(
+        "big",
+        start=work,
+        transitions={
+            (work, "ok"): approve,
+            (approve, "go"): cool,
+            (approve, "timeout"): hx.Done,
+            (cool, "timeout"): finish,
+            (finish, "ok"): hx.Done,
+        },
+        unique=hx.Unique("big"),
+    )
+    count = 500
+    async with store, trio.open_nursery() as nursery:
+        nodes = [await spawn(nursery, store, [wf], clock) for _ in range(3)]
+        ids = [await nodes[n % 3].engine.start(wf, f"i{n}", {"n": n}) for n in range(count)]
+        await trio.sleep(1.5)
+        for n, iid in enumerate(ids[: count // 2]):  # half resumed before the kill
+            await nodes[(7 * n) % 3].engine.resume(iid, "go", {"v": n}, dedupe_key=f"go-{n}")
+        await trio.sleep(3.2)  # the first half in their last step, on whichever engine
+        victim = nodes[0]
+        flying = in_flight(victim)
+        mine = {iid for iid in ids if store.owner(iid) == victim.engine.shared.lease}  # type: ignore[union-attr]
+        assert len(mine) > 10
+        assert len(flying) > 10
+        killed_at = trio.current_time()
+        victim.kill()
+        survivors = nodes[1:]
+        taken: dict[str, float] = {}
+
+        def took(event: hx.TelemetryEvent) -> None:
+            if event.name == "engine.takeover":
+                taken.setdefault(event.instance_id or "", trio.current_time())
+
+        for node in survivors:
+            node.events.hooks.append(took)
+        for n, iid in enumerate(ids[count // 2 :], start=count // 2):
+            await survivors[n % 2].engine.resume(iid, "go", {"v": n}, dedupe_key=f"go-{n}")
+        finals = [await survivors[0].engine.wait(iid) for iid in ids]
+        assert [f.status for f in finals] == [hx.Status.COMPLETED] * count  # 0 lost
+        assert [f.results["finish"]["total"] for f in finals] == [2 * n for n in range(count)]
+        assert {key for key, n in runs.items() if n > 1} <= flying
+        assert set(taken) == mine
+        assert max(taken.values()) - killed_at <= 2 * TTL
+        for final in finals:  # every step completed once, the event delivered once
+            assert [h.step for h in final.history] == ["work", "approve", "cool", "finish"]
+        nursery.cancel_scope.cancel()
