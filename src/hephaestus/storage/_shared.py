@@ -394,6 +394,24 @@ class SharedStorage(Protocol):
         claiming are skipped (``FOR UPDATE SKIP LOCKED``), never waited for.
         Returns the claimed instances (by id) and ``next_due``.
 
+        In SQL (one transaction; ``$ttl`` the TTL, deadlines in epoch seconds)::
+
+            WITH picked AS (
+              SELECT i.id, i.owner_id AS old_id, i.owner_epoch AS old_epoch
+              FROM instances i
+              WHERE NOT EXISTS (SELECT 1 FROM engines e
+                                WHERE e.engine_id = i.owner_id AND e.epoch = i.owner_epoch
+                                  AND e.heartbeat_at > now() - $ttl)
+                AND (i.status = 'running'
+                     OR i.next_deadline <= extract(epoch FROM now())
+                     OR EXISTS (SELECT 1 FROM inbox b
+                                WHERE b.instance_id = i.id AND NOT b.consumed))
+              ORDER BY i.id LIMIT $limit
+              FOR UPDATE OF i SKIP LOCKED)
+            UPDATE instances s SET owner_id = $engine, owner_epoch = $epoch
+            FROM picked WHERE s.id = picked.id
+            RETURNING s.snapshot, s.revision, picked.old_id, picked.old_epoch
+
         Raises:
             LeaseLost: when ``lease`` is not live (the caller heartbeats
                 before claiming again).
