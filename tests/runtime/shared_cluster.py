@@ -24,6 +24,8 @@ class Node:
     conn: MemorySharedConnection
     scope: trio.CancelScope
     events: Recorder
+    closed: trio.Event
+    """Set once its ``open_engine`` has returned."""
 
     @property
     def engine_id(self) -> str:
@@ -51,16 +53,21 @@ async def _run(
     conn = store.connect()
     conn.deaf = options.pop("deaf", False)
     events = Recorder()
-    with trio.CancelScope() as scope:
-        async with hx.open_engine(
-            workflows=workflows,
-            storage=conn,
-            clock=options.pop("clock"),
-            telemetry=events,
-            **options,
-        ) as engine:
-            task_status.started(Node(engine=engine, conn=conn, scope=scope, events=events))
-            await trio.sleep_forever()
+    closed = trio.Event()
+    try:
+        with trio.CancelScope() as scope:
+            async with hx.open_engine(
+                workflows=workflows,
+                storage=conn,
+                clock=options.pop("clock"),
+                telemetry=events,
+                **options,
+            ) as engine:
+                node = Node(engine=engine, conn=conn, scope=scope, events=events, closed=closed)
+                task_status.started(node)
+                await trio.sleep_forever()
+    finally:
+        closed.set()
 
 
 async def spawn(

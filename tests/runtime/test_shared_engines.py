@@ -632,3 +632,21 @@ async def test_three_engines_many_instances_one_killed_nothing_lost(autojump_clo
         for final in finals:  # every step completed once, the event delivered once
             assert [h.step for h in final.history] == ["work", "approve", "cool", "finish"]
         nursery.cancel_scope.cancel()
+
+
+async def test_closing_an_engine_whose_store_hangs_takes_at_most_a_ttl(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+    wf = event_workflow()
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        await a.engine.start(wf, "x")
+        await trio.sleep(1)
+        a.conn.pause()  # every call hangs from now on, the lease release too
+        stopped = trio.current_time()
+        a.stop()
+        await a.closed.wait()
+        assert trio.current_time() - stopped <= TTL
+        a.conn.resume()
+        nursery.cancel_scope.cancel()

@@ -140,10 +140,11 @@ class SharedRuntime:
     async def release(self) -> None:
         """End this engine's lease so that others take its instances over at once.
 
-        Called, shielded, when ``open_engine`` exits. A store that cannot be
-        reached is logged: the lease then expires after its TTL instead.
+        Called when ``open_engine`` exits, shielded from cancellation for at
+        most a TTL. A store that cannot be reached in that time is logged: the
+        lease then expires after its TTL instead.
         """
-        with trio.CancelScope(shield=True):
+        with self._bounded_shield():
             try:
                 await self.store.release_engine(self.lease)
             except Exception as exc:
@@ -249,6 +250,8 @@ class SharedRuntime:
         Done holding the write token, so no request of this engine is half
         applied meanwhile; if a caller holds it, that caller lets go after.
         An instance with a timer already due is kept (its timer is firing).
+        Cancelled (the engine closing), it keeps the instance: the engine's
+        lease is released on exit anyway.
         """
         engine = self.engine
         instance = entry.instance
@@ -260,8 +263,7 @@ class SharedRuntime:
         if not entry.token.try_acquire():
             return
         try:
-            with trio.CancelScope(shield=True):
-                await self.store.release_instances(self.lease, [instance.id])
+            await self.store.release_instances(self.lease, [instance.id])
         except Exception as exc:
             _log.warning(
                 "engine %s could not release instance %r (%s: %s); it keeps it",
@@ -638,8 +640,12 @@ class SharedRuntime:
         if entry is not None and entry.state is State.PASSIVE:
             await self.let_go(entry)
 
+    def _bounded_shield(self) -> trio.CancelScope:
+        """A scope shielded from cancellation for at most a TTL (a store that hangs ends it)."""
+        return trio.CancelScope(shield=True, deadline=trio.current_time() + self.store.lease_ttl)
+
     async def _release(self, instance_ids: list[str]) -> None:
-        with trio.CancelScope(shield=True):
+        with self._bounded_shield():
             try:
                 await self.store.release_instances(self.lease, instance_ids)
             except Exception as exc:
