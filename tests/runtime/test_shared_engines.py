@@ -650,3 +650,35 @@ async def test_closing_an_engine_whose_store_hangs_takes_at_most_a_ttl(
         assert trio.current_time() - stopped <= TTL
         a.conn.resume()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_row_applied_through_a_backing_off_runner_is_consumed_by_its_write(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+
+    @hx.step(events=("ok",))
+    async def work(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(1)
+        return "ok"
+
+    approve = hx.WaitForEvent("go", key="approve")
+    wf = hx.Workflow(
+        "late",
+        start=work,
+        transitions={(work, "ok"): approve, (approve, "go"): hx.Done},
+        unique=hx.Unique("late"),
+    )
+    async with store, trio.open_nursery() as nursery:
+        owner = await spawn(nursery, store, [wf], clock, passivate_after=None)
+        other = await spawn(nursery, store, [wf], clock)
+        iid = await owner.engine.start(wf, "x")
+        await trio.sleep(0.5)
+        owner.conn.fail_next("put_owned")  # the step's outcome: the runner backs off
+        await trio.sleep(0.55)
+        assert owner.events.count("storage.error") == 1
+        # The request reaches the owner while its runner takes requests by mail only.
+        await other.engine.resume(iid, "go", {"by": "other"})
+        assert owner.conn.calls["answer_requests"] == 0  # consumed by the write applying it
+        assert (await other.engine.wait(iid)).results["approve"] == {"by": "other"}
+        nursery.cancel_scope.cancel()

@@ -9,15 +9,15 @@ the instance now. A terminal snapshot is written with ``release``, so
 finished instances have no owner.
 
 It also folds inbox rows into the write that applies them: the task that
-serves a request from the shared inbox marks it with :func:`absorbing`, and
-the put made for it in that task (``Runner.persist_request`` announces the
-transition's reply with :func:`replying`) marks the row consumed, with its
-answer, in the same transaction. A request that reaches a runner by mail
-instead (the runner was starting, recovering or backing off from a failing
-store) is written in the runner's task; its row is then marked consumed by
-a write of its own just after, and an owner that dies between the two leaves
-it to be applied again by the next one (a resume with a dedupe key is then
-ignored by the core; a cancel is idempotent).
+serves a request from the shared inbox registers the request's input object
+with :func:`absorbing`, and the runner announces, with :func:`applying`, the
+input and reply of each caller's transition it stores (in the caller's task
+under the token, or in its own task when the request came by mail). The put
+of that transition marks the row consumed, with its answer, in the same
+transaction, so an owner that dies after the write cannot leave the row to be
+applied again. Only requests that change nothing (refused, or a dedupe key
+seen before) are answered by a write of their own; applying those again is
+harmless.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import contextvars
 import enum
 import logging
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
@@ -43,7 +43,7 @@ _log = logging.getLogger("hephaestus.engine")
 
 @final
 class Absorb:
-    """An inbox row being applied by this task: set ``done`` once a write consumed it."""
+    """An inbox row being applied: ``done`` once a write consumed it."""
 
     __slots__ = ("done", "instance_id", "request_id")
 
@@ -53,37 +53,48 @@ class Absorb:
         self.done = False
 
 
-_absorbing: contextvars.ContextVar[Absorb | None] = contextvars.ContextVar(
-    "hephaestus_absorbing", default=None
+_absorbs: dict[int, Absorb] = {}
+"""``id()`` of a request input being served from the inbox -> its row (the server holds it)."""
+_applying: contextvars.ContextVar[tuple[object, Reply] | None] = contextvars.ContextVar(
+    "hephaestus_applying", default=None
 )
-_no_reply = object()
-_reply: contextvars.ContextVar[object] = contextvars.ContextVar(
-    "hephaestus_reply", default=_no_reply
-)
+_NOTHING: Final = contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def absorbing(instance_id: str, request_id: str) -> Iterator[Absorb]:
-    """Mark the inbox row ``request_id`` as what this task's next write of the instance applies."""
+def absorbing(instance_id: str, request_id: str, request: object) -> Iterator[Absorb]:
+    """Mark ``request`` (a core input) as coming from the inbox row ``request_id``.
+
+    Whichever task then stores the transition that applies this very input
+    object, the caller's or the runner's, consumes the row in that write.
+    """
     absorb = Absorb(instance_id, request_id)
-    token = _absorbing.set(absorb)
+    key = id(request)
+    _absorbs[key] = absorb
     try:
         yield absorb
     finally:
-        _absorbing.reset(token)
+        if _absorbs.get(key) is absorb:
+            del _absorbs[key]
+
+
+def applying(event: object, reply: Reply) -> contextlib.AbstractContextManager[object]:
+    """Announce that this task is about to store the transition of ``event``, answering ``reply``.
+
+    Costs a dict lookup when ``event`` comes from no inbox row (always, unshared).
+    """
+    if id(event) not in _absorbs:
+        return _NOTHING
+    return _announced(event, reply)
 
 
 @contextlib.contextmanager
-def replying(reply: Reply) -> Iterator[None]:
-    """Announce the reply of the transition this task is about to store (a no-op unshared)."""
-    if _absorbing.get() is None:
-        yield
-        return
-    token = _reply.set(reply)
+def _announced(event: object, reply: Reply) -> Iterator[None]:
+    token = _applying.set((event, reply))
     try:
         yield
     finally:
-        _reply.reset(token)
+        _applying.reset(token)
 
 
 def answer_value(reply: object) -> str | bool | None:
@@ -142,12 +153,14 @@ class LeasedStorage:
             RevisionConflict: the stored revision is not ``expected_revision``.
         """
         consumed: list[Consumed] = []
-        absorb = _absorbing.get()
-        reply = _reply.get()
-        if absorb is not None and absorb.instance_id == instance.id and reply is not _no_reply:
-            consumed.append(
-                Consumed(request_id=absorb.request_id, answer=Accepted(value=answer_value(reply)))
-            )
+        absorb: Absorb | None = None
+        announced = _applying.get()
+        if announced is not None:
+            event, reply = announced
+            absorb = _absorbs.get(id(event))
+            if absorb is not None and absorb.instance_id == instance.id and not absorb.done:
+                answer = Accepted(value=answer_value(reply))
+                consumed.append(Consumed(request_id=absorb.request_id, answer=answer))
         await self.shared.put_owned(
             self.lease,
             instance,

@@ -46,7 +46,7 @@ from .._core._errors import EngineClosed, EventRejected, RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ..storage._shared import LeaseLost
-from ._lease import replying
+from ._lease import applying
 from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry
 from ._report import report
@@ -245,7 +245,7 @@ class Runner:
         entry = self.entry
         with self.engine.request_write() as scope:
             try:
-                with replying(transition.reply):
+                with applying(event, transition.reply):
                     await self.engine.storage.put(
                         transition.instance, expected_revision=entry.instance.revision
                     )
@@ -342,7 +342,9 @@ class Runner:
                 message.reply.fail(exc)
             raise
         if transition.changed:
-            if not await self.persist(transition.instance, before.revision, message):
+            with applying(message.input, transition.reply):
+                stored = await self.persist(transition.instance, before.revision, message)
+            if not stored:
                 return  # the request's write failed: it was not applied, and said so
             self.entry.instance = transition.instance
         if engine.telemetry.enabled:

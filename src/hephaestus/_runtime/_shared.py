@@ -71,7 +71,7 @@ from ..storage._shared import (
     Wake,
 )
 from ._claimer import claim_loop
-from ._lease import LeasedStorage, absorbing, answer_value, heartbeat_loop, renew, replying
+from ._lease import LeasedStorage, absorbing, answer_value, applying, heartbeat_loop, renew
 from ._mailbox import Message
 from ._registry import Entry, State
 from ._supervisor import drain, stuck_message
@@ -481,10 +481,10 @@ class SharedRuntime:
         if held and (entry is None or entry.state not in _HELD):
             return False
         answer: Answer
-        with absorbing(instance_id, request.request_id) as absorb:
+        with absorbing(instance_id, request.request_id, request.request) as absorb:
             try:
                 if isinstance(request.request, RetryInput):
-                    with replying(None):
+                    with applying(request.request, None):  # retry stores in this task
                         await engine._retry_here(instance_id)
                     answer = Accepted()
                 else:

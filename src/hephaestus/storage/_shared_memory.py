@@ -516,7 +516,8 @@ class MemorySharedConnection:
     heartbeat stops, until :meth:`resume`), :meth:`kill` (SIGKILL: every
     call from now on raises :class:`ConnectionKilled`), or
     :meth:`kill_after` a call of a given method has been committed (a
-    process that dies between the commit and its reply).
+    process that dies between the commit and its reply); :meth:`fail_next`
+    makes one call fail as a flaky database would.
     """
 
     def __init__(self, store: MemorySharedStorage) -> None:
@@ -524,6 +525,7 @@ class MemorySharedConnection:
         self._resumed: trio.Event | None = None
         self._killed = False
         self._kill_after: str | None = None
+        self._fail_next: str | None = None
         self.calls: collections.Counter[str] = collections.Counter()
         """How often each method went through, by name (a test control)."""
         self.deaf = False
@@ -575,6 +577,10 @@ class MemorySharedConnection:
         self._killed = True
         self.resume()
 
+    def fail_next(self, method: str) -> None:
+        """Make the next call of ``method`` raise ``OSError`` without reaching the store."""
+        self._fail_next = method
+
     def kill_after(self, method: str | None) -> None:
         """Let the next call of ``method`` commit, then kill the connection before it returns.
 
@@ -587,6 +593,9 @@ class MemorySharedConnection:
             await self._resumed.wait()
         if self._killed:
             raise ConnectionKilled(f"the connection was killed (calling {name})")
+        if self._fail_next == name:
+            self._fail_next = None
+            raise OSError(f"injected fault: {name} did not reach the store")
         result = await getattr(self.store, name)(*args, **kwargs)
         self.calls[name] += 1
         if self._kill_after == name:
