@@ -3,7 +3,8 @@
 Hypothesis draws a schedule of starts and resumes sent to random engines,
 interleaved with engines being killed (SIGKILL: no release, possibly just
 after a write committed and before its caller heard back), paused past
-their lease (SIGSTOP), stopped gracefully and replaced, and idle time. Every
+their lease (SIGSTOP), stopped gracefully and replaced, store calls failing
+once (callers retry), and idle time. Every
 instance must end exactly as it does on one engine with no faults: the same
 status, results and history of step outcomes (so no step completion is lost
 or applied twice, and no event is delivered twice).
@@ -11,7 +12,7 @@ or applied twice, and no event is delivered twice).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -62,7 +63,9 @@ Action = tuple[str, int, int]
 
 actions = st.lists(
     st.tuples(
-        st.sampled_from(["start", "resume", "resume_then_die", "kill", "pause", "stop", "sleep"]),
+        st.sampled_from(
+            ["start", "resume", "resume_then_die", "kill", "pause", "stop", "flaky", "sleep"]
+        ),
         st.integers(0, INSTANCES - 1),
         st.integers(0, ENGINES - 1),
     ),
@@ -119,8 +122,30 @@ class Cluster:
         return self.slots[index][0]
 
 
+FLAKY = (
+    "put_owned",
+    "claim",
+    "heartbeat",
+    "pending_requests",
+    "release_instances",
+    "claim_instance",
+)
+"""Store calls a "flaky" action makes fail once (an OSError, nothing stored)."""
+
+
+async def retrying(call: Callable[[], Awaitable[Any]]) -> Any:
+    """Call ``call``, again after an injected fault, as a caller would retry a failed request."""
+    for _ in range(len(FLAKY)):
+        try:
+            return await call()
+        except OSError as exc:
+            if isinstance(exc, ConnectionKilled):
+                raise
+    return await call()
+
+
 async def resume(engine: hx.Engine, n: int) -> None:
-    await engine.resume(f"f::i{n}", "go", {"v": 10 * n}, dedupe_key=f"go-{n}")
+    await retrying(lambda: engine.resume(f"f::i{n}", "go", {"v": 10 * n}, dedupe_key=f"go-{n}"))
 
 
 async def run_schedule(schedule: list[Action], faults: bool) -> list[tuple[Any, ...]]:
@@ -136,7 +161,8 @@ async def run_schedule(schedule: list[Action], faults: bool) -> list[tuple[Any, 
 
         async def ensure_started(n: int, slot: int) -> None:
             if n not in started:
-                await cluster.engine(slot).start(WORKFLOW, f"i{n}", {"n": n})
+                engine = cluster.engine(slot)
+                await retrying(lambda: engine.start(WORKFLOW, f"i{n}", {"n": n}))
                 started.add(n)
 
         for what, n, slot in schedule:
@@ -168,6 +194,8 @@ async def run_schedule(schedule: list[Action], faults: bool) -> list[tuple[Any, 
                 conn.pause()
                 await trio.sleep(1.5 * TTL)
                 conn.resume()
+            elif what == "flaky" and faults:
+                cluster.slots[slot][1].fail_next(FLAKY[n % len(FLAKY)])
             elif what == "sleep" or not faults:
                 await trio.sleep(1.0 + n)
         for n in range(INSTANCES):
