@@ -3,8 +3,9 @@
 Hypothesis draws a schedule of starts and resumes sent to random engines,
 interleaved with engines being killed (SIGKILL: no release, possibly just
 after a write committed and before its caller heard back), paused past
-their lease (SIGSTOP), stopped gracefully and replaced, store calls failing
-once (callers retry), and idle time. Every
+their lease (SIGSTOP), stopped gracefully and replaced (some by engines
+that miss every notification), store calls failing once (callers retry),
+and idle time. Every
 instance must end exactly as it does on one engine with no faults: the same
 status, results and history of step outcomes (so no step completion is lost
 or applied twice, and no event is delivered twice).
@@ -94,9 +95,12 @@ class Cluster:
         self.clock = clock
         self.slots: list[tuple[hx.Engine, MemorySharedConnection, trio.CancelScope]] = []
 
-    async def spawn(self) -> tuple[hx.Engine, MemorySharedConnection, trio.CancelScope]:
+    async def spawn(
+        self, *, deaf: bool = False
+    ) -> tuple[hx.Engine, MemorySharedConnection, trio.CancelScope]:
         async def run(*, task_status: trio.TaskStatus[Any]) -> None:
             conn = self.store.connect()
+            conn.deaf = deaf  # it misses every notification: polling must do
             # The reference run: one engine on a plain MemoryStorage (no shared path at all).
             storage = conn if self.shared else hx.MemoryStorage()
             with trio.CancelScope() as scope:
@@ -111,12 +115,12 @@ class Cluster:
         )
         return slot
 
-    async def replace(self, index: int, *, kill: bool) -> None:
+    async def replace(self, index: int, *, kill: bool, deaf: bool = False) -> None:
         _, conn, scope = self.slots[index]
         if kill:
             conn.kill()
         scope.cancel()
-        self.slots[index] = await self.spawn()
+        self.slots[index] = await self.spawn(deaf=deaf)
 
     def engine(self, index: int) -> hx.Engine:
         return self.slots[index][0]
@@ -186,7 +190,7 @@ async def run_schedule(schedule: list[Action], faults: bool) -> list[tuple[Any, 
                 else:
                     await resume(cluster.engine(slot), n)
             elif what == "kill" and faults:
-                await cluster.replace(slot, kill=True)
+                await cluster.replace(slot, kill=True, deaf=n % 2 == 1)
             elif what == "stop" and faults:
                 await cluster.replace(slot, kill=False)
             elif what == "pause" and faults:
