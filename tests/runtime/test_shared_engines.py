@@ -682,3 +682,23 @@ async def test_a_row_applied_through_a_backing_off_runner_is_consumed_by_its_wri
         assert owner.conn.calls["answer_requests"] == 0  # consumed by the write applying it
         assert (await other.engine.wait(iid)).results["approve"] == {"by": "other"}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_released_instance_timer_fires_on_time(autojump_clock: Any) -> None:
+    store, clock = store_and_clock()
+    nap = hx.Wait(0.1, key="nap")  # falls due before any claimer looks again
+    wf = hx.Workflow(
+        "nap", start=nap, transitions={(nap, "timeout"): hx.Done}, unique=hx.Unique("nap")
+    )
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        b = await spawn(nursery, store, [wf], clock)
+        await trio.sleep(TTL / 8)  # the claimers just looked: the next look is TTL/8 away
+        iid = await a.engine.start(wf, "x")
+        started = clock.now()
+        await trio.sleep(0.05)
+        assert store.owner(iid) is None  # released while it sleeps
+        done = await b.engine.wait(iid)
+        fired = done.history[-1].at
+        assert started + 0.1 <= fired <= started + 0.1 + 0.01
+        nursery.cancel_scope.cancel()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -83,8 +84,10 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                 # A store clock a little behind ours must not make this a busy loop.
                 until = batch.next_due - engine.clock.now()
                 delay = min(delay, until if until > 0 else runtime.poll / 100)
+        runtime.claimer_wakes_at = trio.current_time() + delay
         with trio.move_on_after(delay):
             await runtime.claimer_wake.wait()
+        runtime.claimer_wakes_at = math.inf  # looking now: nothing needs to wake it
 
 
 async def _serve_missed(runtime: SharedRuntime) -> None:

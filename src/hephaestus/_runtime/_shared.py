@@ -29,6 +29,7 @@ TTL/4, so a lost notification costs latency, never correctness.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -113,6 +114,8 @@ class SharedRuntime:
         self._again: set[str] = set()
         self.claimer_wake = trio.Event()
         """Set when released work may be claimable; the claimer replaces it after each look."""
+        self.claimer_wakes_at = math.inf
+        """When (trio time) the claimer looks next unless woken."""
         self.renewing = trio.Lock()
         """Held while the lease is renewed (:func:`._lease.renew`): one renewal at a time."""
 
@@ -279,6 +282,18 @@ class SharedRuntime:
             del engine._registry[instance.id]
             engine.timers.disarm_all(instance.id)
             entry.mark_done(State.FINISHED)
+        if instance.timers:
+            self._expect_due(min(timer.deadline for timer in instance.timers))
+
+    def _expect_due(self, deadline: float) -> None:
+        """Wake the claimer early if a timer of an instance let go falls due before it looks.
+
+        The other engines learn of it at their next look (``next_due``); this
+        one knows now, so the timer fires on time, claimed here or elsewhere.
+        """
+        wake = trio.current_time() + (deadline - self.engine.clock.now())
+        if wake < self.claimer_wakes_at:
+            self.claimer_wake.set()
 
     async def claim_finished(self, workflow: Workflow, stored: Instance) -> None:
         """Claim a finished instance that ``start`` is about to replace.

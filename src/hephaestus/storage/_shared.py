@@ -377,7 +377,7 @@ class SharedStorage(Protocol):
         The row stays (with a heartbeat far in the past), so the next
         :meth:`register` of the same id still gets a higher epoch.
 
-        Sends :class:`Runnable` when any released instance can be claimed, so
+        Sends :class:`Runnable` when any released instance has work now, so
         other engines take over at once rather than after a TTL. Releasing a
         lease that is no longer live, or twice, is harmless.
         """
@@ -468,7 +468,10 @@ class SharedStorage(Protocol):
         """Set the owner of each of ``instance_ids`` that ``lease`` owns to null.
 
         Ids owned by someone else, or by nobody, or unknown, are skipped. Sends
-        :class:`Runnable` when a released instance has work.
+        :class:`Runnable` when a released instance has work now (RUNNING, a
+        deadline passed, unconsumed inbox rows); not for a deadline to come,
+        which claimers learn from ``next_due`` (a broadcast per passivated
+        instance would make every engine claim each time).
         """
         ...
 

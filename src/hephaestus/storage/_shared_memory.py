@@ -468,12 +468,14 @@ class MemorySharedStorage(StorageBase):
         return row.status is Status.RUNNING or self._has_pending(instance_id)
 
     def _release(self, instance_ids: Sequence[str]) -> None:
+        now = self.now()
         work = False
         for iid in instance_ids:
             row = self._rows[iid]
             row.owner = None
-            work = work or self._has_work(iid, row) or row.next_deadline is not None
-        if work:
+            due = row.next_deadline is not None and row.next_deadline <= now
+            work = work or due or self._has_work(iid, row)
+        if work:  # work for later is found by the claimers' next look (next_due)
             self._send(Runnable())
 
     def _consume(self, instance_id: str, consumed: Sequence[Consumed]) -> None:
