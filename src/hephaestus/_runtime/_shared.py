@@ -164,18 +164,19 @@ class SharedRuntime:
     def emit(
         self,
         name: str,
-        instance: Instance | None = None,
+        instance_id: str | None = None,
+        workflow: str | None = None,
         *,
         measurements: dict[str, float] | None = None,
         metadata: dict[str, object] | None = None,
     ) -> None:
-        """Emit a telemetry event about this engine (and ``instance``), if anyone listens."""
+        """Emit a telemetry event about this engine (and an instance), if anyone listens."""
         telemetry = self.engine.telemetry
         if telemetry.enabled:
             telemetry.emit(
                 name,
-                instance_id=None if instance is None else instance.id,
-                workflow=None if instance is None else instance.workflow,
+                instance_id=instance_id,
+                workflow=workflow,
                 measurements=measurements,
                 metadata={"engine": self.engine_id, "epoch": self.lease.epoch, **(metadata or {})},
             )
@@ -195,7 +196,8 @@ class SharedRuntime:
         if previous is not None and previous != self.lease:
             self.emit(
                 "engine.takeover",
-                instance,
+                instance.id,
+                instance.workflow,
                 metadata={"from_engine": previous.engine_id, "from_epoch": previous.epoch},
             )
         held = registry.get(instance.id)
@@ -222,7 +224,7 @@ class SharedRuntime:
         cannot be stored (the write is fenced).
         """
         engine = self.engine
-        instance_id = entry.instance.id
+        instance_id = entry.id
         first = entry.state is not State.DROPPED
         mine = engine._registry.get(instance_id) in (entry, None)
         if engine._registry.get(instance_id) is entry:
@@ -236,7 +238,8 @@ class SharedRuntime:
             entry.mailbox.put_back([Message(Recover(), fault=cause)])
         if first:
             _log.warning("instance %r dropped by engine %s: %s", instance_id, self.engine_id, cause)
-            self.emit("runner.drop", entry.instance, metadata={"reason": str(cause)})
+            workflow = None if entry.workflow is None else entry.workflow.name
+            self.emit("runner.drop", instance_id, workflow, metadata={"reason": str(cause)})
 
     def drop_all(self, cause: LeaseLost) -> None:
         """Forget every instance this engine holds (its lease expired)."""
@@ -245,7 +248,7 @@ class SharedRuntime:
             if entry.state in _HELD:
                 self.drop(entry, cause)
             elif entry.state is not State.DELETING:
-                del registry[entry.instance.id]
+                del registry[entry.id]
 
     async def let_go(self, entry: Entry) -> None:
         """Release a passivated instance: it leaves the registry and the store unowns it.
@@ -257,33 +260,33 @@ class SharedRuntime:
         lease is released on exit anyway.
         """
         engine = self.engine
-        instance = entry.instance
-        if entry.state is not State.PASSIVE or engine._registry.get(instance.id) is not entry:
+        instance_id = entry.id
+        if entry.state is not State.PASSIVE or engine._registry.get(instance_id) is not entry:
             return
-        now = engine.clock.now()
-        if any(timer.deadline <= now for timer in instance.timers):
+        deadlines = list(engine.timers.deadlines(instance_id).values())
+        if any(deadline <= engine.clock.now() for deadline in deadlines):
             return
         if not entry.token.try_acquire():
             return
         try:
-            await self.store.release_instances(self.lease, [instance.id])
+            await self.store.release_instances(self.lease, [instance_id])
         except Exception as exc:
             _log.warning(
                 "engine %s could not release instance %r (%s: %s); it keeps it",
                 self.engine_id,
-                instance.id,
+                instance_id,
                 type(exc).__name__,
                 exc,
             )
             return
         finally:
             entry.token.release()
-        if engine._registry.get(instance.id) is entry and entry.state is State.PASSIVE:
-            del engine._registry[instance.id]
-            engine.timers.disarm_all(instance.id)
+        if engine._registry.get(instance_id) is entry and entry.state is State.PASSIVE:
+            del engine._registry[instance_id]
+            engine.timers.disarm_all(instance_id)
             entry.mark_done(State.FINISHED)
-        if instance.timers:
-            self._expect_due(min(timer.deadline for timer in instance.timers))
+        if deadlines:
+            self._expect_due(min(deadlines))
 
     def _expect_due(self, deadline: float) -> None:
         """Wake the claimer early if a timer of an instance let go falls due before it looks.
@@ -594,10 +597,10 @@ class SharedRuntime:
             entry = engine._registry.get(instance_id)
             if entry is not None and entry.state is State.STUCK:
                 raise RunnerFailed(stuck_message(engine, entry))
-            if entry is not None and entry.state in _HELD:
-                instance = detached_instance(entry.instance)
+            if entry is not None and entry.snapshot is not None and entry.state in _HELD:
+                instance = detached_instance(entry.snapshot)
             else:
-                instance = await engine._load(instance_id)
+                instance = await engine._load(instance_id)  # or passivated: in storage
             if instance.status.is_terminal:
                 return instance
             with trio.move_on_after(self.poll):
