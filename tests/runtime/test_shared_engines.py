@@ -53,9 +53,9 @@ def in_flight(node: Node) -> set[tuple[str, str]]:
     return {key for key, n in open_.items() if n > 0}
 
 
-def store_and_clock() -> tuple[hx.MemorySharedStorage, hx.testing.VirtualClock]:
+def store_and_clock(ttl: float = TTL) -> tuple[hx.MemorySharedStorage, hx.testing.VirtualClock]:
     clock = hx.testing.VirtualClock()
-    return hx.MemorySharedStorage(clock=clock, lease_ttl=TTL), clock
+    return hx.MemorySharedStorage(clock=clock, lease_ttl=ttl), clock
 
 
 async def test_a_single_engine_storage_gets_no_shared_tasks(autojump_clock: Any) -> None:
@@ -701,4 +701,28 @@ async def test_a_released_instance_timer_fires_on_time(autojump_clock: Any) -> N
         done = await b.engine.wait(iid)
         fired = done.history[-1].at
         assert started + 0.1 <= fired <= started + 0.1 + 0.01
+        nursery.cancel_scope.cancel()
+
+
+async def test_schedules_start_each_tick_once_across_engines(autojump_clock: Any) -> None:
+    store, clock = store_and_clock(ttl=120.0)  # hours of virtual time: fewer heartbeats
+
+    @hx.step(events=("ok",))
+    async def tick(ctx: hx.StepContext) -> hx.StepResult:
+        return "ok"
+
+    wf = hx.Workflow(
+        "tick", start=tick, transitions={(tick, "ok"): hx.Done}, unique=hx.Unique("tick")
+    )
+    hourly = hx.Schedule(wf, cron="0 * * * *")
+    async with store, trio.open_nursery() as nursery:
+        nodes = [await spawn(nursery, store, [wf], clock, schedules=[hourly]) for _ in range(3)]
+        await trio.sleep(5 * 3600 + 60)
+        nodes[0].kill()  # one of them dies; the others go on
+        await trio.sleep(5 * 3600)
+        ticks = await nodes[1].engine.list(workflow=wf)
+        assert len(ticks) == 10  # every hourly tick, each exactly once
+        assert {i.status for i in ticks} == {hx.Status.COMPLETED}
+        errors = [e for n in nodes[1:] for e in n.events.named("storage.error")]
+        assert errors == []
         nursery.cancel_scope.cancel()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
+from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from .._core._notes import Reply
 from ..storage._shared import Accepted, Consumed, Lease, LeaseLost, SharedStorage
@@ -146,11 +147,16 @@ class LeasedStorage:
         """The fenced write: store ``instance`` only if this engine's lease still owns it.
 
         A terminal instance is released by the same write. An inbox row that
-        this task is applying (:func:`absorbing`) is consumed by it.
+        this task is applying (:func:`absorbing`) is consumed by it. A
+        terminal snapshot written over a stored terminal one (a schedule's
+        progress record, a finished instance) is a plain compare-and-set: it
+        claims the row first, and an engine writing it at the same moment
+        makes it a RevisionConflict.
 
         Raises:
             LeaseLost: another engine holds the instance now (nothing stored).
-            RevisionConflict: the stored revision is not ``expected_revision``.
+            RevisionConflict: the stored revision is not ``expected_revision``
+                (or another engine is writing the same finished record).
         """
         consumed: list[Consumed] = []
         absorb: Absorb | None = None
@@ -161,13 +167,26 @@ class LeasedStorage:
             if absorb is not None and absorb.instance_id == instance.id and not absorb.done:
                 answer = Accepted(value=answer_value(reply))
                 consumed.append(Consumed(request_id=absorb.request_id, answer=answer))
-        await self.shared.put_owned(
-            self.lease,
-            instance,
-            expected_revision=0 if expected_revision is None else expected_revision,
-            release=instance.status.is_terminal,
-            consumed=consumed,
-        )
+        expected = 0 if expected_revision is None else expected_revision
+        release = instance.status.is_terminal
+        try:
+            await self.shared.put_owned(
+                self.lease, instance, expected_revision=expected, release=release, consumed=consumed
+            )
+        except LeaseLost:
+            if not release or expected == 0:
+                raise
+            stored: Instance | None = await self._store.get(instance.id)
+            if stored is None or not stored.status.is_terminal:
+                raise  # a live instance someone else runs, or gone: not ours to write
+            one = await self.shared.claim_instance(self.lease, instance.id)
+            if one.claimed is None:
+                raise RevisionConflict(
+                    f"instance {instance.id!r} is being written by another engine"
+                ) from None
+            await self.shared.put_owned(
+                self.lease, instance, expected_revision=expected, release=release, consumed=consumed
+            )
         if absorb is not None and consumed:
             absorb.done = True
 
