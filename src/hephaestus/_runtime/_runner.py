@@ -490,8 +490,11 @@ class Runner:
                     message.reply.fail(exc)
                 raise
             if transition.changed:
-                with applying(message.input, transition.reply):
+                if message.reply is None:  # the engine's own input: no inbox row rides along
                     stored = await self.persist(transition.instance, before.revision, message)
+                else:
+                    with applying(message.input, transition.reply):
+                        stored = await self.persist(transition.instance, before.revision, message)
                 if not stored:
                     return  # the request's write failed: it was not applied, and said so
                 entry.instance = transition.instance
