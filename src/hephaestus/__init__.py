@@ -51,7 +51,10 @@ from ._runtime._schedules import Schedule as Schedule
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
+from .storage import LeaseLost as LeaseLost
+from .storage import MemorySharedStorage as MemorySharedStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import SharedStorage as SharedStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -89,6 +92,8 @@ __all__ = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "SharedStorage",
+    "MemorySharedStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",
@@ -109,6 +114,7 @@ __all__ = [
     "CorruptSnapshot",
     "RunnerFailed",
     "EngineClosed",
+    "LeaseLost",
     # helpers
     "testing",
 ]
