@@ -30,6 +30,7 @@ API_NAMES = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "PostgresStorage",
     "TelemetryEvent",
     "LogHandler",
     "testing",

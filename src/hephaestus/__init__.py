@@ -50,6 +50,7 @@ from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -85,6 +86,7 @@ __all__ = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "PostgresStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",

@@ -1,0 +1,514 @@
+"""PostgresStorage: every snapshot in one PostgreSQL database, shared by any number of engines.
+
+Sync psycopg 3 inside ``trio.to_thread.run_sync`` with the storage's own
+``CapacityLimiter`` (psycopg's async API needs asyncio's loop and does not run
+under Trio). Reads take a connection of a ``psycopg_pool.ConnectionPool``;
+writes go to one writer thread with a connection of its own
+(``_postgres_writer``: group commit, each row fenced by its revision). The
+schema lives in ``_postgres_schema`` and is created or migrated on open.
+
+psycopg is imported when a PostgresStorage is made, not when hephaestus is:
+it is the optional extra ``hephaestus-trio[postgres]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
+
+import trio
+
+from .._core._codec import decode_instance, encode_instance
+from .._core._errors import CorruptSnapshot
+from .._core._model import Instance, Status
+from ._errors import NotAStore
+from ._postgres_schema import SchemaError, check_readable, migrate
+from ._postgres_writer import Request, Row, Writer, fault
+from ._protocol import StorageBase, status_filter
+
+if TYPE_CHECKING:
+    import psycopg
+    import psycopg_pool
+
+_log: Final = logging.getLogger("hephaestus.storage")
+_CONNECT_TIMEOUT_S: Final = 10
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+QuarantineHandler = Callable[[str, str], object]
+
+EXTRA_HINT: Final = "pip install 'hephaestus-trio[postgres]'"
+
+
+def _modules() -> tuple[Any, Any]:
+    """Import psycopg and psycopg_pool, or say which extra brings them.
+
+    Raises:
+        ImportError: either is missing; the message names the extra.
+    """
+    try:
+        return importlib.import_module("psycopg"), importlib.import_module("psycopg_pool")
+    except ImportError as exc:
+        raise ImportError(
+            f"PostgresStorage needs psycopg 3 and psycopg_pool ({exc.name} is not installed): "
+            f"{EXTRA_HINT}"
+        ) from exc
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (for messages and ``repr``)."""
+    dsn = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn, flags=re.I)
+
+
+def is_postgres_dsn(text: str) -> bool:
+    """True for a ``postgresql://`` or ``postgres://`` URL (what ``--store`` recognises)."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+@final
+class PostgresStorage(StorageBase):
+    """Every snapshot in one PostgreSQL database; any number of engine processes share it.
+
+    Args:
+        dsn: a libpq connection string (``postgresql://user@host/db`` or
+            ``host=... dbname=...``). The database must exist; the storage
+            creates its tables (``hx_*``) on first open and migrates them.
+        pool_size: connections for reads (and the worker threads that use
+            them, bounded by the storage's own ``CapacityLimiter``); writes
+            use one more connection of their own.
+        lease_ttl: seconds an engine's lease on its instances lasts without
+            a heartbeat, for the shared runtime (see DESIGN.md "Scale-out").
+        read_only: create nothing, refuse writes (``RuntimeError``); opening
+            a database without a store raises ``NotAStore``. What ``hephaestus
+            list`` and ``show`` use.
+        on_quarantine: called as ``on_quarantine(where, reason)`` for every
+            snapshot that fails to decode; such a row is moved to
+            ``hx_quarantine`` and treated as absent.
+
+    Writes (``put``, ``delete``) are queued to one writer thread, which sends
+    everything queued as one pipelined transaction: concurrent puts share one
+    commit. Each put returns only after its transaction has committed.
+
+    Raises:
+        ImportError: psycopg or psycopg_pool is not installed (names the extra).
+        ValueError: for an empty ``dsn``, ``pool_size < 1`` or ``lease_ttl <= 0``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 8,
+        lease_ttl: float = 10.0,
+        read_only: bool = False,
+        on_quarantine: QuarantineHandler | None = None,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ValueError("PostgresStorage needs a connection string (dsn), not " + repr(dsn))
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
+        if (
+            isinstance(lease_ttl, bool)
+            or not isinstance(lease_ttl, int | float)
+            or not lease_ttl > 0
+            or lease_ttl == float("inf")
+        ):
+            raise ValueError(f"lease_ttl must be a number of seconds > 0, got {lease_ttl!r}")
+        self._psycopg, self._psycopg_pool = _modules()
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.lease_ttl = float(lease_ttl)
+        self.read_only = read_only
+        self.on_quarantine = on_quarantine
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._writer: Writer | None = None
+        self._limiter: trio.CapacityLimiter | None = None
+        self._pending = 0
+        self._idle: trio.Event | None = None
+        self._commits_before = 0
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return f"PostgresStorage({redact(self.dsn)!r}{mode})"
+
+    @property
+    def commits(self) -> int:
+        """Transactions the writer committed since this object was created (tests, bench)."""
+        writer = self._writer
+        return self._commits_before + (0 if writer is None else writer.commits)
+
+    # -- open / close -----------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Connect, create or migrate the schema (read-only: check it), start the writer.
+
+        Raises:
+            OSError: the server cannot be reached or refused the connection
+                (the message is PostgreSQL's, the password redacted).
+            NotAStore: the schema is newer than this release, or (read-only)
+                the database holds no store.
+        """
+        self._limiter = trio.CapacityLimiter(self.pool_size)
+        self._idle = trio.Event()
+        self._idle.set()
+        self._pending = 0
+        await self._run(self._prepare)
+        pool = self._psycopg_pool.ConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+            name=f"hephaestus {redact(self.dsn)}",
+        )
+        await self._run(pool.open, wait=False)
+        self._pool = pool
+        if not self.read_only:
+            token = trio.lowlevel.current_trio_token()
+            self._writer = Writer(self.connect, token, repr(self))
+
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A new autocommit connection to the store's database (blocking; own it, close it).
+
+        Raises:
+            OSError: the server cannot be reached or refused the connection.
+        """
+        try:
+            conn: psycopg.Connection[tuple[Any, ...]] = self._psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S
+            )
+        except self._psycopg.Error as exc:
+            raise OSError(
+                f"cannot connect to PostgreSQL at {redact(self.dsn)!r}: "
+                f"{str(exc).strip() or type(exc).__name__}"
+            ) from None
+        return conn
+
+    def _prepare(self) -> None:
+        """In a worker thread: connect once, then migrate the schema or (read-only) check it."""
+        conn = self.connect()
+        try:
+            if self.read_only:
+                check_readable(conn, f"the database at {redact(self.dsn)!r}")
+            else:
+                migrate(conn, f"the database at {redact(self.dsn)!r}")
+        except SchemaError as exc:
+            raise NotAStore(str(exc)) from None
+        except self._psycopg.Error as exc:
+            raise fault(exc, f"opening {self!r}") from exc
+        finally:
+            conn.close()
+
+    async def _close(self) -> None:
+        """Let queued writes commit, stop the writer, close the pool.
+
+        Shielded from cancellation: the writes already queued are committed.
+        """
+        with trio.CancelScope(shield=True):
+            if self._idle is not None:
+                await self._idle.wait()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._commits_before += writer.commits
+                await self._run(writer.stop)
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await self._run(pool.close)
+
+    # -- the Storage protocol -----------------------------------------------------------
+
+    async def get(self, instance_id: str) -> Instance | None:
+        """Return the stored instance, or None.
+
+        A snapshot that fails to decode is quarantined and None is returned.
+
+        Raises:
+            OSError: the database cannot be read (connection lost...).
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if not _storable(instance_id):
+            return None  # no stored id holds NUL or a lone surrogate
+        rows = await self._read(
+            "SELECT id, snapshot FROM hx_instances WHERE id = %s", (instance_id,)
+        )
+        found = await self._decode(rows)
+        return found[0] if found else None
+
+    async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
+        """Store ``instance``, replacing any earlier snapshot of its id.
+
+        Returns once the transaction that carries it has committed; the commit
+        is shared with the puts queued beside it. Not cancellable once queued
+        (a cancellation takes effect when its transaction has committed or
+        failed); a cancellation before that raises at once and stores nothing.
+
+        Raises:
+            RevisionConflict: when ``expected_revision`` is given and differs
+                from the stored revision (0 when nothing is stored); only this
+                put fails, the others in its transaction commit.
+            OSError: the transaction failed: nothing of it was stored (or, for
+                a connection lost during COMMIT, it is unknown whether it was).
+            RuntimeError: when the store is read-only or not open.
+            ValueError: for an empty instance id, or text PostgreSQL cannot
+                store (NUL characters, lone surrogates).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_writable()
+        if not instance.id:
+            raise ValueError("an instance id must not be empty")
+        row = _row(instance)
+        await self._submit(Request("put", instance.id, row, expected_revision))
+
+    async def delete(self, instance_id: str) -> None:
+        """Remove the instance's snapshot; a missing id is not an error.
+
+        Acknowledged after its transaction commits; cancellation as for ``put``.
+
+        Raises:
+            OSError: when the transaction failed.
+            RuntimeError: when the store is read-only or not open.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_writable()
+        if not _storable(instance_id):
+            return
+        await self._submit(Request("delete", instance_id, None, None))
+
+    async def query(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+    ) -> list[Instance]:
+        """Return the stored instances matching ``workflow`` and ``status``, ordered by id.
+
+        Raises:
+            ValueError: for a ``status`` that is not a Status.
+            OSError: the database cannot be read.
+        """
+        return await self.query_page(workflow=workflow, status=status)
+
+    async def query_page(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """Return at most ``limit`` matching instances with ids greater than ``after``, by id.
+
+        Answered in SQL from the ``(status, id)`` / ``(workflow, id)`` indexes:
+        only the rows of the page are read and decoded. Ids compare by code
+        point (``COLLATE "C"``), as Python's ``sorted`` orders them.
+
+        Raises:
+            ValueError: for a ``status`` that is not a Status, or a negative ``limit``.
+            OSError: the database cannot be read.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        wanted = status_filter(status)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if (wanted is not None and not wanted) or limit == 0:
+            return []
+        if workflow is not None and not _storable(workflow):
+            return []
+        where: list[str] = []
+        args: list[object] = []
+        if workflow is not None:
+            where.append("workflow = %s")
+            args.append(workflow)
+        if wanted is not None:
+            where.append("status = ANY(%s)")
+            args.append(sorted(s.value for s in wanted))
+        if after is not None:
+            where.append("id > %s")
+            args.append(_comparable(after))
+        sql = "SELECT id, snapshot FROM hx_instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        return await self._decode(await self._read(sql, tuple(args)))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _submit(self, request: Request) -> Any:
+        """Queue ``request`` to the writer and wait, uncancellably, for its outcome."""
+        writer = self._writer
+        assert writer is not None
+        assert self._idle is not None
+        if trio.lowlevel.current_trio_token() is not writer.token:
+            raise RuntimeError(
+                f"{self!r} was opened in another trio.run: open and use it in the same one"
+            )
+        request.task = trio.lowlevel.current_task()
+        if self._pending == 0:
+            self._idle = trio.Event()
+        self._pending += 1
+        try:
+            writer.submit(request)
+            # Rescheduled by the writer's batch callback with the outcome, which
+            # this returns or raises. Abort.FAILED: not cancellable once queued.
+            return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        finally:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+
+    async def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        return await self._run(self._read_sync, sql, args)
+
+    def _read_sync(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """In a worker thread: run a SELECT on a pooled connection.
+
+        Raises:
+            OSError: the pool has no connection for us in time, or the query failed.
+        """
+        pool = self._pool
+        assert pool is not None
+        # A pooled connection the server dropped fails once and leaves the pool;
+        # a read is safe to repeat, so try the next one (all may be stale).
+        for attempt in range(self.pool_size + 1):
+            try:
+                with pool.connection(timeout=_CONNECT_TIMEOUT_S * 3) as conn:
+                    rows: list[tuple[Any, ...]] = conn.execute(sql.encode(), args).fetchall()
+            except self._psycopg.OperationalError as exc:
+                if attempt < self.pool_size and conn.closed:
+                    continue
+                raise fault(exc, f"reading {self!r}") from exc
+            except (self._psycopg.Error, self._psycopg_pool.PoolTimeout) as exc:
+                raise fault(exc, f"reading {self!r}") from exc
+            return rows
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _decode(self, rows: list[tuple[Any, ...]]) -> list[Instance]:
+        """Decode rows; quarantine those that fail, and leave them out."""
+        if len(rows) > 64:
+            decoded = await self._run(_decode_rows, rows)
+        else:
+            decoded = _decode_rows(rows)
+        result: list[Instance] = []
+        for (iid, blob), item in zip(rows, decoded, strict=True):
+            if isinstance(item, Instance):
+                result.append(item)
+                continue
+            await self._quarantine(iid, bytes(blob), item)
+        return result
+
+    async def _quarantine(self, iid: str, blob: bytes, reason: str) -> None:
+        where = f"{redact(self.dsn)}#{iid}"
+        if self.read_only:
+            self._report(where, f"{reason} (read-only: left in place)")
+            return
+        try:
+            self._check_writable()
+            await self._submit(Request("quarantine", iid, (blob, reason, time.time()), None))
+        except (OSError, RuntimeError) as exc:
+            reason = f"{reason}; could not move it to the quarantine table: {exc}"
+        else:
+            reason = f"{reason}; moved to the hx_quarantine table"
+        self._report(where, reason)
+
+    def _report(self, where: str, reason: str) -> None:
+        _log.warning("quarantined snapshot %s: %s", where, reason)
+        handler = self.on_quarantine
+        if handler is not None:
+            try:
+                handler(where, reason)
+            except Exception:
+                _log.exception("on_quarantine handler %r raised; ignored", handler)
+
+    def _check_writable(self) -> None:
+        """Raise unless writes are allowed now.
+
+        Raises:
+            RuntimeError: the store is not open, or is read-only.
+        """
+        self._check_open()
+        if self.read_only:
+            raise RuntimeError(f"{self!r} is read-only: it refuses writes")
+
+    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run blocking ``fn`` in a worker thread (not cancellable)."""
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+
+
+def _storable(text: str) -> bool:
+    """True when PostgreSQL can hold ``text`` (no NUL, valid UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _comparable(after: str) -> str:
+    """``after`` as PostgreSQL can compare it, with the same answer for every storable id.
+
+    No stored id holds NUL, so "id > 'a\\x00b'" is "id > 'a'"; a lone
+    surrogate (not storable) becomes U+FFFD, which sorts within a hair of it.
+    """
+    cut = after.split("\x00", 1)[0]
+    return cut.encode("utf-8", "replace").decode("utf-8")
+
+
+def _row(instance: Instance) -> Row:
+    """Encode ``instance`` into its row (in the caller's thread: bad input fails here).
+
+    Raises:
+        ValueError: for an id or workflow name PostgreSQL cannot store as text
+            (NUL characters, lone surrogates).
+    """
+    for what, text in (("id", instance.id), ("workflow name", instance.workflow)):
+        if "\x00" in text:
+            raise ValueError(
+                f"the instance's {what} {text!r} contains a NUL character, which PostgreSQL "
+                "text cannot hold: remove it"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the instance's {what} {text!r} is not valid Unicode: {exc}"
+            ) from None
+    deadline = min((t.deadline for t in instance.timers), default=None)
+    return (
+        instance.id,
+        instance.workflow,
+        instance.version,
+        instance.status.value,
+        instance.revision,
+        instance.updated_at,
+        deadline,
+        encode_instance(instance),
+    )
+
+
+def _decode_rows(rows: list[tuple[Any, ...]]) -> list[Instance | str]:
+    """Decode each row's snapshot; for a bad one, the reason instead."""
+    out: list[Instance | str] = []
+    for iid, blob in rows:
+        try:
+            instance = decode_instance(bytes(blob))
+        except CorruptSnapshot as exc:
+            out.append(str(exc))
+            continue
+        if instance.id != iid:
+            out.append(f"the row of {iid!r} holds the snapshot of {instance.id!r}")
+            continue
+        out.append(instance)
+    return out
