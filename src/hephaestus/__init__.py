@@ -49,8 +49,11 @@ from ._runtime._open import open_engine as open_engine
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
+from .storage import LeaseLost as LeaseLost
+from .storage import MemorySharedStorage as MemorySharedStorage
 from .storage import MemoryStorage as MemoryStorage
 from .storage import PostgresStorage as PostgresStorage
+from .storage import SharedStorage as SharedStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -87,6 +90,8 @@ __all__ = [
     "FileStorage",
     "SQLiteStorage",
     "PostgresStorage",
+    "SharedStorage",
+    "MemorySharedStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",
@@ -107,6 +112,7 @@ __all__ = [
     "CorruptSnapshot",
     "RunnerFailed",
     "EngineClosed",
+    "LeaseLost",
     # helpers
     "testing",
 ]
