@@ -17,7 +17,8 @@ import importlib
 import logging
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
 
 import trio
@@ -25,10 +26,26 @@ import trio
 from .._core._codec import decode_instance, encode_instance
 from .._core._errors import CorruptSnapshot
 from .._core._model import Instance, Status
+from . import _postgres_shared as _shared
 from ._errors import NotAStore
+from ._postgres_listen import SYNC_CHANNEL, Listener
 from ._postgres_schema import SchemaError, check_readable, migrate
-from ._postgres_writer import Request, Row, Writer, fault
+from ._postgres_shared import PutOwned
+from ._postgres_writer import Delete, Put, Quarantine, Request, Row, Writer, fault
 from ._protocol import StorageBase, status_filter
+from ._shared import (
+    Appended,
+    ClaimBatch,
+    ClaimOne,
+    Consumed,
+    Heartbeat,
+    InboxRequest,
+    InboxRow,
+    Lease,
+    LeaseLost,
+    Notification,
+    Refused,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -132,6 +149,9 @@ class PostgresStorage(StorageBase):
         self._pending = 0
         self._idle: trio.Event | None = None
         self._commits_before = 0
+        self._listener: Listener | None = None
+        self.clock_skew = 0.0
+        """Seconds added to the database clock in every lease and due-timer test (tests only)."""
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
@@ -217,6 +237,9 @@ class PostgresStorage(StorageBase):
             if writer is not None:
                 self._commits_before += writer.commits
                 await self._run(writer.stop)
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                await self._run(listener.stop)
             pool, self._pool = self._pool, None
             if pool is not None:
                 await self._run(pool.close)
@@ -264,7 +287,7 @@ class PostgresStorage(StorageBase):
         if not instance.id:
             raise ValueError("an instance id must not be empty")
         row = _row(instance)
-        await self._submit(Request("put", instance.id, row, expected_revision))
+        await self._submit(Request(Put(row, expected_revision)))
 
     async def delete(self, instance_id: str) -> None:
         """Remove the instance's snapshot; a missing id is not an error.
@@ -279,7 +302,7 @@ class PostgresStorage(StorageBase):
         self._check_writable()
         if not _storable(instance_id):
             return
-        await self._submit(Request("delete", instance_id, None, None))
+        await self._submit(Request(Delete(instance_id)))
 
     async def query(
         self,
@@ -342,7 +365,252 @@ class PostgresStorage(StorageBase):
             args.append(limit)
         return await self._decode(await self._read(sql, tuple(args)))
 
+    # -- SharedStorage: engines and leases ----------------------------------------------
+
+    async def register(self, engine_id: str) -> Lease:
+        """Start a new epoch for ``engine_id``; its lease is live for ``lease_ttl`` from now.
+
+        Raises:
+            OSError: the database cannot be reached.
+            RuntimeError: the store is not open, or read-only.
+        """
+        self._check_writable()
+        _check_text("engine id", engine_id)
+        return await self._call(_shared.register, engine_id, self.lease_ttl, self.clock_skew)
+
+    async def heartbeat(self, lease: Lease) -> Heartbeat:
+        """Renew ``lease`` by the database clock, or start a new epoch if it expired.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_writable()
+        return await self._call(_shared.heartbeat, lease, self.lease_ttl, self.clock_skew)
+
+    async def release_engine(self, lease: Lease) -> None:
+        """Expire ``lease`` and unown its instances (``Runnable`` if any has work).
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_writable()
+        await self._call(_shared.release_engine, lease, self.clock_skew)
+
+    # -- SharedStorage: claims and ownership ----------------------------------------------
+
+    async def claim(self, lease: Lease, *, limit: int) -> ClaimBatch:
+        """Claim at most ``limit`` instances with work and no live owner, by id.
+
+        One transaction: the lease is checked, then candidates are locked with
+        ``FOR UPDATE ... SKIP LOCKED`` (another claimer's rows are skipped,
+        never waited for) and tested with a correlated ``NOT EXISTS`` of a
+        live owner. A snapshot that fails to decode fails the claim
+        (``OSError``) and claims nothing.
+
+        Raises:
+            LeaseLost: ``lease`` is not live.
+            ValueError: ``limit < 1``.
+            OSError: the database cannot be reached.
+        """
+        self._check_writable()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        return await self._call(_shared.claim, lease, limit, self.clock_skew)
+
+    async def claim_instance(self, lease: Lease, instance_id: str) -> ClaimOne:
+        """Claim ``instance_id`` unless another live lease holds it (see SharedStorage).
+
+        Raises:
+            LeaseLost: ``lease`` is not live.
+            OSError: the database cannot be reached.
+        """
+        self._check_writable()
+        if not _storable(instance_id):
+            return ClaimOne()
+        return await self._call(_shared.claim_instance, lease, instance_id, self.clock_skew)
+
+    async def owner_of(self, instance_id: str) -> Lease | None:
+        """The live lease holding ``instance_id``, or None.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_open()
+        if not _storable(instance_id):
+            return None
+        return await self._call(_shared.owner_of, instance_id, self.clock_skew)
+
+    async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
+        """Unown each of ``instance_ids`` that ``lease`` owns (``Runnable`` if any has work).
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_writable()
+        ids = [i for i in instance_ids if _storable(i)]
+        if ids:
+            await self._call(_shared.release_instances, lease, ids, self.clock_skew)
+
+    # -- SharedStorage: the fenced write and the inbox ------------------------------------
+
+    async def put_owned(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        expected_revision: int,
+        release: bool = False,
+        consumed: Sequence[Consumed] = (),
+    ) -> None:
+        """Store ``instance`` if ``lease`` owns it at ``expected_revision`` (the fenced write).
+
+        Group-committed with this store's other writes. In its transaction:
+        the inbox rows in ``consumed`` are marked with their answers and their
+        senders notified (``Replied``), a terminal instance is broadcast
+        (``Finished``), a released one with work left sends ``Runnable``.
+        Cancellation as for ``put``.
+
+        Raises:
+            LeaseLost: the row is owned by another lease or by nobody, or is
+                gone (``expected_revision`` > 0). Nothing is stored.
+            RevisionConflict: owned by ``lease`` at another revision, or it
+                exists although ``expected_revision`` is 0. Nothing is stored.
+            OSError: the transaction failed.
+            ValueError: text PostgreSQL cannot store (see ``put``).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_writable()
+        if not instance.id:
+            raise ValueError("an instance id must not be empty")
+        op = PutOwned(
+            lease,
+            _row(instance),
+            expected=expected_revision,
+            release=release,
+            consumed=consumed,
+            terminal=instance.status.is_terminal,
+        )
+        await self._submit(Request(op))
+
+    async def answer_requests(
+        self, lease: Lease, instance_id: str, consumed: Sequence[Consumed]
+    ) -> None:
+        """Mark inbox rows of ``instance_id`` consumed with their answers (the first one stays).
+
+        Raises:
+            LeaseLost: ``lease`` does not own ``instance_id``; nothing is marked.
+            OSError: the database cannot be reached.
+        """
+        self._check_writable()
+        if not _storable(instance_id):
+            raise LeaseLost(f"instance {instance_id!r} is no longer stored")
+        await self._call(_shared.answer_requests, lease, instance_id, tuple(consumed))
+
+    async def append_request(self, request: InboxRequest) -> Appended:
+        """Append ``request`` to its instance's inbox once per request id; wake the owner.
+
+        Raises:
+            OSError: the database cannot be reached.
+            ValueError: an instance or request id PostgreSQL cannot store.
+        """
+        self._check_writable()
+        for what, text in (
+            ("request id", request.request_id),
+            ("sender", request.sender),
+        ):
+            _check_text(what, text)
+        if not _storable(request.instance_id):
+            iid = request.instance_id
+            refused = Refused(error="InstanceNotFound", message=f"no instance {iid!r}")
+            return Appended(row=InboxRow(request=request, seq=0, consumed=True, answer=refused))
+        return await self._call(_shared.append_request, request, self.clock_skew)
+
+    async def pending_requests(self, instance_id: str) -> list[InboxRow]:
+        """The unconsumed inbox rows of ``instance_id``, by ``seq``.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_open()
+        if not _storable(instance_id):
+            return []
+        return await self._call(_shared.pending_requests, instance_id)
+
+    async def get_request(self, instance_id: str, request_id: str) -> InboxRow | None:
+        """The inbox row ``(instance_id, request_id)``, consumed or not, or None.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_open()
+        if not (_storable(instance_id) and _storable(request_id)):
+            return None
+        return await self._call(_shared.get_request, instance_id, request_id)
+
+    # -- SharedStorage: notifications -----------------------------------------------------
+
+    async def notify(self, note: Notification) -> None:
+        """Send ``note`` now (``pg_notify``), to its engine or to every listener.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_open()
+        await self._call(_shared.notify, note)
+
+    def listen(
+        self, engine_id: str
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Notification]]:
+        """Subscribe ``engine_id`` to its notifications and the broadcasts.
+
+        One LISTEN connection per store serves every subscription of this
+        process. Entering returns once the database listens for it.
+        """
+        self._check_open()
+        listener = self._listener
+        if listener is None:
+            listener = self._listener = Listener(
+                self.connect, self._notify_sync, trio.lowlevel.current_trio_token(), repr(self)
+            )
+        return listener.subscribe(engine_id)
+
+    async def flush_notifications(self) -> bool:
+        """Wait until notifications committed before this call reached the subscribers.
+
+        For tests: a round trip through the database on the listener's
+        connection. False when nothing listens (or it timed out).
+        """
+        listener = self._listener
+        return False if listener is None else await listener.flush()
+
+    def _notify_sync(self, marker: str) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (SYNC_CHANNEL, marker))
+
     # -- helpers ------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn(conn, *args)`` on a pooled connection in a worker thread.
+
+        Raises:
+            OSError: for an error of PostgreSQL or of the connection (what
+                ``fn`` raises otherwise passes through: LeaseLost...).
+        """
+        await trio.lowlevel.checkpoint()
+        return await self._run(self._call_sync, fn, args)
+
+    def _call_sync(self, fn: Callable[..., _T], args: tuple[object, ...]) -> _T:
+        try:
+            with self._connection() as conn:
+                return fn(conn, *args)
+        except (self._psycopg.Error, self._psycopg_pool.PoolTimeout) as exc:
+            raise fault(exc, f"{getattr(fn, '__name__', 'a call')} on {self!r}") from exc
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return pool.connection(timeout=_CONNECT_TIMEOUT_S * 3)
 
     async def _submit(self, request: Request) -> Any:
         """Queue ``request`` to the writer and wait, uncancellably, for its outcome."""
@@ -414,7 +682,7 @@ class PostgresStorage(StorageBase):
             return
         try:
             self._check_writable()
-            await self._submit(Request("quarantine", iid, (blob, reason, time.time()), None))
+            await self._submit(Request(Quarantine(iid, blob, reason, time.time())))
         except (OSError, RuntimeError) as exc:
             reason = f"{reason}; could not move it to the quarantine table: {exc}"
         else:
@@ -454,6 +722,15 @@ def _storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _check_text(what: str, text: str) -> None:
+    """Raise ValueError unless PostgreSQL can store ``text``."""
+    if not isinstance(text, str) or not text or not _storable(text):
+        raise ValueError(
+            f"the {what} {text!r} cannot be stored in PostgreSQL: use a non-empty string "
+            "without NUL characters or lone surrogates"
+        )
 
 
 def _comparable(after: str) -> str:

@@ -10,6 +10,21 @@ Schema version 1::
         index (next_deadline)      partial: only rows with a timer (due-timer claims)
     hx_quarantine(id, snapshot, reason, at)   rows whose snapshot failed to decode
 
+Schema version 2 adds what several engines sharing the store need
+(``SharedStorage``, DESIGN.md "Scale-out")::
+
+    hx_engines(engine_id PRIMARY KEY, epoch, heartbeat_at, expires_at)
+                                   one row per engine id; times by the database clock
+    hx_instances + owner_id, owner_epoch   the lease that may write the row, or null
+        index (owner_id, owner_epoch)      partial: owned rows (release, takeover)
+        index (id) WHERE status = 'running'  claims of runnable instances
+    hx_inbox(instance_id, request_id PRIMARY KEY together, seq, sender, request,
+             consumed, answer)     requests for instances another engine owns
+        index (instance_id, seq) WHERE NOT consumed   pending rows, in order
+
+Times are epoch seconds (``double precision``) of the database's clock, so
+every engine judges liveness and due timers by one clock.
+
 Text columns that are ordered or compared use ``COLLATE "C"`` (byte order,
 which for UTF-8 is code point order): ``query`` and paging order ids the way
 Python's ``sorted`` does, whatever the database's locale. ``snapshot`` is the
@@ -58,6 +73,31 @@ MIGRATIONS: Final[list[str]] = [
         reason text NOT NULL,
         at double precision NOT NULL
     );
+    """,
+    # 1 -> 2: what several engines sharing the store need (SharedStorage).
+    """
+    CREATE TABLE hx_engines (
+        engine_id text COLLATE "C" PRIMARY KEY,
+        epoch bigint NOT NULL,
+        heartbeat_at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    ALTER TABLE hx_instances ADD COLUMN owner_id text COLLATE "C";
+    ALTER TABLE hx_instances ADD COLUMN owner_epoch bigint;
+    CREATE INDEX hx_instances_by_owner ON hx_instances (owner_id, owner_epoch)
+        WHERE owner_id IS NOT NULL;
+    CREATE INDEX hx_instances_running ON hx_instances (id) WHERE status = 'running';
+    CREATE TABLE hx_inbox (
+        instance_id text COLLATE "C" NOT NULL,
+        request_id text COLLATE "C" NOT NULL,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        sender text COLLATE "C" NOT NULL,
+        request bytea NOT NULL,
+        consumed boolean NOT NULL DEFAULT false,
+        answer bytea,
+        PRIMARY KEY (instance_id, request_id)
+    );
+    CREATE INDEX hx_inbox_pending ON hx_inbox (instance_id, seq) WHERE NOT consumed;
     """,
 ]
 

@@ -30,7 +30,7 @@ import errno
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import outcome
 import trio
@@ -63,7 +63,10 @@ UPDATE_AT: Final = (
     "updated_at = %s, next_deadline = %s, snapshot = %s WHERE id = %s AND revision = %s "
     "RETURNING revision"
 )
-_DELETE: Final = "DELETE FROM hx_instances WHERE id = %s"
+_DELETE: Final = (
+    "WITH inbox AS (DELETE FROM hx_inbox WHERE instance_id = %s) "
+    "DELETE FROM hx_instances WHERE id = %s"
+)
 _QUARANTINE: Final = (
     "WITH moved AS (DELETE FROM hx_instances WHERE id = %s AND snapshot = %s RETURNING id, "
     "snapshot) INSERT INTO hx_quarantine (id, snapshot, reason, at) "
@@ -71,30 +74,113 @@ _QUARANTINE: Final = (
 )
 _REVISION: Final = "SELECT revision FROM hx_instances WHERE id = %s"
 
-Statement = tuple[bytes, Sequence[object], Callable[["psycopg.Cursor[Any]"], Any]]
-"""A statement of the shared path: (sql, args, check); ``check(cursor)`` gives the outcome."""
-
 Connect = Callable[[], "psycopg.Connection[tuple[Any, ...]]"]
+
+
+class Op(Protocol):
+    """One write of a batch, in two steps inside the batch's transaction and pipeline.
+
+    ``send`` queues its statement and returns the cursor; after the pipeline
+    synced, ``finish`` reads that cursor and returns the outcome, and may queue
+    follow-up statements (marking inbox rows, notifications) whose results it
+    does not read: they commit with the batch, or fail it.
+    """
+
+    instance_id: str
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]: ...
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]: ...
 
 
 @final
 class Request:
-    """One queued write and, once its batch is done, its outcome.
+    """One queued write (an :class:`Op`) and, once its batch is done, its outcome."""
 
-    ``kind`` is ``"put"``, ``"delete"``, ``"quarantine"`` or ``"sql"`` (a
-    statement of the shared path: ``payload`` is ``(sql, args, check)``,
-    where ``check(cursor)`` turns the statement's result into the outcome).
-    """
+    __slots__ = ("op", "outcome", "task")
 
-    __slots__ = ("expected", "instance_id", "kind", "outcome", "payload", "task")
-
-    def __init__(self, kind: str, instance_id: str, payload: object, expected: int | None) -> None:
-        self.kind = kind
-        self.instance_id = instance_id
-        self.payload = payload
-        self.expected = expected
+    def __init__(self, op: Op) -> None:
+        self.op = op
         self.task: trio.lowlevel.Task | None = None
         self.outcome: outcome.Outcome[Any] | None = None
+
+
+@final
+class Put:
+    """``put``: upsert, or fenced by the expected revision (0: insert only)."""
+
+    __slots__ = ("expected", "instance_id", "row")
+
+    def __init__(self, row: Row, expected: int | None) -> None:
+        self.instance_id = row[0]
+        self.row = row
+        self.expected = expected
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        if self.expected is None:
+            return conn.execute(UPSERT, self.row)
+        if self.expected == 0:
+            return conn.execute(INSERT_NEW, self.row)
+        return conn.execute(UPDATE_AT, (*self.row[1:], self.instance_id, self.expected))
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]:
+        if self.expected is None or cur.fetchone() is not None:
+            return outcome.Value(None)
+        return outcome.Error(conflict(conn, self.instance_id, self.expected))
+
+
+@final
+class Delete:
+    """``delete``: the instance's row and its inbox rows."""
+
+    __slots__ = ("instance_id",)
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        return conn.execute(_DELETE, (self.instance_id, self.instance_id))
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]:
+        return outcome.Value(None)
+
+
+@final
+class Quarantine:
+    """Move a row whose snapshot failed to decode to ``hx_quarantine`` (if it is unchanged)."""
+
+    __slots__ = ("at", "blob", "instance_id", "reason")
+
+    def __init__(self, instance_id: str, blob: bytes, reason: str, at: float) -> None:
+        self.instance_id = instance_id
+        self.blob = blob
+        self.reason = reason
+        self.at = at
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        return conn.execute(_QUARANTINE, (self.instance_id, self.blob, self.reason, self.at))
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]:
+        return outcome.Value(None)
+
+
+def conflict(
+    conn: psycopg.Connection[tuple[Any, ...]], instance_id: str, expected: int
+) -> RevisionConflict:
+    """The RevisionConflict for a fenced write of ``instance_id`` that matched no row."""
+    found = conn.execute(_REVISION, (instance_id,)).fetchone()
+    current = 0 if found is None else int(found[0])
+    return RevisionConflict(
+        f"instance {instance_id!r} is at revision {current}, not the expected {expected}"
+    )
 
 
 _STOP: Final = object()
@@ -171,7 +257,7 @@ class Writer:
 
     def _run(self, batch: list[Request]) -> None:
         """Apply ``batch`` in one transaction and set every request's outcome."""
-        ordered = sorted(batch, key=lambda r: r.instance_id)
+        ordered = sorted(batch, key=lambda r: r.op.instance_id)
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
@@ -205,51 +291,9 @@ def apply_batch(
         psycopg.Error: the transaction failed (rolled back: nothing stored).
     """
     with conn.transaction(), conn.pipeline() as pipeline:
-        cursors = [_send(conn, request) for request in batch]
+        cursors = [request.op.send(conn) for request in batch]
         pipeline.sync()
-        results = [
-            _outcome(conn, request, cur) for request, cur in zip(batch, cursors, strict=True)
-        ]
-    return results
-
-
-def _send(conn: psycopg.Connection[tuple[Any, ...]], request: Request) -> psycopg.Cursor[Any]:
-    iid = request.instance_id
-    if request.kind == "delete":
-        return conn.execute(_DELETE, (iid,))
-    if request.kind == "quarantine":
-        blob, reason, at = cast(tuple[bytes, str, float], request.payload)
-        return conn.execute(_QUARANTINE, (iid, blob, reason, at))
-    if request.kind == "sql":
-        sql, args, _ = cast(Statement, request.payload)
-        return conn.execute(sql, args)
-    row = cast(Row, request.payload)
-    expected = request.expected
-    if expected is None:
-        return conn.execute(UPSERT, row)
-    if expected == 0:
-        return conn.execute(INSERT_NEW, row)
-    return conn.execute(UPDATE_AT, (*row[1:], iid, expected))
-
-
-def _outcome(
-    conn: psycopg.Connection[tuple[Any, ...]], request: Request, cur: psycopg.Cursor[Any]
-) -> outcome.Outcome[Any]:
-    if request.kind == "sql":
-        _, _, check = cast(Statement, request.payload)
-        return outcome.capture(check, cur)
-    if request.kind != "put" or request.expected is None:
-        return outcome.Value(None)
-    if cur.fetchone() is not None:
-        return outcome.Value(None)
-    found = conn.execute(_REVISION, (request.instance_id,)).fetchone()
-    current = 0 if found is None else int(found[0])
-    return outcome.Error(
-        RevisionConflict(
-            f"instance {request.instance_id!r} is at revision {current}, "
-            f"not the expected {request.expected}"
-        )
-    )
+        return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
 
 
 def _deliver(batch: list[Request]) -> None:
