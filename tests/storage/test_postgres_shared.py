@@ -1,0 +1,97 @@
+"""PostgresStorage as a SharedStorage, beyond the contract suite: real concurrency, migration.
+
+The contract itself (test_shared_contract.py) runs on PostgreSQL too. Here:
+several stores on one database (each its own connections and threads, as
+separate engine processes have) claim and write concurrently while every
+owner keeps heartbeating, so no claim may ever take an instance from a live
+owner (the LEFT JOIN trap of RELIABILITY.md); and a database of schema 1 is
+migrated in place.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import trio
+
+from hephaestus import PostgresStorage, Status
+from hephaestus.storage import LeaseLost, _postgres_schema
+from hephaestus.storage._shared import Lease
+
+from ._fs_samples import make_instance
+
+ENGINES = 3
+INSTANCES = 60
+ROUNDS = 80
+
+
+async def test_concurrent_claimers_never_steal_from_live_owners(pg_dsn: str) -> None:
+    """Claim, write and release in a loop on three stores while all heartbeat: 0 steals."""
+    stores = [PostgresStorage(pg_dsn, lease_ttl=30.0) for _ in range(ENGINES)]
+    steals: list[tuple[str, str, Lease | None]] = []
+    lost: list[str] = []
+    claims = {"n": 0}
+    async with stores[0] as first, stores[1], stores[2]:
+        for n in range(INSTANCES):
+            await first.put(make_instance(f"k::{n:03}", status=Status.RUNNING))
+        leases = [await store.register(f"engine-{n}") for n, store in enumerate(stores)]
+
+        async def beat(store: PostgresStorage, lease: Lease, done: trio.Event) -> None:
+            while not done.is_set():
+                beat = await store.heartbeat(lease)
+                assert not beat.expired
+                await trio.lowlevel.checkpoint()
+
+        async def work(store: PostgresStorage, lease: Lease) -> None:
+            for _ in range(ROUNDS):
+                batch = await store.claim(lease, limit=5)
+                for got in batch.claimed:
+                    claims["n"] += 1
+                    if got.previous_owner is not None:
+                        steals.append((lease.engine_id, got.instance.id, got.previous_owner))
+                    instance = got.instance
+                    after = make_instance(
+                        instance.id, status=Status.RUNNING, revision=instance.revision + 1
+                    )
+                    try:  # write and give it back: others claim it again at once
+                        await store.put_owned(
+                            lease, after, expected_revision=instance.revision, release=True
+                        )
+                    except LeaseLost:
+                        lost.append(instance.id)
+
+        done = trio.Event()
+        async with trio.open_nursery() as beats:
+            for store, lease in zip(stores, leases, strict=True):
+                beats.start_soon(beat, store, lease, done)
+            async with trio.open_nursery() as workers:
+                for store, lease in zip(stores, leases, strict=True):
+                    workers.start_soon(work, store, lease)
+            done.set()
+        total = sum(i.revision - 1 for i in await first.query())
+    assert steals == []
+    assert lost == []
+    assert claims["n"] == total  # every claim was written exactly once
+    assert claims["n"] > INSTANCES  # and instances really went round between engines
+
+
+async def test_a_schema_1_database_is_migrated_in_place(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:  # what the first release created
+        patch.setattr(_postgres_schema, "MIGRATIONS", _postgres_schema.MIGRATIONS[:1])
+        async with PostgresStorage(pg_dsn) as old:
+            await old.put(make_instance("k::old", status=Status.RUNNING))
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT version FROM hx_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT to_regclass('hx_engines')").fetchone() == (None,)
+    async with PostgresStorage(pg_dsn) as store:
+        assert await store.get("k::old") == make_instance("k::old", status=Status.RUNNING)
+        lease = await store.register("a")
+        batch = await store.claim(lease, limit=10)
+        assert [c.instance.id for c in batch.claimed] == ["k::old"]
+        assert await store.owner_of("k::old") == lease
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT version FROM hx_schema").fetchall() == [
+            (_postgres_schema.schema_version(),)
+        ]
