@@ -3,8 +3,9 @@
 Sync psycopg 3 inside ``trio.to_thread.run_sync`` with the storage's own
 ``CapacityLimiter`` (psycopg's async API needs asyncio's loop and does not run
 under Trio). Reads take a connection of a ``psycopg_pool.ConnectionPool``;
-writes go to one writer thread with a connection of its own
-(``_postgres_writer``: group commit, each row fenced by its revision). The
+writes go to ``WRITERS`` writer threads, each with a connection of its own
+and each id always to the same one (``_postgres_writer``: group commit, each
+row fenced by its revision). The
 schema lives in ``_postgres_schema`` and is created or migrated on open.
 
 psycopg is imported when a PostgresStorage is made, not when hephaestus is:
@@ -53,6 +54,13 @@ if TYPE_CHECKING:
 
 _log: Final = logging.getLogger("hephaestus.storage")
 _CONNECT_TIMEOUT_S: Final = 10
+WRITERS: Final = 1
+"""Writer threads (and connections), each group-committing its own batches.
+
+Two commits in flight at once let PostgreSQL flush their WAL together while
+the next batch fills; an instance id always goes to the same writer, so the
+writes of one instance keep their order and two writers never lock the same
+rows."""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -96,9 +104,10 @@ class PostgresStorage(StorageBase):
         dsn: a libpq connection string (``postgresql://user@host/db`` or
             ``host=... dbname=...``). The database must exist; the storage
             creates its tables (``hx_*``) on first open and migrates them.
-        pool_size: connections for reads (and the worker threads that use
-            them, bounded by the storage's own ``CapacityLimiter``); writes
-            use one more connection of their own.
+        pool_size: connections for reads and lease calls (and the worker
+            threads that use them, bounded by the storage's own
+            ``CapacityLimiter``); the writers and the LISTEN thread use
+            connections of their own (``WRITERS`` + 1 more).
         lease_ttl: seconds an engine's lease on its instances lasts without
             a heartbeat, for the shared runtime (see DESIGN.md "Scale-out").
         read_only: create nothing, refuse writes (``RuntimeError``); opening
@@ -108,9 +117,12 @@ class PostgresStorage(StorageBase):
             snapshot that fails to decode; such a row is moved to
             ``hx_quarantine`` and treated as absent.
 
-    Writes (``put``, ``delete``) are queued to one writer thread, which sends
-    everything queued as one pipelined transaction: concurrent puts share one
-    commit. Each put returns only after its transaction has committed.
+    Writes (``put``, ``delete``, ``put_owned``) are queued to the writer
+    thread of their instance id, which sends everything queued as one
+    pipelined transaction: concurrent puts share one commit. Each put returns
+    only after its transaction has committed. The store implements
+    ``SharedStorage`` as well: any number of engine processes may use one
+    database at once.
 
     Raises:
         ImportError: psycopg or psycopg_pool is not installed (names the extra).
@@ -144,7 +156,7 @@ class PostgresStorage(StorageBase):
         self.read_only = read_only
         self.on_quarantine = on_quarantine
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._writer: Writer | None = None
+        self._writers: list[Writer] = []
         self._limiter: trio.CapacityLimiter | None = None
         self._pending = 0
         self._idle: trio.Event | None = None
@@ -159,9 +171,8 @@ class PostgresStorage(StorageBase):
 
     @property
     def commits(self) -> int:
-        """Transactions the writer committed since this object was created (tests, bench)."""
-        writer = self._writer
-        return self._commits_before + (0 if writer is None else writer.commits)
+        """Transactions the writers committed since this object was created (tests, bench)."""
+        return self._commits_before + sum(w.commits for w in self._writers)
 
     # -- open / close -----------------------------------------------------------------
 
@@ -191,7 +202,9 @@ class PostgresStorage(StorageBase):
         self._pool = pool
         if not self.read_only:
             token = trio.lowlevel.current_trio_token()
-            self._writer = Writer(self.connect, token, repr(self))
+            self._writers = [
+                Writer(self.connect, token, f"{self!r} #{n}") for n in range(WRITERS)
+            ]
 
     def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         """A new autocommit connection to the store's database (blocking; own it, close it).
@@ -233,8 +246,8 @@ class PostgresStorage(StorageBase):
         with trio.CancelScope(shield=True):
             if self._idle is not None:
                 await self._idle.wait()
-            writer, self._writer = self._writer, None
-            if writer is not None:
+            writers, self._writers = self._writers, []
+            for writer in writers:
                 self._commits_before += writer.commits
                 await self._run(writer.stop)
             listener, self._listener = self._listener, None
@@ -613,9 +626,10 @@ class PostgresStorage(StorageBase):
         return pool.connection(timeout=_CONNECT_TIMEOUT_S * 3)
 
     async def _submit(self, request: Request) -> Any:
-        """Queue ``request`` to the writer and wait, uncancellably, for its outcome."""
-        writer = self._writer
-        assert writer is not None
+        """Queue ``request`` to its id's writer and wait, uncancellably, for its outcome."""
+        writers = self._writers
+        assert writers
+        writer = writers[hash(request.op.instance_id) % len(writers)]
         assert self._idle is not None
         if trio.lowlevel.current_trio_token() is not writer.token:
             raise RuntimeError(
