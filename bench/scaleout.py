@@ -1,0 +1,335 @@
+"""Several engine processes on one PostgreSQL database, one of them killed or paused mid-run.
+
+``run(...)`` is what the multi-process tests (tests/storage/test_postgres_scaleout.py)
+and the takeover benchmark (``python -m bench.scaleout``) drive: it starts
+``engines`` children (``_scaleout_child``), sends every ``start N`` and
+``resume N`` to a randomly chosen live engine, retrying on another when the
+chosen one dies before answering (a client with retries: the resume's
+dedupe key makes the retry harmless), and, once ``disrupt_after`` instances
+have completed, SIGKILLs the victim (``mode="kill"``) or SIGSTOPs it for
+``pause`` seconds then SIGCONTs it (``mode="pause"``). It returns what the
+database says afterwards (:class:`Outcome`): completed instances, step runs
+from the side-effect rows, the takeover time, the engines' epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hephaestus.testing import _pg_cluster
+
+from ._scaleout_child import SIDE_EFFECTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Outcome:
+    """What a run left in the database, and when things happened (``time.time()``)."""
+
+    instances: int
+    completed: int
+    disrupted_at: float | None
+    takeover_s: float | None
+    """From the kill/pause until no instance with work was still owned by the victim's lease."""
+    runs: dict[tuple[str, str], list[tuple[str, float]]] = field(default_factory=dict)
+    """(instance id, step) -> [(engine, at)] of every step run (side-effect rows)."""
+    epochs: dict[str, int] = field(default_factory=dict)
+    history_ok: bool = True
+    """Every completed instance has each step completed exactly once in its history."""
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def duplicates(self) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        """The (instance, step) pairs whose body ran more than once."""
+        return {key: runs for key, runs in self.runs.items() if len(runs) > 1}
+
+
+class _Child:
+    """One engine process and the commands it has not answered yet."""
+
+    def __init__(self, name: str, process: trio.Process) -> None:
+        self.name = name
+        self.process = process
+        self.alive = True
+        self.ready = trio.Event()
+        self.waiting: dict[str, trio.Event] = {}
+        self.answers: dict[str, str] = {}
+        self.stopped = trio.Event()
+        self._sending = trio.Lock()
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        try:
+            while chunk := await self.process.stdout.receive_some():
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for raw in lines:
+                    self._line(raw.decode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self.alive = False
+        self.stopped.set()
+        for event in self.waiting.values():
+            event.set()  # nobody will answer: the callers retry elsewhere
+
+    def _line(self, line: str) -> None:
+        if line == "ready":
+            self.ready.set()
+            return
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in ("ok", "err"):
+            key = f"{parts[1]} {parts[2]}"
+            self.answers[key] = line
+            event = self.waiting.pop(key, None)
+            if event is not None:
+                event.set()
+
+    async def ask(self, command: str) -> str | None:
+        """Send ``command``; its answer line, or None when the process died first."""
+        if not self.alive:
+            return None
+        event = self.waiting[command] = trio.Event()
+        assert self.process.stdin is not None
+        try:
+            async with self._sending:
+                await self.process.stdin.send_all((command + "\n").encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.waiting.pop(command, None)
+            return None
+        await event.wait()
+        return self.answers.pop(command, None)
+
+
+async def _query(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    def run() -> list[tuple[Any, ...]]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cur = conn.execute(sql.encode(), args)
+            return cur.fetchall() if cur.description is not None else []
+
+    return await trio.to_thread.run_sync(run)
+
+
+async def run(
+    dsn: str,
+    *,
+    engines: int = 3,
+    instances: int = 1_000,
+    ttl: float = 1.0,
+    mode: str = "kill",
+    disrupt_after: int | None = None,
+    pause: float | None = None,
+    seed: int = 14,
+    limit_s: float = 120.0,
+) -> Outcome:
+    """Run ``instances`` SCALE instances on ``engines`` processes; disrupt one; report.
+
+    ``mode`` is ``"kill"``, ``"pause"`` or ``"none"``; the victim is the first
+    engine. ``pause`` defaults to 3 TTLs. Raises ``TooSlowError`` after
+    ``limit_s`` seconds.
+    """
+    rng = random.Random(seed)
+    await _query(dsn, SIDE_EFFECTS)
+    began = time.time()
+    children: list[_Child] = []
+    outcome = Outcome(instances=instances, completed=0, disrupted_at=None, takeover_s=None)
+    disrupt_after = instances // 3 if disrupt_after is None else disrupt_after
+    pause = 3 * ttl if pause is None else pause
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    with trio.fail_after(limit_s):
+        async with trio.open_nursery() as nursery:
+            for k in range(engines):
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "bench._scaleout_child", dsn, f"engine-{k}", str(ttl)],
+                    stdin=-1,
+                    stdout=-1,
+                    cwd=str(ROOT),
+                    env=env,
+                )
+                child = _Child(f"engine-{k}", process)
+                children.append(child)
+                nursery.start_soon(child.read)
+            for child in children:
+                await child.ready.wait()
+            try:
+                await _drive(dsn, children, outcome, rng, mode, disrupt_after, pause, ttl)
+            finally:
+                for child in children:
+                    if child.process.returncode is None:
+                        child.process.send_signal(signal.SIGCONT)
+                        child.process.kill()
+                nursery.cancel_scope.cancel()
+    outcome.seconds = time.time() - began
+    await _collect(dsn, outcome)
+    return outcome
+
+
+async def _drive(
+    dsn: str,
+    children: list[_Child],
+    outcome: Outcome,
+    rng: random.Random,
+    mode: str,
+    disrupt_after: int,
+    pause: float,
+    ttl: float,
+) -> None:
+    victim = children[0]
+    limiter = trio.CapacityLimiter(64)
+
+    async def send(command: str) -> None:
+        async with limiter:
+            while True:
+                live = [c for c in children if c.alive]
+                answer = await rng.choice(live).ask(command)
+                if answer is not None:
+                    if answer.startswith("err"):
+                        outcome.errors.append(answer)
+                    return
+
+    async def one(n: int) -> None:
+        await send(f"start {n}")
+        await send(f"resume {n}")
+
+    async def disrupt() -> None:
+        if mode == "none":
+            return
+        while True:
+            done = await _query(dsn, "SELECT count(*) FROM hx_instances WHERE status = 'completed'")
+            if int(done[0][0]) >= disrupt_after:
+                break
+            await trio.sleep(0.02)
+        lease = await _query(dsn, "SELECT epoch FROM hx_engines WHERE engine_id = %s", victim.name)
+        epoch = int(lease[0][0])
+        outcome.disrupted_at = time.time()
+        if mode == "kill":
+            victim.process.send_signal(signal.SIGKILL)
+        else:
+            victim.process.send_signal(signal.SIGSTOP)
+        while True:  # until nothing with work is still owned by the victim's lease
+            held = await _query(
+                dsn,
+                "SELECT count(*) FROM hx_instances i WHERE i.owner_id = %s AND i.owner_epoch = %s "
+                "AND (i.status = 'running' OR i.next_deadline <= extract(epoch FROM now()) "
+                "OR EXISTS (SELECT 1 FROM hx_inbox b WHERE b.instance_id = i.id "
+                "AND NOT b.consumed))",
+                victim.name,
+                epoch,
+            )
+            if int(held[0][0]) == 0:
+                outcome.takeover_s = time.time() - outcome.disrupted_at
+                break
+            if mode == "pause" and time.time() - outcome.disrupted_at > pause:
+                break
+            await trio.sleep(0.02)
+        if mode == "pause":
+            await trio.sleep(max(0.0, outcome.disrupted_at + pause - time.time()))
+            victim.process.send_signal(signal.SIGCONT)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(disrupt)
+        for n in range(outcome.instances):
+            nursery.start_soon(one, n)
+    while True:  # every start and resume answered: wait for the instances to finish
+        done = await _query(dsn, "SELECT count(*) FROM hx_instances WHERE status = 'completed'")
+        outcome.completed = int(done[0][0])
+        if outcome.completed >= outcome.instances:
+            return
+        await trio.sleep(0.05)
+    del ttl
+
+
+async def _collect(dsn: str, outcome: Outcome) -> None:
+    from hephaestus._core._codec import decode_instance
+
+    done = await _query(dsn, "SELECT count(*) FROM hx_instances WHERE status = 'completed'")
+    outcome.completed = int(done[0][0])
+    for iid, step, engine, at in await _query(
+        dsn, "SELECT instance_id, step, engine, at FROM hx_side_effects ORDER BY at"
+    ):
+        outcome.runs.setdefault((str(iid), str(step)), []).append((str(engine), float(at)))
+    outcome.epochs = {
+        str(e): int(n) for e, n in await _query(dsn, "SELECT engine_id, epoch FROM hx_engines")
+    }
+    for (blob,) in await _query(dsn, "SELECT snapshot FROM hx_instances"):
+        instance = decode_instance(bytes(blob))
+        for step in ("begin", "wait_go", "nap", "finish"):
+            ends = [
+                h for h in instance.history if h.step == step and h.event in ("ok", "go", "timeout")
+            ]
+            if instance.status.value == "completed" and len(ends) != 1:
+                outcome.history_ok = False
+
+
+def summary(outcome: Outcome, victim: str = "engine-0") -> dict[str, Any]:
+    """The figures a report needs: lost, duplicates (and whether all were the victim's)."""
+    dups = outcome.duplicates()
+    only_victim = all(
+        any(engine == victim and (outcome.disrupted_at is None or at <= outcome.disrupted_at)
+            for engine, at in runs)
+        for runs in dups.values()
+    )  # fmt: skip
+    return {
+        "lost": outcome.instances - outcome.completed,
+        "duplicate_steps": len(dups),
+        "duplicates_only_in_flight_on_victim": only_victim,
+        "takeover_s": outcome.takeover_s,
+        "epochs": outcome.epochs,
+        "seconds": outcome.seconds,
+        "errors": outcome.errors[:5],
+    }
+
+
+def takeover_child(ttl: float, instances: int) -> dict[str, Any]:
+    """One kill run on a new database of a throwaway cluster (``in_subprocess`` target)."""
+    with _pg_cluster.server() as admin:
+        assert admin is not None
+        dsn = _pg_cluster.create_database(admin, "hx_takeover")
+        result = trio.run(lambda: run(dsn, instances=instances, ttl=ttl, mode="kill"))
+        return summary(result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scaleout", description="takeover time after SIGKILL, by TTL"
+    )
+    parser.add_argument("--ttls", default="1,2,4")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("-n", type=int, default=1_000)
+    args = parser.parse_args(argv)
+    from ._harness import in_subprocess
+
+    for ttl in (float(t) for t in args.ttls.split(",")):
+        results = [
+            in_subprocess("scaleout:takeover_child", ttl=ttl, instances=args.n)
+            for _ in range(args.repeats)
+        ]
+        takeovers = [r["takeover_s"] for r in results if r["takeover_s"] is not None]
+        median = statistics.median(takeovers) if takeovers else math.nan
+        low, high = min(takeovers, default=math.nan), max(takeovers, default=math.nan)
+        print(
+            f"TTL {ttl:g} s: takeover median {median:.2f} s (min {low:.2f}, max {high:.2f}); "
+            f"lost {[r['lost'] for r in results]}, duplicate steps "
+            f"{[r['duplicate_steps'] for r in results]}, only in flight on the victim: "
+            f"{all(r['duplicates_only_in_flight_on_victim'] for r in results)}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
