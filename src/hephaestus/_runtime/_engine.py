@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
@@ -70,6 +70,9 @@ from ._runner import Runner
 from ._supervisor import drain, stuck_message, supervise
 from ._timers import TimerService
 
+if TYPE_CHECKING:
+    from ._shared import SharedRuntime
+
 _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
@@ -103,6 +106,8 @@ class Engine:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self._nursery = nursery
+        self.shared: SharedRuntime | None = None
+        """The shared-storage path (leases, claims, inbox) when the storage is shared."""
         self._registry: dict[str, Entry] = {}
         self._closed = False
         self._writes: set[trio.CancelScope] = set()
@@ -197,6 +202,8 @@ class Engine:
                         wf, instance_id, Entry(None, stored, State.ORPHAN)
                     ) from None
                 previous = 0 if stored is None else stored.revision
+                if self.shared is not None and stored is not None:
+                    await self.shared.claim_finished(wf, stored)
                 transition = started(previous)
                 entry.instance = transition.instance
                 await self.storage.put(transition.instance, expected_revision=previous)
@@ -366,6 +373,8 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         check_text(instance_id, "instance_id")
+        if self.shared is not None:
+            return await self.shared.wait(instance_id)
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
             if entry.finished is None:
@@ -468,6 +477,12 @@ class Engine:
 
     async def _request(self, instance_id: str, event: Input) -> Any:
         """Send ``event`` to the instance's runner and return its reply once persisted."""
+        if self.shared is not None:
+            return await self.shared.request(instance_id, event)
+        return await self.request_here(instance_id, event)
+
+    async def request_here(self, instance_id: str, event: Input) -> Any:
+        """Apply ``event`` in this engine (its runner, or the caller under the token)."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
@@ -555,35 +570,43 @@ class Engine:
     async def _recover_all(self) -> None:
         """Give every non-terminal stored instance its runner back."""
         for instance in await self.storage.query(status=_ACTIVE):
-            workflow = self._workflows.get((instance.workflow, instance.version))
-            if workflow is None:
-                self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
-                _log.warning(
-                    "instance %r is %s but workflow %r v%d is not registered; left untouched",
-                    instance.id,
-                    instance.status.value,
-                    instance.workflow,
-                    instance.version,
+            self.recover(instance)
+
+    def recover(self, instance: Instance) -> None:
+        """Take a stored non-terminal instance into the registry, with a runner if it needs one.
+
+        One this engine cannot run (workflow not registered, definition
+        changed) is registered ``ORPHAN`` and reported.
+        """
+        workflow = self._workflows.get((instance.workflow, instance.version))
+        if workflow is None:
+            self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
+            _log.warning(
+                "instance %r is %s but workflow %r v%d is not registered; left untouched",
+                instance.id,
+                instance.status.value,
+                instance.workflow,
+                instance.version,
+            )
+            if self.telemetry.enabled:
+                self.telemetry.emit(
+                    "runner.skip",
+                    instance_id=instance.id,
+                    workflow=instance.workflow,
+                    metadata={"version": instance.version, "reason": "workflow not registered"},
                 )
-                if self.telemetry.enabled:
-                    self.telemetry.emit(
-                        "runner.skip",
-                        instance_id=instance.id,
-                        workflow=instance.workflow,
-                        metadata={"version": instance.version, "reason": "workflow not registered"},
-                    )
-                continue
-            problems = definition_problems(workflow, instance)
-            if problems:
-                self._skip_changed(workflow, instance, problems)
-                continue
-            if self._recover_passive(workflow, instance):
-                continue
-            entry = Entry(workflow, instance, State.LIVE)
-            assert entry.mailbox is not None
-            entry.mailbox.put(Message(Recover()))
-            self._registry[instance.id] = entry
-            self._nursery.start_soon(supervise, self, entry, ())
+            return
+        problems = definition_problems(workflow, instance)
+        if problems:
+            self._skip_changed(workflow, instance, problems)
+            return
+        if self._recover_passive(workflow, instance):
+            return
+        entry = Entry(workflow, instance, State.LIVE)
+        assert entry.mailbox is not None
+        entry.mailbox.put(Message(Recover()))
+        self._registry[instance.id] = entry
+        self._nursery.start_soon(supervise, self, entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -676,6 +699,13 @@ class Engine:
             TypeError: ``instance_id`` is not a str.
         """
         _check_instance_id(instance_id)
+        if self.shared is not None:
+            await self.shared.retry(instance_id)
+            return
+        await self.retry_here(instance_id)
+
+    async def retry_here(self, instance_id: str) -> None:
+        """Apply ``retry`` in this engine (see :meth:`retry`)."""
         await trio.lowlevel.checkpoint()
         instance = await self._settled(instance_id, self._refuse_retry)
         workflow = self._workflows.get((instance.workflow, instance.version))

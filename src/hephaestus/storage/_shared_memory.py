@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final, Protocol, final
+from typing import Any, Final, Protocol, final
 
 import trio
 
@@ -98,6 +98,8 @@ class MemorySharedStorage(StorageBase):
         self._inbox: dict[str, dict[str, InboxRow]] = {}
         """instance id -> request id -> row (insertion order is seq order)."""
         self._seq = itertools.count(1)
+        self.fenced_writes = 0
+        """How many fenced writes were refused with LeaseLost (a test control)."""
         self._subscribers: dict[int, tuple[str, trio.MemorySendChannel[Notification]]] = {}
         self._next_subscriber = itertools.count()
 
@@ -277,6 +279,7 @@ class MemorySharedStorage(StorageBase):
         row = self._rows.get(instance.id)
         if row is None:
             if expected_revision != 0:
+                self.fenced_writes += 1
                 raise LeaseLost(
                     f"instance {instance.id!r} is no longer stored: this engine "
                     f"({lease.engine_id}, epoch {lease.epoch}) does not own it"
@@ -384,6 +387,10 @@ class MemorySharedStorage(StorageBase):
         """A copy of the engine rows: id -> (epoch, heartbeat_at), for tests."""
         return dict(self._engines)
 
+    def connect(self) -> MemorySharedConnection:
+        """A new connection to this store, which a test can pause or kill (one per engine)."""
+        return MemorySharedConnection(self)
+
     # --- internals ----------------------------------------------------------------------------
 
     async def _enter(self) -> None:
@@ -420,9 +427,9 @@ class MemorySharedStorage(StorageBase):
                 "heartbeat to get a new epoch before claiming"
             )
 
-    @staticmethod
-    def _check_owner(instance_id: str, row: _Row, lease: Lease) -> None:
+    def _check_owner(self, instance_id: str, row: _Row, lease: Lease) -> None:
         if row.owner != lease:
+            self.fenced_writes += 1
             held = "nobody" if row.owner is None else f"{row.owner.engine_id}/{row.owner.epoch}"
             raise LeaseLost(
                 f"instance {instance_id!r} is owned by {held}, not by "
@@ -481,3 +488,204 @@ class MemorySharedStorage(StorageBase):
                 # Best effort: a subscriber that falls behind polls instead.
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                     channel.send_nowait(note)
+
+
+class ConnectionKilled(ConnectionError):
+    """The connection (its engine process, in a test) was killed: nothing goes through."""
+
+
+@final
+class MemorySharedConnection:
+    """One engine process's connection to a :class:`MemorySharedStorage`, for tests.
+
+    It forwards every call to the store, so engines given different
+    connections share the same data, and lets a test do to one engine what
+    happens to a process: :meth:`pause` (SIGSTOP: its calls wait, its
+    heartbeat stops, until :meth:`resume`), :meth:`kill` (SIGKILL: every
+    call from now on raises :class:`ConnectionKilled`), or
+    :meth:`kill_after` a call of a given method has been committed (a
+    process that dies between the commit and its reply).
+    """
+
+    def __init__(self, store: MemorySharedStorage) -> None:
+        self.store = store
+        self._resumed: trio.Event | None = None
+        self._killed = False
+        self._kill_after: str | None = None
+
+    @property
+    def lease_ttl(self) -> float:
+        """The store's lease TTL."""
+        return self.store.lease_ttl
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the store is open (the connection does not open or close it)."""
+        return self.store.is_open
+
+    async def aopen(self) -> None:
+        """Open the store."""
+        await self.store.aopen()
+
+    async def aclose(self) -> None:
+        """Leave the store open: other connections use it (close the store itself)."""
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> MemorySharedConnection:
+        await self.aopen()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def pause(self) -> None:
+        """Hold every call until :meth:`resume`: a paused process makes no progress."""
+        if self._resumed is None:
+            self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        """Let held and new calls through again."""
+        if self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
+
+    def kill(self) -> None:
+        """Refuse every call from now on, as if the process were gone."""
+        self._killed = True
+        self.resume()
+
+    def kill_after(self, method: str) -> None:
+        """Let the next call of ``method`` commit, then kill the connection before it returns."""
+        self._kill_after = method
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        while self._resumed is not None:
+            await self._resumed.wait()
+        if self._killed:
+            raise ConnectionKilled(f"the connection was killed (calling {name})")
+        result = await getattr(self.store, name)(*args, **kwargs)
+        if self._kill_after == name:
+            self._kill_after = None
+            self.kill()
+            raise ConnectionKilled(f"the connection was killed after {name} committed")
+        return result
+
+    async def get(self, instance_id: str) -> Instance | None:
+        """See :meth:`MemorySharedStorage.get`."""
+        got: Instance | None = await self._call("get", instance_id)
+        return got
+
+    async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
+        """See :meth:`MemorySharedStorage.put`."""
+        await self._call("put", instance, expected_revision=expected_revision)
+
+    async def delete(self, instance_id: str) -> None:
+        """See :meth:`MemorySharedStorage.delete`."""
+        await self._call("delete", instance_id)
+
+    async def query(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+    ) -> list[Instance]:
+        """See :meth:`MemorySharedStorage.query`."""
+        found: list[Instance] = await self._call("query", workflow=workflow, status=status)
+        return found
+
+    async def query_page(
+        self,
+        *,
+        workflow: str | None = None,
+        status: Status | Collection[Status] | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """See :meth:`MemorySharedStorage.query_page`."""
+        found: list[Instance] = await self._call(
+            "query_page", workflow=workflow, status=status, after=after, limit=limit
+        )
+        return found
+
+    async def register(self, engine_id: str) -> Lease:
+        """See :meth:`MemorySharedStorage.register`."""
+        lease: Lease = await self._call("register", engine_id)
+        return lease
+
+    async def heartbeat(self, lease: Lease) -> Heartbeat:
+        """See :meth:`MemorySharedStorage.heartbeat`."""
+        beat: Heartbeat = await self._call("heartbeat", lease)
+        return beat
+
+    async def release_engine(self, lease: Lease) -> None:
+        """See :meth:`MemorySharedStorage.release_engine`."""
+        await self._call("release_engine", lease)
+
+    async def claim(self, lease: Lease, *, limit: int) -> ClaimBatch:
+        """See :meth:`MemorySharedStorage.claim`."""
+        batch: ClaimBatch = await self._call("claim", lease, limit=limit)
+        return batch
+
+    async def claim_instance(self, lease: Lease, instance_id: str) -> ClaimOne:
+        """See :meth:`MemorySharedStorage.claim_instance`."""
+        one: ClaimOne = await self._call("claim_instance", lease, instance_id)
+        return one
+
+    async def owner_of(self, instance_id: str) -> Lease | None:
+        """See :meth:`MemorySharedStorage.owner_of`."""
+        owner: Lease | None = await self._call("owner_of", instance_id)
+        return owner
+
+    async def put_owned(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        expected_revision: int,
+        release: bool = False,
+        consumed: Sequence[Consumed] = (),
+    ) -> None:
+        """See :meth:`MemorySharedStorage.put_owned`."""
+        await self._call(
+            "put_owned",
+            lease,
+            instance,
+            expected_revision=expected_revision,
+            release=release,
+            consumed=consumed,
+        )
+
+    async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
+        """See :meth:`MemorySharedStorage.release_instances`."""
+        await self._call("release_instances", lease, instance_ids)
+
+    async def answer_requests(
+        self, lease: Lease, instance_id: str, consumed: Sequence[Consumed]
+    ) -> None:
+        """See :meth:`MemorySharedStorage.answer_requests`."""
+        await self._call("answer_requests", lease, instance_id, consumed)
+
+    async def append_request(self, request: InboxRequest) -> Appended:
+        """See :meth:`MemorySharedStorage.append_request`."""
+        appended: Appended = await self._call("append_request", request)
+        return appended
+
+    async def pending_requests(self, instance_id: str) -> list[InboxRow]:
+        """See :meth:`MemorySharedStorage.pending_requests`."""
+        rows: list[InboxRow] = await self._call("pending_requests", instance_id)
+        return rows
+
+    async def get_request(self, instance_id: str, request_id: str) -> InboxRow | None:
+        """See :meth:`MemorySharedStorage.get_request`."""
+        row: InboxRow | None = await self._call("get_request", instance_id, request_id)
+        return row
+
+    async def notify(self, note: Notification) -> None:
+        """See :meth:`MemorySharedStorage.notify`."""
+        await self._call("notify", note)
+
+    def listen(
+        self, engine_id: str
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Notification]]:
+        """See :meth:`MemorySharedStorage.listen`."""
+        return self.store.listen(engine_id)
