@@ -1,14 +1,14 @@
 """One engine process of a scale-out run: ``python -m bench._scaleout_child DSN NAME TTL``.
 
 Opens an engine on ``PostgresStorage(DSN, lease_ttl=TTL)`` with the
-``SCALE`` workflow, prints ``ready``, then obeys one command per stdin line
-and answers each on stdout:
+``SCALE`` workflow, prints ``ready ENGINE_ID`` (its lease's engine id),
+then obeys one command per stdin line and answers each on stdout:
 
 - ``start N`` -> ``ok start N`` (also for ``AlreadyRunning``: a retried start);
 - ``resume N`` -> ``ok resume N``, or ``err resume N Type`` (``resume`` with
   ``dedupe_key="go-N"``, so a resume retried on another engine is applied once).
 
-Telemetry ``engine.takeover`` / ``engine.claim`` are printed as ``tele NAME ID
+Telemetry ``engine.takeover``, ``engine.claim`` and ``runner.drop`` are printed as ``tele NAME ID
 TIME``. Every step body inserts a side-effect row (``hx_side_effects``: id,
 step, attempt, engine, time) before it works, so a driver counts step runs,
 including those of an engine that was killed before it stored the result.
@@ -90,7 +90,7 @@ def say(line: str) -> None:
 
 
 def telemetry(event: hx.TelemetryEvent) -> None:
-    if event.name in ("engine.takeover", "engine.claim"):
+    if event.name in ("engine.takeover", "engine.claim", "runner.drop"):
         say(f"tele {event.name} {event.instance_id or '-'} {time.time():.6f}")
 
 
@@ -115,7 +115,8 @@ async def main(dsn: str, name: str, ttl: float) -> None:
     storage = hx.PostgresStorage(dsn, lease_ttl=ttl)
     options: dict[str, Any] = {"telemetry": [telemetry]}
     async with hx.open_engine(workflows=[SCALE], storage=storage, **options) as engine:
-        say("ready")
+        shared = engine.shared
+        say(f"ready {name if shared is None else shared.engine_id}")
         stdin = trio.lowlevel.FdStream(os.dup(0))
         buffer = b""
         async with trio.open_nursery() as nursery:

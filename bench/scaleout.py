@@ -34,6 +34,10 @@ from hephaestus.testing import _pg_cluster
 from ._scaleout_child import SIDE_EFFECTS
 
 ROOT = Path(__file__).resolve().parent.parent
+REJOIN_EXTRA = 20
+"""Instances started on the paused engine once it is back (``mode="pause"``)."""
+RETRIED = frozenset({"LeaseLost"})
+"""Errors a client retries (on another engine): the one it asked lost its lease meanwhile."""
 
 
 @dataclass
@@ -51,6 +55,16 @@ class Outcome:
     history_ok: bool = True
     """Every completed instance has each step completed exactly once in its history."""
     seconds: float = 0.0
+    tries: list[tuple[str, str, float, float, str | None]] = field(default_factory=list)
+    """(command, engine, sent, answered, answer or None when the engine died first)."""
+    engine_ids: dict[str, str] = field(default_factory=dict)
+    """Engine name (``engine-K``) -> the engine id its lease has (``epochs``' keys)."""
+    telemetry: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Engine name -> telemetry event name -> count (takeovers, claims, drops)."""
+    retried: list[str] = field(default_factory=list)
+    """Answers a client retries on another engine (``RETRIED``)."""
+    victim_owned: dict[str, int] = field(default_factory=dict)
+    """Status -> instances the victim owned just before it was disrupted."""
     errors: list[str] = field(default_factory=list)
 
     def duplicates(self) -> dict[tuple[str, str], list[tuple[str, float]]]:
@@ -65,6 +79,8 @@ class _Child:
         self.name = name
         self.process = process
         self.alive = True
+        self.engine_id = name
+        self.telemetry: dict[str, int] = {}
         self.ready = trio.Event()
         self.waiting: dict[str, trio.Event] = {}
         self.answers: dict[str, str] = {}
@@ -87,10 +103,14 @@ class _Child:
             event.set()  # nobody will answer: the callers retry elsewhere
 
     def _line(self, line: str) -> None:
-        if line == "ready":
+        if line.startswith("ready "):
+            self.engine_id = line.removeprefix("ready ")
             self.ready.set()
             return
         parts = line.split()
+        if len(parts) >= 2 and parts[0] == "tele":
+            self.telemetry[parts[1]] = self.telemetry.get(parts[1], 0) + 1
+            return
         if len(parts) >= 3 and parts[0] in ("ok", "err"):
             key = f"{parts[1]} {parts[2]}"
             self.answers[key] = line
@@ -135,13 +155,13 @@ async def run(
     disrupt_after: int | None = None,
     pause: float | None = None,
     seed: int = 14,
-    limit_s: float = 120.0,
+    limit_s: float = 60.0,
 ) -> Outcome:
     """Run ``instances`` SCALE instances on ``engines`` processes; disrupt one; report.
 
     ``mode`` is ``"kill"``, ``"pause"`` or ``"none"``; the victim is the first
-    engine. ``pause`` defaults to 3 TTLs. Raises ``TooSlowError`` after
-    ``limit_s`` seconds.
+    engine. ``pause`` defaults to 3 TTLs. Raises ``TimeoutError`` saying what
+    was unfinished after ``limit_s`` seconds.
     """
     rng = random.Random(seed)
     await _query(dsn, SIDE_EFFECTS)
@@ -151,7 +171,7 @@ async def run(
     disrupt_after = instances // 3 if disrupt_after is None else disrupt_after
     pause = 3 * ttl if pause is None else pause
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    with trio.fail_after(limit_s):
+    with trio.move_on_after(limit_s) as deadline:
         async with trio.open_nursery() as nursery:
             for k in range(engines):
                 process = await trio.lowlevel.open_process(
@@ -173,8 +193,18 @@ async def run(
                     if child.process.returncode is None:
                         child.process.send_signal(signal.SIGCONT)
                         child.process.kill()
+                with trio.CancelScope(shield=True):
+                    for child in children:
+                        await child.process.wait()
+                        for stream in (child.process.stdin, child.process.stdout):
+                            if stream is not None:
+                                await stream.aclose()
                 nursery.cancel_scope.cancel()
     outcome.seconds = time.time() - began
+    if deadline.cancelled_caught:
+        raise TimeoutError(await _stuck(dsn, children, outcome, limit_s))
+    outcome.telemetry = {child.name: child.telemetry for child in children}
+    outcome.engine_ids = {child.name: child.engine_id for child in children}
     await _collect(dsn, outcome)
     return outcome
 
@@ -196,11 +226,18 @@ async def _drive(
         async with limiter:
             while True:
                 live = [c for c in children if c.alive]
-                answer = await rng.choice(live).ask(command)
-                if answer is not None:
-                    if answer.startswith("err"):
-                        outcome.errors.append(answer)
-                    return
+                chosen = rng.choice(live)
+                sent_at = time.time()
+                answer = await chosen.ask(command)
+                outcome.tries.append((command, chosen.name, sent_at, time.time(), answer))
+                if answer is None:
+                    continue  # the engine died before answering: ask another one
+                if answer.split()[-1] in RETRIED:
+                    outcome.retried.append(answer)
+                    continue  # transient: the engine lost its lease meanwhile
+                if answer.startswith("err"):
+                    outcome.errors.append(answer)
+                return
 
     async def one(n: int) -> None:
         await send(f"start {n}")
@@ -214,8 +251,16 @@ async def _drive(
             if int(done[0][0]) >= disrupt_after:
                 break
             await trio.sleep(0.02)
-        lease = await _query(dsn, "SELECT epoch FROM hx_engines WHERE engine_id = %s", victim.name)
+        lease = await _query(
+            dsn, "SELECT epoch FROM hx_engines WHERE engine_id = %s", victim.engine_id
+        )
         epoch = int(lease[0][0])
+        owned = await _query(
+            dsn,
+            "SELECT status, count(*) FROM hx_instances WHERE owner_id = %s GROUP BY status",
+            victim.engine_id,
+        )
+        outcome.victim_owned = {str(status): int(n) for status, n in owned}
         outcome.disrupted_at = time.time()
         if mode == "kill":
             victim.process.send_signal(signal.SIGKILL)
@@ -228,7 +273,7 @@ async def _drive(
                 "AND (i.status = 'running' OR i.next_deadline <= extract(epoch FROM now()) "
                 "OR EXISTS (SELECT 1 FROM hx_inbox b WHERE b.instance_id = i.id "
                 "AND NOT b.consumed))",
-                victim.name,
+                victim.engine_id,
                 epoch,
             )
             if int(held[0][0]) == 0:
@@ -240,6 +285,21 @@ async def _drive(
         if mode == "pause":
             await trio.sleep(max(0.0, outcome.disrupted_at + pause - time.time()))
             victim.process.send_signal(signal.SIGCONT)
+            with trio.move_on_after(5 * ttl):  # its first heartbeat starts a new epoch
+                while True:
+                    now = await _query(
+                        dsn, "SELECT epoch FROM hx_engines WHERE engine_id = %s", victim.engine_id
+                    )
+                    if int(now[0][0]) > epoch:
+                        break
+                    await trio.sleep(0.02)
+            # New work for the engine that came back, sent to it alone: it runs steps again.
+            async with trio.open_nursery() as rejoin:
+                for n in range(outcome.instances, outcome.instances + REJOIN_EXTRA):
+                    rejoin.start_soon(victim.ask, f"start {n}")
+            for n in range(outcome.instances, outcome.instances + REJOIN_EXTRA):
+                await send(f"resume {n}")
+            outcome.instances += REJOIN_EXTRA
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(disrupt)
@@ -251,7 +311,27 @@ async def _drive(
         if outcome.completed >= outcome.instances:
             return
         await trio.sleep(0.05)
-    del ttl
+
+
+async def _stuck(dsn: str, children: list[_Child], outcome: Outcome, limit_s: float) -> str:
+    """Say what a run that did not finish in ``limit_s`` was waiting for."""
+    statuses = await _query(
+        dsn,
+        "SELECT status, owner_id IS NOT NULL, count(*) FROM hx_instances GROUP BY 1, 2 ORDER BY 1",
+    )
+    stuck = await _query(
+        dsn,
+        "SELECT id, status, owner_id, next_deadline FROM hx_instances "
+        "WHERE status <> 'completed' ORDER BY id LIMIT 5",
+    )
+    pending = await _query(dsn, "SELECT count(*) FROM hx_inbox WHERE NOT consumed")
+    unanswered = {c.name: sorted(c.waiting)[:5] for c in children if c.waiting}
+    return (
+        f"the run did not finish within {limit_s:g} s: instances by (status, owned) "
+        f"{statuses}; first unfinished {stuck}; pending inbox rows {pending[0][0]}; "
+        f"unanswered commands {unanswered}; disrupted at {outcome.disrupted_at}; "
+        f"last answers {outcome.tries[-3:]}"
+    )
 
 
 async def _collect(dsn: str, outcome: Outcome) -> None:
@@ -289,9 +369,16 @@ def summary(outcome: Outcome, victim: str = "engine-0") -> dict[str, Any]:
         "duplicate_steps": len(dups),
         "duplicates_only_in_flight_on_victim": only_victim,
         "takeover_s": outcome.takeover_s,
+        "victim_owned": outcome.victim_owned,
+        "runs_by_engine": {
+            e: sum(1 for runs in outcome.runs.values() for who, _ in runs if who == e)
+            for e in sorted({who for runs in outcome.runs.values() for who, _ in runs})
+        },
         "epochs": outcome.epochs,
         "seconds": outcome.seconds,
         "errors": outcome.errors[:5],
+        "retried": len(outcome.retried),
+        "telemetry": outcome.telemetry,
     }
 
 

@@ -196,6 +196,7 @@ class PostgresStorage(StorageBase):
             max_size=self.pool_size,
             open=False,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+            configure=self._configure,
             name=f"hephaestus {redact(self.dsn)}",
         )
         await self._run(pool.open, wait=False)
@@ -219,7 +220,25 @@ class PostgresStorage(StorageBase):
                 f"cannot connect to PostgreSQL at {redact(self.dsn)!r}: "
                 f"{str(exc).strip() or type(exc).__name__}"
             ) from None
+        try:
+            self._configure(conn)
+        except self._psycopg.Error as exc:
+            conn.close()
+            raise fault(exc, f"configuring a connection of {self!r}") from exc
         return conn
+
+    def _configure(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """Settings of every connection of the store (blocking).
+
+        ``idle_in_transaction_session_timeout`` is one lease TTL: our
+        transactions last milliseconds, so one open longer belongs to a
+        process that was paused (SIGSTOP, a VM freeze) in the middle of it.
+        PostgreSQL then ends that session, so its row locks do not keep other
+        engines from taking over its instances; its commit fails, and the
+        fence would have refused its writes anyway.
+        """
+        timeout_ms = max(1_000, int(self.lease_ttl * 1_000))
+        conn.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}".encode())
 
     def _prepare(self) -> None:
         """In a worker thread: connect once, then migrate the schema or (read-only) check it."""
