@@ -95,3 +95,24 @@ async def test_a_schema_1_database_is_migrated_in_place(
         assert conn.execute("SELECT version FROM hx_schema").fetchall() == [
             (_postgres_schema.schema_version(),)
         ]
+
+
+async def test_a_session_stuck_in_a_transaction_loses_its_locks_after_one_ttl(
+    pg_dsn: str,
+) -> None:
+    """What an engine SIGSTOPped mid-transaction leaves: row locks, ended after one TTL."""
+    async with PostgresStorage(pg_dsn, lease_ttl=1.0) as store:
+        await store.put(make_instance("k::1", status=Status.RUNNING))
+        stuck = store.connect()  # configured as every connection of the store is
+        stuck.execute("BEGIN")
+        stuck.execute("SELECT 1 FROM hx_instances WHERE id = 'k::1' FOR UPDATE")
+        lease = await store.register("b")
+        assert (await store.claim(lease, limit=10)).claimed == ()  # locked: skipped
+        with trio.fail_after(10):  # PostgreSQL ends the idle transaction after ~1 TTL
+            while not (batch := await store.claim(lease, limit=10)).claimed:
+                await store.heartbeat(lease)
+                await trio.sleep(0.1)
+        assert [c.instance.id for c in batch.claimed] == ["k::1"]
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            stuck.execute("COMMIT")
+        stuck.close()
