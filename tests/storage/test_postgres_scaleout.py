@@ -4,8 +4,8 @@ Driven by ``bench.scaleout.run``: a client sends every start and resume to a
 randomly chosen live engine and retries on another when that one dies (or
 lost its lease) before answering; resumes carry a dedupe key. Every step
 body writes a side-effect row first, so step runs are counted even on an
-engine killed before it stored the result. Lease TTL 1 s, so each run takes
-a few seconds.
+engine killed before it stored the result. Lease TTLs of 1-2 s, so each run
+takes a few seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import pytest
 from bench.scaleout import REJOIN_EXTRA, Outcome, run, summary
 
 TTL = 1.0
+KILL_TTL = 2.0
+"""The kill run's TTL: its takeover bound (2 TTLs) must hold on a loaded two-core machine."""
 VICTIM = "engine-0"
 
 
@@ -32,14 +34,14 @@ def check_duplicates_were_in_flight_on_the_victim(outcome: Outcome) -> None:
 async def test_sigkill_of_one_engine_loses_nothing_and_repeats_only_its_steps_in_flight(
     pg_dsn: str,
 ) -> None:
-    outcome = await run(pg_dsn, engines=3, instances=1_000, ttl=TTL, mode="kill")
+    outcome = await run(pg_dsn, engines=3, instances=1_000, ttl=KILL_TTL, mode="kill")
     report = summary(outcome, VICTIM)
     assert report["lost"] == 0, report
     assert outcome.completed == 1_000
     assert outcome.history_ok, report  # no step applied twice to any instance
     assert outcome.errors == [], report
     assert outcome.takeover_s is not None
-    assert outcome.takeover_s <= 2 * TTL, report
+    assert outcome.takeover_s <= 2 * KILL_TTL, report
     check_duplicates_were_in_flight_on_the_victim(outcome)
     survivors = [name for name in outcome.telemetry if name != VICTIM]
     if outcome.victim_owned.get("running"):  # it held work: someone took it over
