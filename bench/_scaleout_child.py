@@ -6,7 +6,9 @@ then obeys one command per stdin line and answers each on stdout:
 
 - ``start N`` -> ``ok start N`` (also for ``AlreadyRunning``: a retried start);
 - ``resume N`` -> ``ok resume N``, or ``err resume N Type`` (``resume`` with
-  ``dedupe_key="go-N"``, so a resume retried on another engine is applied once).
+  ``dedupe_key="go-N"``, so a resume retried on another engine is applied once);
+- ``dump N`` -> ``ok dump N (STATE, REVISION)`` or ``ok dump N None``: what its
+  registry holds of the instance (for a driver saying why a run is stuck).
 
 Telemetry ``engine.takeover``, ``engine.claim`` and ``runner.drop`` are printed as ``tele NAME ID
 TIME``. Every step body inserts a side-effect row (``hx_side_effects``: id,
@@ -97,13 +99,18 @@ def telemetry(event: hx.TelemetryEvent) -> None:
 async def obey(engine: hx.Engine, line: str) -> None:
     verb, _, number = line.partition(" ")
     n = int(number)
+    if verb == "dump":  # what this engine holds of the instance (a driver's diagnosis)
+        entry = engine._registry.get(f"sc::{n}")
+        held = None if entry is None else (entry.state.name, entry.instance.revision)
+        say(f"ok dump {n} {held}")
+        return
     try:
         if verb == "start":
             with contextlib.suppress(hx.AlreadyRunning):  # a start retried elsewhere
                 await engine.start(SCALE, str(n))
         else:
             await engine.resume(f"sc::{n}", "go", {"n": n}, dedupe_key=f"go-{n}")
-    except hx.HephaestusError as exc:
+    except (hx.HephaestusError, OSError) as exc:  # OSError: a storage fault, worth a retry
         say(f"err {verb} {n} {type(exc).__name__}")
         return
     say(f"ok {verb} {n}")

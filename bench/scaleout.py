@@ -36,8 +36,9 @@ from ._scaleout_child import SIDE_EFFECTS
 ROOT = Path(__file__).resolve().parent.parent
 REJOIN_EXTRA = 20
 """Instances started on the paused engine once it is back (``mode="pause"``)."""
-RETRIED = frozenset({"LeaseLost"})
-"""Errors a client retries (on another engine): the one it asked lost its lease meanwhile."""
+RETRIED = frozenset({"LeaseLost", "OSError"})
+"""Errors a client retries on another engine: the one it asked lost its lease meanwhile, or
+met a storage fault (its connections were ended while it was paused)."""
 
 
 @dataclass
@@ -171,7 +172,8 @@ async def run(
     disrupt_after = instances // 3 if disrupt_after is None else disrupt_after
     pause = 3 * ttl if pause is None else pause
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    with trio.move_on_after(limit_s) as deadline:
+    give_up = time.time() + limit_s
+    with trio.move_on_after(limit_s + 30) as deadline:  # a backstop: _drive gives up first
         async with trio.open_nursery() as nursery:
             for k in range(engines):
                 process = await trio.lowlevel.open_process(
@@ -187,7 +189,9 @@ async def run(
             for child in children:
                 await child.ready.wait()
             try:
-                await _drive(dsn, children, outcome, rng, mode, disrupt_after, pause, ttl)
+                await _drive(
+                    dsn, children, outcome, rng, mode, disrupt_after, pause, ttl, give_up, limit_s
+                )
             finally:
                 for child in children:
                     if child.process.returncode is None:
@@ -202,7 +206,7 @@ async def run(
                 nursery.cancel_scope.cancel()
     outcome.seconds = time.time() - began
     if deadline.cancelled_caught:
-        raise TimeoutError(await _stuck(dsn, children, outcome, limit_s))
+        raise TimeoutError(f"the run did not finish within {limit_s + 30:g} s")
     outcome.telemetry = {child.name: child.telemetry for child in children}
     outcome.engine_ids = {child.name: child.engine_id for child in children}
     await _collect(dsn, outcome)
@@ -218,6 +222,8 @@ async def _drive(
     disrupt_after: int,
     pause: float,
     ttl: float,
+    give_up: float,
+    limit_s: float,
 ) -> None:
     victim = children[0]
     limiter = trio.CapacityLimiter(64)
@@ -293,10 +299,20 @@ async def _drive(
                     if int(now[0][0]) > epoch:
                         break
                     await trio.sleep(0.02)
+
             # New work for the engine that came back, sent to it alone: it runs steps again.
+            async def start_on_victim(n: int) -> None:
+                for _ in range(10):  # the victim itself, retried on a transient error
+                    answer = await victim.ask(f"start {n}")
+                    if answer is None or answer.startswith("ok"):
+                        break
+                    outcome.retried.append(answer)
+                else:
+                    outcome.errors.append(f"start {n} on the rejoined engine kept failing")
+
             async with trio.open_nursery() as rejoin:
                 for n in range(outcome.instances, outcome.instances + REJOIN_EXTRA):
-                    rejoin.start_soon(victim.ask, f"start {n}")
+                    rejoin.start_soon(start_on_victim, n)
             for n in range(outcome.instances, outcome.instances + REJOIN_EXTRA):
                 await send(f"resume {n}")
             outcome.instances += REJOIN_EXTRA
@@ -310,6 +326,8 @@ async def _drive(
         outcome.completed = int(done[0][0])
         if outcome.completed >= outcome.instances:
             return
+        if time.time() > give_up:  # say why while the engines still run
+            raise TimeoutError(await _stuck(dsn, children, outcome, limit_s))
         await trio.sleep(0.05)
 
 
@@ -325,10 +343,18 @@ async def _stuck(dsn: str, children: list[_Child], outcome: Outcome, limit_s: fl
         "WHERE status <> 'completed' ORDER BY id LIMIT 5",
     )
     pending = await _query(dsn, "SELECT count(*) FROM hx_inbox WHERE NOT consumed")
+    held: dict[str, str | None] = {}
+    if stuck:
+        number = str(stuck[0][0]).split("::")[-1]
+        for child in children:
+            if child.alive:
+                with trio.move_on_after(2):
+                    held[f"{child.name}={child.engine_id}"] = await child.ask(f"dump {number}")
     unanswered = {c.name: sorted(c.waiting)[:5] for c in children if c.waiting}
     return (
         f"the run did not finish within {limit_s:g} s: instances by (status, owned) "
-        f"{statuses}; first unfinished {stuck}; pending inbox rows {pending[0][0]}; "
+        f"{statuses}; first unfinished {stuck}; held in memory by {held}; "
+        f"pending inbox rows {pending[0][0]}; "
         f"unanswered commands {unanswered}; disrupted at {outcome.disrupted_at}; "
         f"last answers {outcome.tries[-3:]}"
     )

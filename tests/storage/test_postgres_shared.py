@@ -116,3 +116,35 @@ async def test_a_session_stuck_in_a_transaction_loses_its_locks_after_one_ttl(
         with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
             stuck.execute("COMMIT")
         stuck.close()
+
+
+async def test_a_claimed_snapshot_that_does_not_decode_is_quarantined_not_fatal(
+    pg_dsn: str,
+) -> None:
+    reports: list[tuple[str, str]] = []
+    async with PostgresStorage(pg_dsn, on_quarantine=lambda w, r: reports.append((w, r))) as store:
+        for iid in ("k::bad", "k::good", "k::worse"):
+            await store.put(make_instance(iid, status=Status.RUNNING))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE hx_instances SET snapshot = %s WHERE id IN ('k::bad', 'k::worse')",
+                (b"\x93junk",),
+            )
+        lease = await store.register("a")
+        batch = await store.claim(lease, limit=10)
+        assert [c.instance.id for c in batch.claimed] == ["k::good"]
+        assert sorted(w.rsplit("#", 1)[1] for w, _ in reports) == ["k::bad", "k::worse"]
+        assert all("moved to the hx_quarantine table" in r for _, r in reports)
+        assert (await store.claim(lease, limit=10)).claimed == ()  # nothing left to trip on
+        await store.put(make_instance("k::bad2", status=Status.WAITING))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE hx_instances SET snapshot = 'x' WHERE id = 'k::bad2'")
+        one = await store.claim_instance(lease, "k::bad2")
+        assert (one.claimed, one.owner) == (None, None)
+        assert reports[-1][0].endswith("#k::bad2")
+    with psycopg.connect(pg_dsn) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT id FROM hx_quarantine")) == [
+            "k::bad",
+            "k::bad2",
+            "k::worse",
+        ]

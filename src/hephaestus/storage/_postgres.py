@@ -197,6 +197,9 @@ class PostgresStorage(StorageBase):
             open=False,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
             configure=self._configure,
+            # A pooled connection the server ended (a restart, or the idle-in-transaction
+            # timeout after this process was paused) is replaced before use, not failed on.
+            check=self._psycopg_pool.ConnectionPool.check_connection,
             name=f"hephaestus {redact(self.dsn)}",
         )
         await self._run(pool.open, wait=False)
@@ -434,8 +437,8 @@ class PostgresStorage(StorageBase):
         One transaction: the lease is checked, then candidates are locked with
         ``FOR UPDATE ... SKIP LOCKED`` (another claimer's rows are skipped,
         never waited for) and tested with a correlated ``NOT EXISTS`` of a
-        live owner. A snapshot that fails to decode fails the claim
-        (``OSError``) and claims nothing.
+        live owner. A claimed snapshot that fails to decode is quarantined
+        (``on_quarantine``) and left out, as ``get`` does.
 
         Raises:
             LeaseLost: ``lease`` is not live.
@@ -445,7 +448,9 @@ class PostgresStorage(StorageBase):
         self._check_writable()
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
-        return await self._call(_shared.claim, lease, limit, self.clock_skew)
+        batch, bad = await self._call(_shared.claim, lease, limit, self.clock_skew)
+        self._report_bad(bad)
+        return batch
 
     async def claim_instance(self, lease: Lease, instance_id: str) -> ClaimOne:
         """Claim ``instance_id`` unless another live lease holds it (see SharedStorage).
@@ -457,7 +462,9 @@ class PostgresStorage(StorageBase):
         self._check_writable()
         if not _storable(instance_id):
             return ClaimOne()
-        return await self._call(_shared.claim_instance, lease, instance_id, self.clock_skew)
+        one, bad = await self._call(_shared.claim_instance, lease, instance_id, self.clock_skew)
+        self._report_bad(bad)
+        return one
 
     async def owner_of(self, instance_id: str) -> Lease | None:
         """The live lease holding ``instance_id``, or None.
@@ -680,11 +687,12 @@ class PostgresStorage(StorageBase):
         # A pooled connection the server dropped fails once and leaves the pool;
         # a read is safe to repeat, so try the next one (all may be stale).
         for attempt in range(self.pool_size + 1):
+            conn: psycopg.Connection[tuple[Any, ...]] | None = None
             try:
                 with pool.connection(timeout=_CONNECT_TIMEOUT_S * 3) as conn:
                     rows: list[tuple[Any, ...]] = conn.execute(sql.encode(), args).fetchall()
             except self._psycopg.OperationalError as exc:
-                if attempt < self.pool_size and conn.closed:
+                if attempt < self.pool_size and conn is not None and conn.closed:
                     continue
                 raise fault(exc, f"reading {self!r}") from exc
             except (self._psycopg.Error, self._psycopg_pool.PoolTimeout) as exc:
@@ -719,6 +727,10 @@ class PostgresStorage(StorageBase):
         else:
             reason = f"{reason}; moved to the hx_quarantine table"
         self._report(where, reason)
+
+    def _report_bad(self, bad: Sequence[tuple[str, str]]) -> None:
+        for iid, reason in bad:
+            self._report(f"{redact(self.dsn)}#{iid}", f"{reason}; moved to the hx_quarantine table")
 
     def _report(self, where: str, reason: str) -> None:
         _log.warning("quarantined snapshot %s: %s", where, reason)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import outcome
 
 from .._core._codec import decode_instance
-from .._core._errors import RevisionConflict
+from .._core._errors import CorruptSnapshot, RevisionConflict
 from .._core._model import Instance, Status
 from ._postgres_writer import Row
 from ._shared import (
@@ -216,29 +216,40 @@ _NEXT_DUE: Final = (
 )
 
 
-def claim(conn: Any, lease: Lease, limit: int, skew: float) -> ClaimBatch:
-    """Claim at most ``limit`` unheld instances with work, by id (see SharedStorage.claim)."""
+def claim(conn: Any, lease: Lease, limit: int, skew: float) -> tuple[ClaimBatch, Bad]:
+    """Claim at most ``limit`` unheld instances with work, by id (see SharedStorage.claim).
+
+    A claimed row whose snapshot does not decode is moved to ``hx_quarantine``
+    in the same transaction and returned in the second item (id, reason)
+    instead: one bad row must not stop every engine's claims.
+    """
     args = {"id": lease.engine_id, "epoch": lease.epoch, "limit": limit, "skew": skew}
+    claimed: list[Claimed] = []
+    bad: Bad = []
     with conn.transaction():
         _check_live(conn, lease, skew)
         rows = conn.execute(_CLAIM, args).fetchall()
         due = conn.execute(_NEXT_DUE, args).fetchone()
-    claimed = sorted(
-        (
-            Claimed(
-                instance=_decode(iid, blob),
-                previous_owner=_lease_of(owner_id, owner_epoch),
+        for iid, blob, owner_id, owner_epoch in rows:
+            decoded = _decode(str(iid), bytes(blob))
+            if isinstance(decoded, str):
+                _quarantine(conn, str(iid), bytes(blob), decoded)
+                bad.append((str(iid), decoded))
+                continue
+            claimed.append(
+                Claimed(instance=decoded, previous_owner=_lease_of(owner_id, owner_epoch))
             )
-            for iid, blob, owner_id, owner_epoch in rows
-        ),
-        key=lambda c: c.instance.id,
-    )
+    claimed.sort(key=lambda c: c.instance.id)
     next_due = None if due is None or due[0] is None else float(due[0])
-    return ClaimBatch(claimed=tuple(claimed), next_due=next_due)
+    return ClaimBatch(claimed=tuple(claimed), next_due=next_due), bad
 
 
-def claim_instance(conn: Any, lease: Lease, instance_id: str, skew: float) -> ClaimOne:
-    """Claim ``instance_id`` unless another live lease holds it (see claim_instance)."""
+def claim_instance(conn: Any, lease: Lease, instance_id: str, skew: float) -> tuple[ClaimOne, Bad]:
+    """Claim ``instance_id`` unless another live lease holds it (see claim_instance).
+
+    A snapshot that does not decode is quarantined (as ``claim`` does) and
+    the instance treated as absent.
+    """
     args = {"id": lease.engine_id, "epoch": lease.epoch, "iid": instance_id, "skew": skew}
     with conn.transaction():
         _check_live(conn, lease, skew)
@@ -248,8 +259,12 @@ def claim_instance(conn: Any, lease: Lease, instance_id: str, skew: float) -> Cl
             args,
         ).fetchone()
         if row is None:
-            return ClaimOne()
+            return ClaimOne(), []
         blob, owner_id, owner_epoch = row
+        decoded = _decode(instance_id, bytes(blob))
+        if isinstance(decoded, str):
+            _quarantine(conn, instance_id, bytes(blob), decoded)
+            return ClaimOne(), [(instance_id, decoded)]
         previous = _lease_of(owner_id, owner_epoch)
         if previous is not None and previous != lease:
             live = conn.execute(
@@ -258,12 +273,12 @@ def claim_instance(conn: Any, lease: Lease, instance_id: str, skew: float) -> Cl
                 {"oid": previous.engine_id, "oepoch": previous.epoch, "skew": skew},
             ).fetchone()
             if live is not None:
-                return ClaimOne(owner=previous)
+                return ClaimOne(owner=previous), []
         conn.execute(
             "UPDATE hx_instances SET owner_id = %(id)s, owner_epoch = %(epoch)s WHERE id = %(iid)s",
             args,
         )
-    return ClaimOne(claimed=Claimed(instance=_decode(instance_id, blob), previous_owner=previous))
+    return ClaimOne(claimed=Claimed(instance=decoded, previous_owner=previous)), []
 
 
 def owner_of(conn: Any, instance_id: str, skew: float) -> Lease | None:
@@ -275,11 +290,28 @@ def owner_of(conn: Any, instance_id: str, skew: float) -> Lease | None:
     return None if row is None else _lease_of(row[0], row[1])
 
 
-def _decode(instance_id: str, blob: object) -> Instance:
-    instance = decode_instance(bytes(blob))  # type: ignore[call-overload]
+Bad = list[tuple[str, str]]
+"""(instance id, why its snapshot could not be read) of rows a call quarantined."""
+
+
+def _decode(instance_id: str, blob: bytes) -> Instance | str:
+    """The instance in ``blob``, or why it is not one."""
+    try:
+        instance = decode_instance(blob)
+    except CorruptSnapshot as exc:
+        return str(exc)
     if instance.id != instance_id:
-        raise ValueError(f"the row of {instance_id!r} holds the snapshot of {instance.id!r}")
+        return f"the row of {instance_id!r} holds the snapshot of {instance.id!r}"
     return instance
+
+
+def _quarantine(conn: Any, instance_id: str, blob: bytes, reason: str) -> None:
+    conn.execute(
+        "WITH moved AS (DELETE FROM hx_instances WHERE id = %s RETURNING id, snapshot) "
+        "INSERT INTO hx_quarantine (id, snapshot, reason, at) "
+        "SELECT id, snapshot, %s, extract(epoch FROM now()) FROM moved",
+        (instance_id, reason),
+    )
 
 
 # --- the fenced write ----------------------------------------------------------------------------
