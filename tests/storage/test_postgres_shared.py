@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from hephaestus import PostgresStorage, Status
-from hephaestus.storage import LeaseLost, _postgres_schema
-from hephaestus.storage._shared import Lease
+from hephaestus.storage import LeaseLost, _postgres_listen, _postgres_schema
+from hephaestus.storage._shared import Lease, Wake
 
 from ._fs_samples import make_instance
 
@@ -148,3 +148,15 @@ async def test_a_claimed_snapshot_that_does_not_decode_is_quarantined_not_fatal(
             "k::bad2",
             "k::worse",
         ]
+
+
+async def test_a_notification_is_delivered_when_it_arrives_not_at_the_next_poll(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LISTEN thread hands each notification on at once (a wait would add its poll to each)."""
+    monkeypatch.setattr(_postgres_listen, "_POLL_S", 30.0)
+    async with PostgresStorage(pg_dsn) as store, store.listen("a") as channel:
+        for n in range(3):
+            await store.notify(Wake(engine_id="a", instance_id=f"k::{n}"))
+            with trio.fail_after(10):  # far below the 30 s poll: it did not wait for it
+                assert await channel.receive() == Wake(engine_id="a", instance_id=f"k::{n}")

@@ -5,7 +5,8 @@ the channel of every engine id subscribed in this process, and hands what
 arrives to Trio in batches (one ``TrioToken.run_sync_soon`` per batch), where
 each notification goes to the subscribers it is for. LISTEN commands are
 given to the thread (it owns the connection) and acknowledged once
-executed, so a subscription sees everything sent after it returns.
+executed, so a subscription sees everything sent after it returns; a NOTIFY
+on ``hx_sync`` wakes the thread for them (and to stop) instead of its next poll.
 
 Delivery is best effort, as the protocol says: a lost connection is
 reopened (with a short backoff) and listened on again; what was sent
@@ -31,7 +32,9 @@ from ._shared import Notification
 
 _log: Final = logging.getLogger("hephaestus.storage")
 _SYNC: Final = "hx_sync"
-_POLL_S: Final = 0.05
+_WAKE: Final = "wake"
+"""The payload on ``hx_sync`` that only wakes the thread (to run a command, or to stop)."""
+_POLL_S: Final = 0.5
 """How long the thread waits for notifications before looking at its commands."""
 _BUFFER: Final = 10_000
 """Notifications a subscriber may fall behind by before newer ones are dropped for it."""
@@ -83,6 +86,7 @@ class Listener:
             done = trio.Event()
             self._channels.add(channel)
             self._commands.put((channel, done.set))
+            await trio.to_thread.run_sync(self._notify_sync, _WAKE)  # not at the next poll
             await done.wait()
         send, receive = trio.open_memory_channel[Notification](_BUFFER)
         key = next(self._keys)
@@ -117,6 +121,8 @@ class Listener:
         """End the thread and close its connection. Blocking."""
         self._stopped.set()
         self._commands.put(None)
+        with contextlib.suppress(Exception):  # wakes the thread; else it ends at its next poll
+            self._notify_sync(_WAKE)
         self._thread.join()
 
     # -- the thread ---------------------------------------------------------------------
@@ -131,7 +137,9 @@ class Listener:
                         continue
                 try:
                     self._run_commands(conn)
-                    notes = [(n.channel, n.payload) for n in conn.notifies(timeout=_POLL_S)]
+                    notes = [
+                        (n.channel, n.payload) for n in conn.notifies(timeout=_POLL_S, stop_after=1)
+                    ]
                 except Exception as exc:  # the connection broke: reopen it
                     _log.warning("PostgreSQL listener connection lost (%s); reconnecting", exc)
                     with contextlib.suppress(Exception):
