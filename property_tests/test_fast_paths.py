@@ -18,7 +18,7 @@ from test_engine_properties import PROPERTY_SETTINGS, Spec, random_run, resolvin
 
 import hephaestus as hx
 from hephaestus._core import _engine
-from hephaestus._core._engine import Input, StepSucceeded, StepSuspended, Transition
+from hephaestus._core._engine import Input, Start, StepSucceeded, StepSuspended, Transition
 
 TAKEN: Counter[str] = Counter()
 """How often each fast path was taken, over the whole session (see the last test)."""
@@ -36,7 +36,9 @@ def compared_apply(
     workflow: hx.Workflow, instance: hx.Instance, event: Input, now: float
 ) -> Transition:
     fast: Transition | None = None
-    if isinstance(event, StepSucceeded):
+    if isinstance(event, Start):
+        fast = _engine._fast_start(workflow, instance, now)
+    elif isinstance(event, StepSucceeded):
         fast = _engine._fast_succeeded(workflow, instance, event, now)
     elif isinstance(event, StepSuspended):
         fast = _engine._fast_suspended(workflow, instance, event, now)
@@ -60,9 +62,10 @@ def test_fast_paths_equal_the_general_path(spec: Spec, data: st.DataObject) -> N
     assert env.instance.status.is_terminal
 
 
-def test_both_fast_paths_were_exercised() -> None:
+def test_every_fast_path_was_exercised() -> None:
     # Runs after the property above in file order; a fast path never taken is untested.
     if not TAKEN:
         test_fast_paths_equal_the_general_path()
+    assert TAKEN["Start"] > 0
     assert TAKEN["StepSucceeded"] > 0
     assert TAKEN["StepSuspended"] > 0

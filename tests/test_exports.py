@@ -22,6 +22,7 @@ API_NAMES = [
     "Unique",
     "open_engine",
     "Engine",
+    "Schedule",
     "Status",
     "Instance",
     "HistoryEntry",

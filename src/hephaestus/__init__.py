@@ -46,6 +46,7 @@ from ._core._steps import step as step
 from ._core._workflow import Workflow as Workflow
 from ._runtime._engine import Engine as Engine
 from ._runtime._open import open_engine as open_engine
+from ._runtime._schedules import Schedule as Schedule
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
@@ -84,6 +85,7 @@ __all__ = [
     # the engine
     "open_engine",
     "Engine",
+    "Schedule",
     # storage
     "Storage",
     "MemoryStorage",

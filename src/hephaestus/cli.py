@@ -183,8 +183,14 @@ def format_instance(instance: Instance, *, now: float | None = None) -> str:
 
 
 def instance_json(instance: Instance) -> Any:
-    """Return the instance as plain JSON-ready data."""
-    return msgspec.to_builtins(instance)
+    """Return the instance as plain JSON-ready data, every field included.
+
+    Snapshots are stored without their default-valued fields (``omit_defaults``),
+    so the fields are listed here rather than left to ``msgspec.to_builtins``.
+    """
+    return {
+        name: msgspec.to_builtins(getattr(instance, name)) for name in instance.__struct_fields__
+    }
 
 
 def _print_json(value: Any) -> None:

@@ -24,6 +24,8 @@ class Node:
     conn: MemorySharedConnection
     scope: trio.CancelScope
     events: Recorder
+    closed: trio.Event
+    """Set once its ``open_engine`` has returned."""
 
     @property
     def engine_id(self) -> str:
@@ -49,17 +51,23 @@ async def _run(
     task_status: trio.TaskStatus[Node],
 ) -> None:
     conn = store.connect()
+    conn.deaf = options.pop("deaf", False)
     events = Recorder()
-    with trio.CancelScope() as scope:
-        async with hx.open_engine(
-            workflows=workflows,
-            storage=conn,
-            clock=options.pop("clock"),
-            telemetry=events,
-            **options,
-        ) as engine:
-            task_status.started(Node(engine=engine, conn=conn, scope=scope, events=events))
-            await trio.sleep_forever()
+    closed = trio.Event()
+    try:
+        with trio.CancelScope() as scope:
+            async with hx.open_engine(
+                workflows=workflows,
+                storage=conn,
+                clock=options.pop("clock"),
+                telemetry=events,
+                **options,
+            ) as engine:
+                node = Node(engine=engine, conn=conn, scope=scope, events=events, closed=closed)
+                task_status.started(node)
+                await trio.sleep_forever()
+    finally:
+        closed.set()
 
 
 async def spawn(
@@ -69,6 +77,9 @@ async def spawn(
     clock: Any,
     **options: Any,
 ) -> Node:
-    """Start an engine on its own connection to ``store``; it runs until killed or stopped."""
+    """Start an engine on its own connection to ``store``; it runs until killed or stopped.
+
+    ``deaf=True`` makes its connection lose every notification.
+    """
     node: Node = await nursery.start(_run, store, workflows, {"clock": clock, **options})
     return node

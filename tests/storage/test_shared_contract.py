@@ -569,3 +569,20 @@ async def test_release_engine_frees_its_instances_at_once(case: SharedCase) -> N
     beat = await store.heartbeat(a)
     assert beat.expired
     assert beat.lease.epoch == 2
+
+
+async def test_pending_instances_lists_what_a_lease_must_serve(case: SharedCase) -> None:
+    store = case.store
+    if not hasattr(store, "pending_instances"):
+        pytest.skip("pending_instances is optional")
+    a = await store.register("a")
+    b = await store.register("b")
+    for iid, lease in (("k::1", a), ("k::2", a), ("k::3", b)):
+        await store.put_owned(lease, waiting(iid), expected_revision=0)
+    await store.append_request(resume_request("k::2", "r1"))
+    await store.append_request(resume_request("k::3", "r2"))
+    await store.append_request(resume_request("k::1", "r3"))
+    await store.answer_requests(a, "k::1", [Consumed(request_id="r3", answer=Accepted())])
+    assert await store.pending_instances(a) == ["k::2"]
+    assert await store.pending_instances(b) == ["k::3"]
+    assert await store.pending_instances(Lease(engine_id="a", epoch=9)) == []

@@ -37,6 +37,7 @@ from ._notes import (
     TimerElapsed,
     Via,
 )
+from ._schedule import is_record
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
 from ._workflow import Workflow
 
@@ -247,16 +248,19 @@ def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int
     change the instance.
     """
     config = instance.configs.get(step)
-    return StepContext(
-        instance_id=instance.id,
-        workflow=workflow.name,
-        version=workflow.version,
-        initial=detached_copy(instance.initial),
-        results=detached_copy(instance.results),
-        metadata=detached_copy(instance.metadata) if instance.metadata else {},
-        config=None if config is None else detached_copy(config),
-        attempt=attempt,
-        step=step,
+    initial = instance.initial
+    results = instance.results
+    return StepContext._of(
+        instance.id,
+        workflow.name,
+        workflow.version,
+        detached_copy(initial) if initial else {},
+        # Steps that stored no results (the common case) leave only empty dicts to copy.
+        detached_copy(results) if any(results.values()) else {key: {} for key in results},
+        detached_copy(instance.metadata) if instance.metadata else {},
+        None if config is None else detached_copy(config),
+        attempt,
+        step,
     )
 
 
@@ -349,7 +353,11 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             ``workflow`` lacks (it was stored by another definition).
     """
     kind = type(event)
-    if kind is StepSucceeded:
+    if kind is Start:
+        fast = _fast_start(workflow, instance, now)
+        if fast is not None:
+            return fast
+    elif kind is StepSucceeded:
         fast = _fast_succeeded(workflow, instance, cast(StepSucceeded, event), now)
         if fast is not None:
             return fast
@@ -404,11 +412,38 @@ def apply_general(workflow: Workflow, instance: Instance, event: Input, now: flo
 
 # --- fast paths -------------------------------------------------------------------------------
 #
-# The two transitions every instance makes most: a lone running step returns an event
-# whose plain edge leads to one step that can start at once (or to Done), and a step
-# suspends with an empty inbox. Each returns None unless the instance is in exactly the
+# The transitions every instance makes most: a fresh instance starts, a lone running step
+# returns an event whose plain edge leads to one step that can start at once (or to Done),
+# and a step suspends with an empty inbox. Each returns None unless the instance is in exactly the
 # simple state it handles; then its result equals apply_general's, field for field
 # (property_tests/test_fast_paths.py), at a fraction of the cost of a _Draft.
+
+
+def _fast_start(workflow: Workflow, instance: Instance, now: float) -> Transition | None:
+    """``Start`` of a fresh PENDING instance: its start step runs (attempt 1)."""
+    if (
+        instance.status is not Status.PENDING
+        or instance.active
+        or instance.inbox
+        or instance.cancelled
+        or instance.error is not None
+        or instance.graph != workflow.fingerprint
+    ):
+        return None
+    key = workflow.start.key
+    return Transition(
+        msgspec.structs.replace(
+            instance,
+            status=Status.RUNNING,
+            active=(key,),
+            attempts={**instance.attempts, key: 1},
+            updated_at=now,
+            revision=instance.revision + 1,
+        ),
+        (RunStep(step=key, attempt=1, config=instance.configs.get(key)),),
+        None,
+        changed=True,
+    )
 
 
 def _fast_succeeded(
@@ -430,8 +465,9 @@ def _fast_succeeded(
         return None
     completed = instance.completed
     fired = instance.fired
-    if any(key != step and key not in completed for key in fired):
-        return None  # a join is pending: the general path decides it
+    for key in fired:  # a loop, not any(): this runs three times per linear instance
+        if key != step and key not in completed:
+            return None  # a join is pending: the general path decides it
     attempt = event.attempt
     results = event.results
     history = (
@@ -464,8 +500,9 @@ def _fast_succeeded(
     target, config = edge.targets[0]
     if target in completed or target == step:
         return None
-    if any(p != step and p not in completed for p in workflow.predecessors[target]):
-        return None
+    for p in workflow.predecessors[target]:
+        if p != step and p not in completed:
+            return None
     configs = instance.configs if config is None else {**instance.configs, target: config}
     return Transition(
         msgspec.structs.replace(
@@ -1089,9 +1126,15 @@ def prune_statuses(status: Status | Collection[Status] | None) -> tuple[Status, 
 def prunable(instance: Instance, *, statuses: Collection[Status], cut: float) -> bool:
     """True when ``prune`` deletes ``instance``: terminal, of ``statuses``, older than ``cut``.
 
-    ``cut`` is an epoch time; "older" means last updated strictly before it.
+    ``cut`` is an epoch time; "older" means last updated strictly before it. A
+    schedule's record (:mod:`._schedule`) is never pruned.
     """
-    return instance.status.is_terminal and instance.status in statuses and instance.updated_at < cut
+    return (
+        instance.status.is_terminal
+        and instance.status in statuses
+        and instance.updated_at < cut
+        and not is_record(instance)
+    )
 
 
 def _answered_terminal(instance: Instance, event: Input) -> Transition | None:

@@ -150,6 +150,40 @@ class StepContext:
         set_(self, "attempt", attempt)
         set_(self, "step", step)
 
+    @classmethod
+    def _of(
+        cls,
+        instance_id: str,
+        workflow: str,
+        version: int,
+        initial: dict[str, Any],
+        results: dict[str, dict[str, Any]],
+        metadata: dict[str, Any],
+        config: dict[str, Any] | None,
+        attempt: int,
+        step: str,
+    ) -> StepContext:
+        """Build a context from dicts the caller owns (the engine's copies): no checks, no kwargs.
+
+        The same object ``__init__`` builds, for the engine's hot path.
+        """
+        context = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(context, "instance_id", instance_id)
+        set_(context, "workflow", workflow)
+        set_(context, "version", version)
+        set_(context, "initial", MappingProxyType(initial))
+        set_(
+            context,
+            "results",
+            MappingProxyType({k: MappingProxyType(v) for k, v in results.items()}),
+        )
+        set_(context, "metadata", MappingProxyType(metadata))
+        set_(context, "config", None if config is None else MappingProxyType(config))
+        set_(context, "attempt", attempt)
+        set_(context, "step", step)
+        return context
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("StepContext is read-only")
 
@@ -177,7 +211,7 @@ class Step:
     Calling a step calls its function, so step code can be unit-tested alone.
     """
 
-    __slots__ = ("events", "fn", "is_async", "key", "retry", "timeout")
+    __slots__ = ("events", "fn", "is_async", "key", "limiter", "retry", "timeout")
 
     def __init__(
         self,
@@ -187,12 +221,15 @@ class Step:
         events: tuple[str, ...],
         retry: Retry | None,
         timeout: float | None,
+        limiter: str | None = None,
     ) -> None:
         self.fn = fn
         self.key = key
         self.events = events
         self.retry = retry
         self.timeout = timeout
+        self.limiter = limiter
+        """The name of the ``open_engine(limiters=...)`` limit its attempts share, or None."""
         self.is_async = inspect.iscoroutinefunction(fn)
 
     def __call__(self, ctx: StepContext) -> StepResult | Awaitable[StepResult]:
@@ -233,6 +270,23 @@ def _check_step(key: str, events: object, retry: object, timeout: object) -> tup
     return event_tuple
 
 
+def _check_limiter(key: str, limiter: object) -> str | None:
+    """Return ``limiter`` if it can name an ``open_engine(limiters=...)`` entry.
+
+    Raises:
+        WorkflowDefinitionError: unless it is a non-empty str or None.
+    """
+    if limiter is None or (isinstance(limiter, str) and limiter):
+        return limiter
+    raise WorkflowDefinitionError(
+        f"step {key}",
+        [
+            f"limiter must be the name (a non-empty str) of an entry of "
+            f"open_engine(limiters={{name: n}}), or None, got {limiter!r}"
+        ],
+    )
+
+
 @overload
 def step(
     fn: StepFunction,
@@ -241,6 +295,7 @@ def step(
     key: str | None = None,
     retry: Retry | None = None,
     timeout: float | None = None,
+    limiter: str | None = None,
 ) -> Step: ...
 
 
@@ -252,6 +307,7 @@ def step(
     key: str | None = None,
     retry: Retry | None = None,
     timeout: float | None = None,
+    limiter: str | None = None,
 ) -> Callable[[StepFunction], Step]: ...
 
 
@@ -262,6 +318,7 @@ def step(
     key: str | None = None,
     retry: Retry | None = None,
     timeout: float | None = None,
+    limiter: str | None = None,
 ) -> Step | Callable[[StepFunction], Step]:
     """Turn a function into a :class:`Step`: ``@step(events=...)`` or ``step(fn, events=...)``.
 
@@ -271,12 +328,17 @@ def step(
         key: the step's name in the workflow and in ``results``; defaults to
             the function's ``__name__``.
         retry: the retry policy for failed attempts, or None for no retries.
-        timeout: seconds allowed per attempt, or None for no limit.
+        timeout: seconds allowed per attempt, or None for no limit. Its clock
+            starts once the attempt holds its ``limiter``.
+        limiter: the name of a concurrency limit given to
+            ``open_engine(limiters={name: n})``: at most ``n`` attempts of the
+            steps naming it run at once in the engine; the others wait their
+            turn (first come, first served) before their code starts.
 
     Raises:
         WorkflowDefinitionError: for a key that does not match
-            ``[a-z][a-z0-9_]*``, empty or non-string events, a bad ``retry``
-            or a non-positive ``timeout``.
+            ``[a-z][a-z0-9_]*``, empty or non-string events, a bad ``retry``,
+            a non-positive ``timeout`` or a ``limiter`` that is no non-empty str.
     """
 
     def decorate(function: StepFunction) -> Step:
@@ -290,6 +352,7 @@ def step(
             events=event_tuple,
             retry=retry,
             timeout=None if timeout is None else float(timeout),
+            limiter=_check_limiter(step_key, limiter),
         )
 
     if fn is None:

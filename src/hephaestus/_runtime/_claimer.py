@@ -8,6 +8,9 @@ running run again, timers are re-armed, pending inbox rows are served.
 Between batches it sleeps until the earliest timer that will fall due, at
 most TTL/4, or until a notification says work was released.
 
+Each round also serves inbox rows of instances this engine holds whose
+wake-up notification was lost (the store's optional ``pending_instances``).
+
 Telemetry: ``engine.claim`` per non-empty batch (``instances``), and
 ``engine.takeover`` for each instance another engine (or an older epoch of
 this one) owned.
@@ -15,12 +18,15 @@ this one) owned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from ..storage._shared import LeaseLost
+from ._lease import renew
 
 if TYPE_CHECKING:
     from ._shared import SharedRuntime
@@ -38,10 +44,15 @@ async def claim_loop(runtime: SharedRuntime) -> None:
     while True:
         runtime.claimer_wake = trio.Event()
         delay = runtime.poll
+        seen = runtime.lease
         try:
-            batch = await store.claim(runtime.lease, limit=BATCH)
+            batch = await store.claim(seen, limit=BATCH)
         except LeaseLost:
-            batch = None  # the heartbeat starts a new epoch; claim again after it
+            batch = None
+            with contextlib.suppress(Exception):  # the heartbeat reports its own failures
+                await renew(runtime, seen)  # paused past the TTL: new epoch, claim again
+            if runtime.lease != seen:
+                continue
         except Exception as exc:
             batch = None
             _log.warning(
@@ -65,6 +76,7 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                     engine._nursery.start_soon(runtime.serve_inbox, claimed.instance.id)
             for instance_id in unheld:
                 engine._nursery.start_soon(runtime.serve_unheld, instance_id)
+            await _serve_missed(runtime)
             if len(batch.claimed) >= BATCH:
                 await trio.lowlevel.checkpoint()
                 continue
@@ -72,5 +84,30 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                 # A store clock a little behind ours must not make this a busy loop.
                 until = batch.next_due - engine.clock.now()
                 delay = min(delay, until if until > 0 else runtime.poll / 100)
+        runtime.claimer_wakes_at = trio.current_time() + delay
         with trio.move_on_after(delay):
             await runtime.claimer_wake.wait()
+        runtime.claimer_wakes_at = math.inf  # looking now: nothing needs to wake it
+
+
+async def _serve_missed(runtime: SharedRuntime) -> None:
+    """Serve inbox rows of instances this engine holds whose wake-up was lost.
+
+    Uses the store's optional ``pending_instances``; a store without it
+    relies on notifications alone for instances this engine holds.
+    """
+    pending = getattr(runtime.store, "pending_instances", None)
+    if pending is None:
+        return
+    try:
+        instance_ids: list[str] = await pending(runtime.lease)
+    except Exception as exc:
+        _log.warning(
+            "engine %s could not look for pending requests (%s: %s)",
+            runtime.engine_id,
+            type(exc).__name__,
+            exc,
+        )
+        return
+    for instance_id in instance_ids:
+        runtime.engine._nursery.start_soon(runtime.serve_owned, instance_id)

@@ -13,6 +13,7 @@ happens when it crashes, lives in :mod:`._supervisor`; timers in
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -63,11 +64,12 @@ from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
 from ._clock import Clock
-from ._mailbox import Message, Reply
+from ._limiters import Limiters
+from ._mailbox import Mailbox, Message, Reply
 from ._paging import check_page_args, for_each_page, query_page
 from ._registry import Entry, State
 from ._runner import Runner
-from ._supervisor import drain, stuck_message, supervise
+from ._supervisor import drain, reload, stuck_message, supervise
 from ._timers import TimerService
 
 if TYPE_CHECKING:
@@ -97,8 +99,11 @@ class Engine:
         restart_window: float,
         nursery: trio.Nursery,
         passivate_after: float | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
         self.storage = storage
+        self.limiters = Limiters({}) if limiters is None else limiters
+        """The concurrency limits that step attempts naming one hold (:mod:`._limiters`)."""
         self.passivate_after = passivate_after
         """Seconds a waiting instance keeps its runner with nothing to do; None: always."""
         self.clock = clock
@@ -152,9 +157,9 @@ class Engine:
     ) -> str:
         """Create an instance and persist it before returning its id.
 
-        Once the write has begun, cancelling the caller does not interrupt it:
-        the instance is stored and run, and the cancellation is delivered at the
-        caller's next checkpoint.
+        A caller cancelled during the write gets the cancellation and no id;
+        if the write landed anyway, the instance is run all the same (and its
+        id is held until it finishes), otherwise the id is free again.
 
         Raises:
             UnknownWorkflow: the workflow (or that version) is not registered.
@@ -323,9 +328,9 @@ class Engine:
         self._check_open()
         check_text(instance_id, "instance_id")
         entry = self._registry.get(instance_id)
-        if entry is not None:
-            return detached_instance(entry.instance)  # the runner goes on with the original
-        return await self._load(instance_id)  # decoded for this call alone
+        if entry is not None and entry.snapshot is not None:
+            return detached_instance(entry.snapshot)  # the runner goes on with the original
+        return await self._load(instance_id)  # decoded for this call alone (or passivated)
 
     async def list(
         self,
@@ -389,8 +394,8 @@ class Engine:
         # An entry's instance is shared with the engine and with other waiters; one loaded
         # from storage was decoded for this call alone.
         instance = (
-            detached_instance(entry.instance)
-            if entry is not None
+            detached_instance(entry.snapshot)
+            if entry is not None and entry.snapshot is not None
             else await self._load(instance_id)
         )
         if not instance.status.is_terminal:
@@ -410,24 +415,60 @@ class Engine:
         """Hold ``entry``'s id in the registry while the block writes its first snapshot.
 
         The id is claimed before the block's first await, so a concurrent
-        start, retry or delete of it waits or is refused. The block runs
-        shielded from the caller's cancellation: a write that landed must get
-        its runner, or the stored instance would sit unrun with its id
-        blocked. If the block raises, or the engine closed meanwhile (the next
-        ``open_engine`` recovers what was written), the claim is released,
-        requests queued for the entry get the error, and it propagates.
+        start, retry or delete of it waits or is refused. If the block raises,
+        or the engine closed meanwhile (the next ``open_engine`` recovers what
+        was written), the claim is released, requests queued for the entry get
+        the error, and it propagates.
+
+        A caller cancelled during the write cannot tell whether it landed (a
+        storage may acknowledge after writing), and a write that landed must
+        get its runner, or the stored instance would sit unrun with its id
+        blocked. So the claim is not released then: the engine settles it in a
+        task of its own (:meth:`_settle_claim`) and the cancellation propagates.
         """
-        instance_id = entry.instance.id
+        instance_id = entry.id
         self._registry[instance_id] = entry
         try:
-            with trio.CancelScope(shield=True):
-                yield
+            yield
             self._check_open()
-        except BaseException as exc:
+        except trio.Cancelled:
             if self._registry.get(instance_id) is entry:
-                del self._registry[instance_id]
-            drain(self, entry, self.unacknowledged(exc))
+                self._nursery.start_soon(self._settle_claim, entry)
             raise
+        except BaseException as exc:
+            self._release_claim(entry, exc)
+            raise
+
+    def _release_claim(self, entry: Entry, exc: BaseException) -> None:
+        """Give up a claimed id whose first snapshot was not written."""
+        if self._registry.get(entry.id) is entry:
+            del self._registry[entry.id]
+        drain(self, entry, self.unacknowledged(exc))
+
+    async def _settle_claim(self, entry: Entry) -> None:
+        """Run a claimed instance whose caller was cancelled during its write, if it landed.
+
+        Reads what is stored: the snapshot the caller wrote gets its runner
+        (``Recover`` first: steps that were to start run); anything else (no
+        write, or an older one) releases the claim. Requests queued meanwhile
+        are served, or answered with the error.
+        """
+        written = entry.instance
+        stored = await reload(self, entry)
+        if stored is None or stored.revision != written.revision:
+            self._release_claim(
+                entry,
+                InstanceNotFound(
+                    f"instance {entry.id!r} was not stored: the request that wrote it was "
+                    "cancelled first"
+                ),
+            )
+            return
+        entry.instance = stored
+        mailbox = entry.mailbox
+        assert mailbox is not None
+        mailbox.put_back([Message(Recover())])
+        await supervise(self, entry, ())
 
     def _check_open(self) -> None:
         if self._closed:
@@ -453,19 +494,22 @@ class Engine:
         return found
 
     def _already_running(self, wf: Workflow, instance_id: str, held: Entry) -> AlreadyRunning:
-        holder = held.instance
-        same = holder.workflow == wf.name and (
-            wf.unique.scope != "version" or holder.version == wf.version
-        )
+        holder = held.snapshot
+        if holder is not None:
+            name, version = holder.workflow, holder.version
+        else:  # passivated: the index record's workflow
+            assert held.workflow is not None
+            name, version = held.workflow.name, held.workflow.version
+        same = name == wf.name and (wf.unique.scope != "version" or version == wf.version)
         if same or wf.unique.scope == "global":
             return AlreadyRunning(
-                f"instance {instance_id!r} is already {holder.status.value} "
-                f"(workflow {holder.workflow!r} v{holder.version}); wait for it to finish "
+                f"instance {instance_id!r} is already {held.status.value} "
+                f"(workflow {name!r} v{version}); wait for it to finish "
                 "or cancel it first"
             )
         return AlreadyRunning(
             f"id {instance_id!r} is held by an active instance of workflow "
-            f"{holder.workflow!r} v{holder.version}; ids are shared across workflows, so give "
+            f"{name!r} v{version}; ids are shared across workflows, so give "
             f"{wf.name!r} its own hx.Unique key"
         )
 
@@ -479,9 +523,9 @@ class Engine:
         """Send ``event`` to the instance's runner and return its reply once persisted."""
         if self.shared is not None:
             return await self.shared.request(instance_id, event)
-        return await self.request_here(instance_id, event)
+        return await self._request_here(instance_id, event)
 
-    async def request_here(self, instance_id: str, event: Input) -> Any:
+    async def _request_here(self, instance_id: str, event: Input) -> Any:
         """Apply ``event`` in this engine (its runner, or the caller under the token)."""
         await trio.lowlevel.checkpoint()
         self._check_open()
@@ -495,6 +539,7 @@ class Engine:
                         reply = await Runner(self, entry, workflow).apply_passive(event)
                     finally:
                         entry.token.release()
+                        entry.drop_idle_token()
                     return await reply.wait()
                 await entry.token.changed()
                 self._check_open()
@@ -537,25 +582,60 @@ class Engine:
         return transition.reply
 
     def _timer_due(self, instance_id: str, timer_id: str) -> None:
-        """Hand a due timer to the runner of its instance (the timer service calls this)."""
+        """Hand a due timer to its instance (the timer service calls this).
+
+        A resident instance's runner gets it by mail; a passivated one is
+        applied by a task of its own under the token (:meth:`_fire_passive`).
+        """
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state is State.PASSIVE:
-            self.activate(entry, ())
-        if entry is not None and entry.state is State.LIVE and entry.mailbox is not None:
+        if entry is None:
+            return
+        if entry.state is State.PASSIVE:
+            self._nursery.start_soon(self._fire_passive, entry, timer_id)
+        elif entry.state is State.LIVE and entry.mailbox is not None:
             entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
 
-    def activate(self, entry: Entry, commands: Sequence[Command]) -> None:
-        """Give a passivated instance its runner back, from the snapshot the entry holds.
+    async def _fire_passive(self, entry: Entry, timer_id: str) -> None:
+        """Apply a due timer to a passivated instance under its token, without a runner.
+
+        If the instance became resident meanwhile, its runner gets the timer by mail.
+        """
+        token = entry.token
+        await token.acquire()
+        try:
+            if self._registry.get(entry.id) is not entry:
+                return  # finished, deleted or replaced meanwhile
+            if entry.state is State.PASSIVE:
+                workflow = entry.workflow
+                assert workflow is not None
+                await Runner(self, entry, workflow).fire_passive(timer_id)
+            elif entry.state is State.LIVE and entry.mailbox is not None:
+                entry.mailbox.put(Message(TimerFired(timer_id=timer_id)))
+        finally:
+            token.release()
+            entry.drop_idle_token()
+
+    def activate(
+        self, entry: Entry, commands: Sequence[Command], messages: Sequence[Message] = ()
+    ) -> None:
+        """Give a passivated instance its runner back.
 
         Its timers are still armed in the timer service, so nothing is
-        re-derived; ``commands`` (steps to run) are the new runner's first.
+        re-derived; ``commands`` (steps to run) are the new runner's first, and
+        ``messages`` are queued for it. An entry without a snapshot is reloaded
+        from storage by its supervisor first (``Recover``).
         """
         entry.state = State.LIVE
+        mailbox = entry.mailbox
+        if mailbox is None:
+            mailbox = entry.mailbox = Mailbox()
+        for message in messages:
+            mailbox.put(message)
         self._nursery.start_soon(supervise, self, entry, commands, False)
 
     def finish_passive(self, entry: Entry) -> None:
         """Let go of a passivated instance that a request finished (no runner to do it)."""
-        instance_id = entry.instance.id
+        instance_id = entry.id
         if self._registry.get(instance_id) is entry:
             del self._registry[instance_id]
         entry.mark_done(State.FINISHED)
@@ -568,11 +648,27 @@ class Engine:
         return EngineClosed("the engine closed before the request was acknowledged")
 
     async def _recover_all(self) -> None:
-        """Give every non-terminal stored instance its runner back."""
-        for instance in await self.storage.query(status=_ACTIVE):
-            self.recover(instance)
+        """Give every non-terminal stored instance its runner back (or its index record).
 
-    def recover(self, instance: Instance) -> None:
+        The cyclic garbage collector is paused meanwhile (and restored as it
+        was, however this ends): decoding and indexing many instances only
+        allocates, and collections triggered by those allocations would walk
+        every object already built again and again (100,000 stored instances:
+        most of the recovery time).
+        """
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            await self._recover_each()
+        finally:
+            if paused:
+                gc.enable()
+
+    async def _recover_each(self) -> None:
+        for instance in await self.storage.query(status=_ACTIVE):
+            self._recover_instance(instance)
+
+    def _recover_instance(self, instance: Instance) -> None:
         """Take a stored non-terminal instance into the registry, with a runner if it needs one.
 
         One this engine cannot run (workflow not registered, definition
@@ -687,9 +783,9 @@ class Engine:
         failed for good, and the siblings cancelled with it) runs again with a
         fresh retry budget; ``ctx.attempt`` keeps counting, so an idempotency
         key built from it never repeats. Completed steps keep their results and
-        do not run again; the history is kept. Once the write has begun,
-        cancelling the caller does not interrupt it: the instance is stored and
-        run, and the cancellation is delivered at the caller's next checkpoint.
+        do not run again; the history is kept. A caller cancelled during the
+        write gets the cancellation; if the write landed anyway, the instance
+        is run all the same.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -702,9 +798,9 @@ class Engine:
         if self.shared is not None:
             await self.shared.retry(instance_id)
             return
-        await self.retry_here(instance_id)
+        await self._retry_here(instance_id)
 
-    async def retry_here(self, instance_id: str) -> None:
+    async def _retry_here(self, instance_id: str) -> None:
         """Apply ``retry`` in this engine (see :meth:`retry`)."""
         await trio.lowlevel.checkpoint()
         instance = await self._settled(instance_id, self._refuse_retry)
@@ -813,8 +909,11 @@ class Engine:
             if entry is not None and entry.state is State.DELETING:
                 raise EventRejected(f"instance {instance_id!r} is being deleted")
             if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
-                if not entry.instance.status.is_terminal:
-                    refuse_active(entry.instance)
+                if not entry.status.is_terminal:
+                    snapshot = entry.snapshot
+                    refuse_active(
+                        snapshot if snapshot is not None else await self._load(instance_id)
+                    )
                     raise AssertionError("refuse_active must raise")  # pragma: no cover
                 if entry.finished is None:
                     entry.finished = trio.Event()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 import trio
 
+from .._core._limits import check_limiters
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry, TelemetryHandler
@@ -16,6 +17,8 @@ from ..storage._shared import SharedStorage
 from ._clock import Clock, SystemClock
 from ._engine import Engine
 from ._lease import LeasedStorage
+from ._limiters import Limiters
+from ._schedules import Schedule, check_schedules, open_schedule, run_schedule
 from ._shared import SharedRuntime, new_engine_id
 
 
@@ -29,6 +32,8 @@ async def open_engine(
     max_restarts: int = 3,
     restart_window: float = 5.0,
     passivate_after: float | None = 0.0,
+    limiters: Mapping[str, int] | None = None,
+    schedules: Iterable[Schedule] = (),
 ) -> AsyncIterator[Engine]:
     """Run an engine for the length of the ``async with`` block.
 
@@ -55,10 +60,23 @@ async def open_engine(
             its runner task before it lets it go (its snapshot and timers stay,
             and the next request or timer gives it a runner again); ``None``
             keeps every instance's runner until it finishes.
+        limiters: concurrency limits by name (``{"api": 4}``): at most that
+            many attempts of the steps declared with ``limiter="api"`` run at
+            once in this engine; the others wait, first come first served, and
+            their timeout clocks start once they run.
+        schedules: ``hx.Schedule`` values; each starts its workflow once per
+            cron tick. Their stored progress is read on entry, after recovery
+            (a schedule seen for the first time starts from that moment); the
+            ticks missed meanwhile follow its ``catch_up`` just after.
 
     Raises:
-        WorkflowDefinitionError: two different workflows share a name and version.
+        WorkflowDefinitionError: two different workflows share a name and version;
+            a step names a limiter that ``limiters`` lacks, or a limit is no int >= 1;
+            a schedule's workflow is not in ``workflows``, or two schedules share a name.
     """
+    workflows = list(workflows)
+    limits = check_limiters(limiters, workflows)
+    scheduled = check_schedules(schedules, workflows)
     handlers = [telemetry] if callable(telemetry) else list(telemetry)
     dispatcher = Telemetry(handlers)
     store: Storage = MemoryStorage() if storage is None else storage
@@ -92,6 +110,7 @@ async def open_engine(
                         if passivate_after is None
                         else check_seconds(passivate_after, "passivate_after")
                     ),
+                    limiters=Limiters(limits),
                 )
                 if leased is None:
                     await engine._recover_all()
@@ -99,6 +118,11 @@ async def open_engine(
                     assert isinstance(store, SharedStorage)
                     shared = engine.shared = SharedRuntime(engine, store, leased)
                     shared.start(nursery)
+                for schedule in scheduled:
+                    progress = await open_schedule(engine, schedule)
+                    nursery.start_soon(
+                        run_schedule, engine, schedule, progress, name=f"schedule {schedule.name!r}"
+                    )
                 try:
                     yield engine
                 finally:

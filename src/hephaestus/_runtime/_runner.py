@@ -38,17 +38,18 @@ from .._core._engine import (
     Input,
     Recover,
     RunStep,
+    TimerFired,
     Transition,
     apply,
     step_context,
 )
-from .._core._errors import EngineClosed, EventRejected, RevisionConflict
+from .._core._errors import CorruptSnapshot, EngineClosed, EventRejected, RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
 from ..storage._shared import LeaseLost
-from ._lease import replying
+from ._lease import applying
 from ._mailbox import Mailbox, Message, Reply
-from ._registry import Entry
+from ._registry import Entry, State
 from ._report import report
 from ._steprun import run_attempt
 
@@ -61,6 +62,10 @@ RETRY_FIRST: Final = 0.1
 """Seconds before the first retry of a write that must be stored; doubled after each failure."""
 RETRY_MAX: Final = 10.0
 """The longest pause between two retries of such a write."""
+
+
+WAKE: Final = Message(Recover())
+"""Queued only to wake a runner loop, which skips it (a caller started a step in a task)."""
 
 
 class SnapshotReplaced(Exception):
@@ -96,6 +101,8 @@ class Runner:
         "inline",
         "nursery",
         "passivated",
+        "pending",
+        "scope",
         "scopes",
         "started",
         "workflow",
@@ -107,11 +114,16 @@ class Runner:
         self.workflow = workflow
         self.scopes: dict[str, trio.CancelScope] = {}
         self.started: dict[str, float] = {}
+        self.scope: trio.CancelScope | None = None
+        """The scope of everything the runner runs (inline step code, its nursery)."""
         self.nursery: trio.Nursery | None = None
+        """Opened once a step must run in a task of its own; None until then."""
+        self.pending: list[tuple[str, int, trio.CancelScope]] = []
+        """Steps to start in a task of their own once the nursery is open."""
         self.inline: tuple[str, int] | None = None
+        """A lone step (and its attempt) the runner loop is to run in its own task next."""
         self.passivated = False
         """True when :meth:`run` returned because the instance no longer needs a runner."""
-        """A lone step (and its attempt) the runner loop is to run in its own task next."""
 
     @property
     def instance(self) -> Instance:
@@ -125,6 +137,11 @@ class Runner:
         requests queued meanwhile are applied first), callers apply their
         requests themselves under the token (:meth:`apply_request`).
 
+        The runner opens a nursery only once a step must run in a task of its
+        own (fan-out, a step with a timeout or a sync one): an instance whose
+        steps all run inline costs one cancel scope, which is what finishing
+        the instance (a ``cancel`` while a step runs inline) cancels.
+
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
                 supervisor restarts it from the last snapshot.
@@ -133,35 +150,55 @@ class Runner:
         mailbox = entry.mailbox
         assert mailbox is not None
         try:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
+            with trio.CancelScope() as scope:
+                self.scope = scope
                 self.carry_out(first_commands, inline=True)
-                while not entry.instance.status.is_terminal:
-                    message = mailbox.take_nowait()
-                    if message is None:
-                        entry.runner = self
-                        if self.inline is None and self.idle():
-                            message = await self.idle_wait(mailbox)
-                            if message is None:
-                                # From here on requests go by mail: the supervisor sees them.
-                                entry.runner = None
-                                self.passivated = True
-                                return
-                        elif self.inline is not None:
-                            # Queued messages came first; from now on callers apply their
-                            # requests themselves while the step runs here.
-                            step, attempt = self.inline
-                            self.inline = None
-                            await self.run_inline(step, attempt)
-                            continue
-                        else:
-                            message = await mailbox.take()
-                    await self.handle(message)
-                nursery.cancel_scope.cancel()
+                if not await self.serve(mailbox):
+                    async with trio.open_nursery() as nursery:
+                        self.nursery = nursery
+                        for step, attempt, step_scope in self.pending:
+                            nursery.start_soon(self.run_step, step, attempt, step_scope)
+                        self.pending.clear()
+                        await self.serve(mailbox)
+                        nursery.cancel_scope.cancel()
         finally:
             if entry.runner is self:
                 entry.runner = None
             entry.token.poke()  # waiting callers send their requests another way
+
+    async def serve(self, mailbox: Mailbox) -> bool:
+        """Apply messages and run inline steps until the instance no longer needs the runner.
+
+        Returns True once it is terminal or passivated (``self.passivated``),
+        False when a step waits for a task of its own and the runner has no
+        nursery yet (never once it has one).
+        """
+        entry = self.entry
+        while not entry.instance.status.is_terminal:
+            if self.pending:
+                return False
+            message = mailbox.take_nowait()
+            if message is None:
+                entry.runner = self
+                if self.inline is None and self.idle():
+                    message = await self.idle_wait(mailbox)
+                    if message is None:
+                        # From here on requests go by mail: the supervisor sees them.
+                        entry.runner = None
+                        self.passivated = True
+                        return True
+                elif self.inline is not None:
+                    # Queued messages came first; from now on callers apply their
+                    # requests themselves while the step runs here.
+                    step, attempt = self.inline
+                    self.inline = None
+                    await self.run_inline(step, attempt)
+                    continue
+                else:
+                    message = await mailbox.take()
+            if message is not WAKE:
+                await self.handle(message)
+        return True
 
     def idle(self) -> bool:
         """Whether the instance could do without its runner: waiting, no step running."""
@@ -245,7 +282,7 @@ class Runner:
         entry = self.entry
         with self.engine.request_write() as scope:
             try:
-                with replying(transition.reply):
+                with applying(event, transition.reply):
                     await self.engine.storage.put(
                         transition.instance, expected_revision=entry.instance.revision
                     )
@@ -268,29 +305,145 @@ class Runner:
         """Apply a caller's request to a passivated instance; the caller holds the token.
 
         ``self`` is not running: it lends its transition, write and telemetry
-        code. Timers are armed and disarmed in the timer service directly; a
-        step to run makes the instance resident again; a finished instance
-        leaves the registry. Returns the reply to wait on, as :meth:`apply_request`.
+        code. The snapshot is loaded from storage for the request and dropped
+        again after it, unless a step must run: timers are armed and disarmed
+        in the timer service directly, a step to run makes the instance
+        resident again, a finished instance leaves the registry. A snapshot
+        that is not the one the index record names (changed or deleted under
+        the engine) is handed with the request to a runner, whose supervisor
+        reports it and goes on from what is stored. Returns the reply to wait
+        on, as :meth:`apply_request`.
 
         Raises:
             EventRejected: the instance cannot take ``event`` (nothing changed).
             EngineClosed: the engine closed during the write (nothing acknowledged).
-            Exception: the storage's error when the write failed (nothing changed).
+            Exception: the storage's error when the read or the write failed
+                (nothing changed); a bug in the transition, which is also
+                reported as a crash of the instance's runner (``runner.crash``).
         """
         entry = self.entry
-        before = entry.instance
         engine = self.engine
-        transition = apply(self.workflow, before, event, engine.clock.now())
-        if transition.changed:
-            handed = await self.persist_request(event, transition)
-            if handed is not None:
-                engine.activate(entry, ())  # its supervisor reloads what is stored
-                return handed
-        if engine.telemetry.enabled:
-            self.report(event, before, transition)
+        try:
+            try:
+                loaded = await self.load_passive()
+            except Exception as exc:
+                self.storage_error(exc, failures=1, retry_in=None, operation="get")
+                raise
+            if not loaded:
+                reply = Reply()
+                engine.activate(entry, (), [Message(event, reply)])
+                return reply
+            before = entry.instance
+            try:
+                transition = apply(self.workflow, before, event, engine.clock.now())
+            except EventRejected:
+                raise
+            except Exception as exc:
+                self.post_fault(exc)  # a bug: reported and counted like a runner's crash
+                engine.activate(entry, ())
+                raise
+            if transition.changed:
+                handed = await self.persist_request(event, transition)
+                if handed is not None:
+                    engine.activate(entry, ())  # its supervisor reloads what is stored
+                    return handed
+            if engine.telemetry.enabled:
+                self.report(event, before, transition)
+            self.carry_out_passive(transition.commands)
+            reply = Reply()
+            reply.set(transition.reply)
+            return reply
+        finally:
+            if entry.state is State.PASSIVE:
+                entry.passivate()
+
+    async def fire_passive(self, timer_id: str) -> None:
+        """Apply a due timer to a passivated instance; the caller holds the token.
+
+        Like :meth:`apply_passive`, without a runner unless a step must run.
+        What the engine must not lose goes to a runner instead: when the read
+        or the write fails, or what is stored is not what the index record
+        names, the instance becomes resident and its supervisor goes on from
+        storage (the runner retries a failing write with backoff; the timer,
+        still in the stored snapshot, fires again); a bug in the transition is
+        reported as a runner crash. Cancelled (the engine closing), nothing is
+        stored and the next ``open_engine`` fires the timer.
+        """
+        entry = self.entry
+        engine = self.engine
+        event = TimerFired(timer_id=timer_id)
+        try:
+            try:
+                loaded = await self.load_passive()
+            except Exception as exc:
+                self.storage_error(exc, failures=1, retry_in=RETRY_FIRST, operation="get")
+                loaded = False
+            if not loaded:
+                engine.activate(entry, ())  # no snapshot: the supervisor reloads it
+                return
+            before = entry.instance
+            try:
+                transition = apply(self.workflow, before, event, engine.clock.now())
+            except Exception as exc:
+                self.post_fault(exc)
+                engine.activate(entry, ())
+                return
+            if transition.changed:
+                try:
+                    await engine.storage.put(transition.instance, expected_revision=before.revision)
+                except RevisionConflict:
+                    entry.passivate()  # the record keeps the revision this engine wrote
+                    engine.activate(entry, ())
+                    return
+                except Exception:
+                    # The runner applies it again and retries the write with backoff.
+                    engine.activate(entry, (), [Message(event)])
+                    return
+                entry.instance = transition.instance
+            if engine.telemetry.enabled:
+                self.report(event, before, transition)
+            self.carry_out_passive(transition.commands)
+        finally:
+            if entry.state is State.PASSIVE:
+                entry.passivate()
+
+    async def load_passive(self) -> bool:
+        """Load a passivated instance's snapshot into its entry; the caller holds the token.
+
+        Returns False, loading nothing, when what is stored is not what the
+        index record names: another revision, another workflow, or nothing.
+
+        Raises:
+            Exception: the storage's error (nothing loaded).
+        """
+        entry = self.entry
+        try:
+            stored = await self.engine.storage.get(entry.id)
+        except CorruptSnapshot:
+            return False  # quarantined and reported by the storage
+        workflow = self.workflow
+        if (
+            stored is None
+            or stored.revision != entry.revision
+            or stored.workflow != workflow.name
+            or stored.version != workflow.version
+        ):
+            return False
+        entry.instance = stored
+        return True
+
+    def carry_out_passive(self, commands: Iterable[Command]) -> None:
+        """Carry out what a transition of a passivated instance says, without a runner.
+
+        Timers are armed and disarmed in the timer service; steps to run make
+        the instance resident (a runner starts them); a finished instance
+        leaves the registry.
+        """
+        engine = self.engine
+        entry = self.entry
         steps: list[Command] = []
-        instance_id = before.id
-        for command in transition.commands:
+        instance_id = entry.id
+        for command in commands:
             match command:
                 case ArmTimer(timer=timer):
                     engine.timers.arm(instance_id, timer.id, timer.deadline)
@@ -302,14 +455,13 @@ class Runner:
             engine.finish_passive(entry)
         elif steps:
             engine.activate(entry, steps)
-        reply = Reply()
-        reply.set(transition.reply)
-        return reply
 
     def post_fault(self, fault: Exception) -> None:
         """Make the runner raise ``fault`` before it takes any other message."""
-        mailbox = self.entry.mailbox
-        assert mailbox is not None
+        entry = self.entry
+        mailbox = entry.mailbox
+        if mailbox is None:  # passivated: the runner that raises it is about to start
+            mailbox = entry.mailbox = Mailbox()
         mailbox.put_back([Message(Recover(), fault=fault)])
 
     async def handle(self, message: Message) -> None:
@@ -320,36 +472,39 @@ class Runner:
         """
         if message.fault is not None:
             raise message.fault
-        token = self.entry.token
-        await token.acquire()
+        entry = self.entry
+        token = entry.token
+        if not token.try_acquire():
+            await token.acquire()
         try:
-            await self.apply_message(message)
+            before = entry.instance
+            engine = self.engine
+            try:
+                transition = apply(self.workflow, before, message.input, engine.clock.now())
+            except EventRejected as exc:
+                if message.reply is not None:
+                    message.reply.fail(exc)
+                return
+            except BaseException as exc:
+                if message.reply is not None:
+                    message.reply.fail(exc)
+                raise
+            if transition.changed:
+                if message.reply is None:  # the engine's own input: no inbox row rides along
+                    stored = await self.persist(transition.instance, before.revision, message)
+                else:
+                    with applying(message.input, transition.reply):
+                        stored = await self.persist(transition.instance, before.revision, message)
+                if not stored:
+                    return  # the request's write failed: it was not applied, and said so
+                entry.instance = transition.instance
+            if engine.telemetry.enabled:
+                self.report(message.input, before, transition)
+            self.carry_out(transition.commands, inline=True)
+            if message.reply is not None:
+                message.reply.set(transition.reply)
         finally:
             token.release()
-
-    async def apply_message(self, message: Message) -> None:
-        """Apply one message while holding the token."""
-        before = self.instance
-        engine = self.engine
-        try:
-            transition = apply(self.workflow, before, message.input, engine.clock.now())
-        except EventRejected as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
-            return
-        except BaseException as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
-            raise
-        if transition.changed:
-            if not await self.persist(transition.instance, before.revision, message):
-                return  # the request's write failed: it was not applied, and said so
-            self.entry.instance = transition.instance
-        if engine.telemetry.enabled:
-            self.report(message.input, before, transition)
-        self.carry_out(transition.commands, inline=True)
-        if message.reply is not None:
-            message.reply.set(transition.reply)
 
     async def persist(self, instance: Instance, expected: int, message: Message) -> bool:
         """Store ``instance``; return False if the write failed and ``message``'s caller was told.
@@ -448,12 +603,15 @@ class Runner:
             self.entry.backoff = False
             mailbox.put_back(deferred)
 
-    def storage_error(self, exc: Exception, *, failures: int, retry_in: float | None) -> None:
-        """Report a failed write: ``retry_in`` seconds until the next try, None if none."""
+    def storage_error(
+        self, exc: Exception, *, failures: int, retry_in: float | None, operation: str = "put"
+    ) -> None:
+        """Report a failed write (or read): ``retry_in`` s until the next try, None if none."""
         if failures == 1:
             _log.warning(
-                "writing the snapshot of instance %r failed (%s: %s)%s",
-                self.instance.id,
+                "%s the snapshot of instance %r failed (%s: %s)%s",
+                "writing" if operation == "put" else "reading",
+                self.entry.id,
                 type(exc).__name__,
                 exc,
                 "" if retry_in is None else "; retrying with backoff",
@@ -462,7 +620,7 @@ class Runner:
             self.emit(
                 "storage.error",
                 metadata={
-                    "operation": "put",
+                    "operation": operation,
                     "error": type(exc).__name__,
                     "message": str(exc),
                     "failures": failures,
@@ -478,7 +636,6 @@ class Runner:
         loop to run in this task instead of a task of its own.
         """
         nursery = self.nursery
-        assert nursery is not None
         for command in commands:
             match command:
                 case RunStep(step=step, attempt=attempt):
@@ -489,17 +646,27 @@ class Runner:
                         self.inline = (step, attempt)
                         continue
                     scope = self.scopes[step] = trio.CancelScope()
-                    nursery.start_soon(self.run_step, step, attempt, scope)
+                    if nursery is not None:
+                        nursery.start_soon(self.run_step, step, attempt, scope)
+                        continue
+                    self.pending.append((step, attempt, scope))
+                    if not inline:  # a caller's task: the runner opens its nursery
+                        self.post_wake()
                 case ArmTimer(timer=timer):
-                    self.engine.timers.arm(self.instance.id, timer.id, timer.deadline)
+                    self.engine.timers.arm(self.entry.id, timer.id, timer.deadline)
                 case DisarmTimer(timer_id=timer_id):
-                    self.engine.timers.disarm(self.instance.id, timer_id)
+                    self.engine.timers.disarm(self.entry.id, timer_id)
                 case CancelStep(step=step):
                     found = self.scopes.pop(step, None)
                     if found is not None:
                         found.cancel()
                 case Finished():
-                    nursery.cancel_scope.cancel()
+                    # Stops the inline step and every step task; the runner itself, when
+                    # it applied this, has nothing left to stop.
+                    if not inline or self.scopes:
+                        everything = self.scope
+                        assert everything is not None
+                        everything.cancel()
 
     def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
@@ -528,10 +695,13 @@ class Runner:
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: no step code runs
         ctx = step_context(self.workflow, self.entry.instance, key, attempt)
-        if self.engine.telemetry.enabled:
-            self.started[key] = trio.current_time()
-            self.emit("step.start", key, metadata={"attempt": attempt})
-        self.post(await run_attempt(self.workflow.steps[key], ctx))
+        definition = self.workflow.steps[key]
+        async with self.engine.limiters.hold(definition) as thread_token:
+            if self.engine.telemetry.enabled:
+                self.started[key] = trio.current_time()
+                self.emit("step.start", key, metadata={"attempt": attempt})
+            result = await run_attempt(definition, ctx, thread_token)
+        self.post(result)
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:
@@ -539,13 +709,21 @@ class Runner:
             # same batch of messages that started it): its code must not run at all.
             await trio.lowlevel.checkpoint_if_cancelled()
             ctx = step_context(self.workflow, self.instance, key, attempt)
-            if self.engine.telemetry.enabled:
-                self.started[key] = trio.current_time()
-                self.emit("step.start", key, metadata={"attempt": attempt})
-            result = await run_attempt(self.workflow.steps[key], ctx)
+            definition = self.workflow.steps[key]
+            async with self.engine.limiters.hold(definition) as thread_token:
+                if self.engine.telemetry.enabled:
+                    self.started[key] = trio.current_time()
+                    self.emit("step.start", key, metadata={"attempt": attempt})
+                result = await run_attempt(definition, ctx, thread_token)
             if self.scopes.get(key) is scope:
                 del self.scopes[key]
             self.post(result)
+
+    def post_wake(self) -> None:
+        """Wake the runner loop without a message to apply (:data:`WAKE`)."""
+        mailbox = self.entry.mailbox
+        assert mailbox is not None
+        mailbox.put(WAKE)
 
     def post(self, event: Input) -> None:
         mailbox = self.entry.mailbox
@@ -564,7 +742,7 @@ class Runner:
     ) -> None:
         self.engine.telemetry.emit(
             name,
-            instance_id=self.instance.id,
+            instance_id=self.entry.id,
             workflow=self.workflow.name,
             step=step,
             measurements=measurements,

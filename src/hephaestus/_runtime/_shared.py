@@ -29,6 +29,7 @@ TTL/4, so a lost notification costs latency, never correctness.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -55,9 +56,11 @@ from ..storage._shared import (
     Accepted,
     Answer,
     Claimed,
+    ClaimOne,
     Consumed,
     Finished,
     InboxRequest,
+    InboxRow,
     Lease,
     LeaseLost,
     Notification,
@@ -68,7 +71,8 @@ from ..storage._shared import (
     SharedStorage,
     Wake,
 )
-from ._lease import LeasedStorage, absorbing, answer_value, replying
+from ._claimer import claim_loop
+from ._lease import LeasedStorage, absorbing, answer_value, applying, heartbeat_loop, renew
 from ._mailbox import Message
 from ._registry import Entry, State
 from ._supervisor import drain, stuck_message
@@ -110,6 +114,10 @@ class SharedRuntime:
         self._again: set[str] = set()
         self.claimer_wake = trio.Event()
         """Set when released work may be claimable; the claimer replaces it after each look."""
+        self.claimer_wakes_at = math.inf
+        """When (trio time) the claimer looks next unless woken."""
+        self.renewing = trio.Lock()
+        """Held while the lease is renewed (:func:`._lease.renew`): one renewal at a time."""
 
     @property
     def lease(self) -> Lease:
@@ -123,9 +131,6 @@ class SharedRuntime:
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the heartbeat, the claimer and the listener in the engine's nursery."""
-        from ._claimer import claim_loop
-        from ._lease import heartbeat_loop
-
         nursery.start_soon(heartbeat_loop, self)
         nursery.start_soon(claim_loop, self)
         nursery.start_soon(self._listen_loop)
@@ -138,10 +143,11 @@ class SharedRuntime:
     async def release(self) -> None:
         """End this engine's lease so that others take its instances over at once.
 
-        Called, shielded, when ``open_engine`` exits. A store that cannot be
-        reached is logged: the lease then expires after its TTL instead.
+        Called when ``open_engine`` exits, shielded from cancellation for at
+        most a TTL. A store that cannot be reached in that time is logged: the
+        lease then expires after its TTL instead.
         """
-        with trio.CancelScope(shield=True):
+        with self._bounded_shield():
             try:
                 await self.store.release_engine(self.lease)
             except Exception as exc:
@@ -158,18 +164,19 @@ class SharedRuntime:
     def emit(
         self,
         name: str,
-        instance: Instance | None = None,
+        instance_id: str | None = None,
+        workflow: str | None = None,
         *,
         measurements: dict[str, float] | None = None,
         metadata: dict[str, object] | None = None,
     ) -> None:
-        """Emit a telemetry event about this engine (and ``instance``), if anyone listens."""
+        """Emit a telemetry event about this engine (and an instance), if anyone listens."""
         telemetry = self.engine.telemetry
         if telemetry.enabled:
             telemetry.emit(
                 name,
-                instance_id=None if instance is None else instance.id,
-                workflow=None if instance is None else instance.workflow,
+                instance_id=instance_id,
+                workflow=workflow,
                 measurements=measurements,
                 metadata={"engine": self.engine_id, "epoch": self.lease.epoch, **(metadata or {})},
             )
@@ -189,17 +196,18 @@ class SharedRuntime:
         if previous is not None and previous != self.lease:
             self.emit(
                 "engine.takeover",
-                instance,
+                instance.id,
+                instance.workflow,
                 metadata={"from_engine": previous.engine_id, "from_epoch": previous.epoch},
             )
         held = registry.get(instance.id)
-        if held is not None and held.state in (*_HELD, State.DELETING):
+        if held is not None and held.state in _HELD:
             return held
+        if instance.status.is_terminal or (held is not None and held.state is State.DELETING):
+            return None
         if held is not None:
             del registry[instance.id]  # a stale record (stuck, orphaned): what is stored wins
-        if instance.status.is_terminal:
-            return None
-        engine.recover(instance)
+        engine._recover_instance(instance)
         entry = registry.get(instance.id)
         if entry is None or entry.state not in _HELD:
             if entry is not None:
@@ -216,7 +224,7 @@ class SharedRuntime:
         cannot be stored (the write is fenced).
         """
         engine = self.engine
-        instance_id = entry.instance.id
+        instance_id = entry.id
         first = entry.state is not State.DROPPED
         mine = engine._registry.get(instance_id) in (entry, None)
         if engine._registry.get(instance_id) is entry:
@@ -230,7 +238,8 @@ class SharedRuntime:
             entry.mailbox.put_back([Message(Recover(), fault=cause)])
         if first:
             _log.warning("instance %r dropped by engine %s: %s", instance_id, self.engine_id, cause)
-            self.emit("runner.drop", entry.instance, metadata={"reason": str(cause)})
+            workflow = None if entry.workflow is None else entry.workflow.name
+            self.emit("runner.drop", instance_id, workflow, metadata={"reason": str(cause)})
 
     def drop_all(self, cause: LeaseLost) -> None:
         """Forget every instance this engine holds (its lease expired)."""
@@ -239,7 +248,7 @@ class SharedRuntime:
             if entry.state in _HELD:
                 self.drop(entry, cause)
             elif entry.state is not State.DELETING:
-                del registry[entry.instance.id]
+                del registry[entry.id]
 
     async def let_go(self, entry: Entry) -> None:
         """Release a passivated instance: it leaves the registry and the store unowns it.
@@ -247,34 +256,47 @@ class SharedRuntime:
         Done holding the write token, so no request of this engine is half
         applied meanwhile; if a caller holds it, that caller lets go after.
         An instance with a timer already due is kept (its timer is firing).
+        Cancelled (the engine closing), it keeps the instance: the engine's
+        lease is released on exit anyway.
         """
         engine = self.engine
-        instance = entry.instance
-        if entry.state is not State.PASSIVE or engine._registry.get(instance.id) is not entry:
+        instance_id = entry.id
+        if entry.state is not State.PASSIVE or engine._registry.get(instance_id) is not entry:
             return
-        now = engine.clock.now()
-        if any(timer.deadline <= now for timer in instance.timers):
+        deadlines = list(engine.timers.deadlines(instance_id).values())
+        if any(deadline <= engine.clock.now() for deadline in deadlines):
             return
         if not entry.token.try_acquire():
             return
         try:
-            with trio.CancelScope(shield=True):
-                await self.store.release_instances(self.lease, [instance.id])
+            await self.store.release_instances(self.lease, [instance_id])
         except Exception as exc:
             _log.warning(
                 "engine %s could not release instance %r (%s: %s); it keeps it",
                 self.engine_id,
-                instance.id,
+                instance_id,
                 type(exc).__name__,
                 exc,
             )
             return
         finally:
             entry.token.release()
-        if engine._registry.get(instance.id) is entry and entry.state is State.PASSIVE:
-            del engine._registry[instance.id]
-            engine.timers.disarm_all(instance.id)
+        if engine._registry.get(instance_id) is entry and entry.state is State.PASSIVE:
+            del engine._registry[instance_id]
+            engine.timers.disarm_all(instance_id)
             entry.mark_done(State.FINISHED)
+        if deadlines:
+            self._expect_due(min(deadlines))
+
+    def _expect_due(self, deadline: float) -> None:
+        """Wake the claimer early if a timer of an instance let go falls due before it looks.
+
+        The other engines learn of it at their next look (``next_due``); this
+        one knows now, so the timer fires on time, claimed here or elsewhere.
+        """
+        wake = trio.current_time() + (deadline - self.engine.clock.now())
+        if wake < self.claimer_wakes_at:
+            self.claimer_wake.set()
 
     async def claim_finished(self, workflow: Workflow, stored: Instance) -> None:
         """Claim a finished instance that ``start`` is about to replace.
@@ -282,12 +304,26 @@ class SharedRuntime:
         Raises:
             AlreadyRunning: another live engine holds it (it is being started there).
         """
-        one = await self.store.claim_instance(self.lease, stored.id)
+        one = await self.claim_instance(stored.id)
         if one.owner is not None:
             raise AlreadyRunning(
                 f"instance {stored.id!r} is being started or run by engine "
                 f"{one.owner.engine_id}; wait for it to finish or cancel it first"
             )
+
+    async def claim_instance(self, instance_id: str) -> ClaimOne:
+        """Claim ``instance_id`` for this engine; a lease found expired is renewed first.
+
+        Raises:
+            LeaseLost: the lease could not be renewed.
+            Exception: the store's error.
+        """
+        seen = self.lease
+        try:
+            return await self.store.claim_instance(seen, instance_id)
+        except LeaseLost:
+            await renew(self, seen)  # paused past the TTL: drop everything, new epoch
+        return await self.store.claim_instance(self.lease, instance_id)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -306,17 +342,17 @@ class SharedRuntime:
             entry = engine._registry.get(instance_id)
             if entry is not None and entry.state in (*_HELD, State.STUCK, State.ORPHAN):
                 try:
-                    reply = await engine.request_here(instance_id, event)
+                    reply = await engine._request_here(instance_id, event)
                 except LeaseLost:
                     self._drop_if_held(instance_id)
                     continue  # someone else holds it now: route it again
                 await self._let_go_if_passive(instance_id)
                 return reply
-            one = await self.store.claim_instance(self.lease, instance_id)
+            one = await self.claim_instance(instance_id)
             if one.claimed is not None:
                 if self.adopt(one.claimed) is None:
                     await self._release([instance_id])
-                    return await engine.request_here(instance_id, event)  # answers from storage
+                    return await engine._request_here(instance_id, event)  # answers from storage
                 self.engine._nursery.start_soon(self.serve_inbox, instance_id)
                 continue
             if one.owner is not None:
@@ -335,12 +371,12 @@ class SharedRuntime:
         engine._check_open()
         entry = engine._registry.get(instance_id)
         if entry is not None and entry.state in (*_HELD, State.DELETING):
-            await engine.retry_here(instance_id)  # active here: it refuses, or waits to finish
+            await engine._retry_here(instance_id)  # active here: it refuses, or waits to finish
             return
-        one = await self.store.claim_instance(self.lease, instance_id)
+        one = await self.claim_instance(instance_id)
         if one.claimed is not None:
             try:
-                await engine.retry_here(instance_id)
+                await engine._retry_here(instance_id)
             except BaseException:
                 if engine._registry.get(instance_id) is None:
                     await self._release([instance_id])
@@ -358,7 +394,9 @@ class SharedRuntime:
         dedupe key), so a caller that repeats the call after this engine died
         appends nothing new. While the answer is missing, the owner is woken
         again every poll; if no live engine holds the instance any more, this
-        engine claims it and applies the pending rows itself.
+        engine claims it and applies the pending rows itself. A caller
+        cancelled once the row is appended does not hear the answer, but the
+        request stays in the inbox and is applied: it was persisted.
 
         Raises:
             the owner's answer, as the ``hx`` exception it names.
@@ -382,7 +420,7 @@ class SharedRuntime:
             owner = appended.owner
             while row.answer is None:
                 if owner is None:
-                    one = await self.store.claim_instance(self.lease, instance_id)
+                    one = await self.claim_instance(instance_id)
                     if one.claimed is not None:
                         if self.adopt(one.claimed) is None:
                             await self.serve_unheld(instance_id)
@@ -390,25 +428,30 @@ class SharedRuntime:
                             await self.serve_inbox(instance_id)
                     elif one.owner is None:
                         raise InstanceNotFound(f"no instance with id {instance_id!r}")
-                else:
-                    with trio.move_on_after(self.poll):
-                        await replied.wait()
+                elif owner == self.lease:
+                    await self.serve_inbox(instance_id)  # serving already: it looks again
+                row = await self._row(instance_id, request_id)
+                if row.answer is not None:
+                    break
+                with trio.move_on_after(self.poll):
+                    await replied.wait()
                 engine._check_open()
-                found = await self.store.get_request(instance_id, request_id)
-                if found is None:
-                    raise InstanceNotFound(f"instance {instance_id!r} was deleted")
-                row = found
+                row = await self._row(instance_id, request_id)
                 if row.answer is None:
                     owner = await self.store.owner_of(instance_id)
-                    if owner is not None and owner != self.lease:
+                    if owner is not None and owner != self.lease:  # a lost wake-up, maybe
                         wake = Wake(engine_id=owner.engine_id, instance_id=instance_id)
                         await self.store.notify(wake)
-                    elif owner == self.lease:
-                        owner = None  # ours now (claimed above, or adopted meanwhile): serve it
             return _unwrap(row.answer)
         finally:
             if self._replies.get(request_id) is replied:
                 del self._replies[request_id]
+
+    async def _row(self, instance_id: str, request_id: str) -> InboxRow:
+        found = await self.store.get_request(instance_id, request_id)
+        if found is None:
+            raise InstanceNotFound(f"instance {instance_id!r} was deleted")
+        return found
 
     async def serve_inbox(self, instance_id: str) -> None:
         """Apply the pending inbox rows of an instance this engine holds, oldest first.
@@ -456,14 +499,14 @@ class SharedRuntime:
         if held and (entry is None or entry.state not in _HELD):
             return False
         answer: Answer
-        with absorbing(instance_id, request.request_id) as absorb:
+        with absorbing(instance_id, request.request_id, request.request) as absorb:
             try:
                 if isinstance(request.request, RetryInput):
-                    with replying(None):
-                        await engine.retry_here(instance_id)
+                    with applying(request.request, None):  # retry stores in this task
+                        await engine._retry_here(instance_id)
                     answer = Accepted()
                 else:
-                    reply = await engine.request_here(instance_id, request.request)
+                    reply = await engine._request_here(instance_id, request.request)
                     answer = Accepted(value=answer_value(reply))
             except LeaseLost:
                 self._drop_if_held(instance_id)
@@ -481,11 +524,40 @@ class SharedRuntime:
                 return False
         return True
 
+    async def serve_owned(self, instance_id: str) -> None:
+        """Serve the inbox of an instance the store says this engine owns.
+
+        One this engine does not hold in its registry (it lost track of it
+        after a failed write) is claimed back and recovered first. Never
+        raises: it runs as a task of the engine's nursery.
+        """
+        entry = self.engine._registry.get(instance_id)
+        if entry is not None and entry.state in _HELD:
+            await self.serve_inbox(instance_id)
+            return
+        try:
+            one = await self.claim_instance(instance_id)
+        except Exception as exc:
+            _log.warning(
+                "engine %s could not claim %r back (%s: %s)",
+                self.engine_id,
+                instance_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if one.claimed is None:
+            return
+        if self.adopt(one.claimed) is None:
+            await self.serve_unheld(instance_id)
+        else:
+            await self.serve_inbox(instance_id)
+
     async def serve_unheld(self, instance_id: str) -> None:
         """Answer the pending rows of a claimed instance this engine does not run; release it.
 
         A finished instance (or one of a workflow this engine lacks) answers
-        from what is stored, as :meth:`Engine.request_here` does; ``retry`` of
+        from what is stored, as :meth:`Engine._request_here` does; ``retry`` of
         a failed one runs it here. Never raises (a storage error is logged and
         leaves the rows pending).
         """
@@ -511,6 +583,7 @@ class SharedRuntime:
         """Return the instance once it is terminal, wherever it runs.
 
         Woken by the store's ``Finished`` notification, and polls every TTL/4.
+        Cancelling it changes nothing.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -524,10 +597,10 @@ class SharedRuntime:
             entry = engine._registry.get(instance_id)
             if entry is not None and entry.state is State.STUCK:
                 raise RunnerFailed(stuck_message(engine, entry))
-            if entry is not None and entry.state in _HELD:
-                instance = detached_instance(entry.instance)
+            if entry is not None and entry.snapshot is not None and entry.state in _HELD:
+                instance = detached_instance(entry.snapshot)
             else:
-                instance = await engine._load(instance_id)
+                instance = await engine._load(instance_id)  # or passivated: in storage
             if instance.status.is_terminal:
                 return instance
             with trio.move_on_after(self.poll):
@@ -585,8 +658,12 @@ class SharedRuntime:
         if entry is not None and entry.state is State.PASSIVE:
             await self.let_go(entry)
 
+    def _bounded_shield(self) -> trio.CancelScope:
+        """A scope shielded from cancellation for at most a TTL (a store that hangs ends it)."""
+        return trio.CancelScope(shield=True, deadline=trio.current_time() + self.store.lease_ttl)
+
     async def _release(self, instance_ids: list[str]) -> None:
-        with trio.CancelScope(shield=True):
+        with self._bounded_shield():
             try:
                 await self.store.release_instances(self.lease, instance_ids)
             except Exception as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -11,15 +11,22 @@ from .._core._errors import StepTimeout
 from .._core._outcome import failed, outcome
 from .._core._steps import Step, StepContext
 
+if TYPE_CHECKING:
+    from ._limiters import ThreadToken
+
 # Exceptions that stop more than the step: trio's cancellation, and the interpreter
 # being asked to stop. Everything else a step raises is that step's failure.
 _PROPAGATE = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 
 
-async def run_attempt(step: Step, ctx: StepContext) -> StepSucceeded | StepFailed | StepSuspended:
+async def run_attempt(
+    step: Step, ctx: StepContext, thread_token: ThreadToken | None = None
+) -> StepSucceeded | StepFailed | StepSuspended:
     """Run one attempt of ``step`` and report its outcome; never raises for step errors.
 
-    Async steps are awaited here; plain functions run in a worker thread. What
+    Async steps are awaited here; plain functions run in a worker thread, which
+    takes ``thread_token`` (the step's limiter token, see :mod:`._limiters`)
+    when one is given, to give it back when the thread ends. What
     the step returns is classified by the core (:func:`outcome`). Any exception
     from step code, ``BaseException`` subclasses included, fails the attempt;
     an attempt that exceeds ``step.timeout`` fails with :class:`StepTimeout`.
@@ -32,9 +39,11 @@ async def run_attempt(step: Step, ctx: StepContext) -> StepSucceeded | StepFaile
     """
     try:
         if step.timeout is None:
-            return outcome(step, ctx.attempt, await _call(step, ctx))
+            if step.is_async:  # the common case, one frame less
+                return outcome(step, ctx.attempt, await step.fn(ctx))  # type: ignore[misc]
+            return outcome(step, ctx.attempt, await _call(step, ctx, thread_token))
         with trio.move_on_after(step.timeout):
-            return outcome(step, ctx.attempt, await _call(step, ctx))
+            return outcome(step, ctx.attempt, await _call(step, ctx, thread_token))
         return failed(
             step,
             ctx.attempt,
@@ -54,7 +63,12 @@ def _must_propagate(exc: BaseException) -> bool:
     return isinstance(exc, _PROPAGATE)
 
 
-async def _call(step: Step, ctx: StepContext) -> Any:
+async def _call(step: Step, ctx: StepContext, thread_token: ThreadToken | None) -> Any:
     if step.is_async:
         return await step.fn(ctx)  # type: ignore[misc]
-    return await trio.to_thread.run_sync(step.fn, ctx, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(
+        step.fn,
+        ctx,
+        abandon_on_cancel=True,
+        limiter=thread_token,  # type: ignore[arg-type]  # duck-typed: see ThreadToken
+    )

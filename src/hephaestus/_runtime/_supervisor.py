@@ -52,7 +52,7 @@ _log = logging.getLogger("hephaestus.engine")
 def stuck_message(engine: Engine, entry: Entry) -> str:
     """What ``wait`` and requests answer for an instance left ``STUCK``."""
     return (
-        f"instance {entry.instance.id!r} stopped after its runner crashed more than "
+        f"instance {entry.id!r} stopped after its runner crashed more than "
         f"{engine.max_restarts} times in {engine.restart_window} s; it is left as stored "
         "and is recovered by the next open_engine on this storage"
     )
@@ -66,7 +66,7 @@ def drain(engine: Engine, entry: Entry, error: Exception) -> None:
     for message in _take_all(mailbox):
         if message.reply is None:
             continue
-        if entry.instance.status.is_terminal and entry.workflow is not None:
+        if entry.status.is_terminal and entry.workflow is not None:
             try:
                 outcome = apply(entry.workflow, entry.instance, message.input, engine.clock.now())
             except EventRejected as exc:
@@ -93,11 +93,13 @@ async def supervise(
     crashes: list[float] = []
     commands: Sequence[Command] = first_commands
     try:
+        if entry.snapshot is None and not await _wake(engine, entry, workflow, mailbox):
+            return
         while True:
             if engine.telemetry.enabled and announce:
                 engine.telemetry.emit(
                     "runner.init",
-                    instance_id=entry.instance.id,
+                    instance_id=entry.id,
                     workflow=workflow.name,
                     metadata={"version": workflow.version, "restarts": len(crashes)},
                 )
@@ -106,9 +108,9 @@ async def supervise(
                 await runner.run(commands)
                 if runner.passivated:
                     if mailbox.empty():
-                        entry.state = (
-                            State.PASSIVE  # its timers stay armed; a request or one wakes it
-                        )
+                        # Its timers stay armed; a request or one of them wakes it.
+                        entry.state = State.PASSIVE
+                        entry.passivate()
                         if engine.shared is not None:
                             await engine.shared.let_go(entry)
                         return
@@ -117,7 +119,7 @@ async def supervise(
                 break
             except Exception as exc:
                 # The next runner re-arms what is stored (Recover); nothing fires meanwhile.
-                engine.timers.disarm_all(entry.instance.id)
+                engine.timers.disarm_all(entry.id)
                 # The runner's nursery wraps what broke it: report that, not the group.
                 cause: BaseException = exc
                 while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
@@ -144,10 +146,10 @@ async def supervise(
                     # Recover must be the first message the new runner sees (and only once).
                     queued = [m for m in _take_all(mailbox) if not isinstance(m.input, Recover)]
                     replaced = False
-            stored = await _reload(engine, entry)
+            stored = await reload(engine, entry)
             if replaced:
-                _report_replaced(engine, entry, workflow, cause, stored)
-            if not _continues(engine, entry, workflow, stored, queued):
+                report_replaced(engine, entry, workflow, cause, stored)
+            if not continues(engine, entry, workflow, stored, queued):
                 return
             commands = ()
             for message in [Message(Recover()), *queued]:
@@ -155,28 +157,54 @@ async def supervise(
             if engine.telemetry.enabled and not replaced:
                 engine.telemetry.emit(
                     "runner.restart",
-                    instance_id=entry.instance.id,
+                    instance_id=entry.id,
                     workflow=workflow.name,
                     metadata={"crashes": len(crashes)},
                 )
-        if engine._registry.get(entry.instance.id) is entry:
-            del engine._registry[entry.instance.id]
+        if engine._registry.get(entry.id) is entry:
+            del engine._registry[entry.id]
         entry.mark_done(State.FINISHED)
-        drain(engine, entry, EngineClosed("instance finished"))
+        if not mailbox.empty():
+            drain(engine, entry, EngineClosed("instance finished"))
     finally:
-        if entry.state is not State.PASSIVE and engine._registry.get(entry.instance.id) in (
-            entry,
-            None,
-        ):
-            engine.timers.disarm_all(entry.instance.id)
+        if entry.state is not State.PASSIVE and engine._registry.get(entry.id) in (entry, None):
+            engine.timers.disarm_all(entry.id)
         if entry.state is State.LIVE:  # the engine is closing
             if entry.finished is not None:
                 entry.finished.set()  # wait() callers outside the engine get EngineClosed
             drain(
                 engine,
                 entry,
-                EngineClosed(f"the engine closed before instance {entry.instance.id!r} answered"),
+                EngineClosed(f"the engine closed before instance {entry.id!r} answered"),
             )
+
+
+async def _wake(engine: Engine, entry: Entry, workflow: Workflow, mailbox: Mailbox) -> bool:
+    """Load the snapshot of an entry woken from its index record; False if nothing runs it.
+
+    What is stored wins: if it is not what the record names (changed or
+    deleted under the engine) that is reported once, its timers are re-armed
+    from what is stored, and only callers' requests carry over. ``Recover`` is
+    the runner's first message.
+    """
+    stored = await reload(engine, entry)
+    queued = _take_all(mailbox)
+    if stored is None or stored.revision != entry.revision:
+        report_replaced(
+            engine,
+            entry,
+            workflow,
+            f"instance {entry.id!r} is not at revision {entry.revision} in storage",
+            stored,
+            expected=entry.revision,
+        )
+        engine.timers.disarm_all(entry.id)
+        queued = [message for message in queued if message.reply is not None]
+    if not continues(engine, entry, workflow, stored, queued):
+        return False
+    for message in [Message(Recover()), *queued]:
+        mailbox.put(message)
+    return True
 
 
 def _report_crash(
@@ -189,7 +217,7 @@ def _report_crash(
 ) -> None:
     _log.error(
         "runner of instance %r crashed (%d in %.1f s)",
-        entry.instance.id,
+        entry.id,
         crashes,
         engine.restart_window,
         exc_info=exc,
@@ -197,18 +225,18 @@ def _report_crash(
     if engine.telemetry.enabled:
         engine.telemetry.emit(
             "runner.crash",
-            instance_id=entry.instance.id,
+            instance_id=entry.id,
             workflow=workflow.name,
             metadata={"error": type(cause).__name__, "message": str(cause), "crashes": crashes},
         )
 
 
-async def _reload(engine: Engine, entry: Entry) -> Instance | None:
+async def reload(engine: Engine, entry: Entry) -> Instance | None:
     """Read the instance's stored snapshot, retrying a failing storage with backoff.
 
     Returns None when nothing (readable) is stored under its id any more.
     """
-    instance_id = entry.instance.id
+    instance_id = entry.id
     delay = RETRY_FIRST
     failures = 0
     while True:
@@ -229,7 +257,7 @@ async def _reload(engine: Engine, entry: Entry) -> Instance | None:
                 engine.telemetry.emit(
                     "storage.error",
                     instance_id=instance_id,
-                    workflow=entry.instance.workflow,
+                    workflow=entry.workflow.name if entry.workflow is not None else None,
                     metadata={
                         "operation": "get",
                         "error": type(exc).__name__,
@@ -242,11 +270,20 @@ async def _reload(engine: Engine, entry: Entry) -> Instance | None:
             delay = min(delay * 2, RETRY_MAX)
 
 
-def _report_replaced(
-    engine: Engine, entry: Entry, workflow: Workflow, cause: BaseException, stored: Instance | None
+def report_replaced(
+    engine: Engine,
+    entry: Entry,
+    workflow: Workflow,
+    cause: BaseException | str,
+    stored: Instance | None,
+    expected: int | None = None,
 ) -> None:
-    """Say once that the snapshot changed or vanished under the running instance."""
-    expected = entry.instance.revision
+    """Say once that the snapshot changed or vanished under the instance.
+
+    ``expected`` is the revision this engine wrote last (default: the entry's).
+    """
+    if expected is None:
+        expected = entry.revision
     if stored is None:
         what = "was deleted from storage; this engine stops running it"
     else:
@@ -254,11 +291,11 @@ def _report_replaced(
             f"was replaced in storage (revision {stored.revision}, this engine wrote "
             f"{expected}); going on from the stored snapshot"
         )
-    _log.warning("snapshot of instance %r %s", entry.instance.id, what)
+    _log.warning("snapshot of instance %r %s", entry.id, what)
     if engine.telemetry.enabled:
         engine.telemetry.emit(
             "storage.error",
-            instance_id=entry.instance.id,
+            instance_id=entry.id,
             workflow=workflow.name,
             metadata={
                 "operation": "put",
@@ -271,7 +308,7 @@ def _report_replaced(
         )
 
 
-def _continues(
+def continues(
     engine: Engine,
     entry: Entry,
     workflow: Workflow,
@@ -279,7 +316,7 @@ def _continues(
     queued: Sequence[Message],
 ) -> bool:
     """Adopt ``stored`` for the next runner; False (and ``entry`` closed) if none can run it."""
-    instance_id = entry.instance.id
+    instance_id = entry.id
     if stored is None:
         if engine._registry.get(instance_id) is entry:
             del engine._registry[instance_id]

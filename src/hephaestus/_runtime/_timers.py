@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections.abc import Callable
 from typing import final
 
@@ -49,7 +50,8 @@ class TimerService:
         self._clock = clock
         self._deliver = deliver
         self._heap: list[tuple[float, int, str, str]] = []
-        self._armed: dict[str, dict[str, float]] = {}
+        self._armed: dict[str, tuple[str, float] | dict[str, float]] = {}
+        """Per instance: its one armed timer as (timer id, deadline), or a dict of several."""
         self._count = 0
         self._seq = 0
         self._sleeping_on: tuple[float, int] | None = None
@@ -64,10 +66,23 @@ class TimerService:
 
         Arming a timer that is already armed moves it to the new deadline.
         """
-        timers = self._armed.setdefault(instance_id, {})
-        if timer_id not in timers:
+        timer_id = sys.intern(timer_id)  # "t1", "t2"...: one string for every instance
+        armed = self._armed
+        held = armed.get(instance_id)
+        if held is None:
+            armed[instance_id] = (timer_id, deadline)
             self._count += 1
-        timers[timer_id] = deadline
+        elif type(held) is tuple:
+            if held[0] == timer_id:
+                armed[instance_id] = (timer_id, deadline)
+            else:
+                armed[instance_id] = {held[0]: held[1], timer_id: deadline}
+                self._count += 1
+        else:
+            assert isinstance(held, dict)
+            if timer_id not in held:
+                self._count += 1
+            held[timer_id] = deadline
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, instance_id, timer_id))
         sleeping_on = self._sleeping_on
@@ -76,24 +91,25 @@ class TimerService:
 
     def disarm(self, instance_id: str, timer_id: str) -> None:
         """Forget ``timer_id`` of ``instance_id``; nothing happens if it is not armed."""
-        timers = self._armed.get(instance_id)
-        if timers is None or timers.pop(timer_id, None) is None:
-            return
-        self._count -= 1
-        if not timers:
-            del self._armed[instance_id]
-        self._poke_if_head_dead()
+        if self._forget(instance_id, timer_id) is not None:
+            self._poke_if_head_dead()
 
     def disarm_all(self, instance_id: str) -> None:
         """Forget every timer of ``instance_id``."""
-        timers = self._armed.pop(instance_id, None)
-        if timers is not None:
-            self._count -= len(timers)
+        held = self._armed.pop(instance_id, None)
+        if held is not None:
+            self._count -= 1 if type(held) is tuple else len(held)
             self._poke_if_head_dead()
 
     def deadlines(self, instance_id: str) -> dict[str, float]:
         """The armed timers of ``instance_id``: timer id -> deadline (a copy)."""
-        return dict(self._armed.get(instance_id, {}))
+        held = self._armed.get(instance_id)
+        if held is None:
+            return {}
+        if type(held) is tuple:
+            return {held[0]: held[1]}
+        assert isinstance(held, dict)
+        return dict(held)
 
     async def run(self) -> None:
         """Fire due timers until cancelled; never returns.
@@ -122,17 +138,43 @@ class TimerService:
     # -- internals -----------------------------------------------------------------------------
 
     def _fire(self, instance_id: str, timer_id: str) -> None:
-        timers = self._armed[instance_id]
-        del timers[timer_id]
-        self._count -= 1
-        if not timers:
-            del self._armed[instance_id]
+        self._forget(instance_id, timer_id)
         self._deliver(instance_id, timer_id)
+
+    def _forget(self, instance_id: str, timer_id: str) -> float | None:
+        """Drop one armed timer; return its deadline, or None if it was not armed."""
+        armed = self._armed
+        held = armed.get(instance_id)
+        if held is None:
+            return None
+        if type(held) is tuple:
+            if held[0] != timer_id:
+                return None
+            del armed[instance_id]
+            self._count -= 1
+            return held[1]
+        assert isinstance(held, dict)
+        deadline = held.pop(timer_id, None)
+        if deadline is None:
+            return None
+        self._count -= 1
+        if len(held) == 1:
+            ((left, when),) = held.items()
+            armed[instance_id] = (left, when)
+        return deadline
+
+    def _deadline(self, instance_id: str, timer_id: str) -> float | None:
+        held = self._armed.get(instance_id)
+        if held is None:
+            return None
+        if type(held) is tuple:
+            return held[1] if held[0] == timer_id else None
+        assert isinstance(held, dict)
+        return held.get(timer_id)
 
     def _is_live(self, entry: tuple[float, int, str, str]) -> bool:
         deadline, _, instance_id, timer_id = entry
-        timers = self._armed.get(instance_id)
-        return timers is not None and timers.get(timer_id) == deadline
+        return self._deadline(instance_id, timer_id) == deadline
 
     def _drop_dead_heads(self) -> None:
         heap = self._heap

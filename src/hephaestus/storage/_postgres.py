@@ -573,6 +573,17 @@ class PostgresStorage(StorageBase):
             return []
         return await self._call(_shared.pending_requests, instance_id)
 
+    async def pending_instances(self, lease: Lease) -> list[str]:
+        """Ids of the instances ``lease`` owns that have unconsumed inbox rows (the owner's poll).
+
+        Answered from the partial index of pending rows.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_open()
+        return await self._call(_shared.pending_instances, lease)
+
     async def get_request(self, instance_id: str, request_id: str) -> InboxRow | None:
         """The inbox row ``(instance_id, request_id)``, consumed or not, or None.
 

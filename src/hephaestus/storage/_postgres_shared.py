@@ -526,6 +526,17 @@ def pending_requests(conn: Any, instance_id: str) -> list[InboxRow]:
     return [_inbox_row(*row) for row in rows]
 
 
+def pending_instances(conn: Any, lease: Lease) -> list[str]:
+    """Ids of instances ``lease`` owns that have unconsumed inbox rows, by id."""
+    rows = conn.execute(
+        "SELECT DISTINCT b.instance_id FROM hx_inbox b JOIN hx_instances i "
+        "ON i.id = b.instance_id WHERE NOT b.consumed AND i.owner_id = %s "
+        "AND i.owner_epoch = %s ORDER BY b.instance_id",
+        (lease.engine_id, lease.epoch),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
 def get_request(conn: Any, instance_id: str, request_id: str) -> InboxRow | None:
     """The inbox row ``(instance_id, request_id)``, or None."""
     row = conn.execute(

@@ -49,6 +49,14 @@ announce can be read back from the store (``get``, ``get_request``,
 announce (PostgreSQL's ``NOTIFY`` inside the transaction is delivered on
 commit), so that a reader who is woken finds the change already visible.
 
+One optional method, used when a store has it: ``pending_instances(lease)
+-> list[str]``, the ids of instances owned by ``lease`` that have unconsumed
+inbox rows (``SELECT DISTINCT i.instance_id FROM inbox i JOIN instances s ON
+s.id = i.instance_id WHERE NOT i.consumed AND s.owner_id = $1 AND
+s.owner_epoch = $2``). The owner polls it every TTL/4, so a request whose
+:class:`Wake` was lost is still served within that time; without it, such a
+request waits until its instance is released or its owner's lease ends.
+
 Everything here is async and, like :class:`Storage`, works only between
 ``aopen()`` and ``aclose()``; cancelling a call may or may not leave its
 change committed (as with ``put``), which is why every change is either
@@ -369,7 +377,7 @@ class SharedStorage(Protocol):
         The row stays (with a heartbeat far in the past), so the next
         :meth:`register` of the same id still gets a higher epoch.
 
-        Sends :class:`Runnable` when any released instance can be claimed, so
+        Sends :class:`Runnable` when any released instance has work now, so
         other engines take over at once rather than after a TTL. Releasing a
         lease that is no longer live, or twice, is harmless.
         """
@@ -385,6 +393,24 @@ class SharedStorage(Protocol):
         ``owner = lease``; nothing else changes. Rows another transaction is
         claiming are skipped (``FOR UPDATE SKIP LOCKED``), never waited for.
         Returns the claimed instances (by id) and ``next_due``.
+
+        In SQL (one transaction; ``$ttl`` the TTL, deadlines in epoch seconds)::
+
+            WITH picked AS (
+              SELECT i.id, i.owner_id AS old_id, i.owner_epoch AS old_epoch
+              FROM instances i
+              WHERE NOT EXISTS (SELECT 1 FROM engines e
+                                WHERE e.engine_id = i.owner_id AND e.epoch = i.owner_epoch
+                                  AND e.heartbeat_at > now() - $ttl)
+                AND (i.status = 'running'
+                     OR i.next_deadline <= extract(epoch FROM now())
+                     OR EXISTS (SELECT 1 FROM inbox b
+                                WHERE b.instance_id = i.id AND NOT b.consumed))
+              ORDER BY i.id LIMIT $limit
+              FOR UPDATE OF i SKIP LOCKED)
+            UPDATE instances s SET owner_id = $engine, owner_epoch = $epoch
+            FROM picked WHERE s.id = picked.id
+            RETURNING s.snapshot, s.revision, picked.old_id, picked.old_epoch
 
         Raises:
             LeaseLost: when ``lease`` is not live (the caller heartbeats
@@ -442,7 +468,10 @@ class SharedStorage(Protocol):
         """Set the owner of each of ``instance_ids`` that ``lease`` owns to null.
 
         Ids owned by someone else, or by nobody, or unknown, are skipped. Sends
-        :class:`Runnable` when a released instance has work.
+        :class:`Runnable` when a released instance has work now (RUNNING, a
+        deadline passed, unconsumed inbox rows); not for a deadline to come,
+        which claimers learn from ``next_due`` (a broadcast per passivated
+        instance would make every engine claim each time).
         """
         ...
 

@@ -11,6 +11,7 @@ without yielding, so each call is one atomic transaction, as in PostgreSQL.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import itertools
 import math
@@ -351,6 +352,17 @@ class MemorySharedStorage(StorageBase):
         await self._enter()
         return self._inbox.get(instance_id, {}).get(request_id)
 
+    async def pending_instances(self, lease: Lease) -> list[str]:
+        """Return the ids of instances ``lease`` owns that have unconsumed inbox rows, by id."""
+        await self._enter()
+        return sorted(
+            iid
+            for iid in self._inbox
+            if (row := self._rows.get(iid)) is not None
+            and row.owner == lease
+            and self._has_pending(iid)
+        )
+
     # --- notifications ------------------------------------------------------------------------
 
     async def notify(self, note: Notification) -> None:
@@ -456,12 +468,14 @@ class MemorySharedStorage(StorageBase):
         return row.status is Status.RUNNING or self._has_pending(instance_id)
 
     def _release(self, instance_ids: Sequence[str]) -> None:
+        now = self.now()
         work = False
         for iid in instance_ids:
             row = self._rows[iid]
             row.owner = None
-            work = work or self._has_work(iid, row) or row.next_deadline is not None
-        if work:
+            due = row.next_deadline is not None and row.next_deadline <= now
+            work = work or due or self._has_work(iid, row)
+        if work:  # work for later is found by the claimers' next look (next_due)
             self._send(Runnable())
 
     def _consume(self, instance_id: str, consumed: Sequence[Consumed]) -> None:
@@ -504,7 +518,8 @@ class MemorySharedConnection:
     heartbeat stops, until :meth:`resume`), :meth:`kill` (SIGKILL: every
     call from now on raises :class:`ConnectionKilled`), or
     :meth:`kill_after` a call of a given method has been committed (a
-    process that dies between the commit and its reply).
+    process that dies between the commit and its reply); :meth:`fail_next`
+    makes one call fail as a flaky database would.
     """
 
     def __init__(self, store: MemorySharedStorage) -> None:
@@ -512,6 +527,11 @@ class MemorySharedConnection:
         self._resumed: trio.Event | None = None
         self._killed = False
         self._kill_after: str | None = None
+        self._fail_next: str | None = None
+        self.calls: collections.Counter[str] = collections.Counter()
+        """How often each method went through, by name (a test control)."""
+        self.deaf = False
+        """True: subscriptions made from now on receive no notifications (lost wake-ups)."""
 
     @property
     def lease_ttl(self) -> float:
@@ -549,13 +569,25 @@ class MemorySharedConnection:
             self._resumed.set()
             self._resumed = None
 
+    @property
+    def killed(self) -> bool:
+        """Whether the connection was killed (:meth:`kill`, or a :meth:`kill_after` that struck)."""
+        return self._killed
+
     def kill(self) -> None:
         """Refuse every call from now on, as if the process were gone."""
         self._killed = True
         self.resume()
 
-    def kill_after(self, method: str) -> None:
-        """Let the next call of ``method`` commit, then kill the connection before it returns."""
+    def fail_next(self, method: str) -> None:
+        """Make the next call of ``method`` raise ``OSError`` without reaching the store."""
+        self._fail_next = method
+
+    def kill_after(self, method: str | None) -> None:
+        """Let the next call of ``method`` commit, then kill the connection before it returns.
+
+        ``None`` takes back an earlier ``kill_after`` that has not struck yet.
+        """
         self._kill_after = method
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -563,7 +595,11 @@ class MemorySharedConnection:
             await self._resumed.wait()
         if self._killed:
             raise ConnectionKilled(f"the connection was killed (calling {name})")
+        if self._fail_next == name:
+            self._fail_next = None
+            raise OSError(f"injected fault: {name} did not reach the store")
         result = await getattr(self.store, name)(*args, **kwargs)
+        self.calls[name] += 1
         if self._kill_after == name:
             self._kill_after = None
             self.kill()
@@ -680,6 +716,11 @@ class MemorySharedConnection:
         row: InboxRow | None = await self._call("get_request", instance_id, request_id)
         return row
 
+    async def pending_instances(self, lease: Lease) -> list[str]:
+        """See :meth:`MemorySharedStorage.pending_instances`."""
+        ids: list[str] = await self._call("pending_instances", lease)
+        return ids
+
     async def notify(self, note: Notification) -> None:
         """See :meth:`MemorySharedStorage.notify`."""
         await self._call("notify", note)
@@ -687,5 +728,13 @@ class MemorySharedConnection:
     def listen(
         self, engine_id: str
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Notification]]:
-        """See :meth:`MemorySharedStorage.listen`."""
+        """See :meth:`MemorySharedStorage.listen`; nothing arrives while the connection is deaf."""
+        if self.deaf:
+            return self._silence()
         return self.store.listen(engine_id)
+
+    @asynccontextmanager
+    async def _silence(self) -> AsyncIterator[trio.abc.ReceiveChannel[Notification]]:
+        send, receive = trio.open_memory_channel[Notification](0)
+        async with send, receive:
+            yield receive

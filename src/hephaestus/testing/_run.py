@@ -15,6 +15,7 @@ from .._core._model import Instance, Status
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._runtime._engine import Engine
+from .._runtime._limiters import unlimited
 from .._runtime._open import open_engine
 from .._telemetry import TelemetryEvent
 from ._clock import VirtualClock
@@ -295,6 +296,7 @@ class _Driver:
                         storage=storage,
                         clock=clock,
                         telemetry=self.record,
+                        limiters=unlimited(self.workflow),
                     ) as engine:
                         final = await self.serve(engine, nursery)
                 except WorkflowStuck as exc:

@@ -74,6 +74,7 @@ def with_overrides(workflow: Workflow, overrides: Mapping[str, StepOverride]) ->
             events=original.events,
             retry=original.retry,
             timeout=original.timeout,
+            limiter=original.limiter,
         )
 
     def target(key: str, config: dict[str, Any] | None) -> Step | Target:
