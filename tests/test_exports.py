@@ -15,6 +15,7 @@ API_NAMES = [
     "Retry",
     "Wait",
     "WaitForEvent",
+    "SubWorkflow",
     "Done",
     "Target",
     "Route",

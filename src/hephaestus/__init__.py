@@ -43,6 +43,7 @@ from ._core._steps import Target as Target
 from ._core._steps import Wait as Wait
 from ._core._steps import WaitForEvent as WaitForEvent
 from ._core._steps import step as step
+from ._core._subworkflow import SubWorkflow as SubWorkflow
 from ._core._workflow import Workflow as Workflow
 from ._runtime._engine import Engine as Engine
 from ._runtime._open import open_engine as open_engine
@@ -68,6 +69,7 @@ __all__ = [
     "Retry",
     "Wait",
     "WaitForEvent",
+    "SubWorkflow",
     "Done",
     "Target",
     "Route",

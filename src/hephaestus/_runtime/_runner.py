@@ -31,13 +31,16 @@ import trio
 
 from .._core._engine import (
     ArmTimer,
+    CancelChild,
     CancelStep,
+    ChildRequested,
     Command,
     DisarmTimer,
     Finished,
     Input,
     Recover,
     RunStep,
+    StartChild,
     TimerFired,
     Transition,
     apply,
@@ -452,6 +455,8 @@ class Runner:
                     engine.timers.disarm(instance_id, timer_id)
                 case RunStep():
                     steps.append(command)
+                case StartChild() | CancelChild():
+                    engine.carry_out_child(command)
         if entry.instance.status.is_terminal:
             engine.finish_passive(entry)
         elif steps:
@@ -668,6 +673,8 @@ class Runner:
                         everything = self.scope
                         assert everything is not None
                         everything.cancel()
+                case StartChild() | CancelChild():
+                    self.engine.carry_out_child(command)
 
     def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
@@ -733,6 +740,8 @@ class Runner:
         mailbox.put(WAKE)
 
     def post(self, event: Input) -> None:
+        if isinstance(event, ChildRequested):  # a SubWorkflow step: the shell names the child
+            event = self.engine.children.resolve(self.workflow, self.instance, event)
         mailbox = self.entry.mailbox
         assert mailbox is not None
         mailbox.put(Message(event))

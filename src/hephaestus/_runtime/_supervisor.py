@@ -164,6 +164,7 @@ async def supervise(
         if engine._registry.get(entry.id) is entry:
             del engine._registry[entry.id]
         entry.mark_done(State.FINISHED)
+        engine.on_finished(entry.instance)
         if not mailbox.empty():
             drain(engine, entry, EngineClosed("instance finished"))
     finally:
@@ -321,6 +322,7 @@ def continues(
         if engine._registry.get(instance_id) is entry:
             del engine._registry[instance_id]
         entry.mark_done(State.GONE)
+        engine.admission.release_id(workflow.name, entry.id)
         mailbox = entry.mailbox
         assert mailbox is not None
         for message in queued:
