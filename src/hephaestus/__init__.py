@@ -54,6 +54,7 @@ from .storage import FileStorage as FileStorage
 from .storage import LeaseLost as LeaseLost
 from .storage import MemorySharedStorage as MemorySharedStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
 from .storage import SharedStorage as SharedStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
@@ -92,6 +93,7 @@ __all__ = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "PostgresStorage",
     "SharedStorage",
     "MemorySharedStorage",
     # telemetry

@@ -10,6 +10,7 @@ for session fixtures such as a database DSN).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from ._fs_samples import make_instance
 TTL = 10.0
 T0 = 1_767_225_600.0
 
-SHARED_KINDS = ["memory"]
+SHARED_KINDS = ["memory", "postgres"]
 
 
 @dataclass
@@ -77,6 +78,20 @@ class ManualClock:
 @asynccontextmanager
 async def open_case(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[SharedCase]:
     """Open a store of ``kind`` with lease TTL ``TTL``; yield it with its clock controls."""
+    if kind == "postgres":  # the database's clock, shifted by the store's clock_skew
+        async with hx.PostgresStorage(request.getfixturevalue("pg_dsn"), lease_ttl=TTL) as pg:
+
+            async def shift(seconds: float) -> None:
+                pg.clock_skew += seconds
+                await trio.lowlevel.checkpoint()
+
+            async def flush() -> None:
+                await pg.flush_notifications()
+
+            yield SharedCase(
+                store=pg, advance=shift, now=lambda: time.time() + pg.clock_skew, settle=flush
+            )
+        return
     assert kind == "memory", kind
     clock = ManualClock()
 

@@ -2,6 +2,7 @@
 
 from ._file import FileStorage as FileStorage
 from ._memory import MemoryStorage as MemoryStorage
+from ._postgres import PostgresStorage as PostgresStorage
 from ._protocol import Storage as Storage
 from ._shared import LeaseLost as LeaseLost
 from ._shared import SharedStorage as SharedStorage
@@ -13,6 +14,7 @@ __all__ = [
     "LeaseLost",
     "MemorySharedStorage",
     "MemoryStorage",
+    "PostgresStorage",
     "SQLiteStorage",
     "SharedStorage",
     "Storage",
