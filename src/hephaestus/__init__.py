@@ -43,6 +43,7 @@ from ._core._steps import Target as Target
 from ._core._steps import Wait as Wait
 from ._core._steps import WaitForEvent as WaitForEvent
 from ._core._steps import step as step
+from ._core._subworkflow import SubWorkflow as SubWorkflow
 from ._core._workflow import Workflow as Workflow
 from ._runtime._engine import Engine as Engine
 from ._runtime._open import open_engine as open_engine
@@ -50,7 +51,11 @@ from ._runtime._schedules import Schedule as Schedule
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
+from .storage import LeaseLost as LeaseLost
+from .storage import MemorySharedStorage as MemorySharedStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
+from .storage import SharedStorage as SharedStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -65,6 +70,7 @@ __all__ = [
     "Retry",
     "Wait",
     "WaitForEvent",
+    "SubWorkflow",
     "Done",
     "Target",
     "Route",
@@ -87,6 +93,9 @@ __all__ = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "PostgresStorage",
+    "SharedStorage",
+    "MemorySharedStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",
@@ -107,6 +116,7 @@ __all__ = [
     "CorruptSnapshot",
     "RunnerFailed",
     "EngineClosed",
+    "LeaseLost",
     # helpers
     "testing",
 ]

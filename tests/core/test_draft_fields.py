@@ -14,7 +14,7 @@ import msgspec
 
 import hephaestus as hx
 from hephaestus._core._engine import _Draft, new_instance
-from hephaestus._core._model import Instance
+from hephaestus._core._model import ChildLink, Instance
 
 from .helpers import mk, workflow
 
@@ -32,6 +32,7 @@ SHARED = (
     "cancelled",
     "cancel_reason",
     "next_timer",
+    "children",
 )
 KEPT_OR_SET_ON_FINISH = (
     "id",
@@ -44,6 +45,8 @@ KEPT_OR_SET_ON_FINISH = (
     "revision",
     "format",
     "graph",
+    "parent",
+    "sequence",
 )
 
 
@@ -81,6 +84,7 @@ def test_the_draft_copies_each_field_in_and_writes_it_back() -> None:
         "cancelled": True,
         "cancel_reason": "r",
         "next_timer": 7,
+        "children": {"a": ChildLink(id="c::x", workflow="c", version=1, attempt=1)},
     }
     assert sorted(changed) == sorted((*EDITED_AS_LISTS, *EDITED_AS_DICT, *SHARED))
     for name, value in changed.items():

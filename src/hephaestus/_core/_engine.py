@@ -21,7 +21,17 @@ import msgspec
 from ._codec import detached_copy
 from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
-from ._model import ErrorInfo, HistoryEntry, InboxEvent, Instance, Status, Timer, TimerKind
+from ._model import (
+    ChildLink,
+    ErrorInfo,
+    HistoryEntry,
+    InboxEvent,
+    Instance,
+    ParentLink,
+    Status,
+    Timer,
+    TimerKind,
+)
 from ._notes import (
     DUPLICATE,
     AttemptFailed,
@@ -39,6 +49,7 @@ from ._notes import (
 )
 from ._schedule import is_record
 from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
+from ._subworkflow import CHILD_EVENTS
 from ._workflow import Workflow
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -123,6 +134,43 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """
 
 
+class ChildRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Attempt ``attempt`` of the SubWorkflow step ``step`` asks for a child instance.
+
+    Its code gave the business ``value`` and ``initial``; the shell resolves
+    the child workflow (``workflow`` v``version``) and its id ``child_id``
+    before it applies the input (empty until then).
+    """
+
+    step: str
+    attempt: int
+    value: str
+    initial: dict[str, Any] | None = None
+    child_id: str = ""
+    workflow: str = ""
+    version: int = 0
+
+
+class ChildFinished(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The child ``child_id`` that attempt ``attempt`` of ``step`` waits on ended: ``status``."""
+
+    step: str
+    attempt: int
+    child_id: str
+    status: Status
+    results: dict[str, dict[str, Any]] = {}
+
+
+class ChildStartFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The child of attempt ``attempt`` of ``step`` cannot be started (its id is taken)."""
+
+    step: str
+    attempt: int
+    child_id: str
+    error_type: str
+    message: str
+
+
 Input = (
     Start
     | StepSucceeded
@@ -135,6 +183,9 @@ Input = (
     | Cancel
     | Recover
     | Retry
+    | ChildRequested
+    | ChildFinished
+    | ChildStartFailed
 )
 
 # --- commands ---------------------------------------------------------------------------------
@@ -172,7 +223,27 @@ class Finished(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     status: Status
 
 
-Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished
+class StartChild(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Make sure the child ``child`` of ``parent`` exists; tell the parent if it has ended.
+
+    Idempotent: given again on every recovery while the parent step waits. A
+    child already there with this ``parent`` link is not started twice; one
+    already finished is reported to the parent (``ChildFinished``); an id held
+    by another active instance is reported as ``ChildStartFailed``.
+    """
+
+    child: ChildLink
+    parent: ParentLink
+
+
+class CancelChild(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Cancel the child ``child_id`` of ``parent`` if it is still active (and still that one's)."""
+
+    child_id: str
+    parent: ParentLink
+
+
+Command = RunStep | ArmTimer | DisarmTimer | CancelStep | Finished | StartChild | CancelChild
 
 MAX_INBOX: Final = 1000
 """The most events an instance's inbox holds; a resume beyond that is rejected."""
@@ -225,8 +296,14 @@ def new_instance(
     metadata: Mapping[str, Any] | None,
     now: float,
     previous_revision: int = 0,
+    parent: ParentLink | None = None,
+    sequence: int = 0,
 ) -> Instance:
-    """Return a PENDING instance of ``workflow``; its revision follows ``previous_revision``."""
+    """Return a PENDING instance of ``workflow``; its revision follows ``previous_revision``.
+
+    ``parent`` links a child to the SubWorkflow step that started it;
+    ``sequence`` orders instances waiting for admission under ``max_active``.
+    """
     return Instance(
         id=instance_id,
         workflow=workflow.name,
@@ -238,6 +315,8 @@ def new_instance(
         updated_at=now,
         revision=previous_revision + 1,
         graph=workflow.fingerprint,
+        parent=parent,
+        sequence=sequence,
     )
 
 
@@ -407,6 +486,16 @@ def apply_general(workflow: Workflow, instance: Instance, event: Input, now: flo
             draft.cancel(reason)
         case Retry():
             draft.retry()
+        case ChildRequested():
+            if draft.is_current(event.step, event.attempt, draft.active):
+                draft.child_requested(event)
+        case ChildFinished(step=step, attempt=attempt, child_id=child_id):
+            if draft.waits_on_child(step, attempt, child_id):
+                results = {"id": child_id, "results": event.results}
+                draft.complete(step, event.status.value, results, None, Via.CHILD)
+        case ChildStartFailed(step=step, attempt=attempt, child_id=child_id):
+            if draft.waits_on_child(step, attempt, child_id):
+                draft.fail(step, event.error_type, event.message)
     return draft.finish()
 
 
@@ -607,6 +696,7 @@ class _Draft:
         self.cancelled = instance.cancelled
         self.cancel_reason = instance.cancel_reason
         self.next_timer = instance.next_timer
+        self.children = instance.children
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -672,6 +762,12 @@ class _Draft:
             return
         for step in list(self.active):
             self.run(step, self.attempts.get(step, 0) + 1)
+        # A child asked for may not have been started, or may have ended unheard of.
+        self.commands.extend(
+            StartChild(child=self.children[step], parent=self.parent_link(step))
+            for step in self.waiting
+            if step in self.children
+        )
         for timer in self.timers:
             self.commands.append(ArmTimer(timer=timer))
             if timer.kind == "retry":
@@ -800,10 +896,55 @@ class _Draft:
 
     def stop_everything(self) -> None:
         self.commands.extend(CancelStep(step=step) for step in self.active)
+        self.commands.extend(
+            CancelChild(child_id=self.children[step].id, parent=self.parent_link(step))
+            for step in self.waiting
+            if step in self.children
+        )
         self.active.clear()
         self.waiting.clear()
         self.drop_timers()
         self.changed = True
+
+    # -- SubWorkflow steps ---------------------------------------------------------------------
+
+    def parent_link(self, step: str) -> ParentLink:
+        """The link a child of ``step`` carries back to this instance."""
+        link = self.children[step]
+        return ParentLink(
+            id=self.original.id, step=step, attempt=link.attempt, run=self.original.created_at
+        )
+
+    def waits_on_child(self, step: str, attempt: int, child_id: str) -> bool:
+        """True when ``step`` is suspended on exactly that child, asked for by ``attempt``."""
+        link = self.children.get(step)
+        return (
+            not self.terminal
+            and step in self.waiting
+            and link is not None
+            and link.id == child_id
+            and link.attempt == attempt
+        )
+
+    def child_requested(self, event: ChildRequested) -> None:
+        """Record the child a SubWorkflow step asked for, suspend the step, start the child."""
+        step = event.step
+        attempt = self.attempts.get(step, 1)
+        self.changed = True
+        self.children = {
+            **self.children,
+            step: ChildLink(
+                id=event.child_id,
+                workflow=event.workflow,
+                version=event.version,
+                attempt=attempt,
+                initial=event.initial or {},
+            ),
+        }
+        self.notes.append(Suspended(step=step, attempt=attempt, timeout=None))
+        self.active.remove(step)
+        self.waiting[step] = CHILD_EVENTS
+        self.commands.append(StartChild(child=self.children[step], parent=self.parent_link(step)))
 
     def suspend(self, step: str, timeout: float | None) -> None:
         definition = self.workflow.steps[step]
@@ -838,10 +979,16 @@ class _Draft:
             self.reply = DUPLICATE
             return
         steps = self.workflow.steps
+        children = self.workflow.children
         if step is not None:
             if step not in steps:
                 raise self.rejected(
                     f"workflow {self.workflow.name!r} has no step {step!r} (steps: {list(steps)!r})"
+                )
+            if step in children:
+                raise self.rejected(
+                    f"step {step!r} is an hx.SubWorkflow: it ends when its child instance "
+                    "ends, not by resume (cancel the child to end it)"
                 )
             if event not in steps[step].events:
                 raise self.rejected(
@@ -857,7 +1004,7 @@ class _Draft:
         candidates = [
             key
             for key, accepted in self.waiting.items()
-            if event in accepted and (step is None or key == step)
+            if event in accepted and (step is None or key == step) and key not in children
         ]
         if len(candidates) > 1:
             raise self.rejected(
@@ -873,6 +1020,7 @@ class _Draft:
                 key
                 for key in live
                 if key not in completed
+                and key not in children
                 and event in steps[key].events
                 and (step is None or key == step)
             ]
@@ -1016,6 +1164,7 @@ class _Draft:
             cancel_reason=self.cancel_reason,
             next_timer=self.next_timer,
             graph=self.graph,
+            children=self.children,
         )
 
     def drop_untakable(self) -> None:

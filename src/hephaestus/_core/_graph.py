@@ -11,7 +11,9 @@ Conventions shared by every format:
   edges with the same label, a join is a step with several incoming edges;
 - an edge produced by an ``hx.Route`` is *dynamic*: it is drawn dashed (dotted
   in ASCII) to every target the route may choose;
-- ``hx.Done`` is one terminal node shared by every path that ends.
+- ``hx.Done`` is one terminal node shared by every path that ends;
+- an ``hx.SubWorkflow`` step is drawn as a subroutine, with a dotted
+  ``starts`` link to a node naming the child workflow it runs.
 
 Pure: no I/O, no trio.
 """
@@ -68,6 +70,13 @@ def layers(workflow: Workflow) -> list[list[str]]:
     return grouped
 
 
+def child_label(workflow: Workflow, key: str) -> str:
+    """Name the child workflow that SubWorkflow step ``key`` starts (``name v1`` for an object)."""
+    spec = workflow.children[key]
+    child = spec.workflow
+    return child if isinstance(child, str) else f"{child.name} v{child.version}"
+
+
 def _joins(workflow: Workflow) -> list[str]:
     return [key for key in workflow.topo_order if len(workflow.predecessors[key]) > 1]
 
@@ -106,7 +115,15 @@ def to_mermaid(workflow: Workflow) -> str:
         "---",
         "flowchart TD",
     ]
-    lines.extend(f'    {_mermaid_id(key)}["{_mermaid_text(key)}"]' for key in workflow.topo_order)
+    for key in workflow.topo_order:
+        text = _mermaid_text(key)
+        shape = f'[["{text}"]]' if key in workflow.children else f'["{text}"]'
+        lines.append(f"    {_mermaid_id(key)}{shape}")
+    for key in workflow.topo_order:
+        if key in workflow.children:
+            label = _mermaid_text(f"workflow {child_label(workflow, key)}")
+            lines.append(f'    c_{key}[/"{label}"/]')
+            lines.append(f'    {_mermaid_id(key)} -.->|"starts"| c_{key}')
     if _has_done(workflow):
         lines.append(f'    {_mermaid_id(None)}((("{DONE_LABEL}")))')
     for edge in iter_edges(workflow):
@@ -121,6 +138,10 @@ def to_mermaid(workflow: Workflow) -> str:
     if joins:
         lines.append("    classDef join stroke-width:2px,fill:#eef")
         lines.append(f"    class {','.join(_mermaid_id(k) for k in joins)} join")
+    children = [k for k in workflow.topo_order if k in workflow.children]
+    if children:
+        lines.append("    classDef child stroke-dasharray:4 2")
+        lines.append(f"    class {','.join(f'c_{k}' for k in children)} child")
     return "\n".join(lines) + "\n"
 
 
@@ -156,8 +177,16 @@ def to_dot(workflow: Workflow) -> str:
             attrs.append("penwidth=2")
         if key in joins:
             attrs.append("peripheries=2")
+        if key in workflow.children:
+            attrs.append("shape=component")
         suffix = f" [{', '.join(attrs)}]" if attrs else ""
         lines.append(f"    {_dot_text(key)}{suffix};")
+    for key in workflow.topo_order:
+        if key in workflow.children:
+            node = _dot_text(f"__child__{key}")  # step keys start with a letter: no clash
+            label = _dot_text(f"workflow {child_label(workflow, key)}")
+            lines.append(f"    {node} [label={label}, shape=folder, style=dashed];")
+            lines.append(f'    {_dot_text(key)} -> {node} [label="starts", style=dotted];')
     if _has_done(workflow):
         lines.append(f"    {_DOT_DONE} [label={_dot_text(DONE_LABEL)}, shape=doublecircle];")
     for edge in iter_edges(workflow):
@@ -208,7 +237,11 @@ def to_ascii(workflow: Workflow) -> str:
                 notes.append(f"retry: {step.retry.max_attempts} attempts, {step.retry.backoff}")
             if step.timeout is not None:
                 notes.append(f"timeout: {step.timeout:g}s")
+            if key in workflow.children:
+                notes.append(f"subworkflow: {child_label(workflow, key)}")
             lines.append(f"  {key}" + (f"  ({'; '.join(notes)})" if notes else ""))
+            if key in workflow.children:
+                lines.append(f"    ==starts==> workflow {child_label(workflow, key)}")
             for edge in by_source.get(key, []):
                 target = f"[{DONE_LABEL}]" if edge.target is None else edge.target
                 config = _config_text(edge.config)
@@ -217,5 +250,8 @@ def to_ascii(workflow: Workflow) -> str:
                 else:
                     lines.append(f"    --{edge.event}--> {target}{config}")
     lines.append("")
-    lines.append("legend: --event--> transition, ..event..> possible hx.Route choice")
+    legend = "legend: --event--> transition, ..event..> possible hx.Route choice"
+    if workflow.children:
+        legend += ", ==starts==> child of an hx.SubWorkflow"
+    lines.append(legend)
     return "\n".join(lines) + "\n"

@@ -79,6 +79,34 @@ class InboxEvent(msgspec.Struct, frozen=True, kw_only=True):
     at: float = 0.0
 
 
+class ParentLink(msgspec.Struct, frozen=True, kw_only=True):
+    """Which parent step started a child instance (``hx.SubWorkflow``).
+
+    ``attempt`` is the parent step's attempt and ``run`` the parent's
+    ``created_at``: a parent started again under the same id, or a step
+    re-opened by ``retry``, asks for a new child, never an old one's result.
+    """
+
+    id: str
+    step: str
+    attempt: int
+    run: float
+
+
+class ChildLink(msgspec.Struct, frozen=True, kw_only=True):
+    """The child instance a parent's ``hx.SubWorkflow`` step asked for (and waits on).
+
+    Recorded in the parent before the child is started, so a parent recovered
+    after a crash asks for the same child again instead of another one.
+    """
+
+    id: str
+    workflow: str
+    version: int
+    attempt: int
+    initial: dict[str, Any] = {}
+
+
 class Instance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A persisted snapshot of one workflow instance.
 
@@ -124,6 +152,12 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # Fingerprint of the workflow graph that last wrote this snapshot ("" before it was
     # recorded); a mismatch makes the engine check the state against its definition.
     graph: str = ""
+    # hx.SubWorkflow: the parent step that started this instance, and the children this
+    # instance's SubWorkflow steps asked for (step key -> link).
+    parent: ParentLink | None = None
+    children: dict[str, ChildLink] = {}
+    # max_active: start order among the instances of a workflow waiting to be admitted.
+    sequence: int = 0
 
     @property
     def retrying(self) -> tuple[str, ...]:

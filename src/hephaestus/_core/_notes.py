@@ -43,6 +43,8 @@ class Via(enum.Enum):
     """It suspended and took an event already waiting in the inbox."""
     TIMEOUT = "timeout"
     """It was suspended and its timer fired (``Suspend(timeout)``, ``schedule_resume``)."""
+    CHILD = "child"
+    """It was an ``hx.SubWorkflow`` step and its child instance ended."""
 
 
 class StepEnded(msgspec.Struct, frozen=True, kw_only=True, tag=True):

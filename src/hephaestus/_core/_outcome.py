@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from ._codec import check_serialisable, detached_copy
-from ._engine import StepFailed, StepSucceeded, StepSuspended
+from ._engine import ChildRequested, StepFailed, StepSucceeded, StepSuspended
 from ._errors import InvalidResult, UndeclaredEvent
 from ._seconds import seconds_problem
 from ._steps import TIMEOUT_EVENT, Emit, Step, Suspend
+from ._subworkflow import ChildRequest, child_spec
 
-Outcome = StepSucceeded | StepFailed | StepSuspended
+Outcome = StepSucceeded | StepFailed | StepSuspended | ChildRequested
 
 
 def outcome(step: Step, attempt: int, result: object) -> Outcome:
@@ -42,6 +43,10 @@ def outcome(step: Step, attempt: int, result: object) -> Outcome:
         return _emitted(step, attempt, result)
     if isinstance(result, Suspend):
         return _suspended(step, attempt, result)
+    if isinstance(result, ChildRequest) and child_spec(step) is not None:
+        return ChildRequested(
+            step=step.key, attempt=attempt, value=result.value, initial=result.initial
+        )
     return failed(
         step,
         attempt,

@@ -12,6 +12,9 @@ from typing import Final
 from ._engine import (
     Cancel,
     CancelTimer,
+    ChildFinished,
+    ChildRequested,
+    ChildStartFailed,
     Deliver,
     Recover,
     ScheduleResume,
@@ -36,6 +39,9 @@ TERMINAL_INPUTS: Final = (
     ScheduleResume,
     CancelTimer,
     Cancel,
+    ChildRequested,
+    ChildFinished,
+    ChildStartFailed,
 )
 """The inputs :func:`answer_terminal` answers; any other input is the engine's to apply."""
 
@@ -47,7 +53,7 @@ def answer_terminal(instance: Instance, event: object) -> Reply:
       retried after the instance finished gets no error);
     - ``CancelTimer``: False (a terminal instance has no timers);
     - ``Cancel`` of a cancelled instance: None (cancelling is idempotent);
-    - reports of steps and timers that were still under way: None (ignored).
+    - reports of steps, timers and children that were still under way: None (ignored).
 
     Raises:
         EventRejected: for any other ``Deliver``, a ``ScheduleResume``, and a

@@ -9,6 +9,7 @@ from ._definitions import graph_fingerprint
 from ._errors import WorkflowDefinitionError
 from ._ids import Unique
 from ._steps import Route, Step, Target, _DoneType
+from ._subworkflow import ChildSpec, child_spec
 
 
 @final
@@ -50,12 +51,16 @@ class Workflow:
         WorkflowDefinitionError: with ``problems`` listing cycles, steps
             unreachable from ``start``, paths that do not end in ``hx.Done``,
             two steps sharing a key, declared events without a transition,
-            transitions on undeclared events, and malformed targets.
+            transitions on undeclared events, malformed targets, a
+            ``max_active`` that is not a positive int, and an ``hx.SubWorkflow``
+            step that starts this very workflow.
     """
 
     __slots__ = (
+        "children",
         "edges",
         "fingerprint",
+        "max_active",
         "name",
         "predecessors",
         "start",
@@ -77,6 +82,10 @@ class Workflow:
     topo_order: tuple[str, ...]
     fingerprint: str
     """A digest of the graph (steps, their events, the transitions, the start step)."""
+    max_active: int | None
+    """At most this many instances (all versions) admitted at once; None: no limit."""
+    children: Mapping[str, ChildSpec]
+    """The ``hx.SubWorkflow`` steps, by key: what each starts."""
 
     def __init__(
         self,
@@ -86,6 +95,7 @@ class Workflow:
         transitions: Mapping[tuple[Step, str], object] | Iterable[tuple[tuple[Step, str], object]],
         unique: Unique,
         version: int = 1,
+        max_active: int | None = None,
     ) -> None:
         start_problems, steps = _check_start(start)
         compiled = _compile_transitions(steps, transitions)
@@ -98,6 +108,8 @@ class Workflow:
             *_check_every_event_has_a_transition(steps, compiled.seen),
             *_check_reachable(start, steps, successors),
             *cycle_problems,
+            *_check_max_active(max_active),
+            *_check_children(name, steps),
         ]
         if problems:
             raise WorkflowDefinitionError(name if isinstance(name, str) else repr(name), problems)
@@ -113,6 +125,10 @@ class Workflow:
         self.predecessors = {k: frozenset(v) for k, v in predecessors.items()}
         self.topo_order = tuple(order)
         self.fingerprint = graph_fingerprint(self)
+        self.max_active = max_active
+        self.children = {
+            key: spec for key, s in steps.items() if (spec := child_spec(s)) is not None
+        }
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} v{self.version} steps={list(self.steps)!r}>"
@@ -382,6 +398,28 @@ def _check_reachable(
             "the start step cannot be entered again"
         )
     return problems
+
+
+def _check_max_active(max_active: object) -> list[str]:
+    """The problem of a ``max_active`` that is neither None nor a positive int."""
+    if max_active is None or (
+        isinstance(max_active, int) and not isinstance(max_active, bool) and max_active >= 1
+    ):
+        return []
+    return [
+        f"max_active must be an int >= 1 (how many instances may run at once) or None "
+        f"for no limit, got {max_active!r}"
+    ]
+
+
+def _check_children(name: object, steps: Mapping[str, Step]) -> list[str]:
+    """Problems of hx.SubWorkflow steps that start the workflow they belong to."""
+    return [
+        f"step {key!r} is an hx.SubWorkflow of {name!r} itself: a workflow cannot contain "
+        "itself (it would start children forever)"
+        for key, s in steps.items()
+        if (spec := child_spec(s)) is not None and spec.name == name
+    ]
 
 
 def _check_acyclic(successors: Mapping[str, set[str]]) -> tuple[list[str], list[str]]:

@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import trio
 
@@ -26,6 +26,7 @@ from .._core._definitions import check_definition, definition_changed, definitio
 from .._core._engine import (
     ArmTimer,
     Cancel,
+    CancelChild,
     CancelTimer,
     Command,
     Deliver,
@@ -34,6 +35,7 @@ from .._core._engine import (
     RunStep,
     ScheduleResume,
     Start,
+    StartChild,
     TimerFired,
     Transition,
     apply,
@@ -55,13 +57,15 @@ from .._core._errors import (
     WorkflowDefinitionError,
 )
 from .._core._ids import build_instance_id
-from .._core._model import Instance, Status
+from .._core._model import Instance, ParentLink, Status
 from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._terminal import answer_terminal
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
+from ._admission import Admission
+from ._children import Children
 from ._clock import Clock
 from ._limiters import Limiters
 from ._mailbox import Mailbox, Message, Reply
@@ -70,6 +74,9 @@ from ._registry import Entry, State
 from ._runner import Runner
 from ._supervisor import drain, reload, stuck_message, supervise
 from ._timers import TimerService
+
+if TYPE_CHECKING:
+    from ._shared import SharedRuntime
 
 _log = logging.getLogger("hephaestus.engine")
 
@@ -107,6 +114,8 @@ class Engine:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self._nursery = nursery
+        self.shared: SharedRuntime | None = None
+        """The shared-storage path (leases, claims, inbox) when the storage is shared."""
         self._registry: dict[str, Entry] = {}
         self._closed = False
         self._writes: set[trio.CancelScope] = set()
@@ -129,6 +138,10 @@ class Engine:
             if latest is None or latest.version < workflow.version:
                 self._latest[workflow.name] = workflow
         check_registry(self._workflows.values())
+        self.children = Children(self)
+        """Parent and child instances (hx.SubWorkflow)."""
+        self.admission = Admission(self, list(self._workflows.values()))
+        """Slots and queues of the workflows with a max_active."""
         self.timers = TimerService(clock, self._timer_due)
         """Every armed timer of every instance; one task of the engine nursery fires them."""
         nursery.start_soon(self.timers.run)
@@ -171,10 +184,32 @@ class Engine:
         # Deep copies, encoded as they will be stored: the caller keeps nothing of ours.
         initial_dict = stored_copy(_as_dict(initial), "initial") or {}
         metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
+        return await self.create(wf, instance_id, initial_dict, metadata_dict)
+
+    async def create(
+        self,
+        wf: Workflow,
+        instance_id: str,
+        initial: dict[str, Any],
+        metadata: dict[str, Any],
+        *,
+        parent: ParentLink | None = None,
+    ) -> str:
+        """Store a new instance of ``wf`` under ``instance_id`` and run it (or queue it).
+
+        ``initial`` and ``metadata`` are the caller's checked copies. Started
+        at once, or stored PENDING when ``wf``'s ``max_active`` is full (see
+        :mod:`._admission`). Shielded once the write begins, as :meth:`start`.
+
+        Raises:
+            AlreadyRunning: an active instance holds the id.
+        """
         held = self._registry.get(instance_id)
         if held is not None and held.state is not State.FINISHED:
             raise self._already_running(wf, instance_id, held)
         now = self.clock.now()
+        admitted = self.admission.try_admit(wf.name, instance_id)
+        sequence = 0 if admitted else self.admission.next_sequence()
 
         def started(stored_revision: int) -> Transition:
             # The unsaved pending instance sits at the stored revision, so the started
@@ -182,37 +217,82 @@ class Engine:
             fresh = new_instance(
                 wf,
                 instance_id,
-                initial=initial_dict,
-                metadata=metadata_dict,
+                initial=initial,
+                metadata=metadata,
                 now=now,
-                previous_revision=stored_revision - 1,
+                previous_revision=stored_revision - (1 if admitted else 0),
+                parent=parent,
+                sequence=sequence,
             )
+            if not admitted:  # stored as it is: PENDING until a slot frees
+                return Transition(fresh, (), None, changed=True)
             return apply(wf, fresh, Start(), now)
 
         transition = started(0)
         entry = Entry(wf, transition.instance, State.LIVE)
-        with self._claiming(entry):
-            try:
-                await self.storage.put(transition.instance, expected_revision=0)
-            except RevisionConflict:
-                stored = await self.storage.get(instance_id)
-                if stored is not None and not stored.status.is_terminal:
-                    raise self._already_running(
-                        wf, instance_id, Entry(None, stored, State.ORPHAN)
-                    ) from None
-                previous = 0 if stored is None else stored.revision
-                transition = started(previous)
-                entry.instance = transition.instance
-                await self.storage.put(transition.instance, expected_revision=previous)
+        try:
+            with self._claiming(entry):
+                try:
+                    await self.storage.put(transition.instance, expected_revision=0)
+                except RevisionConflict:
+                    stored = await self.storage.get(instance_id)
+                    if stored is not None and not stored.status.is_terminal:
+                        raise self._already_running(
+                            wf, instance_id, Entry(None, stored, State.ORPHAN)
+                        ) from None
+                    previous = 0 if stored is None else stored.revision
+                    if self.shared is not None and stored is not None:
+                        await self.shared.claim_finished(wf, stored)
+                    transition = started(previous)
+                    entry.instance = transition.instance
+                    await self.storage.put(transition.instance, expected_revision=previous)
+        except trio.Cancelled:
+            raise  # _claiming settles what was stored, slot included (_settle_claim)
+        except BaseException:
+            if admitted:
+                self.admission.release(transition.instance)
+            raise
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "workflow.start",
                 instance_id=instance_id,
                 workflow=wf.name,
-                metadata={"version": wf.version},
+                metadata={"version": wf.version, "pending": not admitted},
             )
-        self._nursery.start_soon(supervise, self, entry, transition.commands)
+        if admitted:
+            self._nursery.start_soon(supervise, self, entry, transition.commands)
+        else:
+            self.queue_pending(entry)
         return instance_id
+
+    def queue_pending(self, entry: Entry) -> None:
+        """Keep the stored PENDING instance of ``entry`` as an index record in its queue.
+
+        Requests mailed to it while its first write was under way are applied
+        again, as requests to a passivated instance, and answered.
+        """
+        instance = entry.instance
+        queued: list[Message] = []
+        mailbox = entry.mailbox
+        while mailbox is not None and (message := mailbox.take_nowait()) is not None:
+            queued.append(message)
+        entry.state = State.PASSIVE
+        entry.passivate()
+        self.admission.enqueue(instance)
+        for message in queued:
+            self._nursery.start_soon(self._forward, instance.id, message)
+
+    async def _forward(self, instance_id: str, message: Message) -> None:
+        """Apply a request mailed to an entry that nobody will run by mail, and answer it."""
+        reply = message.reply
+        try:
+            answer = await self._request(instance_id, message.input)
+        except Exception as exc:
+            if reply is not None:
+                reply.fail(exc)
+        else:
+            if reply is not None:
+                reply.set(answer)
 
     async def resume(
         self,
@@ -370,6 +450,8 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         check_text(instance_id, "instance_id")
+        if self.shared is not None:
+            return await self.shared.wait(instance_id)
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
             if entry.finished is None:
@@ -434,6 +516,7 @@ class Engine:
         written = entry.instance
         stored = await reload(self, entry)
         if stored is None or stored.revision != written.revision:
+            self.admission.release(written)
             self._release_claim(
                 entry,
                 InstanceNotFound(
@@ -443,6 +526,9 @@ class Engine:
             )
             return
         entry.instance = stored
+        if stored.status is Status.PENDING and self.admission.limited(stored.workflow):
+            self.queue_pending(entry)
+            return
         mailbox = entry.mailbox
         assert mailbox is not None
         mailbox.put_back([Message(Recover())])
@@ -499,6 +585,12 @@ class Engine:
 
     async def _request(self, instance_id: str, event: Input) -> Any:
         """Send ``event`` to the instance's runner and return its reply once persisted."""
+        if self.shared is not None:
+            return await self.shared.request(instance_id, event)
+        return await self._request_here(instance_id, event)
+
+    async def _request_here(self, instance_id: str, event: Input) -> Any:
+        """Apply ``event`` in this engine (its runner, or the caller under the token)."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
@@ -551,6 +643,7 @@ class Engine:
             if entry is not None:
                 entry.instance = transition.instance
                 entry.mark_done(State.FINISHED)
+            self.on_finished(transition.instance)
         return transition.reply
 
     def _timer_due(self, instance_id: str, timer_id: str) -> None:
@@ -612,6 +705,16 @@ class Engine:
             del self._registry[instance_id]
         entry.mark_done(State.FINISHED)
         self.timers.disarm_all(instance_id)
+        self.on_finished(entry.instance)
+
+    def on_finished(self, instance: Instance) -> None:
+        """After terminal ``instance`` is stored and let go of: free its slot, tell its parent."""
+        self.admission.release(instance)
+        self.children.finished(instance)
+
+    def carry_out_child(self, command: StartChild | CancelChild) -> None:
+        """Carry out a command about a child instance (in a task of its own)."""
+        self.children.carry_out(command)
 
     def unacknowledged(self, exc: BaseException) -> Exception:
         """Return the error to hand a caller whose request was not acknowledged."""
@@ -637,36 +740,55 @@ class Engine:
                 gc.enable()
 
     async def _recover_each(self) -> None:
-        for instance in await self.storage.query(status=_ACTIVE):
-            workflow = self._workflows.get((instance.workflow, instance.version))
-            if workflow is None:
-                self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
-                _log.warning(
-                    "instance %r is %s but workflow %r v%d is not registered; left untouched",
-                    instance.id,
-                    instance.status.value,
-                    instance.workflow,
-                    instance.version,
+        recovered = await self.storage.query(status=_ACTIVE)
+        for instance in recovered:
+            self.admission.recovered(instance)
+        for instance in recovered:
+            self.children.recovered(instance)
+            self._recover_instance(instance)
+        self.admission.fill_all()
+
+    def _recover_instance(self, instance: Instance) -> None:
+        """Take a stored non-terminal instance into the registry, with a runner if it needs one.
+
+        One this engine cannot run (workflow not registered, definition
+        changed) is registered ``ORPHAN`` and reported.
+        """
+        workflow = self._workflows.get((instance.workflow, instance.version))
+        if workflow is None:
+            self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
+            _log.warning(
+                "instance %r is %s but workflow %r v%d is not registered; left untouched",
+                instance.id,
+                instance.status.value,
+                instance.workflow,
+                instance.version,
+            )
+            if self.telemetry.enabled:
+                self.telemetry.emit(
+                    "runner.skip",
+                    instance_id=instance.id,
+                    workflow=instance.workflow,
+                    metadata={"version": instance.version, "reason": "workflow not registered"},
                 )
-                if self.telemetry.enabled:
-                    self.telemetry.emit(
-                        "runner.skip",
-                        instance_id=instance.id,
-                        workflow=instance.workflow,
-                        metadata={"version": instance.version, "reason": "workflow not registered"},
-                    )
-                continue
-            problems = definition_problems(workflow, instance)
-            if problems:
-                self._skip_changed(workflow, instance, problems)
-                continue
-            if self._recover_passive(workflow, instance):
-                continue
-            entry = Entry(workflow, instance, State.LIVE)
-            assert entry.mailbox is not None
-            entry.mailbox.put(Message(Recover()))
-            self._registry[instance.id] = entry
-            self._nursery.start_soon(supervise, self, entry, ())
+            return
+        problems = definition_problems(workflow, instance)
+        if problems:
+            self._skip_changed(workflow, instance, problems)
+            return
+        if instance.status is Status.PENDING and self.admission.limited(workflow.name):
+            self._registry[instance.id] = Entry(workflow, instance, State.PASSIVE)
+            self.admission.enqueue(instance, admit=False)
+            for timer in instance.timers:  # schedule_resume before it was admitted
+                self.timers.arm(instance.id, timer.id, timer.deadline)
+            return
+        if self._recover_passive(workflow, instance):
+            return
+        entry = Entry(workflow, instance, State.LIVE)
+        assert entry.mailbox is not None
+        entry.mailbox.put(Message(Recover()))
+        self._registry[instance.id] = entry
+        self._nursery.start_soon(supervise, self, entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -685,6 +807,8 @@ class Engine:
         for command in transition.commands:
             if isinstance(command, ArmTimer):
                 self.timers.arm(instance.id, command.timer.id, command.timer.deadline)
+            elif isinstance(command, StartChild):
+                self.carry_out_child(command)
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "runner.init",
@@ -759,6 +883,13 @@ class Engine:
             TypeError: ``instance_id`` is not a str.
         """
         _check_instance_id(instance_id)
+        if self.shared is not None:
+            await self.shared.retry(instance_id)
+            return
+        await self._retry_here(instance_id)
+
+    async def _retry_here(self, instance_id: str) -> None:
+        """Apply ``retry`` in this engine (see :meth:`retry`)."""
         await trio.lowlevel.checkpoint()
         instance = await self._settled(instance_id, self._refuse_retry)
         workflow = self._workflows.get((instance.workflow, instance.version))
@@ -774,6 +905,8 @@ class Engine:
         entry = Entry(workflow, transition.instance, State.LIVE)
         with self._claiming(entry):
             await self.storage.put(transition.instance, expected_revision=instance.revision)
+        # Re-opened at once, even over its workflow's max_active: it holds a slot from now.
+        self.admission.recovered(transition.instance)
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "workflow.retry",

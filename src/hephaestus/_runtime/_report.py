@@ -130,7 +130,7 @@ class _Out:
             case StepEnded(step=step, event=event, via=Via.RESUMED | Via.INBOX):
                 emit("step.resume", step, metadata={"event": event})
                 emit("step.stop", step, metadata={"event": event})
-            case StepEnded(step=step, event=event, via=Via.TIMEOUT):
+            case StepEnded(step=step, event=event, via=Via.TIMEOUT | Via.CHILD):
                 emit("step.stop", step, metadata={"event": event})
             case Suspended(step=step, attempt=attempt, timeout=timeout):
                 emit("step.suspend", step, duration(step), {"attempt": attempt, "timeout": timeout})

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._core._engine import StepFailed, StepSucceeded, StepSuspended
+from .._core._engine import ChildRequested, StepFailed, StepSucceeded, StepSuspended
 from .._core._errors import StepTimeout
 from .._core._outcome import failed, outcome
 from .._core._steps import Step, StepContext
@@ -21,7 +21,7 @@ _PROPAGATE = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 
 async def run_attempt(
     step: Step, ctx: StepContext, thread_token: ThreadToken | None = None
-) -> StepSucceeded | StepFailed | StepSuspended:
+) -> StepSucceeded | StepFailed | StepSuspended | ChildRequested:
     """Run one attempt of ``step`` and report its outcome; never raises for step errors.
 
     Async steps are awaited here; plain functions run in a worker thread, which

@@ -162,7 +162,7 @@ class CrashingStorage(StorageBase):
     async def put(self, instance: Instance, *, expected_revision: int | None = None) -> None:
         await self._dead()
         self.writes += 1
-        previous = self.snapshots[-1] if self.snapshots else None
+        previous = next((s for s in reversed(self.snapshots) if s.id == instance.id), None)
         point = next((p for p in self.plan if p.hits(self.writes, instance, previous)), None)
         if point is not None:
             self.plan.remove(point)

@@ -23,7 +23,7 @@ def run_problems(run: WorkflowRun) -> list[str]:
     final = run.instance
     if not final.status.is_terminal:
         problems.append(f"the instance ended {final.status.value}, not terminal")
-    end = terminal_index(run.telemetry)
+    end = terminal_index(run.telemetry, final.id)
     if end is not None:
         late = [
             f"{event.name} of {event.step!r}"
@@ -36,6 +36,8 @@ def run_problems(run: WorkflowRun) -> list[str]:
             )
     previous: Instance | None = None
     for snapshot in run.snapshots:
+        if snapshot.id != final.id:
+            continue  # a child's (hx.SubWorkflow): it has a history of its own
         if previous is not None:
             if previous.status.is_terminal:
                 problems.append(
@@ -65,8 +67,13 @@ def _decisions(instance: Instance) -> dict[str, str]:
 
 def _suspended(run: WorkflowRun) -> set[str]:
     """Return the steps that were suspended at some point (outside events or timers decide)."""
-    found = {key for snapshot in run.snapshots for key in snapshot.waiting}
-    found.update(e.step for e in run.telemetry if e.name == "step.suspend" and e.step)
+    own = run.instance.id
+    found = {key for snapshot in run.snapshots if snapshot.id == own for key in snapshot.waiting}
+    found.update(
+        e.step
+        for e in run.telemetry
+        if e.name == "step.suspend" and e.step and e.instance_id == own
+    )
     return found
 
 

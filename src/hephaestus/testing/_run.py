@@ -12,6 +12,7 @@ import trio.testing
 
 from .._core._errors import EngineClosed, EventRejected
 from .._core._model import Instance, Status
+from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
 from .._runtime._engine import Engine
@@ -35,6 +36,9 @@ once the zero-time work before it (stub steps, recovery) has settled.
 
 ScheduledEvent: TypeAlias = tuple[float, str] | tuple[float, str, Mapping[str, Any] | None]
 """``(delay, event)`` or ``(delay, event, payload)``: resume ``event`` ``delay`` s after start."""
+
+_MAX_DEPTH: Final = 100
+"""How deep is_stuck follows children (the registry refuses cycles; this bounds it anyway)."""
 
 _TERMINAL_NAMES: Final = frozenset({"workflow.stop", "workflow.exception", "workflow.cancel"})
 
@@ -115,6 +119,7 @@ def run_workflow(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> Instance:
     """Run one instance of ``workflow`` to a terminal status, in virtual time; return it.
 
@@ -139,15 +144,28 @@ def run_workflow(
             :func:`with_overrides`. The workflow itself is not changed.
         crash_at: kill the engine before its n-th snapshot write (an int or
             :class:`CrashPoint`, or several), reopen one on the same storage and
-            carry on.
+            carry on. Writes of child instances count too.
+        workflows: more workflows to register beside ``workflow``. The children
+            that its ``hx.SubWorkflow`` steps name by object (and theirs) are
+            registered without asking; list those named by name here. A parent
+            runs with its children: the run ends when the parent is terminal,
+            and a parent waiting on a child is stuck only if the child is.
 
     Raises:
         WorkflowStuck: the instance can make no more progress and is not terminal.
         ValueError: an event no step declares, a bad override or crash point.
+        WorkflowDefinitionError: a child workflow (named by name) is not given
+            in ``workflows``, or the workflows contain each other.
         RuntimeError: called inside ``trio.run``.
     """
     return trace_workflow(
-        workflow, value, initial, events=events, step_overrides=step_overrides, crash_at=crash_at
+        workflow,
+        value,
+        initial,
+        events=events,
+        step_overrides=step_overrides,
+        crash_at=crash_at,
+        workflows=workflows,
     ).instance
 
 
@@ -159,6 +177,7 @@ async def run_workflow_async(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> Instance:
     """:func:`run_workflow` inside a running trio loop.
 
@@ -166,7 +185,13 @@ async def run_workflow_async(
     fixture, or timers, backoffs and scheduled events really sleep.
     """
     run = await trace_workflow_async(
-        workflow, value, initial, events=events, step_overrides=step_overrides, crash_at=crash_at
+        workflow,
+        value,
+        initial,
+        events=events,
+        step_overrides=step_overrides,
+        crash_at=crash_at,
+        workflows=workflows,
     )
     return run.instance
 
@@ -179,6 +204,7 @@ def trace_workflow(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> WorkflowRun:
     """:func:`run_workflow`, returning the whole :class:`WorkflowRun` (events, snapshots, ...)."""
     try:
@@ -198,6 +224,7 @@ def trace_workflow(
         events=events,
         step_overrides=step_overrides,
         crash_at=crash_at,
+        workflows=workflows,
     )
     return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -210,6 +237,7 @@ async def trace_workflow_async(
     events: Iterable[ScheduledEvent] = (),
     step_overrides: Mapping[str, StepOverride] | None = None,
     crash_at: CrashAt = None,
+    workflows: Iterable[Workflow] = (),
 ) -> WorkflowRun:
     """:func:`trace_workflow` inside a running trio loop (see :func:`run_workflow_async`)."""
     schedule = _schedule(workflow, events)
@@ -217,7 +245,31 @@ async def trace_workflow_async(
     driver = _Driver(
         substitute, value, dict(initial or {}), schedule, CrashingStorage(crash_plan(crash_at))
     )
+    driver.others = _family(substitute, workflows)
+    check_registry([substitute, *driver.others])  # open_engine would; say it before running
     return await driver.run()
+
+
+def _family(workflow: Workflow, extra: Iterable[Workflow]) -> list[Workflow]:
+    """``extra`` plus every child workflow object reachable from ``workflow``, each once."""
+    found: list[Workflow] = []
+    for given in extra:
+        if not isinstance(given, Workflow):
+            raise TypeError(f"workflows must hold hx.Workflow objects, got {given!r}")
+        if all(given is not known for known in found):
+            found.append(given)
+    frontier = [workflow, *found]
+    while frontier:
+        for spec in frontier.pop().children.values():
+            child = spec.workflow
+            if (
+                isinstance(child, Workflow)
+                and child is not workflow
+                and all(child is not known for known in found)
+            ):
+                found.append(child)
+                frontier.append(child)
+    return found
 
 
 def _schedule(
@@ -266,6 +318,8 @@ class _Driver:
         self.outcomes: list[EventOutcome] = []
         self.telemetry: list[TelemetryEvent] = []
         self.started_at = 0.0
+        self.others: list[Workflow] = []
+        """The other workflows the engines register (children)."""
 
     def poke(self) -> None:
         """Wake the watcher: something happened that may change the verdict."""
@@ -292,11 +346,11 @@ class _Driver:
             while final is None:
                 try:
                     async with open_engine(
-                        workflows=[self.workflow],
+                        workflows=[self.workflow, *self.others],
                         storage=storage,
                         clock=clock,
                         telemetry=self.record,
-                        limiters=unlimited(self.workflow),
+                        limiters=self.limits(),
                     ) as engine:
                         final = await self.serve(engine, nursery)
                 except WorkflowStuck as exc:
@@ -329,7 +383,7 @@ class _Driver:
                 return None
             while not self.schedule_done:  # events due after the end: let them be rejected
                 await self.progress.wait()
-            return await engine.get(self.instance_id)
+            return await self.stored()
         finally:
             self.set_engine(None)
 
@@ -352,8 +406,8 @@ class _Driver:
             nursery.start_soon(wait_end, nursery.cancel_scope)
             while not self.storage.dead:
                 progress = self.progress
-                instance = await engine.get(self.instance_id)
-                if not self.storage.dead and self.is_stuck(instance):
+                instance = await self.stored()
+                if not self.storage.dead and await self.is_stuck(instance):
                     stuck = instance
                     break
                 await progress.wait()
@@ -362,8 +416,43 @@ class _Driver:
             raise WorkflowStuck(self.stuck_message(stuck), stuck)
         return ended
 
-    def is_stuck(self, instance: Instance) -> bool:
-        return instance.status is Status.WAITING and not instance.timers and self.schedule_done
+    def limits(self) -> dict[str, int]:
+        """Limiters under which the instance and its children never wait for one another."""
+        limits: dict[str, int] = {}
+        for workflow in (self.workflow, *self.others):
+            for name, tokens in unlimited(workflow).items():
+                limits[name] = limits.get(name, 0) + tokens
+        return limits
+
+    async def stored(self) -> Instance:
+        """The instance as stored, read past the crash machinery.
+
+        What is stored is what the engine acknowledged (it writes ahead), and
+        a passivated instance is only in storage: reading it through the
+        crashing storage could block the watcher for good at a crash.
+        """
+        instance = await self.storage.inner.get(self.instance_id)
+        assert instance is not None, "the start was acknowledged, so it is stored"
+        return instance
+
+    async def is_stuck(self, instance: Instance, depth: int = 0) -> bool:
+        """Whether ``instance`` waits for nothing that can still happen (its children too)."""
+        if instance.status is not Status.WAITING or instance.timers or not self.schedule_done:
+            return False
+        for step in instance.waiting:
+            link = instance.children.get(step)
+            if link is None:
+                continue  # an outside event that nobody will send
+            # Read what is stored without the crash machinery: a crash while this looks
+            # must not leave the watcher blocked on a dead storage.
+            child = await self.storage.inner.get(link.id)
+            if child is None:
+                return False  # not stored yet: it is on its way
+            if child.parent is None or child.parent.id != instance.id:
+                return False  # the id is another's: the step is about to fail
+            if depth > _MAX_DEPTH or not await self.is_stuck(child, depth + 1):
+                return False
+        return True
 
     def stuck_message(self, instance: Instance) -> str:
         waits = ", ".join(
@@ -412,9 +501,14 @@ class _Driver:
         self.poke()
 
 
-def terminal_index(telemetry: Sequence[TelemetryEvent]) -> int | None:
-    """Return the index of the event that marks the instance terminal, if any."""
+def terminal_index(
+    telemetry: Sequence[TelemetryEvent], instance_id: str | None = None
+) -> int | None:
+    """Return the index of the event that marks the instance terminal, if any.
+
+    With ``instance_id``, that instance's (a run's children end before it).
+    """
     for index, event in enumerate(telemetry):
-        if event.name in _TERMINAL_NAMES:
+        if event.name in _TERMINAL_NAMES and instance_id in (None, event.instance_id):
             return index
     return None

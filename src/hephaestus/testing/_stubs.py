@@ -101,6 +101,7 @@ def with_overrides(workflow: Workflow, overrides: Mapping[str, StepOverride]) ->
         transitions=transitions,
         unique=workflow.unique,
         version=workflow.version,
+        max_active=workflow.max_active,
     )
     assert {k: s.events for k, s in copy.steps.items()} == {
         k: s.events for k, s in workflow.steps.items()

@@ -1,0 +1,234 @@
+"""Admission under ``max_active``: a slot per admitted instance, a queue of PENDING ones.
+
+The core says which workflows are limited and in what order waiting instances
+are admitted (:mod:`.._core._admission`); this module keeps, per limited
+workflow name, the ids holding a slot and a heap of the PENDING instances, and
+admits the next one whenever a slot frees: under the instance's write token
+it applies ``Start``, persists that, and gives the instance its runner.
+
+A PENDING instance has a passive registry entry (no runner, no task), so
+``get``, ``wait``, ``cancel`` and ``resume`` reach it as usual; one cancelled
+while it waits simply leaves the queue. The queue is rebuilt from storage by
+``open_engine``, and slots from the RUNNING and WAITING instances it finds.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+from typing import TYPE_CHECKING, final
+
+import trio
+
+from .._core._admission import holds_slot, limits, queue_key
+from .._core._engine import Start, Transition, apply
+from .._core._errors import RevisionConflict
+from .._core._model import Instance, Status
+from .._core._workflow import Workflow
+from ._registry import Entry, State
+from ._runner import RETRY_FIRST, RETRY_MAX, Runner
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+_log = logging.getLogger("hephaestus.engine")
+
+
+@final
+class Admission:
+    """One engine's admission slots and queues, per limited workflow name."""
+
+    __slots__ = ("admitted", "admitting", "engine", "limits", "queues", "ready", "sequence")
+
+    def __init__(self, engine: Engine, workflows: list[Workflow]) -> None:
+        self.engine = engine
+        self.limits = limits(workflows)
+        self.admitted: dict[str, set[str]] = {name: set() for name in self.limits}
+        self.queues: dict[str, list[tuple[tuple[float, int, str], str]]] = {
+            name: [] for name in self.limits
+        }
+        self.sequence = 0
+        self.ready: dict[str, collections.deque[Entry]] = {
+            name: collections.deque() for name in self.limits
+        }
+        """Instances given a slot, to be started in this order by the admitting task."""
+        self.admitting: set[str] = set()
+        """The workflow names whose admitting task runs."""
+
+    def limited(self, name: str) -> bool:
+        """True when workflow ``name`` has a ``max_active``."""
+        return name in self.limits
+
+    def try_admit(self, name: str, instance_id: str) -> bool:
+        """Take a slot for a new instance now if one is free and nobody queues; else False.
+
+        A slot taken must be given back with :meth:`release` if the start fails.
+        """
+        if name not in self.limits:
+            return True
+        admitted = self.admitted[name]
+        if len(admitted) >= self.limits[name] or self.queues[name]:
+            return False
+        admitted.add(instance_id)
+        return True
+
+    def next_sequence(self) -> int:
+        """The start order to store in the next PENDING instance."""
+        self.sequence += 1
+        return self.sequence
+
+    def enqueue(self, instance: Instance, *, admit: bool = True) -> None:
+        """Queue stored PENDING ``instance`` (its entry is passive) and admit what fits.
+
+        With ``admit=False`` (recovery, which queues every stored one first)
+        nothing is admitted until :meth:`fill_all`.
+        """
+        name = instance.workflow
+        self.sequence = max(self.sequence, instance.sequence)
+        heapq.heappush(self.queues[name], (queue_key(instance), instance.id))
+        if admit:
+            self.fill(name)
+
+    def fill_all(self) -> None:
+        """Admit what fits in every limited workflow."""
+        for name in self.limits:
+            self.fill(name)
+
+    def recovered(self, instance: Instance) -> None:
+        """Count an active instance that holds a slot (RUNNING or WAITING): recovered, retried."""
+        if instance.workflow in self.limits and holds_slot(instance):
+            self.admitted[instance.workflow].add(instance.id)
+
+    def release(self, instance: Instance) -> None:
+        """Give back the slot of ``instance``, which has ended (or failed to start)."""
+        self.release_id(instance.workflow, instance.id)
+
+    def release_id(self, name: str, instance_id: str) -> None:
+        """Give back the slot that instance ``instance_id`` of workflow ``name`` holds, if any."""
+        admitted = self.admitted.get(name)
+        if admitted is not None and instance_id in admitted:
+            admitted.discard(instance_id)
+            self.fill(name)
+
+    def fill(self, name: str) -> None:
+        """Admit queued instances of ``name`` while slots are free, first come first served."""
+        admitted = self.admitted[name]
+        queue = self.queues[name]
+        registry = self.engine._registry
+        while queue and len(admitted) < self.limits[name]:
+            _, instance_id = heapq.heappop(queue)
+            entry = registry.get(instance_id)
+            if (
+                entry is None
+                or entry.state is not State.PASSIVE
+                or entry.status is not Status.PENDING
+            ):
+                continue  # cancelled (or deleted) while it waited
+            admitted.add(instance_id)
+            self.ready[name].append(entry)
+        if self.ready[name] and name not in self.admitting:
+            self.admitting.add(name)
+            self.engine._nursery.start_soon(self._admit_ready, name)
+
+    async def _admit_ready(self, name: str) -> None:
+        """Start the instances given a slot one after another, so they start in queue order."""
+        ready = self.ready[name]
+        try:
+            while ready:
+                await self._admit(ready.popleft())
+        finally:
+            self.admitting.discard(name)
+
+    async def _admit(self, entry: Entry) -> None:
+        """Start the PENDING instance of ``entry`` (a slot is held for it) and give it a runner.
+
+        Its snapshot is loaded from storage under the token (the entry is an
+        index record); one changed or deleted under the engine meanwhile is
+        left as stored and gives its slot back.
+        """
+        engine = self.engine
+        workflow = entry.workflow
+        assert workflow is not None
+        await entry.token.acquire()
+        try:
+            if entry.state is not State.PASSIVE or entry.status is not Status.PENDING:
+                self.release_id(workflow.name, entry.id)  # cancelled while the slot was on its way
+                return
+            if not await self._load(entry, workflow):
+                self.release_id(workflow.name, entry.id)
+                return
+            before = entry.instance
+            transition = apply(workflow, before, Start(), engine.clock.now())
+            if not await self._persist(entry, transition, before.revision):
+                entry.passivate()
+                return
+            entry.instance = transition.instance
+        finally:
+            entry.token.release()
+        if engine.telemetry.enabled:
+            engine.telemetry.emit(
+                "workflow.admit",
+                instance_id=entry.id,
+                workflow=workflow.name,
+                metadata={"version": workflow.version},
+            )
+        engine.activate(entry, transition.commands)
+
+    async def _load(self, entry: Entry, workflow: Workflow) -> bool:
+        """Load the passive entry's snapshot, retrying storage errors; False if it is not there."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await Runner(self.engine, entry, workflow).load_passive()
+            except Exception as exc:
+                _log.warning(
+                    "reading pending instance %r failed (%s: %s); retrying",
+                    entry.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _persist(self, entry: Entry, transition: Transition, expected: int) -> bool:
+        """Store the admitted snapshot, retrying storage errors; False if it was replaced."""
+        delay = RETRY_FIRST
+        failures = 0
+        engine = self.engine
+        while True:
+            try:
+                await engine.storage.put(transition.instance, expected_revision=expected)
+            except RevisionConflict:
+                _log.warning(
+                    "instance %r changed in storage while it was being admitted; left as stored",
+                    entry.id,
+                )
+                self.release_id(transition.instance.workflow, entry.id)
+                return False
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    _log.warning(
+                        "admitting instance %r failed (%s: %s); retrying",
+                        entry.id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                if engine.telemetry.enabled:
+                    engine.telemetry.emit(
+                        "storage.error",
+                        instance_id=entry.id,
+                        workflow=transition.instance.workflow,
+                        metadata={
+                            "operation": "put",
+                            "error": type(exc).__name__,
+                            "message": str(exc),
+                            "failures": failures,
+                            "retry_in": delay,
+                        },
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            return True
