@@ -67,6 +67,9 @@ RETRY_MAX: Final = 10.0
 """The longest pause between two retries of such a write."""
 
 
+_NO_TELEMETRY: Final[dict[str, float]] = {}
+"""The ``started`` of every runner of an engine without telemetry: never written."""
+
 WAKE: Final = Message(Recover())
 """Queued only to wake a runner loop, which skips it (a caller started a step in a task)."""
 
@@ -116,12 +119,13 @@ class Runner:
         self.entry = entry
         self.workflow = workflow
         self.scopes: dict[str, trio.CancelScope] = {}
-        self.started: dict[str, float] = {}
+        self.started: dict[str, float] = {} if engine.telemetry.enabled else _NO_TELEMETRY
+        """When each running step started (trio time), for step.stop; only with telemetry."""
         self.scope: trio.CancelScope | None = None
         """The scope of everything the runner runs (inline step code, its nursery)."""
         self.nursery: trio.Nursery | None = None
         """Opened once a step must run in a task of its own; None until then."""
-        self.pending: list[tuple[str, int, trio.CancelScope]] = []
+        self.pending: list[tuple[str, int, trio.CancelScope]] | None = None
         """Steps to start in a task of their own once the nursery is open."""
         self.inline: tuple[str, int] | None = None
         """A lone step (and its attempt) the runner loop is to run in its own task next."""
@@ -159,9 +163,9 @@ class Runner:
                 if not await self.serve(mailbox):
                     async with trio.open_nursery() as nursery:
                         self.nursery = nursery
-                        for step, attempt, step_scope in self.pending:
+                        for step, attempt, step_scope in self.pending or ():
                             nursery.start_soon(self.run_step, step, attempt, step_scope)
-                        self.pending.clear()
+                        self.pending = None
                         await self.serve(mailbox)
                         nursery.cancel_scope.cancel()
         finally:
@@ -655,6 +659,8 @@ class Runner:
                     if nursery is not None:
                         nursery.start_soon(self.run_step, step, attempt, scope)
                         continue
+                    if self.pending is None:
+                        self.pending = []
                     self.pending.append((step, attempt, scope))
                     if not inline:  # a caller's task: the runner opens its nursery
                         self.post_wake()
