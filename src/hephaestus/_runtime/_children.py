@@ -213,7 +213,7 @@ class Children:
                 )
                 return
             try:
-                await engine.create(workflow, link.id, link.initial, {}, parent=parent)
+                await engine._create(workflow, link.id, link.initial, {}, parent=parent)
             except AlreadyRunning:
                 await trio.lowlevel.checkpoint()
                 continue  # started meanwhile (a second StartChild): look again
