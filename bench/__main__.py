@@ -2,7 +2,8 @@
 
 Options: ``--smoke`` (tiny N, one run: checks that the suite still works, the
 figures mean nothing), ``--no-write`` (do not touch docs/benchmarks.md),
-``--only GROUP[,GROUP]`` (see ``--list``), ``--repeats N``.
+``--only GROUP[,GROUP]`` (see ``--list``; the report keeps the other groups'
+sections from the run that wrote it, marked so), ``--repeats N``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._harness import ROOT, Config, Section
-from ._report import peers_block, render_markdown, render_text
+from ._report import earlier_sections, peers_block, render_markdown, render_text
 
 GROUPS: dict[str, str] = {
     "throughput": "scenarios 1, 2, 9: linear and fan-out instances/s vs bare Trio, scaling",
@@ -119,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         kept = peers_block(args.output)
+        earlier = earlier_sections(args.output) if args.only else None
         args.output.write_text(
-            render_markdown(sections, cfg, elapsed, command, kept), encoding="utf-8"
+            render_markdown(sections, cfg, elapsed, command, kept, earlier), encoding="utf-8"
         )
         cfg.log(f"wrote {args.output}")
     return 1 if failed else 0

@@ -139,14 +139,44 @@ def peers_block(report: Path) -> str | None:
     return text[begin : end + len(PEERS_END)] if 0 <= begin < end else None
 
 
+def earlier_sections(report: Path) -> tuple[str, list[str]]:
+    """Return the run lines of an existing report's header and its ``## `` sections, in order.
+
+    An ``--only`` run keeps the sections it did not run from the report it
+    rewrites (:func:`render_markdown`'s ``kept``); the peers block is kept apart.
+    """
+    from .peers import PEERS_BEGIN
+
+    if not report.exists():
+        return "", []
+    text = report.read_text(encoding="utf-8")
+    peers = text.find(PEERS_BEGIN)
+    if peers >= 0:
+        text = text[:peers]
+    header, _, body = text.partition("\n## ")
+    run = "; ".join(
+        line[2:].strip()
+        for line in header.splitlines()
+        if line.startswith(("- Command:", "- Date:", "- Python"))
+    )
+    blocks = ["## " + block.rstrip() for block in body.split("\n## ")] if body else []
+    return run, blocks
+
+
 def render_markdown(
     sections: Sequence[Section],
     cfg: Config,
     elapsed: float,
     command: str,
     peers_block: str | None = None,
+    kept: tuple[str, list[str]] | None = None,
 ) -> str:
-    """Return docs/benchmarks.md, with ``peers_block`` (from ``bench.peers``) kept at the end."""
+    """Return docs/benchmarks.md, with ``peers_block`` (from ``bench.peers``) kept at the end.
+
+    ``kept`` (:func:`earlier_sections` of the report being replaced) gives the
+    sections of an earlier run: each one whose title no new section has stays,
+    in its place, marked as coming from that run.
+    """
     info = machine()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -171,8 +201,21 @@ def render_markdown(
         "Ratio column: what it divides is said in each section. Verdicts compare the "
         "median ratio with the targets of the design document (Performance targets).",
     ]
-    for section in sections:
-        out += ["", markdown_section(section)]
+    fresh = [markdown_section(section) for section in sections]
+    if kept is not None and kept[1]:
+        run, blocks = kept
+        by_title = {block.split("\n", 1)[0]: block for block in fresh}
+        merged: list[str] = []
+        for block in blocks:
+            title = block.split("\n", 1)[0]
+            if title in by_title:
+                merged.append(by_title.pop(title))
+            else:
+                title, _, rest = block.partition("\n")
+                merged.append(f"{title}\n\n*Kept from an earlier run: {run}.*\n{rest}")
+        fresh = [*merged, *by_title.values()]
+    for block in fresh:
+        out += ["", block]
     if peers_block:
         out += ["", peers_block]
     out.append("")

@@ -24,13 +24,14 @@ class Status(str, enum.Enum):
     @property
     def is_terminal(self) -> bool:
         """True for COMPLETED, FAILED and CANCELLED: nothing more will happen."""
-        return self in _TERMINAL
+        return self in TERMINAL
 
     def __str__(self) -> str:
         return self.value
 
 
-_TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+"""The terminal statuses (``Status.is_terminal``), for hot loops that test membership."""
 
 TimerKind: TypeAlias = Literal["timeout", "resume", "retry"]
 

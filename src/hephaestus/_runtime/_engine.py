@@ -12,13 +12,12 @@ happens when it crashes, lives in :mod:`._supervisor`; timers in
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 import trio
 
@@ -474,8 +473,7 @@ class Engine:
 
     # -- internals -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _claiming(self, entry: Entry) -> Iterator[None]:
+    def _claiming(self, entry: Entry) -> _Claim:
         """Hold ``entry``'s id in the registry while the block writes its first snapshot.
 
         The id is claimed before the block's first await, so a concurrent
@@ -490,18 +488,7 @@ class Engine:
         blocked. So the claim is not released then: the engine settles it in a
         task of its own (:meth:`_settle_claim`) and the cancellation propagates.
         """
-        instance_id = entry.id
-        self._registry[instance_id] = entry
-        try:
-            yield
-            self._check_open()
-        except trio.Cancelled:
-            if self._registry.get(instance_id) is entry:
-                self._nursery.start_soon(self._settle_claim, entry)
-            raise
-        except BaseException as exc:
-            self._release_claim(entry, exc)
-            raise
+        return _Claim(self, entry)
 
     def _release_claim(self, entry: Entry, exc: BaseException) -> None:
         """Give up a claimed id whose first snapshot was not written."""
@@ -1026,6 +1013,35 @@ class Engine:
             raise
         if self._registry.get(instance_id) is claim:
             del self._registry[instance_id]
+
+
+@final
+class _Claim:
+    """The context :meth:`Engine._claiming` returns (a plain class: start's hot path)."""
+
+    __slots__ = ("engine", "entry")
+
+    def __init__(self, engine: Engine, entry: Entry) -> None:
+        self.engine = engine
+        self.entry = entry
+
+    def __enter__(self) -> None:
+        self.engine._registry[self.entry.id] = self.entry
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        engine, entry = self.engine, self.entry
+        if exc is None:
+            try:
+                engine._check_open()
+            except EngineClosed as closed:
+                engine._release_claim(entry, closed)
+                raise
+        elif isinstance(exc, trio.Cancelled):
+            if engine._registry.get(entry.id) is entry:
+                engine._nursery.start_soon(engine._settle_claim, entry)
+        else:
+            engine._release_claim(entry, exc)
+        return False
 
 
 _PRUNE_PAGE: Final = 500

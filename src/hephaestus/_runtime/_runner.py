@@ -45,7 +45,7 @@ from .._core._engine import (
     step_context,
 )
 from .._core._errors import CorruptSnapshot, EngineClosed, EventRejected, RevisionConflict
-from .._core._model import Instance, Status
+from .._core._model import TERMINAL, Instance, Status
 from .._core._workflow import Workflow
 from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry, State
@@ -173,26 +173,27 @@ class Runner:
         nursery yet (never once it has one).
         """
         entry = self.entry
-        while not entry.instance.status.is_terminal:
+        take_nowait = mailbox.take_nowait
+        while entry.instance.status not in TERMINAL:
             if self.pending:
                 return False
-            message = mailbox.take_nowait()
+            message = take_nowait()
             if message is None:
                 entry.runner = self
-                if self.inline is None and self.idle():
+                inline = self.inline
+                if inline is not None:
+                    # Queued messages came first; from now on callers apply their
+                    # requests themselves while the step runs here.
+                    self.inline = None
+                    await self.run_inline(*inline)
+                    continue
+                if self.idle():
                     message = await self.idle_wait(mailbox)
                     if message is None:
                         # From here on requests go by mail: the supervisor sees them.
                         entry.runner = None
                         self.passivated = True
                         return True
-                elif self.inline is not None:
-                    # Queued messages came first; from now on callers apply their
-                    # requests themselves while the step runs here.
-                    step, attempt = self.inline
-                    self.inline = None
-                    await self.run_inline(step, attempt)
-                    continue
                 else:
                     message = await mailbox.take()
             if message is not WAKE:
@@ -682,6 +683,12 @@ class Runner:
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled already: no step code runs
         ctx = step_context(self.workflow, self.entry.instance, key, attempt)
         definition = self.workflow.steps[key]
+        if definition.limiter is None:  # most steps: no limiter context to enter
+            if self.engine.telemetry.enabled:
+                self.started[key] = trio.current_time()
+                self.emit("step.start", key, metadata={"attempt": attempt})
+            self.post(await run_attempt(definition, ctx))
+            return
         async with self.engine.limiters.hold(definition) as thread_token:
             if self.engine.telemetry.enabled:
                 self.started[key] = trio.current_time()

@@ -46,18 +46,20 @@ class MemoryStorage(StorageBase):
         """
         await trio.lowlevel.checkpoint()
         self._check_open()
+        instance_id = instance.id
+        index = self._index
+        stored = index.get(instance_id)
         if expected_revision is not None:
-            stored = self._index.get(instance.id)
             current = 0 if stored is None else stored[2]
             if current != expected_revision:
                 raise RevisionConflict(
-                    f"instance {instance.id!r} is at revision {current}, "
+                    f"instance {instance_id!r} is at revision {current}, "
                     f"not the expected {expected_revision}"
                 )
-        if instance.id not in self._index:
+        if stored is None:
             self._sorted = None
-        self._blobs[instance.id] = encode_instance(instance)
-        self._index[instance.id] = (instance.workflow, instance.status, instance.revision)
+        self._blobs[instance_id] = encode_instance(instance)
+        index[instance_id] = (instance.workflow, instance.status, instance.revision)
 
     async def delete(self, instance_id: str) -> None:
         """Remove the instance's snapshot; a missing id is not an error."""
