@@ -64,6 +64,6 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench_peers(session: nox.Session) -> None:
-    """Compare durable 3-step workflows with DBOS on SQLite, on the same disk (own virtualenv)."""
-    session.install("-e", ".", "dbos")
+    """Compare durable 3-step workflows with DBOS on SQLite and on PostgreSQL (own virtualenv)."""
+    session.install("-e", ".[postgres]", "dbos")
     session.run("python", "-m", "bench.peers", *session.posargs)

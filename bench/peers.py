@@ -155,15 +155,18 @@ def compare(cfg: Config, n: int, inflights: Sequence[int]) -> Section:
     return section
 
 
-def write_block(report: Path, section: Section, cfg: Config, command: str) -> None:
-    """Put the peers table into ``report`` between the peers markers."""
+def write_block(
+    report: Path, section: Section, cfg: Config, command: str, extra: Sequence[Section] = ()
+) -> None:
+    """Put the peers table (and the ``extra`` ones) into ``report`` between the peers markers."""
     from ._report import markdown_section
 
     info = machine()
+    tables = [markdown_section(s, level=2) for s in (section, *extra)]
     block = "\n".join(
         [
             PEERS_BEGIN,
-            markdown_section(section, level=2),
+            "\n\n".join(tables),
             "",
             f"_Command: `{command}` (or `nox -s bench_peers`); {time.strftime('%Y-%m-%d %H:%M')} "
             f"UTC; {cfg.repeats} runs per side; Python {info['python']}, trio {info['trio']}, "
@@ -194,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--tmp-dir", default=tempfile.gettempdir())
     parser.add_argument("--no-write", action="store_true", help="do not touch the report")
+    parser.add_argument(
+        "--only",
+        choices=("all", "sqlite", "postgres"),
+        default="all",
+        help="DBOS on SQLite, DBOS on PostgreSQL (bench.postgres), or both (default)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     try:
@@ -204,13 +213,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     cfg = Config(repeats=args.repeats, tmp_dir=args.tmp_dir)
-    began = time.perf_counter()
-    section = compare(cfg, args.n, [int(x) for x in args.inflight.split(",")])
-    section.seconds = time.perf_counter() - began
-    print(render_text([section], cfg, section.seconds))
-    if not args.no_write:
+    inflights = [int(x) for x in args.inflight.split(",")]
+    sections: list[Section] = []
+    if args.only in ("all", "sqlite"):
+        began = time.perf_counter()
+        sections.append(compare(cfg, args.n, inflights))
+        sections[-1].seconds = time.perf_counter() - began
+    if args.only in ("all", "postgres"):
+        from hephaestus.testing import _pg_cluster
+
+        from . import postgres
+
+        with _pg_cluster.server(durable=True) as admin:
+            if admin is None:
+                print("bench.peers: no PostgreSQL here, its table is skipped", file=sys.stderr)
+            else:
+                began = time.perf_counter()
+                sections.append(postgres.compare(cfg, admin, args.n, inflights))
+                sections[-1].seconds = time.perf_counter() - began
+    total = sum(s.seconds for s in sections)
+    print(render_text(sections, cfg, total))
+    if not args.no_write and sections:
         command = " ".join(["python -m bench.peers", *(sys.argv[1:] if argv is None else argv)])
-        write_block(args.output, section, cfg, command)
+        write_block(args.output, sections[0], cfg, command, extra=sections[1:])
         cfg.log(f"wrote the peers block of {args.output}")
     return 0
 

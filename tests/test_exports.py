@@ -32,6 +32,7 @@ API_NAMES = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "PostgresStorage",
     "TelemetryEvent",
     "LogHandler",
     "testing",

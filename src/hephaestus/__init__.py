@@ -51,7 +51,11 @@ from ._runtime._schedules import Schedule as Schedule
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from .storage import FileStorage as FileStorage
+from .storage import LeaseLost as LeaseLost
+from .storage import MemorySharedStorage as MemorySharedStorage
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
+from .storage import SharedStorage as SharedStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -89,6 +93,9 @@ __all__ = [
     "MemoryStorage",
     "FileStorage",
     "SQLiteStorage",
+    "PostgresStorage",
+    "SharedStorage",
+    "MemorySharedStorage",
     # telemetry
     "TelemetryEvent",
     "LogHandler",
@@ -109,6 +116,7 @@ __all__ = [
     "CorruptSnapshot",
     "RunnerFailed",
     "EngineClosed",
+    "LeaseLost",
     # helpers
     "testing",
 ]

@@ -26,7 +26,8 @@ class TelemetryEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     ``name`` is one of ``workflow.start|stop|exception|cancel``,
     ``step.start|stop|exception|suspend|resume|retry``, ``workflow.transition``,
-    ``runner.init|crash|restart|skip``, ``timer.fire``, ``storage.error|quarantine``.
+    ``runner.init|crash|restart|skip``, ``timer.fire``, ``storage.error|quarantine``;
+    with shared storage ``engine.claim|takeover|lease`` and ``runner.drop``.
     ``measurements`` holds numbers (durations in seconds as float, from
     ``trio.current_time()``); ``metadata`` holds the rest (version, event,
     targets, attempt, error, ...).

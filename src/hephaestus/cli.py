@@ -32,6 +32,7 @@ from ._core._engine import Cancel, Retry, RunStep, apply_without_graph, prunable
 from ._core._errors import HephaestusError, StorageLocked
 from ._core._model import Instance, Status
 from ._core._workflow import Workflow
+from .storage._errors import NotAStore
 from .storage._protocol import Storage
 
 PROG = "hephaestus"
@@ -211,8 +212,8 @@ class _ReadOnlyStore:
         from .storage._locate import store_at
 
         try:
-            self.storage = store_at(path, read_only=True)  # a FileStorage dir or SQLite file
-        except NotAStore as exc:
+            self.storage = store_at(path, read_only=True)  # a FileStorage dir, SQLite file, DSN
+        except (NotAStore, ImportError) as exc:
             raise CliError(str(exc)) from None
         logging.getLogger("hephaestus.storage").setLevel(logging.CRITICAL)
         self.bad: dict[str, str] = {}
@@ -337,8 +338,8 @@ def _open_store(path: str, *, read_only: bool) -> Storage:
     from .storage._locate import store_at
 
     try:
-        storage = store_at(path, read_only=read_only)  # a FileStorage dir or SQLite file
-    except NotAStore as exc:
+        storage = store_at(path, read_only=read_only)  # a FileStorage dir, SQLite file, DSN
+    except (NotAStore, ImportError) as exc:
         raise CliError(str(exc)) from None
 
     def bad(where: str, reason: str) -> None:
@@ -389,10 +390,43 @@ async def _get(storage: Storage, instance_id: str, path: str) -> Instance:
     return instance
 
 
+def _is_shared_dsn(path: str) -> bool:
+    from .storage._postgres import is_postgres_dsn
+
+    return is_postgres_dsn(path)
+
+
+def _is_shared(storage: Storage) -> bool:
+    from .storage._shared import SharedStorage
+
+    return isinstance(storage, SharedStorage)
+
+
+async def _shared_change(storage: Storage, instance_id: str, path: str, request: Any) -> Any:
+    """Cancel or retry on a shared store (``_cli_shared.change``), its errors as CliError."""
+    from . import _cli_shared
+    from .storage._shared import Refused
+
+    try:
+        done = await _cli_shared.change(storage, instance_id, request)  # type: ignore[arg-type]
+    except _cli_shared.NotFound:
+        raise CliError(f"no instance {instance_id!r} in store {path!r}") from None
+    except _cli_shared.NoAnswer as exc:
+        raise CliError(str(exc)) from None
+    if isinstance(done.answer, Refused):
+        raise CliError(f"{done.answer.error}: {done.answer.message}")
+    return done
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel an active instance in a store no engine holds."""
 
     async def cancel(storage: Storage) -> tuple[Instance, bool]:
+        if _is_shared(storage):  # beside running engines: applied here or by the owner
+            done = await _shared_change(storage, args.id, args.store, Cancel(reason=args.reason))
+            if done.transition is not None:
+                return done.before, done.transition.changed
+            return done.before, not done.before.status.is_terminal
         before = await _get(storage, args.id, args.store)
         transition = apply_without_graph(before, Cancel(reason=args.reason), time.time())
         if transition.changed:
@@ -413,12 +447,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     """Re-open a failed instance in a store no engine holds; the next engine runs it."""
 
     async def retry(storage: Storage) -> list[str]:
+        if _is_shared(storage):  # beside running engines: applied here or by the owner
+            done = await _shared_change(storage, args.id, args.store, Retry())
+            if done.transition is None:
+                assert done.owner is not None
+                return [f"engine {done.owner.engine_id!r} runs it again now"]
+            steps = [c.step for c in done.transition.commands if isinstance(c, RunStep)]
+            return [f"{', '.join(steps)} will run again on the next engine that claims it"]
         before = await _get(storage, args.id, args.store)
         transition = apply_without_graph(before, Retry(), time.time())
         await storage.put(transition.instance, expected_revision=before.revision)
         return [c.step for c in transition.commands if isinstance(c, RunStep)]
 
     steps = _on_store(args.store, f"retry {args.id!r}", f"call engine.retry({args.id!r})", retry)
+    if _is_shared_dsn(args.store):
+        print(f"retried {args.id}: {steps[0]}")
+        return 0
     print(
         f"retried {args.id}: {', '.join(steps)} will run again when an engine next opens this store"
     )
@@ -539,6 +583,9 @@ def _count(text: str) -> int:
     return number
 
 
+_STORE_HELP = "the store: a FileStorage directory, an SQLite file or a postgresql:// DSN"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``hephaestus`` command."""
     parser = _Parser(
@@ -578,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the instances in a store. Read-only: it works "
         "while an engine holds the store.",
     )
-    lst.add_argument("--store", metavar="PATH", required=True, help="the store directory")
+    lst.add_argument("--store", metavar="PATH", required=True, help=_STORE_HELP)
     lst.add_argument(
         "--status",
         metavar="S",
@@ -598,19 +645,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show an instance: status, results, waiting steps, "
         "timers with their due times, and history.",
     )
-    show.add_argument("--store", metavar="PATH", required=True, help="the store directory")
+    show.add_argument("--store", metavar="PATH", required=True, help=_STORE_HELP)
     show.add_argument("id", metavar="ID", help="the instance id, e.g. orderid::abc123")
     show.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     show.set_defaults(handler=cmd_show)
 
-    writes = "Changes the store: it refuses while an engine holds it."
+    writes = (
+        "Changes the store: it refuses while an engine holds a single-engine store; on "
+        "PostgreSQL it works beside running engines (the owner of the instance applies it)."
+    )
     cancel = sub.add_parser(
         "cancel",
         help="cancel an active instance (needs the store free)",
         description="Cancel an active instance: it becomes cancelled and nothing more of "
         f"it runs. {writes}",
     )
-    cancel.add_argument("--store", metavar="STORE", required=True, help="the store directory")
+    cancel.add_argument("--store", metavar="STORE", required=True, help=_STORE_HELP)
     cancel.add_argument("id", metavar="ID", help="the instance id")
     cancel.add_argument("--reason", metavar="TEXT", help="why (kept in the instance)")
     cancel.set_defaults(handler=cmd_cancel)
@@ -622,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
         "attempts, when an engine next opens the store; completed steps keep their results. "
         f"{writes}",
     )
-    retry.add_argument("--store", metavar="STORE", required=True, help="the store directory")
+    retry.add_argument("--store", metavar="STORE", required=True, help=_STORE_HELP)
     retry.add_argument("id", metavar="ID", help="the instance id")
     retry.set_defaults(handler=cmd_retry)
 
@@ -632,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete completed, failed and cancelled instances last updated longer "
         f"ago than --older-than. Active instances are never deleted. {writes}",
     )
-    prune.add_argument("--store", metavar="STORE", required=True, help="the store directory")
+    prune.add_argument("--store", metavar="STORE", required=True, help=_STORE_HELP)
     prune.add_argument(
         "--older-than",
         metavar="DURATION",
@@ -703,6 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise lone from None
             raise
     except CliError as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except NotAStore as exc:  # found on opening (a database without a store, a newer schema)
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except HephaestusError as exc:

@@ -1,4 +1,4 @@
-"""The Storage protocol, one suite for every adapter: MemoryStorage, FileStorage, SQLiteStorage.
+"""The Storage protocol, one suite for every adapter: Memory, File, SQLite and PostgresStorage.
 
 Each test gets ``kind`` and an ``opener``: ``opener()`` returns a new storage
 object on the same place (for MemoryStorage the same object, whose data
@@ -21,6 +21,7 @@ from hephaestus import (
     FileStorage,
     Instance,
     MemoryStorage,
+    PostgresStorage,
     RevisionConflict,
     SQLiteStorage,
     Status,
@@ -30,18 +31,21 @@ from hephaestus import (
 
 from ._fs_samples import make_instance, varied_instances
 
-KINDS = ["memory", "files", "sqlite"]
+KINDS = ["memory", "files", "sqlite", "postgres"]
 DURABLE = ["files", "sqlite"]
 
 Opener = Callable[..., Any]
 
 
-def opener_for(kind: str, tmp_path: Path) -> Opener:
+def opener_for(kind: str, tmp_path: Path, pg_dsn: str = "") -> Opener:
     memory = MemoryStorage()
 
     def open_store(**options: Any) -> Any:
         if kind == "memory":
             return memory
+        if kind == "postgres":  # a server: nothing to choose about durability
+            options.pop("durable", None)
+            return PostgresStorage(pg_dsn, **options)
         if kind == "files":
             return FileStorage(tmp_path / "store", **options)
         return SQLiteStorage(tmp_path / "store.sqlite", **options)
@@ -56,8 +60,9 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def opener(kind: str, tmp_path: Path) -> Opener:
-    return opener_for(kind, tmp_path)
+def opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
+    pg_dsn = request.getfixturevalue("pg_dsn") if kind == "postgres" else ""
+    return opener_for(kind, tmp_path, pg_dsn)
 
 
 async def _fill(store: Storage) -> None:

@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import trio
 
@@ -75,6 +75,9 @@ from ._runner import Runner
 from ._supervisor import drain, reload, stuck_message, supervise
 from ._timers import TimerService
 
+if TYPE_CHECKING:
+    from ._shared import SharedRuntime
+
 _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
@@ -111,6 +114,8 @@ class Engine:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self._nursery = nursery
+        self.shared: SharedRuntime | None = None
+        """The shared-storage path (leases, claims, inbox) when the storage is shared."""
         self._registry: dict[str, Entry] = {}
         self._closed = False
         self._writes: set[trio.CancelScope] = set()
@@ -236,6 +241,8 @@ class Engine:
                             wf, instance_id, Entry(None, stored, State.ORPHAN)
                         ) from None
                     previous = 0 if stored is None else stored.revision
+                    if self.shared is not None and stored is not None:
+                        await self.shared.claim_finished(wf, stored)
                     transition = started(previous)
                     entry.instance = transition.instance
                     await self.storage.put(transition.instance, expected_revision=previous)
@@ -443,6 +450,8 @@ class Engine:
         await trio.lowlevel.checkpoint()
         self._check_open()
         check_text(instance_id, "instance_id")
+        if self.shared is not None:
+            return await self.shared.wait(instance_id)
         entry = self._registry.get(instance_id)
         if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
             if entry.finished is None:
@@ -576,6 +585,12 @@ class Engine:
 
     async def _request(self, instance_id: str, event: Input) -> Any:
         """Send ``event`` to the instance's runner and return its reply once persisted."""
+        if self.shared is not None:
+            return await self.shared.request(instance_id, event)
+        return await self._request_here(instance_id, event)
+
+    async def _request_here(self, instance_id: str, event: Input) -> Any:
+        """Apply ``event`` in this engine (its runner, or the caller under the token)."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
@@ -730,42 +745,50 @@ class Engine:
             self.admission.recovered(instance)
         for instance in recovered:
             self.children.recovered(instance)
-            workflow = self._workflows.get((instance.workflow, instance.version))
-            if workflow is None:
-                self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
-                _log.warning(
-                    "instance %r is %s but workflow %r v%d is not registered; left untouched",
-                    instance.id,
-                    instance.status.value,
-                    instance.workflow,
-                    instance.version,
-                )
-                if self.telemetry.enabled:
-                    self.telemetry.emit(
-                        "runner.skip",
-                        instance_id=instance.id,
-                        workflow=instance.workflow,
-                        metadata={"version": instance.version, "reason": "workflow not registered"},
-                    )
-                continue
-            problems = definition_problems(workflow, instance)
-            if problems:
-                self._skip_changed(workflow, instance, problems)
-                continue
-            if instance.status is Status.PENDING and self.admission.limited(workflow.name):
-                self._registry[instance.id] = Entry(workflow, instance, State.PASSIVE)
-                self.admission.enqueue(instance, admit=False)
-                for timer in instance.timers:  # schedule_resume before it was admitted
-                    self.timers.arm(instance.id, timer.id, timer.deadline)
-                continue
-            if self._recover_passive(workflow, instance):
-                continue
-            entry = Entry(workflow, instance, State.LIVE)
-            assert entry.mailbox is not None
-            entry.mailbox.put(Message(Recover()))
-            self._registry[instance.id] = entry
-            self._nursery.start_soon(supervise, self, entry, ())
+            self._recover_instance(instance)
         self.admission.fill_all()
+
+    def _recover_instance(self, instance: Instance) -> None:
+        """Take a stored non-terminal instance into the registry, with a runner if it needs one.
+
+        One this engine cannot run (workflow not registered, definition
+        changed) is registered ``ORPHAN`` and reported.
+        """
+        workflow = self._workflows.get((instance.workflow, instance.version))
+        if workflow is None:
+            self._registry[instance.id] = Entry(None, instance, State.ORPHAN)
+            _log.warning(
+                "instance %r is %s but workflow %r v%d is not registered; left untouched",
+                instance.id,
+                instance.status.value,
+                instance.workflow,
+                instance.version,
+            )
+            if self.telemetry.enabled:
+                self.telemetry.emit(
+                    "runner.skip",
+                    instance_id=instance.id,
+                    workflow=instance.workflow,
+                    metadata={"version": instance.version, "reason": "workflow not registered"},
+                )
+            return
+        problems = definition_problems(workflow, instance)
+        if problems:
+            self._skip_changed(workflow, instance, problems)
+            return
+        if instance.status is Status.PENDING and self.admission.limited(workflow.name):
+            self._registry[instance.id] = Entry(workflow, instance, State.PASSIVE)
+            self.admission.enqueue(instance, admit=False)
+            for timer in instance.timers:  # schedule_resume before it was admitted
+                self.timers.arm(instance.id, timer.id, timer.deadline)
+            return
+        if self._recover_passive(workflow, instance):
+            return
+        entry = Entry(workflow, instance, State.LIVE)
+        assert entry.mailbox is not None
+        entry.mailbox.put(Message(Recover()))
+        self._registry[instance.id] = entry
+        self._nursery.start_soon(supervise, self, entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -860,6 +883,13 @@ class Engine:
             TypeError: ``instance_id`` is not a str.
         """
         _check_instance_id(instance_id)
+        if self.shared is not None:
+            await self.shared.retry(instance_id)
+            return
+        await self._retry_here(instance_id)
+
+    async def _retry_here(self, instance_id: str) -> None:
+        """Apply ``retry`` in this engine (see :meth:`retry`)."""
         await trio.lowlevel.checkpoint()
         instance = await self._settled(instance_id, self._refuse_retry)
         workflow = self._workflows.get((instance.workflow, instance.version))

@@ -13,10 +13,13 @@ from .._core._workflow import Workflow
 from .._telemetry import Telemetry, TelemetryHandler
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
+from ..storage._shared import SharedStorage
 from ._clock import Clock, SystemClock
 from ._engine import Engine
+from ._lease import LeasedStorage
 from ._limiters import Limiters
 from ._schedules import Schedule, check_schedules, open_schedule, run_schedule
+from ._shared import SharedRuntime, new_engine_id
 
 
 @asynccontextmanager
@@ -38,10 +41,13 @@ async def open_engine(
     steps that were running run again, persisted timers are re-armed (overdue
     ones fire at once). On exit, however it happens, every runner is
     cancelled and no task is left behind; the stored state stays for the next
-    ``open_engine`` on the same storage. A storage that is not open yet is
-    opened here and closed again on exit; one the caller opened (its
-    ``is_open`` is true) stays open and stays the caller's. A storage without
-    an ``is_open`` property is taken to be not open yet.
+    ``open_engine`` on the same storage. On a :class:`SharedStorage` the
+    engine instead registers a lease and claims, in the background, the work
+    no live engine holds (docs/scale-out.md); on exit it releases its lease.
+    A storage that is not open yet is opened here and closed again on exit;
+    one the caller opened (its ``is_open`` is true) stays open and stays the
+    caller's. A storage without an ``is_open`` property is taken to be not
+    open yet.
 
     Args:
         workflows: the workflows this engine runs.
@@ -84,12 +90,16 @@ async def open_engine(
     opened_here = not getattr(store, "is_open", False)
     if opened_here:
         await store.aopen()
+    shared: SharedRuntime | None = None
     try:
+        leased: LeasedStorage | None = None
+        if isinstance(store, SharedStorage):
+            leased = LeasedStorage(store, await store.register(new_engine_id()))
         try:
             async with trio.open_nursery() as nursery:
                 engine = Engine(
                     workflows=workflows,
-                    storage=store,
+                    storage=store if leased is None else leased,
                     clock=clock or SystemClock(),
                     telemetry=dispatcher,
                     max_restarts=max_restarts,
@@ -102,7 +112,12 @@ async def open_engine(
                     ),
                     limiters=Limiters(limits),
                 )
-                await engine._recover_all()
+                if leased is None:
+                    await engine._recover_all()
+                else:
+                    assert isinstance(store, SharedStorage)
+                    shared = engine.shared = SharedRuntime(engine, store, leased)
+                    shared.start(nursery)
                 for schedule in scheduled:
                     progress = await open_schedule(engine, schedule)
                     nursery.start_soon(
@@ -111,6 +126,8 @@ async def open_engine(
                 try:
                     yield engine
                 finally:
+                    if shared is not None:
+                        shared.close()
                     engine._close()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -120,6 +137,8 @@ async def open_engine(
                 raise group.exceptions[0] from None
             raise
     finally:
+        if shared is not None:
+            await shared.release()
         if opened_here:
             with trio.CancelScope(shield=True):
                 await store.aclose()

@@ -47,6 +47,8 @@ class State(enum.Enum):
     """The snapshot was deleted from storage while this engine ran the instance."""
     DELETING = "deleting"
     """Its snapshot is being removed by delete or prune."""
+    DROPPED = "dropped"
+    """Shared storage: this engine lost its lease on it; another engine holds it now."""
 
 
 @final

@@ -16,7 +16,9 @@ anything; each failure is reported as ``storage.error``. A write refused
 because the stored revision is not the one this runner wrote last means
 someone else changed or deleted the snapshot: the runner stops with
 :class:`SnapshotReplaced` and its supervisor (:mod:`._supervisor`) reloads what
-is stored.
+is stored. On shared storage a write refused because another engine holds the
+instance now (:class:`LeaseLost`) stops the runner too, and the instance is
+dropped from this engine: no retry, no restart (:mod:`._shared`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from .._core._engine import (
 from .._core._errors import CorruptSnapshot, EngineClosed, EventRejected, RevisionConflict
 from .._core._model import TERMINAL, Instance, Status
 from .._core._workflow import Workflow
+from ..storage._shared import LeaseLost
+from ._lease import applying
 from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry, State
 from ._report import report
@@ -282,13 +286,17 @@ class Runner:
         entry = self.entry
         with self.engine.request_write() as scope:
             try:
-                await self.engine.storage.put(
-                    transition.instance, expected_revision=entry.instance.revision
-                )
+                with applying(event, transition.reply):
+                    await self.engine.storage.put(
+                        transition.instance, expected_revision=entry.instance.revision
+                    )
             except RevisionConflict as exc:
                 reply = Reply()
                 self.post_fault(SnapshotReplaced(Message(event, reply), exc))
                 return reply
+            except LeaseLost as exc:
+                self.post_fault(exc)  # shared storage: another engine holds it; drop it here
+                raise
             except Exception as exc:
                 self.storage_error(exc, failures=1, retry_in=None)
                 raise
@@ -488,7 +496,12 @@ class Runner:
                     message.reply.fail(exc)
                 raise
             if transition.changed:
-                if not await self.persist(transition.instance, before.revision, message):
+                if message.reply is None:  # the engine's own input: no inbox row rides along
+                    stored = await self.persist(transition.instance, before.revision, message)
+                else:
+                    with applying(message.input, transition.reply):
+                        stored = await self.persist(transition.instance, before.revision, message)
+                if not stored:
                     return  # the request's write failed: it was not applied, and said so
                 entry.instance = transition.instance
             if engine.telemetry.enabled:
@@ -514,6 +527,10 @@ class Runner:
             await self.engine.storage.put(instance, expected_revision=expected)
         except RevisionConflict as exc:
             raise SnapshotReplaced(message, exc) from None
+        except LeaseLost as exc:
+            if message.reply is not None:
+                message.reply.fail(exc)
+            raise
         except Exception as exc:
             if message.reply is not None:
                 self.storage_error(exc, failures=1, retry_in=None)
@@ -561,6 +578,8 @@ class Runner:
                         await put(instance, expected_revision=expected)
                     except RevisionConflict as exc:
                         raise SnapshotReplaced(None, exc) from None
+                    except LeaseLost:
+                        raise
                     except Exception as exc:
                         deferred.pop()
                         failures += 1
@@ -573,6 +592,8 @@ class Runner:
                         await put(instance, expected_revision=expected)
                     except RevisionConflict as exc:
                         raise SnapshotReplaced(None, exc) from None
+                    except LeaseLost:
+                        raise
                     except Exception as exc:
                         failures += 1
                         delay = min(delay * 2, RETRY_MAX)

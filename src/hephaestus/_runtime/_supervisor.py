@@ -12,7 +12,9 @@ the instance:
   snapshot with ``Recover`` as its first message;
 - its snapshot was changed or deleted under it: that is reported once, not
   counted, and the next runner goes on from what is stored (or the entry is
-  ``GONE``, or ``ORPHAN`` when it now belongs to another workflow or version).
+  ``GONE``, or ``ORPHAN`` when it now belongs to another workflow or version);
+- shared storage only: it passivated (the instance is released: another engine
+  may claim it), or its lease was lost (it is dropped, ``DROPPED``).
 
 Requests still queued for an instance nobody will run are answered here
 (:func:`drain`), never dropped.
@@ -36,6 +38,7 @@ from .._core._errors import (
 )
 from .._core._model import Instance
 from .._core._workflow import Workflow
+from ..storage._shared import LeaseLost
 from ._mailbox import Mailbox, Message
 from ._registry import Entry, State
 from ._runner import RETRY_FIRST, RETRY_MAX, Runner, SnapshotReplaced
@@ -108,6 +111,8 @@ async def supervise(
                         # Its timers stay armed; a request or one of them wakes it.
                         entry.state = State.PASSIVE
                         entry.passivate()
+                        if engine.shared is not None:
+                            await engine.shared.let_go(entry)
                         return
                     commands, announce = (), False  # mail came as it let go: serve it
                     continue
@@ -119,6 +124,9 @@ async def supervise(
                 cause: BaseException = exc
                 while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
                     cause = cause.exceptions[0]
+                if engine.shared is not None and isinstance(cause, LeaseLost):
+                    engine.shared.drop(entry, cause)
+                    return
                 if isinstance(cause, SnapshotReplaced):
                     # Only callers' requests carry over: step outcomes and timers belong
                     # to the state that was replaced; Recover re-derives them.

@@ -1,0 +1,304 @@
+"""Group commit for PostgresStorage: one thread owns the write connection.
+
+As in SQLiteStorage (``_sqlite_writer``): puts and deletes from Trio tasks
+are queued (a thread-safe ``SimpleQueue.put``, no thread hop); the writer
+thread takes everything queued, sends it as one transaction in one pipeline
+(one round trip and one WAL flush for the whole batch) and hands every
+outcome back to Trio with a single ``TrioToken.run_sync_soon`` per batch.
+
+Each row is fenced by its expected revision inside the transaction
+(``UPDATE ... WHERE id = %s AND revision = %s``, ``INSERT ... ON CONFLICT DO
+NOTHING`` for "nothing stored"): a conflicting row changes nothing and fails
+alone with ``RevisionConflict``; the rest commit. Under READ COMMITTED a
+row another transaction changes meanwhile is re-checked against the fence
+once that transaction ends, so two engines can never both win. The batch is
+applied in id order (stable: requests for one id keep their queue order), so
+two engines' batches lock rows in the same order and cannot deadlock on them.
+
+A failed transaction fails every request in it with ``OSError``; nothing of
+it is stored. A connection lost during ``COMMIT`` leaves the outcome unknown
+to us (PostgreSQL may have committed): the requests fail with ``OSError``
+all the same, and a caller that retries with ``expected_revision`` finds out
+which it was (``RevisionConflict`` if it had committed). The next batch opens
+a new connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
+
+import outcome
+import trio
+
+from .._core._errors import RevisionConflict
+
+if TYPE_CHECKING:
+    import psycopg
+
+MAX_BATCH: Final = 1_000
+"""Most requests in one transaction (bounds its latency and memory)."""
+
+Row = tuple[str, str, int, str, int, float, float | None, bytes]
+"""(id, workflow, version, status, revision, updated_at, next_deadline, snapshot)."""
+
+_COLUMNS: Final = "id, workflow, version, status, revision, updated_at, next_deadline, snapshot"
+_VALUES: Final = "%s, %s, %s, %s, %s, %s, %s, %s"
+UPSERT: Final = (
+    f"INSERT INTO hx_instances ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (id) DO UPDATE SET "
+    "workflow = excluded.workflow, version = excluded.version, status = excluded.status, "
+    "revision = excluded.revision, updated_at = excluded.updated_at, "
+    "next_deadline = excluded.next_deadline, snapshot = excluded.snapshot"
+)
+INSERT_NEW: Final = (
+    f"INSERT INTO hx_instances ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (id) DO NOTHING "
+    "RETURNING revision"
+)
+UPDATE_AT: Final = (
+    "UPDATE hx_instances SET workflow = %s, version = %s, status = %s, revision = %s, "
+    "updated_at = %s, next_deadline = %s, snapshot = %s WHERE id = %s AND revision = %s "
+    "RETURNING revision"
+)
+_DELETE: Final = (
+    "WITH inbox AS (DELETE FROM hx_inbox WHERE instance_id = %s) "
+    "DELETE FROM hx_instances WHERE id = %s"
+)
+_QUARANTINE: Final = (
+    "WITH moved AS (DELETE FROM hx_instances WHERE id = %s AND snapshot = %s RETURNING id, "
+    "snapshot) INSERT INTO hx_quarantine (id, snapshot, reason, at) "
+    "SELECT id, snapshot, %s, %s FROM moved"
+)
+_REVISION: Final = "SELECT revision FROM hx_instances WHERE id = %s"
+
+Connect = Callable[[], "psycopg.Connection[tuple[Any, ...]]"]
+
+
+class Op(Protocol):
+    """One write of a batch, in two steps inside the batch's transaction and pipeline.
+
+    ``send`` queues its statement and returns the cursor; after the pipeline
+    synced, ``finish`` reads that cursor and returns the outcome, and may queue
+    follow-up statements (marking inbox rows, notifications) whose results it
+    does not read: they commit with the batch, or fail it.
+    """
+
+    instance_id: str
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]: ...
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]: ...
+
+
+@final
+class Request:
+    """One queued write (an :class:`Op`) and, once its batch is done, its outcome."""
+
+    __slots__ = ("op", "outcome", "task")
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+        self.task: trio.lowlevel.Task | None = None
+        self.outcome: outcome.Outcome[Any] | None = None
+
+
+@final
+class Put:
+    """``put``: upsert, or fenced by the expected revision (0: insert only)."""
+
+    __slots__ = ("expected", "instance_id", "row")
+
+    def __init__(self, row: Row, expected: int | None) -> None:
+        self.instance_id = row[0]
+        self.row = row
+        self.expected = expected
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        if self.expected is None:
+            return conn.execute(UPSERT, self.row)
+        if self.expected == 0:
+            return conn.execute(INSERT_NEW, self.row)
+        return conn.execute(UPDATE_AT, (*self.row[1:], self.instance_id, self.expected))
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]:
+        if self.expected is None or cur.fetchone() is not None:
+            return outcome.Value(None)
+        return outcome.Error(conflict(conn, self.instance_id, self.expected))
+
+
+@final
+class Delete:
+    """``delete``: the instance's row and its inbox rows."""
+
+    __slots__ = ("instance_id",)
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        return conn.execute(_DELETE, (self.instance_id, self.instance_id))
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]:
+        return outcome.Value(None)
+
+
+@final
+class Quarantine:
+    """Move a row whose snapshot failed to decode to ``hx_quarantine`` (if it is unchanged)."""
+
+    __slots__ = ("at", "blob", "instance_id", "reason")
+
+    def __init__(self, instance_id: str, blob: bytes, reason: str, at: float) -> None:
+        self.instance_id = instance_id
+        self.blob = blob
+        self.reason = reason
+        self.at = at
+
+    def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
+        return conn.execute(_QUARANTINE, (self.instance_id, self.blob, self.reason, self.at))
+
+    def finish(
+        self, conn: psycopg.Connection[tuple[Any, ...]], cur: psycopg.Cursor[Any]
+    ) -> outcome.Outcome[Any]:
+        return outcome.Value(None)
+
+
+def conflict(
+    conn: psycopg.Connection[tuple[Any, ...]], instance_id: str, expected: int
+) -> RevisionConflict:
+    """The RevisionConflict for a fenced write of ``instance_id`` that matched no row."""
+    found = conn.execute(_REVISION, (instance_id,)).fetchone()
+    current = 0 if found is None else int(found[0])
+    return RevisionConflict(
+        f"instance {instance_id!r} is at revision {current}, not the expected {expected}"
+    )
+
+
+_STOP: Final = object()
+
+
+def fault(exc: BaseException, what: str) -> OSError:
+    """The OSError callers get for an error of PostgreSQL or of the connection."""
+    name = type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    code = f" [{sqlstate}]" if sqlstate else ""
+    text = str(exc).strip() or repr(exc)
+    number = errno.ENOSPC if sqlstate in ("53100",) else errno.EIO
+    return OSError(number, f"{what} failed: {name}{code}: {text}; nothing of it was stored")
+
+
+@final
+class Writer:
+    """The writer thread and its queue. ``submit`` from Trio; everything else is internal.
+
+    Counters (for tests and benchmarks): ``commits`` (transactions committed),
+    ``requests`` (requests those carried).
+    """
+
+    def __init__(self, connect: Connect, token: trio.lowlevel.TrioToken, describe: str) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.token = token
+        self._describe = describe
+        self._queue: queue.SimpleQueue[Request | object] = queue.SimpleQueue()
+        self.commits = 0
+        self.requests = 0
+        self._thread = threading.Thread(
+            target=self._loop, name=f"hephaestus-pg-writer {describe}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, request: Request) -> None:
+        """Queue ``request``; its task is rescheduled with its outcome later (Trio thread)."""
+        self._queue.put(request)
+
+    def stop(self) -> None:
+        """Finish what is queued, close the connection and end the thread. Blocking."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch: list[Request] = [first]  # type: ignore[list-item]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)  # type: ignore[arg-type]
+                self._run(batch)
+                with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
+                    self.token.run_sync_soon(_deliver, batch)
+                if stop:
+                    return
+        finally:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+
+    def _run(self, batch: list[Request]) -> None:
+        """Apply ``batch`` in one transaction and set every request's outcome."""
+        ordered = sorted(batch, key=lambda r: r.op.instance_id)
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            results = apply_batch(self._conn, ordered)
+        except BaseException as exc:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            noun = "write" if len(batch) == 1 else "writes"
+            error = fault(exc, f"a transaction of {len(batch)} {noun} to {self._describe}")
+            for request in batch:
+                copy = OSError(error.errno, error.strerror)
+                copy.__cause__ = exc
+                request.outcome = outcome.Error(copy)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        self.requests += len(batch)
+        for request, result in zip(ordered, results, strict=True):
+            request.outcome = result
+
+
+def apply_batch(
+    conn: psycopg.Connection[tuple[Any, ...]], batch: Sequence[Request]
+) -> list[outcome.Outcome[Any]]:
+    """Run ``batch`` in one transaction, pipelined; return each request's outcome.
+
+    Raises:
+        psycopg.Error: the transaction failed (rolled back: nothing stored).
+    """
+    with conn.transaction(), conn.pipeline() as pipeline:
+        cursors = [request.op.send(conn) for request in batch]
+        pipeline.sync()
+        return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
+
+
+def _deliver(batch: list[Request]) -> None:
+    """In the Trio thread: wake every task of a finished batch with its outcome."""
+    for request in batch:
+        assert request.task is not None
+        assert request.outcome is not None
+        trio.lowlevel.reschedule(request.task, request.outcome)
