@@ -199,7 +199,8 @@ class Engine:
 
         ``initial`` and ``metadata`` are the caller's checked copies. Started
         at once, or stored PENDING when ``wf``'s ``max_active`` is full (see
-        :mod:`._admission`). Shielded once the write begins, as :meth:`start`.
+        :mod:`._admission`). A caller cancelled during the write is treated as
+        in :meth:`start` (the claim is settled by :meth:`_settle_claim`).
 
         Raises:
             AlreadyRunning: an active instance holds the id.
