@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from .._core._errors import WorkflowDefinitionError
 from .._core._limits import check_limiters
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
@@ -72,7 +73,9 @@ async def open_engine(
     Raises:
         WorkflowDefinitionError: two different workflows share a name and version;
             a step names a limiter that ``limiters`` lacks, or a limit is no int >= 1;
-            a schedule's workflow is not in ``workflows``, or two schedules share a name.
+            a schedule's workflow is not in ``workflows``, or two schedules share a name;
+            a workflow has ``max_active`` and ``storage`` is a :class:`SharedStorage`
+            (the limit is counted by one engine, so it cannot hold across engines yet).
     """
     workflows = list(workflows)
     limits = check_limiters(limiters, workflows)
@@ -80,6 +83,8 @@ async def open_engine(
     handlers = [telemetry] if callable(telemetry) else list(telemetry)
     dispatcher = Telemetry(handlers)
     store: Storage = MemoryStorage() if storage is None else storage
+    if isinstance(store, SharedStorage):
+        _refuse_engine_local_limits(workflows)
     if getattr(store, "on_quarantine", False) is None:
 
         def quarantined(path: str, reason: str) -> None:
@@ -142,3 +147,22 @@ async def open_engine(
         if opened_here:
             with trio.CancelScope(shield=True):
                 await store.aclose()
+
+
+def _refuse_engine_local_limits(workflows: Iterable[Workflow]) -> None:
+    """Refuse ``max_active`` on shared storage, where one engine's count would not hold.
+
+    Raises:
+        WorkflowDefinitionError: naming each workflow that declares ``max_active``.
+    """
+    for workflow in workflows:
+        if workflow.max_active is not None:
+            raise WorkflowDefinitionError(
+                workflow.name,
+                [
+                    f"max_active={workflow.max_active} is counted by each engine on its own, "
+                    "so on a shared storage several engines together would admit more: "
+                    "drop max_active for this workflow on shared storage, or run it on a "
+                    "single-engine storage (MemoryStorage, FileStorage, SQLiteStorage)"
+                ],
+            )
