@@ -726,3 +726,42 @@ async def test_schedules_start_each_tick_once_across_engines(autojump_clock: Any
         errors = [e for n in nodes[1:] for e in n.events.named("storage.error")]
         assert errors == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_child_that_ends_on_one_engine_tells_its_parent_held_by_another(
+    autojump_clock: Any,
+) -> None:
+    store, clock = store_and_clock()
+    nap = hx.Wait(5.0, key="nap")
+    child = hx.Workflow(
+        "child", start=nap, transitions={(nap, "timeout"): hx.Done}, unique=hx.Unique("child")
+    )
+    sub = hx.SubWorkflow(child, key="sub")
+    parent = hx.Workflow(
+        "parent",
+        start=sub,
+        transitions={
+            (sub, "completed"): hx.Done,
+            (sub, "failed"): hx.Done,
+            (sub, "cancelled"): hx.Done,
+        },
+        unique=hx.Unique("parent"),
+    )
+    async with store, trio.open_nursery() as nursery:
+        starter = await spawn(nursery, store, [parent, child], clock)
+        holder = await spawn(nursery, store, [parent, child], clock, passivate_after=None)
+        runner = await spawn(nursery, store, [parent, child], clock, passivate_after=None)
+        pid = await starter.engine.start(parent, "p")
+        await trio.sleep(1)
+        [kid] = await starter.engine.list(workflow=child)
+        # Any request makes an engine take an unowned instance; these two keep theirs resident.
+        assert await holder.engine.cancel_timer(pid, "no-such-timer") is False
+        assert await runner.engine.cancel_timer(kid.id, "no-such-timer") is False
+        assert store.owner(pid) == holder.engine.shared.lease  # type: ignore[union-attr]
+        assert store.owner(kid.id) == runner.engine.shared.lease  # type: ignore[union-attr]
+        # The child ends on the runner, which tells the parent through the holder's inbox.
+        done = await starter.engine.wait(pid)
+        assert done.status is hx.Status.COMPLETED
+        assert done.results["sub"]["results"] == {"nap": {}}
+        assert holder.events.count("step.stop", pid) == 1
+        nursery.cancel_scope.cancel()

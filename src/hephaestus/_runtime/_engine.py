@@ -745,7 +745,6 @@ class Engine:
         for instance in recovered:
             self.admission.recovered(instance)
         for instance in recovered:
-            self.children.recovered(instance)
             self._recover_instance(instance)
         self.admission.fill_all()
 
@@ -753,8 +752,10 @@ class Engine:
         """Take a stored non-terminal instance into the registry, with a runner if it needs one.
 
         One this engine cannot run (workflow not registered, definition
-        changed) is registered ``ORPHAN`` and reported.
+        changed) is registered ``ORPHAN`` and reported; a pending one waits
+        for its workflow's ``max_active`` slot.
         """
+        self.children.recovered(instance)
         workflow = self._workflows.get((instance.workflow, instance.version))
         if workflow is None:
             self._registry[instance.id] = Entry(None, instance, State.ORPHAN)

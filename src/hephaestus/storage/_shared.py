@@ -72,7 +72,15 @@ from typing import Final, Protocol, TypeAlias, runtime_checkable
 import msgspec
 import trio
 
-from .._core._engine import Cancel, CancelTimer, Deliver, Retry, ScheduleResume
+from .._core._engine import (
+    Cancel,
+    CancelTimer,
+    ChildFinished,
+    ChildStartFailed,
+    Deliver,
+    Retry,
+    ScheduleResume,
+)
 from .._core._errors import HephaestusError
 from .._core._model import Instance
 
@@ -162,10 +170,14 @@ class ClaimOne(msgspec.Struct, frozen=True, kw_only=True):
 
 # --- the shared inbox -------------------------------------------------------------------------
 
-Request: TypeAlias = Deliver | Cancel | Retry | ScheduleResume | CancelTimer
+Request: TypeAlias = (
+    Deliver | Cancel | Retry | ScheduleResume | CancelTimer | ChildFinished | ChildStartFailed
+)
 """What another engine asks an instance's owner to apply: the core's own inputs.
 
-They are stored (msgpack, tagged by class name), so their tags never change.
+``resume``, ``cancel``, ``retry``, ``schedule_resume``, ``cancel_timer``, and a
+child's end (or failed start) told to its parent (``hx.SubWorkflow``). They
+are stored (msgpack, tagged by class name), so their tags never change.
 """
 
 
