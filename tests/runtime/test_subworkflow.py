@@ -418,3 +418,28 @@ async def test_resident_and_passivated_parents_alike(
         final = await engine.wait(done)
     assert kid.status is hx.Status.CANCELLED
     assert final.completed == ("sub", "on_completed")
+
+
+async def test_children_queue_under_their_workflows_max_active(autojump_clock: Any) -> None:
+    @hx.step(events=("ok",))
+    async def work(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(10)
+        return "ok"
+
+    child = hx.Workflow(
+        "child",
+        start=work,
+        transitions={(work, "ok"): hx.Done},
+        unique=hx.Unique("childid"),
+        max_active=1,
+    )
+    parent = parent_workflow(child, initial={})
+    async with hx.open_engine(workflows=[parent, child], clock=clock()) as engine:
+        first = await engine.start(parent, "p1")
+        second = await engine.start(parent, "p2")
+        await trio.sleep(1)
+        queued = (await engine.get(second)).children["sub"].id
+        assert (await engine.get(queued)).status is hx.Status.PENDING
+        finals = [await engine.wait(first), await engine.wait(second)]
+    assert [f.completed for f in finals] == [("sub", "on_completed")] * 2
+    assert finals[1].updated_at - finals[0].updated_at == 10

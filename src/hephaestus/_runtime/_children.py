@@ -213,10 +213,12 @@ class Children:
                 )
                 return
             try:
-                await engine.create(workflow, link.id, link.initial, {}, parent=parent)
+                await engine._create(workflow, link.id, link.initial, {}, parent=parent)
             except AlreadyRunning:
-                await trio.lowlevel.checkpoint()
-                continue  # started meanwhile (a second StartChild): look again
+                # Started meanwhile (a second StartChild), or the id is held while its
+                # finished instance is being deleted: look again in a moment.
+                await trio.sleep(RETRY_FIRST)
+                continue
             return
 
     async def _cancel(self, command: CancelChild) -> None:

@@ -184,9 +184,9 @@ class Engine:
         # Deep copies, encoded as they will be stored: the caller keeps nothing of ours.
         initial_dict = stored_copy(_as_dict(initial), "initial") or {}
         metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
-        return await self.create(wf, instance_id, initial_dict, metadata_dict)
+        return await self._create(wf, instance_id, initial_dict, metadata_dict)
 
-    async def create(
+    async def _create(
         self,
         wf: Workflow,
         instance_id: str,
@@ -199,7 +199,8 @@ class Engine:
 
         ``initial`` and ``metadata`` are the caller's checked copies. Started
         at once, or stored PENDING when ``wf``'s ``max_active`` is full (see
-        :mod:`._admission`). Shielded once the write begins, as :meth:`start`.
+        :mod:`._admission`). A caller cancelled during the write is treated as
+        in :meth:`start` (the claim is settled by :meth:`_settle_claim`).
 
         Raises:
             AlreadyRunning: an active instance holds the id.
@@ -262,10 +263,10 @@ class Engine:
         if admitted:
             self._nursery.start_soon(supervise, self, entry, transition.commands)
         else:
-            self.queue_pending(entry)
+            self._queue_pending(entry)
         return instance_id
 
-    def queue_pending(self, entry: Entry) -> None:
+    def _queue_pending(self, entry: Entry) -> None:
         """Keep the stored PENDING instance of ``entry`` as an index record in its queue.
 
         Requests mailed to it while its first write was under way are applied
@@ -527,7 +528,7 @@ class Engine:
             return
         entry.instance = stored
         if stored.status is Status.PENDING and self.admission.limited(stored.workflow):
-            self.queue_pending(entry)
+            self._queue_pending(entry)
             return
         mailbox = entry.mailbox
         assert mailbox is not None
@@ -643,7 +644,7 @@ class Engine:
             if entry is not None:
                 entry.instance = transition.instance
                 entry.mark_done(State.FINISHED)
-            self.on_finished(transition.instance)
+            self._on_finished(transition.instance)
         return transition.reply
 
     def _timer_due(self, instance_id: str, timer_id: str) -> None:
@@ -705,14 +706,14 @@ class Engine:
             del self._registry[instance_id]
         entry.mark_done(State.FINISHED)
         self.timers.disarm_all(instance_id)
-        self.on_finished(entry.instance)
+        self._on_finished(entry.instance)
 
-    def on_finished(self, instance: Instance) -> None:
+    def _on_finished(self, instance: Instance) -> None:
         """After terminal ``instance`` is stored and let go of: free its slot, tell its parent."""
         self.admission.release(instance)
         self.children.finished(instance)
 
-    def carry_out_child(self, command: StartChild | CancelChild) -> None:
+    def _carry_out_child(self, command: StartChild | CancelChild) -> None:
         """Carry out a command about a child instance (in a task of its own)."""
         self.children.carry_out(command)
 
@@ -809,7 +810,7 @@ class Engine:
             if isinstance(command, ArmTimer):
                 self.timers.arm(instance.id, command.timer.id, command.timer.deadline)
             elif isinstance(command, StartChild):
-                self.carry_out_child(command)
+                self._carry_out_child(command)
         if self.telemetry.enabled:
             self.telemetry.emit(
                 "runner.init",

@@ -460,7 +460,7 @@ class Runner:
                 case RunStep():
                     steps.append(command)
                 case StartChild() | CancelChild():
-                    engine.carry_out_child(command)
+                    engine._carry_out_child(command)
         if entry.instance.status.is_terminal:
             engine.finish_passive(entry)
         elif steps:
@@ -680,7 +680,7 @@ class Runner:
                         assert everything is not None
                         everything.cancel()
                 case StartChild() | CancelChild():
-                    self.engine.carry_out_child(command)
+                    self.engine._carry_out_child(command)
 
     def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.

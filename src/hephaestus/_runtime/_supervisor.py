@@ -164,7 +164,7 @@ async def supervise(
         if engine._registry.get(entry.id) is entry:
             del engine._registry[entry.id]
         entry.mark_done(State.FINISHED)
-        engine.on_finished(entry.instance)
+        engine._on_finished(entry.instance)
         if not mailbox.empty():
             drain(engine, entry, EngineClosed("instance finished"))
     finally:
