@@ -194,6 +194,7 @@ class Engine:
         metadata: dict[str, Any],
         *,
         parent: ParentLink | None = None,
+        replace_finished: bool = True,
     ) -> str:
         """Store a new instance of ``wf`` under ``instance_id`` and run it (or queue it).
 
@@ -201,9 +202,13 @@ class Engine:
         at once, or stored PENDING when ``wf``'s ``max_active`` is full (see
         :mod:`._admission`). A caller cancelled during the write is treated as
         in :meth:`start` (the claim is settled by :meth:`_settle_claim`).
+        A finished instance under the id is replaced, unless ``replace_finished``
+        is false (a schedule's tick: any instance stored under its id, finished
+        or not, means the tick ran; the store's revision check decides).
 
         Raises:
-            AlreadyRunning: an active instance holds the id.
+            AlreadyRunning: an active instance holds the id (or any instance
+                does, without ``replace_finished``).
         """
         held = self._registry.get(instance_id)
         if held is not None and held.state is not State.FINISHED:
@@ -237,7 +242,9 @@ class Engine:
                     await self.storage.put(transition.instance, expected_revision=0)
                 except RevisionConflict:
                     stored = await self.storage.get(instance_id)
-                    if stored is not None and not stored.status.is_terminal:
+                    if stored is not None and (
+                        not stored.status.is_terminal or not replace_finished
+                    ):
                         raise self._already_running(
                             wf, instance_id, Entry(None, stored, State.ORPHAN)
                         ) from None

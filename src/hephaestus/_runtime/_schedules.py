@@ -8,7 +8,11 @@ module reads the clock, sleeps and starts instances.
 Exactly once per tick per store: a tick's instance id is built from the
 tick's UTC time (``tick_value``), so it is the same whoever computes it; a
 tick whose id the store already holds (in any status) counts as started and
-is never started again, and the schedule's record says up to which moment
+is never started again. The start is create-only (``Engine._create(...,
+replace_finished=False)``): the store's revision check lets one writer win,
+so engines sharing a store that look at one tick together start it once,
+even when the winner's instance has finished before another engine's write
+arrives. The schedule's record says up to which moment
 every tick was dealt with, so a restart never looks at a tick twice, even
 once that tick's instance has been pruned. The record is written after the
 ticks it covers are started: a crash between the two makes the next engine
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import trio
 
-from .._core._codec import check_text, stored_copy
+from .._core._codec import check_text, detached_copy, stored_copy
 from .._core._errors import (
     AlreadyRunning,
     CorruptSnapshot,
@@ -257,11 +261,13 @@ async def _start_tick(engine: Engine, schedule: Schedule, tick: float) -> None:
         held = True  # something is stored under that id: never overwrite it
     if not held:
         try:
-            await engine.start(
+            # Never replace a finished instance (engine.start would): it is this tick's.
+            await engine._create(
                 workflow,
-                value,
-                schedule.initial,
-                metadata={"schedule": schedule.name, "tick": tick},
+                instance_id,
+                detached_copy(schedule.initial),
+                {"schedule": schedule.name, "tick": tick},
+                replace_finished=False,
             )
         except AlreadyRunning:
             held = True
