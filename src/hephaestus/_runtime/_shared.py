@@ -112,6 +112,8 @@ class SharedRuntime:
         self._finished: dict[str, trio.Event] = {}
         self._serving: set[str] = set()
         self._again: set[str] = set()
+        self._letting_go: dict[str, bool] = {}
+        """Instances being released by :meth:`let_go` -> claimed back meanwhile (keep them)."""
         self.claimer_wake = trio.Event()
         """Set when released work may be claimable; the claimer replaces it after each look."""
         self.claimer_wakes_at = math.inf
@@ -202,6 +204,8 @@ class SharedRuntime:
             )
         held = registry.get(instance.id)
         if held is not None and held.state in _HELD:
+            if instance.id in self._letting_go:
+                self._letting_go[instance.id] = True  # the release committed: it is ours again
             return held
         if instance.status.is_terminal or (held is not None and held.state is State.DELETING):
             return None
@@ -255,9 +259,11 @@ class SharedRuntime:
 
         Done holding the write token, so no request of this engine is half
         applied meanwhile; if a caller holds it, that caller lets go after.
-        An instance with a timer already due is kept (its timer is firing).
-        Cancelled (the engine closing), it keeps the instance: the engine's
-        lease is released on exit anyway.
+        An instance with a timer already due is kept (its timer is firing), and
+        so is one this engine claimed back while the release returned
+        (:meth:`adopt`): the store names this engine its owner again, so it
+        must go on holding it. Cancelled (the engine closing), it keeps the
+        instance: the engine's lease is released on exit anyway.
         """
         engine = self.engine
         instance_id = entry.id
@@ -268,6 +274,7 @@ class SharedRuntime:
             return
         if not entry.token.try_acquire():
             return
+        self._letting_go[instance_id] = False
         try:
             await self.store.release_instances(self.lease, [instance_id])
         except Exception as exc:
@@ -280,7 +287,10 @@ class SharedRuntime:
             )
             return
         finally:
+            reclaimed = self._letting_go.pop(instance_id, False)
             entry.token.release()
+        if reclaimed:
+            return
         if engine._registry.get(instance_id) is entry and entry.state is State.PASSIVE:
             del engine._registry[instance_id]
             engine.timers.disarm_all(instance_id)

@@ -1,0 +1,54 @@
+"""Races on the shared path: a claim meeting a release, a wake-up before the write returns.
+
+Each test makes one interleaving certain (a store call held open under
+``autojump_clock``) that the multi-process runs hit only now and then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+import hephaestus as hx
+
+from .shared_cluster import TTL, spawn
+
+
+def nap_workflow(seconds: float) -> hx.Workflow:
+    nap = hx.Wait(seconds, key="nap")
+    return hx.Workflow(
+        "nap", start=nap, transitions={(nap, "timeout"): hx.Done}, unique=hx.Unique("nap")
+    )
+
+
+async def test_a_claim_while_the_release_returns_keeps_the_instance_held(
+    autojump_clock: Any,
+) -> None:
+    """The store says "owned by A" only while A holds the instance with its timers armed.
+
+    A passivates the instance and releases it; before the release returns,
+    the timer falls due and A's own claimer claims it back. A must then keep
+    it (and fire the timer), not forget it while the store names A its owner.
+    """
+    clock = hx.testing.VirtualClock()
+    store = hx.MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    wf = nap_workflow(1.0)
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        release = a.conn.release_instances
+        slowed = [True]
+
+        async def slow_release(lease: hx.Lease, instance_ids: Any) -> None:
+            await release(lease, instance_ids)  # committed: the row has no owner now
+            if slowed[0]:
+                slowed[0] = False
+                await trio.sleep(2.0)  # the timer falls due and A's claimer looks meanwhile
+
+        a.conn.release_instances = slow_release  # type: ignore[method-assign]
+        iid = await a.engine.start(wf, "x")
+        with trio.fail_after(10 * TTL):
+            done = await a.engine.wait(iid)
+        assert done.status is hx.Status.COMPLETED
+        assert not slowed[0]  # the race was run
+        nursery.cancel_scope.cancel()
