@@ -52,3 +52,34 @@ async def test_a_claim_while_the_release_returns_keeps_the_instance_held(
         assert done.status is hx.Status.COMPLETED
         assert not slowed[0]  # the race was run
         nursery.cancel_scope.cancel()
+
+
+async def test_wait_wakes_on_finished_that_comes_before_the_write_returns(
+    autojump_clock: Any,
+) -> None:
+    """PostgreSQL may deliver Finished before the runner takes in its own write's result.
+
+    wait() woken by it must read the store (terminal already), not the
+    registry's older snapshot, and must not sleep until the next poll.
+    """
+    clock = hx.testing.VirtualClock()
+    store = hx.MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    wf = nap_workflow(1.0)
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock, passivate_after=None)  # stays resident
+        put_owned = a.conn.put_owned
+        committed: list[float] = []
+
+        async def slow_put(lease: hx.Lease, instance: hx.Instance, **kwargs: Any) -> None:
+            await put_owned(lease, instance, **kwargs)  # Finished is sent from here
+            if instance.status.is_terminal:
+                committed.append(trio.current_time())
+                await trio.sleep(3 * TTL)  # the reply reaches the runner late
+
+        a.conn.put_owned = slow_put  # type: ignore[method-assign]
+        iid = await a.engine.start(wf, "x")
+        done = await a.engine.wait(iid)
+        assert done.status is hx.Status.COMPLETED
+        assert committed
+        assert trio.current_time() - committed[0] < TTL / 8  # not the next poll, TTL/4 on
+        nursery.cancel_scope.cancel()

@@ -594,7 +594,11 @@ class SharedRuntime:
         """Return the instance once it is terminal, wherever it runs.
 
         Woken by the store's ``Finished`` notification, and polls every TTL/4.
-        Cancelling it changes nothing.
+        The first look may use this engine's snapshot of an instance it holds;
+        every look after a wake-up reads the store, since the notification can
+        come before this engine's runner has taken in the write that sent it.
+        The event is created before each look, so no wake-up is lost between
+        the look and the wait. Cancelling it changes nothing.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -602,18 +606,21 @@ class SharedRuntime:
             EngineClosed: the engine closed first.
         """
         engine = self.engine
+        woken = False
         while True:
             engine._check_open()
             finished = self._finished.setdefault(instance_id, trio.Event())
             entry = engine._registry.get(instance_id)
             if entry is not None and entry.state is State.STUCK:
                 raise RunnerFailed(stuck_message(engine, entry))
-            if entry is not None and entry.snapshot is not None and entry.state in _HELD:
-                instance = detached_instance(entry.snapshot)
+            snapshot = entry.snapshot if entry is not None and entry.state in _HELD else None
+            if snapshot is not None and not woken:
+                instance = detached_instance(snapshot)
             else:
-                instance = await engine._load(instance_id)  # or passivated: in storage
+                instance = await engine._load(instance_id)  # what is stored is the news
             if instance.status.is_terminal:
                 return instance
+            woken = True
             with trio.move_on_after(self.poll):
                 await finished.wait()
             if finished.is_set() and self._finished.get(instance_id) is finished:
