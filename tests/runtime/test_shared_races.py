@@ -83,3 +83,66 @@ async def test_wait_wakes_on_finished_that_comes_before_the_write_returns(
         assert committed
         assert trio.current_time() - committed[0] < TTL / 8  # not the next poll, TTL/4 on
         nursery.cancel_scope.cancel()
+
+
+async def test_a_retry_whose_claim_is_lost_before_its_write_gets_the_normal_answer(
+    autojump_clock: Any,
+) -> None:
+    """LeaseLost never reaches a caller: the retry is routed again and answered as usual.
+
+    A claims the failed instance for a retry, then is paused past its lease
+    before the write; B retries it meanwhile and it completes. A's write is
+    fenced; A renews and asks again, so its caller hears what any second
+    retry hears (EventRejected: the instance is not failed any more).
+    """
+    clock = hx.testing.VirtualClock()
+    store = hx.MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    failures = [1]
+
+    @hx.step(events=("ok",))
+    async def flaky(ctx: hx.StepContext) -> hx.StepResult:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("first time")
+        return "ok"
+
+    wf = hx.Workflow(
+        "flaky", start=flaky, transitions={(flaky, "ok"): hx.Done}, unique=hx.Unique("fl")
+    )
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        b = await spawn(nursery, store, [wf], clock)
+        iid = await a.engine.start(wf, "x")
+        assert (await a.engine.wait(iid)).status is hx.Status.FAILED
+        put_owned = a.conn.put_owned
+        pause_once = [True]
+
+        async def pause_then_put(lease: hx.Lease, instance: hx.Instance, **kwargs: Any) -> None:
+            if pause_once[0]:
+                pause_once[0] = False
+                a.conn.pause()  # SIGSTOP between the claim and the write
+            await put_owned(lease, instance, **kwargs)
+
+        a.conn.put_owned = pause_then_put  # type: ignore[method-assign]
+        outcome: list[BaseException | None] = []
+        answered = trio.Event()
+
+        async def retry_on_a() -> None:
+            try:
+                await a.engine.retry(iid)
+                outcome.append(None)
+            except hx.HephaestusError as exc:
+                outcome.append(exc)
+            answered.set()
+
+        nursery.start_soon(retry_on_a)
+        await trio.sleep(2 * TTL)  # a's lease expires
+        await b.engine.retry(iid)
+        assert (await b.engine.wait(iid)).status is hx.Status.COMPLETED
+        a.conn.resume()
+        with trio.fail_after(4 * TTL):
+            await answered.wait()
+        assert not pause_once[0]  # the race was run
+        assert isinstance(outcome[0], hx.EventRejected), outcome
+        assert (await store.get(iid)).status is hx.Status.COMPLETED  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()

@@ -362,7 +362,10 @@ class SharedRuntime:
             if one.claimed is not None:
                 if self.adopt(one.claimed) is None:
                     await self._release([instance_id])
-                    return await engine._request_here(instance_id, event)  # answers from storage
+                    try:
+                        return await engine._request_here(instance_id, event)  # from storage
+                    except LeaseLost:
+                        continue  # it was claimed and changed elsewhere meanwhile: again
                 self.engine._nursery.start_soon(self.serve_inbox, instance_id)
                 continue
             if one.owner is not None:
@@ -374,29 +377,41 @@ class SharedRuntime:
     async def retry(self, instance_id: str) -> None:
         """``retry`` on shared storage: claim the failed instance, or ask its owner.
 
+        A write fenced because this engine lost the instance meanwhile (its
+        lease expired and another engine took it) is routed again, as any
+        request is: ``LeaseLost`` never reaches the caller.
+
         Raises:
             as :meth:`Engine.retry`.
         """
         engine = self.engine
-        await trio.lowlevel.checkpoint()
-        engine._check_open()
-        entry = engine._registry.get(instance_id)
-        if entry is not None and entry.state in (*_HELD, State.DELETING):
-            await engine._retry_here(instance_id)  # active here: it refuses, or waits to finish
-            return
-        one = await self.claim_instance(instance_id)
-        if one.claimed is not None:
-            try:
-                await engine._retry_here(instance_id)
-            except BaseException:
-                if engine._registry.get(instance_id) is None:
-                    await self._release([instance_id])
-                raise
-            return
-        if one.owner is not None:
-            await self.remote(instance_id, RetryInput())
-            return
-        raise InstanceNotFound(f"no instance with id {instance_id!r}")
+        while True:
+            await trio.lowlevel.checkpoint()
+            engine._check_open()
+            entry = engine._registry.get(instance_id)
+            if entry is not None and entry.state in (*_HELD, State.DELETING):
+                try:
+                    await engine._retry_here(instance_id)  # active here: refuses, or waits
+                except LeaseLost:
+                    self._drop_if_held(instance_id)
+                    continue  # someone else holds it now: route it again
+                return
+            one = await self.claim_instance(instance_id)
+            if one.claimed is not None:
+                try:
+                    await engine._retry_here(instance_id)
+                except LeaseLost:
+                    self._drop_if_held(instance_id)
+                    continue
+                except BaseException:
+                    if engine._registry.get(instance_id) is None:
+                        await self._release([instance_id])
+                    raise
+                return
+            if one.owner is not None:
+                await self.remote(instance_id, RetryInput())
+                return
+            raise InstanceNotFound(f"no instance with id {instance_id!r}")
 
     async def remote(self, instance_id: str, event: Request) -> Any:
         """Send ``event`` through the shared inbox and return the stored answer.
