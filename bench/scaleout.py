@@ -337,7 +337,8 @@ class Stuck(TimeoutError):
 
     ``overdue_owned`` is True when every unfinished instance is WAITING with
     a timer past due while a *live* engine owns it (so no claim takes it):
-    the runtime's known hole (see the report of issue #14).
+    the hole an engine left when it claimed an instance back while releasing
+    it (fixed; the kill and pause tests now fail on it like on any stuck run).
     """
 
     def __init__(self, message: str, *, overdue_owned: bool) -> None:
