@@ -146,3 +146,42 @@ async def test_a_retry_whose_claim_is_lost_before_its_write_gets_the_normal_answ
         assert isinstance(outcome[0], hx.EventRejected), outcome
         assert (await store.get(iid)).status is hx.Status.COMPLETED  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_claim_that_ran_before_the_release_commits_lets_it_go(
+    autojump_clock: Any,
+) -> None:
+    """A claim answered before the release committed must not keep the instance.
+
+    The release unowns it after that claim, so keeping the entry would leave
+    this engine holding an instance the store says nobody owns: its timer's
+    write would be fenced and the instance dropped.
+    """
+    clock = hx.testing.VirtualClock()
+    store = hx.MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    wf = nap_workflow(1.0)
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        shared = a.engine.shared
+        assert shared is not None
+        release = a.conn.release_instances
+        raced = [False]
+
+        async def claim_then_release(lease: hx.Lease, instance_ids: Any) -> None:
+            if not raced[0]:
+                raced[0] = True
+                [iid] = instance_ids
+                one = await a.conn.claim_instance(lease, iid)  # still ours: nothing changes
+                assert one.claimed is not None
+                assert shared.adopt(one.claimed) is not None
+            await release(lease, instance_ids)
+
+        a.conn.release_instances = claim_then_release  # type: ignore[method-assign]
+        iid = await a.engine.start(wf, "x")
+        await trio.sleep(0.5)
+        assert raced[0]
+        assert store.owner(iid) is None
+        assert a.engine._registry.get(iid) is None  # let go, as the store says
+        assert (await a.engine.wait(iid)).status is hx.Status.COMPLETED
+        assert a.events.named("runner.drop") == []
+        nursery.cancel_scope.cancel()

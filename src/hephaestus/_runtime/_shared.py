@@ -204,8 +204,10 @@ class SharedRuntime:
             )
         held = registry.get(instance.id)
         if held is not None and held.state in _HELD:
-            if instance.id in self._letting_go:
-                self._letting_go[instance.id] = True  # the release committed: it is ours again
+            if instance.id in self._letting_go and previous != self.lease:
+                # Claimed after the release committed: it is ours again. (A claim that
+                # found it still ours ran before the release, which unowns it after.)
+                self._letting_go[instance.id] = True
             return held
         if instance.status.is_terminal or (held is not None and held.state is State.DELETING):
             return None
