@@ -185,3 +185,51 @@ async def test_a_claim_that_ran_before_the_release_commits_lets_it_go(
         assert (await a.engine.wait(iid)).status is hx.Status.COMPLETED
         assert a.events.named("runner.drop") == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_timer_read_across_a_lost_lease_writes_nothing_under_the_new_one(
+    autojump_clock: Any,
+) -> None:
+    """A passive instance's timer, read under epoch 1 and dropped meanwhile, is not written.
+
+    Its lease expires while the snapshot is read; the engine renews as epoch 2
+    and claims the instance back. The stale read must not write under epoch 2
+    (it would release the row under the new owner, whose own write is then
+    fenced: "owned by nobody", and the instance dropped a second time).
+    """
+    from hephaestus._runtime._lease import renew
+
+    clock = hx.testing.VirtualClock()
+    store = hx.MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    wf = nap_workflow(1.0)
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [wf], clock)
+        shared = a.engine.shared
+        assert shared is not None
+        get = a.conn.get
+        reading = trio.Event()
+        slow = [True]
+
+        async def slow_get(instance_id: str) -> Any:
+            if slow[0] and clock.now() >= 1.0:
+                reading.set()
+                await trio.sleep(0.5)  # the lease is lost and taken back meanwhile
+            return await get(instance_id)
+
+        a.conn.get = slow_get  # type: ignore[method-assign]
+        iid = await a.engine.start(wf, "x")
+        await reading.wait()  # the claimer took the due instance; its timer is being read
+        assert store.owner(iid) == shared.lease
+        old = shared.lease
+        store._engines[old.engine_id] = (old.epoch, -float("inf"))  # its lease expired
+        await renew(shared, old)  # drops everything, epoch 2
+        assert shared.lease.epoch == old.epoch + 1
+        one = await shared.claim_instance(iid)
+        assert one.claimed is not None
+        assert shared.adopt(one.claimed) is not None  # its timer fires again under epoch 2
+        done = await a.engine.wait(iid)
+        slow[0] = False
+        assert done.status is hx.Status.COMPLETED
+        await trio.sleep(1)
+        assert store.fenced_writes == 0  # only the epoch-2 fire wrote, and it was not fenced
+        nursery.cancel_scope.cancel()
