@@ -11,35 +11,13 @@ a few seconds.
 from __future__ import annotations
 
 import pytest
-from bench.scaleout import REJOIN_EXTRA, Outcome, Stuck, run, summary
+from bench.scaleout import REJOIN_EXTRA, Outcome, run, summary
 
 TTL = 2.0
 """Lease TTL of both runs: its bounds (takeover within 2 TTLs, a live engine keeping its
 lease) must hold on a loaded two-core machine (at 1 s they did alone, not under the suite)."""
 KILL_TTL = TTL
 VICTIM = "engine-0"
-
-
-def known_hole(group: BaseExceptionGroup[Stuck]) -> None:
-    """xfail a run stuck only on the runtime's known hole, with what the driver found.
-
-    Seen in about 1 run in 8 here (h14-shared's runtime at 732f564): after the
-    kill, an instance WAITING on a timer that is past due stays owned by a
-    live engine that either holds it PASSIVE at the stored revision without
-    firing the timer, or does not hold it at all; no claim takes it (its owner
-    is live), so it never completes. Anything else that leaves a run
-    unfinished fails the test.
-    """
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, BaseExceptionGroup):
-            pending.extend(item.exceptions)
-        else:
-            leaves.append(item)
-    if len(leaves) == 1 and isinstance(leaves[0], Stuck) and leaves[0].overdue_owned:
-        pytest.xfail(f"known runtime hole (a live owner never fires a due timer): {leaves[0]}")
 
 
 def check_duplicates_were_in_flight_on_the_victim(outcome: Outcome) -> None:
@@ -57,11 +35,7 @@ def check_duplicates_were_in_flight_on_the_victim(outcome: Outcome) -> None:
 async def test_sigkill_of_one_engine_loses_nothing_and_repeats_only_its_steps_in_flight(
     pg_dsn: str,
 ) -> None:
-    try:
-        outcome = await run(pg_dsn, engines=3, instances=1_000, ttl=KILL_TTL, mode="kill")
-    except* Stuck as group:
-        known_hole(group)
-        raise
+    outcome = await run(pg_dsn, engines=3, instances=1_000, ttl=KILL_TTL, mode="kill")
     report = summary(outcome, VICTIM)
     assert report["lost"] == 0, report
     assert outcome.completed == 1_000
@@ -79,14 +53,10 @@ async def test_sigkill_of_one_engine_loses_nothing_and_repeats_only_its_steps_in
 async def test_an_engine_paused_past_its_lease_is_fenced_and_rejoins_under_a_new_epoch(
     pg_dsn: str,
 ) -> None:
-    try:
-        outcome = await run(
-            pg_dsn, engines=3, instances=1_000, ttl=TTL, mode="pause", pause=2 * TTL,
-            disrupt_after=100,
-        )  # fmt: skip
-    except* Stuck as group:
-        known_hole(group)
-        raise
+    outcome = await run(
+        pg_dsn, engines=3, instances=1_000, ttl=TTL, mode="pause", pause=2 * TTL,
+        disrupt_after=100,
+    )  # fmt: skip
     report = summary(outcome, VICTIM)
     assert report["lost"] == 0, report
     assert outcome.completed == outcome.instances == 1_000 + REJOIN_EXTRA

@@ -334,6 +334,8 @@ class Runner:
         try:
             try:
                 loaded = await self.load_passive()
+            except LeaseLost:
+                raise  # the caller routes the request again
             except Exception as exc:
                 self.storage_error(exc, failures=1, retry_in=None, operation="get")
                 raise
@@ -383,6 +385,8 @@ class Runner:
         try:
             try:
                 loaded = await self.load_passive()
+            except LeaseLost:
+                return  # dropped meanwhile: its new owner fires the timer
             except Exception as exc:
                 self.storage_error(exc, failures=1, retry_in=RETRY_FIRST, operation="get")
                 loaded = False
@@ -422,6 +426,9 @@ class Runner:
         index record names: another revision, another workflow, or nothing.
 
         Raises:
+            LeaseLost: shared storage: the engine dropped the instance during the
+                read (its lease expired); nothing may be written for it, since a
+                write now would go out under the engine's new lease.
             Exception: the storage's error (nothing loaded).
         """
         entry = self.entry
@@ -429,6 +436,8 @@ class Runner:
             stored = await self.engine.storage.get(entry.id)
         except CorruptSnapshot:
             return False  # quarantined and reported by the storage
+        if entry.state is State.DROPPED:
+            raise LeaseLost(f"instance {entry.id!r} was dropped while it was read")
         workflow = self.workflow
         if (
             stored is None

@@ -112,6 +112,8 @@ class SharedRuntime:
         self._finished: dict[str, trio.Event] = {}
         self._serving: set[str] = set()
         self._again: set[str] = set()
+        self._letting_go: dict[str, bool] = {}
+        """Instances being released by :meth:`let_go` -> claimed back meanwhile (keep them)."""
         self.claimer_wake = trio.Event()
         """Set when released work may be claimable; the claimer replaces it after each look."""
         self.claimer_wakes_at = math.inf
@@ -202,6 +204,10 @@ class SharedRuntime:
             )
         held = registry.get(instance.id)
         if held is not None and held.state in _HELD:
+            if instance.id in self._letting_go and previous != self.lease:
+                # Claimed after the release committed: it is ours again. (A claim that
+                # found it still ours ran before the release, which unowns it after.)
+                self._letting_go[instance.id] = True
             return held
         if instance.status.is_terminal or (held is not None and held.state is State.DELETING):
             return None
@@ -255,9 +261,11 @@ class SharedRuntime:
 
         Done holding the write token, so no request of this engine is half
         applied meanwhile; if a caller holds it, that caller lets go after.
-        An instance with a timer already due is kept (its timer is firing).
-        Cancelled (the engine closing), it keeps the instance: the engine's
-        lease is released on exit anyway.
+        An instance with a timer already due is kept (its timer is firing), and
+        so is one this engine claimed back while the release returned
+        (:meth:`adopt`): the store names this engine its owner again, so it
+        must go on holding it. Cancelled (the engine closing), it keeps the
+        instance: the engine's lease is released on exit anyway.
         """
         engine = self.engine
         instance_id = entry.id
@@ -268,6 +276,7 @@ class SharedRuntime:
             return
         if not entry.token.try_acquire():
             return
+        self._letting_go[instance_id] = False
         try:
             await self.store.release_instances(self.lease, [instance_id])
         except Exception as exc:
@@ -280,7 +289,10 @@ class SharedRuntime:
             )
             return
         finally:
+            reclaimed = self._letting_go.pop(instance_id, False)
             entry.token.release()
+        if reclaimed:
+            return
         if engine._registry.get(instance_id) is entry and entry.state is State.PASSIVE:
             del engine._registry[instance_id]
             engine.timers.disarm_all(instance_id)
@@ -352,7 +364,10 @@ class SharedRuntime:
             if one.claimed is not None:
                 if self.adopt(one.claimed) is None:
                     await self._release([instance_id])
-                    return await engine._request_here(instance_id, event)  # answers from storage
+                    try:
+                        return await engine._request_here(instance_id, event)  # from storage
+                    except LeaseLost:
+                        continue  # it was claimed and changed elsewhere meanwhile: again
                 self.engine._nursery.start_soon(self.serve_inbox, instance_id)
                 continue
             if one.owner is not None:
@@ -364,29 +379,41 @@ class SharedRuntime:
     async def retry(self, instance_id: str) -> None:
         """``retry`` on shared storage: claim the failed instance, or ask its owner.
 
+        A write fenced because this engine lost the instance meanwhile (its
+        lease expired and another engine took it) is routed again, as any
+        request is: ``LeaseLost`` never reaches the caller.
+
         Raises:
             as :meth:`Engine.retry`.
         """
         engine = self.engine
-        await trio.lowlevel.checkpoint()
-        engine._check_open()
-        entry = engine._registry.get(instance_id)
-        if entry is not None and entry.state in (*_HELD, State.DELETING):
-            await engine._retry_here(instance_id)  # active here: it refuses, or waits to finish
-            return
-        one = await self.claim_instance(instance_id)
-        if one.claimed is not None:
-            try:
-                await engine._retry_here(instance_id)
-            except BaseException:
-                if engine._registry.get(instance_id) is None:
-                    await self._release([instance_id])
-                raise
-            return
-        if one.owner is not None:
-            await self.remote(instance_id, RetryInput())
-            return
-        raise InstanceNotFound(f"no instance with id {instance_id!r}")
+        while True:
+            await trio.lowlevel.checkpoint()
+            engine._check_open()
+            entry = engine._registry.get(instance_id)
+            if entry is not None and entry.state in (*_HELD, State.DELETING):
+                try:
+                    await engine._retry_here(instance_id)  # active here: refuses, or waits
+                except LeaseLost:
+                    self._drop_if_held(instance_id)
+                    continue  # someone else holds it now: route it again
+                return
+            one = await self.claim_instance(instance_id)
+            if one.claimed is not None:
+                try:
+                    await engine._retry_here(instance_id)
+                except LeaseLost:
+                    self._drop_if_held(instance_id)
+                    continue
+                except BaseException:
+                    if engine._registry.get(instance_id) is None:
+                        await self._release([instance_id])
+                    raise
+                return
+            if one.owner is not None:
+                await self.remote(instance_id, RetryInput())
+                return
+            raise InstanceNotFound(f"no instance with id {instance_id!r}")
 
     async def remote(self, instance_id: str, event: Request) -> Any:
         """Send ``event`` through the shared inbox and return the stored answer.
@@ -584,7 +611,11 @@ class SharedRuntime:
         """Return the instance once it is terminal, wherever it runs.
 
         Woken by the store's ``Finished`` notification, and polls every TTL/4.
-        Cancelling it changes nothing.
+        The first look may use this engine's snapshot of an instance it holds;
+        every look after a wake-up reads the store, since the notification can
+        come before this engine's runner has taken in the write that sent it.
+        The event is created before each look, so no wake-up is lost between
+        the look and the wait. Cancelling it changes nothing.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -592,18 +623,21 @@ class SharedRuntime:
             EngineClosed: the engine closed first.
         """
         engine = self.engine
+        woken = False
         while True:
             engine._check_open()
             finished = self._finished.setdefault(instance_id, trio.Event())
             entry = engine._registry.get(instance_id)
             if entry is not None and entry.state is State.STUCK:
                 raise RunnerFailed(stuck_message(engine, entry))
-            if entry is not None and entry.snapshot is not None and entry.state in _HELD:
-                instance = detached_instance(entry.snapshot)
+            snapshot = entry.snapshot if entry is not None and entry.state in _HELD else None
+            if snapshot is not None and not woken:
+                instance = detached_instance(snapshot)
             else:
-                instance = await engine._load(instance_id)  # or passivated: in storage
+                instance = await engine._load(instance_id)  # what is stored is the news
             if instance.status.is_terminal:
                 return instance
+            woken = True
             with trio.move_on_after(self.poll):
                 await finished.wait()
             if finished.is_set() and self._finished.get(instance_id) is finished:
