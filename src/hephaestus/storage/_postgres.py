@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
 
 import trio
 
-from .._core._codec import decode_instance, encode_instance
+from .._core._codec import decode_instance
 from .._core._errors import CorruptSnapshot
 from .._core._model import Instance, Status
 from . import _postgres_shared as _shared
@@ -32,8 +32,9 @@ from ._errors import NotAStore
 from ._postgres_listen import SYNC_CHANNEL, Listener
 from ._postgres_schema import SchemaError, check_readable, migrate
 from ._postgres_shared import PutOwned
-from ._postgres_writer import Delete, Put, Quarantine, Request, Row, Writer, fault
+from ._postgres_writer import Delete, Put, Quarantine, Request, Writer, fault
 from ._protocol import StorageBase, status_filter
+from ._rows import instance_row
 from ._shared import (
     Appended,
     ClaimBatch,
@@ -319,7 +320,7 @@ class PostgresStorage(StorageBase):
         self._check_writable()
         if not instance.id:
             raise ValueError("an instance id must not be empty")
-        row = _row(instance)
+        row = instance_row(instance, store="PostgreSQL", forbid_nul=True)
         await self._submit(Request(Put(row, expected_revision)))
 
     async def delete(self, instance_id: str) -> None:
@@ -521,7 +522,7 @@ class PostgresStorage(StorageBase):
             raise ValueError("an instance id must not be empty")
         op = PutOwned(
             lease,
-            _row(instance),
+            instance_row(instance, store="PostgreSQL", forbid_nul=True),
             expected=expected_revision,
             release=release,
             consumed=consumed,
@@ -795,38 +796,6 @@ def _comparable(after: str) -> str:
     """
     cut = after.split("\x00", 1)[0]
     return cut.encode("utf-8", "replace").decode("utf-8")
-
-
-def _row(instance: Instance) -> Row:
-    """Encode ``instance`` into its row (in the caller's thread: bad input fails here).
-
-    Raises:
-        ValueError: for an id or workflow name PostgreSQL cannot store as text
-            (NUL characters, lone surrogates).
-    """
-    for what, text in (("id", instance.id), ("workflow name", instance.workflow)):
-        if "\x00" in text:
-            raise ValueError(
-                f"the instance's {what} {text!r} contains a NUL character, which PostgreSQL "
-                "text cannot hold: remove it"
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"the instance's {what} {text!r} is not valid Unicode: {exc}"
-            ) from None
-    deadline = min((t.deadline for t in instance.timers), default=None)
-    return (
-        instance.id,
-        instance.workflow,
-        instance.version,
-        instance.status.value,
-        instance.revision,
-        instance.updated_at,
-        deadline,
-        encode_instance(instance),
-    )
 
 
 def _decode_rows(rows: list[tuple[Any, ...]]) -> list[Instance | str]:

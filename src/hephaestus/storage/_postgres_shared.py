@@ -31,7 +31,7 @@ import outcome
 from .._core._codec import decode_instance
 from .._core._errors import CorruptSnapshot, RevisionConflict
 from .._core._model import Instance, Status
-from ._postgres_writer import Row
+from ._rows import Row
 from ._shared import (
     Answer,
     Appended,

@@ -36,6 +36,7 @@ import outcome
 import trio
 
 from .._core._errors import RevisionConflict
+from ._rows import Row
 
 if TYPE_CHECKING:
     import psycopg
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 MAX_BATCH: Final = 1_000
 """Most requests in one transaction (bounds its latency and memory)."""
 
-Row = tuple[str, str, int, str, int, float, float | None, bytes]
 """(id, workflow, version, status, revision, updated_at, next_deadline, snapshot)."""
 
 _COLUMNS: Final = "id, workflow, version, status, revision, updated_at, next_deadline, snapshot"

@@ -26,13 +26,14 @@ from typing import Final, ParamSpec, TypeVar, final
 
 import trio
 
-from .._core._codec import decode_instance, encode_instance
+from .._core._codec import decode_instance
 from .._core._errors import CorruptSnapshot
 from .._core._model import Instance, Status
 from . import _diskio
 from ._errors import NotAStore
 from ._lock import StoreLock
 from ._protocol import StorageBase, status_filter
+from ._rows import instance_row
 from ._sqlite_schema import (
     HEADER,
     SchemaError,
@@ -41,7 +42,7 @@ from ._sqlite_schema import (
     migrate,
     user_version,
 )
-from ._sqlite_writer import Request, Row, Writer, fault
+from ._sqlite_writer import Request, Writer, fault
 
 _log: Final = logging.getLogger("hephaestus.storage")
 _READ_THREADS: Final = 4
@@ -290,7 +291,7 @@ class SQLiteStorage(StorageBase):
         self._check_writable()
         if not instance.id:
             raise ValueError("an instance id must not be empty")
-        row = _row(instance)
+        row = instance_row(instance, store="SQLite")
         await self._submit(Request("put", instance.id, row, expected_revision))
 
     async def delete(self, instance_id: str) -> None:
@@ -495,33 +496,6 @@ def _check_header(path: str) -> None:
         head = file.read(len(HEADER))
     if head and head != HEADER:
         raise NotAStore(f"{path!r} is not an SQLite database (its first bytes are {head[:16]!r})")
-
-
-def _row(instance: Instance) -> Row:
-    """Encode ``instance`` into its row (in the caller's thread: bad input fails here).
-
-    Raises:
-        ValueError: for an id or workflow name SQLite cannot store as text
-            (lone surrogates).
-    """
-    for what, text in (("id", instance.id), ("workflow name", instance.workflow)):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"the instance's {what} {text!r} is not valid Unicode: {exc}"
-            ) from None
-    deadline = min((t.deadline for t in instance.timers), default=None)
-    return (
-        instance.id,
-        instance.workflow,
-        instance.version,
-        instance.status.value,
-        instance.revision,
-        instance.updated_at,
-        deadline,
-        encode_instance(instance),
-    )
 
 
 def _decode_rows(rows: list[tuple[str, bytes]]) -> list[Instance | str]:

@@ -44,6 +44,7 @@ import outcome
 import trio
 
 from .._core._errors import RevisionConflict
+from ._rows import Row
 
 MAX_BATCH: Final = 1_000
 """Most requests in one transaction (bounds its latency and memory)."""
@@ -55,7 +56,6 @@ _NOTADB: Final = 26
 _READONLY: Final = 8
 _DAMAGED: Final = frozenset({_IOERR, _CORRUPT, _NOTADB})
 
-Row = tuple[str, str, int, str, int, float, float | None, bytes]
 """(id, workflow, version, status, revision, updated_at, next_deadline, snapshot)."""
 
 _COLUMNS: Final = "id, workflow, version, status, revision, updated_at, next_deadline, snapshot"
