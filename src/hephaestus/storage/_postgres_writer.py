@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
@@ -36,6 +35,7 @@ import outcome
 import trio
 
 from .._core._errors import RevisionConflict
+from ._batches import BatchQueue
 from ._rows import Row
 
 if TYPE_CHECKING:
@@ -183,9 +183,6 @@ def conflict(
     )
 
 
-_STOP: Final = object()
-
-
 def fault(exc: BaseException, what: str) -> OSError:
     """The OSError callers get for an error of PostgreSQL or of the connection."""
     name = type(exc).__name__
@@ -209,7 +206,7 @@ class Writer:
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self.token = token
         self._describe = describe
-        self._queue: queue.SimpleQueue[Request | object] = queue.SimpleQueue()
+        self._queue: BatchQueue[Request] = BatchQueue(MAX_BATCH)
         self.commits = 0
         self.requests = 0
         self._thread = threading.Thread(
@@ -223,33 +220,17 @@ class Writer:
 
     def stop(self) -> None:
         """Finish what is queued, close the connection and end the thread. Blocking."""
-        self._queue.put(_STOP)
+        self._queue.stop()
         self._thread.join()
 
     # -- the writer thread ----------------------------------------------------------------
 
     def _loop(self) -> None:
         try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch: list[Request] = [first]  # type: ignore[list-item]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)  # type: ignore[arg-type]
+            while (batch := self._queue.take()) is not None:
                 self._run(batch)
                 with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
                     self.token.run_sync_soon(_deliver, batch)
-                if stop:
-                    return
         finally:
             if self._conn is not None:
                 with contextlib.suppress(Exception):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import queue
 import sqlite3
 import threading
 from typing import Final, final
@@ -44,6 +43,7 @@ import outcome
 import trio
 
 from .._core._errors import RevisionConflict
+from ._batches import BatchQueue
 from ._rows import Row
 
 MAX_BATCH: Final = 1_000
@@ -110,9 +110,6 @@ class Request:
         self.outcome: outcome.Outcome[None] | None = None
 
 
-_STOP: Final = object()
-
-
 def fault(exc: BaseException, what: str) -> tuple[OSError, bool]:
     """Map an error of SQLite to (the OSError callers get, whether the file may be damaged)."""
     if not isinstance(exc, sqlite3.Error):
@@ -159,7 +156,7 @@ class Writer:
         self._conn = conn
         self.token = token
         self._describe = describe
-        self._queue: queue.SimpleQueue[Request | object] = queue.SimpleQueue()
+        self._queue: BatchQueue[Request] = BatchQueue(MAX_BATCH)
         self.failure: OSError | None = None
         """Set once a failure means the file may be damaged: no write is tried again."""
         self.commits = 0
@@ -175,33 +172,17 @@ class Writer:
 
     def stop(self) -> None:
         """Finish what is queued, close the connection and end the thread. Blocking."""
-        self._queue.put(_STOP)
+        self._queue.stop()
         self._thread.join()
 
     # -- the writer thread ----------------------------------------------------------------
 
     def _loop(self) -> None:
         try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch: list[Request] = [first]  # type: ignore[list-item]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)  # type: ignore[arg-type]
+            while (batch := self._queue.take()) is not None:
                 self._run(batch)
                 with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
                     self.token.run_sync_soon(_deliver, batch)
-                if stop:
-                    return
         finally:
             self._conn.close()
 
