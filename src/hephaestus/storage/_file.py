@@ -36,7 +36,7 @@ from ._group_sync import GroupSync
 from ._keyed_lock import KeyedLock
 from ._lock import StoreLock
 from ._names import snapshot_name
-from ._protocol import StorageBase, status_filter
+from ._protocol import QuarantineHandler, StorageBase, report_quarantine, status_filter
 
 _log: Final = logging.getLogger("hephaestus.storage")
 _THREADS: Final = 32
@@ -44,8 +44,6 @@ _THREADS: Final = 32
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-QuarantineHandler = Callable[[str, str], object]
 
 
 class _Entry(NamedTuple):
@@ -162,7 +160,7 @@ class FileStorage(StorageBase):
         for name in found.temps_removed:
             _log.info("removed leftover temp file %s", os.path.join(self.path, name))
         for path, reason in found.bad:
-            self._report(path, reason)
+            report_quarantine(self.on_quarantine, path, reason)
         self._dir_sync = GroupSync(self._flush_dir)
 
     def _lock_and_prepare(self) -> StoreLock:
@@ -332,7 +330,7 @@ class FileStorage(StorageBase):
         if self.read_only:
             found = await self._run(_diskio.scan, self.path, writable=False)
             for path, reason in found.bad:
-                self._report(path, reason)
+                report_quarantine(self.on_quarantine, path, reason)
             return sorted(
                 (
                     i
@@ -427,7 +425,7 @@ class FileStorage(StorageBase):
             else:
                 reason = f"{reason}; moved to {moved}"
             instance = None
-            self._report(path, reason)
+            report_quarantine(self.on_quarantine, path, reason)
         self._stale.discard(instance_id)
         if self._scanned is not None:
             self._scanned.pop(instance_id, None)
@@ -457,7 +455,11 @@ class FileStorage(StorageBase):
         try:
             return await self._run(_diskio.read_snapshot, self.path, name, instance_id)
         except CorruptSnapshot as exc:
-            self._report(os.path.join(self.path, name), f"{exc} (read-only: left in place)")
+            report_quarantine(
+                self.on_quarantine,
+                os.path.join(self.path, name),
+                f"{exc} (read-only: left in place)",
+            )
             return None
 
     def _write(self, name: str, data: bytes, dir_sync: GroupSync | None) -> None:
@@ -474,16 +476,6 @@ class FileStorage(StorageBase):
     def _durability(self) -> GroupSync | None:
         """The group commit a write must wait for, or None when not ``durable``."""
         return self._dir_sync if self.durable else None
-
-    def _report(self, path: str, reason: str) -> None:
-        """Log a bad snapshot and tell ``on_quarantine``; never raises because of the handler."""
-        _log.warning("quarantined snapshot %s: %s", path, reason)
-        handler = self.on_quarantine
-        if handler is not None:
-            try:
-                handler(path, reason)
-            except Exception:
-                _log.exception("on_quarantine handler %r raised; ignored", handler)
 
     def _check_writable(self) -> None:
         """Raise unless writes are allowed now.

@@ -15,7 +15,6 @@ it is the optional extra ``hephaestus-trio[postgres]``.
 from __future__ import annotations
 
 import importlib
-import logging
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -33,7 +32,7 @@ from ._postgres_listen import SYNC_CHANNEL, Listener
 from ._postgres_schema import SchemaError, check_readable, migrate
 from ._postgres_shared import PutOwned
 from ._postgres_writer import Delete, Put, Quarantine, Request, Writer, fault
-from ._protocol import StorageBase, status_filter
+from ._protocol import QuarantineHandler, StorageBase, report_quarantine, status_filter
 from ._rows import instance_row
 from ._shared import (
     Appended,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
 
-_log: Final = logging.getLogger("hephaestus.storage")
 _CONNECT_TIMEOUT_S: Final = 10
 WRITERS: Final = 1
 """Writer threads (each with its connection), each group-committing its own batches.
@@ -66,7 +64,6 @@ bounds it, and one writer already overlaps it with filling the next batch)."""
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-QuarantineHandler = Callable[[str, str], object]
 
 EXTRA_HINT: Final = "pip install 'hephaestus-trio[postgres]'"
 
@@ -729,7 +726,7 @@ class PostgresStorage(StorageBase):
     async def _quarantine(self, iid: str, blob: bytes, reason: str) -> None:
         where = f"{redact(self.dsn)}#{iid}"
         if self.read_only:
-            self._report(where, f"{reason} (read-only: left in place)")
+            report_quarantine(self.on_quarantine, where, f"{reason} (read-only: left in place)")
             return
         try:
             self._check_writable()
@@ -738,20 +735,15 @@ class PostgresStorage(StorageBase):
             reason = f"{reason}; could not move it to the quarantine table: {exc}"
         else:
             reason = f"{reason}; moved to the hx_quarantine table"
-        self._report(where, reason)
+        report_quarantine(self.on_quarantine, where, reason)
 
     def _report_bad(self, bad: Sequence[tuple[str, str]]) -> None:
         for iid, reason in bad:
-            self._report(f"{redact(self.dsn)}#{iid}", f"{reason}; moved to the hx_quarantine table")
-
-    def _report(self, where: str, reason: str) -> None:
-        _log.warning("quarantined snapshot %s: %s", where, reason)
-        handler = self.on_quarantine
-        if handler is not None:
-            try:
-                handler(where, reason)
-            except Exception:
-                _log.exception("on_quarantine handler %r raised; ignored", handler)
+            report_quarantine(
+                self.on_quarantine,
+                f"{redact(self.dsn)}#{iid}",
+                f"{reason}; moved to the hx_quarantine table",
+            )
 
     def _check_writable(self) -> None:
         """Raise unless writes are allowed now.

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Callable, Collection
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Final, Protocol, Self, runtime_checkable
 
 from .._core._model import Instance, Status
+
+_log: Final = logging.getLogger("hephaestus.storage")
+
+QuarantineHandler = Callable[[str, str], object]
+"""Called as ``handler(where, reason)`` for every snapshot a store quarantines."""
 
 
 @runtime_checkable
@@ -67,6 +73,16 @@ def status_filter(status: Status | Collection[Status] | None) -> frozenset[Statu
     except ValueError:
         names = ", ".join(s.value for s in Status)
         raise ValueError(f"status must be one of {names}; got {status!r}") from None
+
+
+def report_quarantine(handler: QuarantineHandler | None, where: str, reason: str) -> None:
+    """Log a quarantined snapshot and tell ``handler``; never raises because of the handler."""
+    _log.warning("quarantined snapshot %s: %s", where, reason)
+    if handler is not None:
+        try:
+            handler(where, reason)
+        except Exception:
+            _log.exception("on_quarantine handler %r raised; ignored", handler)
 
 
 class StorageBase:

@@ -15,7 +15,6 @@ connections of their own, which WAL lets read while the writer commits.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import threading
@@ -32,7 +31,7 @@ from .._core._model import Instance, Status
 from . import _diskio
 from ._errors import NotAStore
 from ._lock import StoreLock
-from ._protocol import StorageBase, status_filter
+from ._protocol import QuarantineHandler, StorageBase, report_quarantine, status_filter
 from ._rows import instance_row
 from ._sqlite_schema import (
     HEADER,
@@ -44,14 +43,11 @@ from ._sqlite_schema import (
 )
 from ._sqlite_writer import Request, Writer, fault
 
-_log: Final = logging.getLogger("hephaestus.storage")
 _READ_THREADS: Final = 4
 _BUSY_TIMEOUT_MS: Final = 10_000
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-QuarantineHandler = Callable[[str, str], object]
 
 
 @final
@@ -435,7 +431,7 @@ class SQLiteStorage(StorageBase):
     async def _quarantine(self, iid: str, blob: bytes, reason: str) -> None:
         where = f"{self.path}#{iid}"
         if self.read_only:
-            self._report(where, f"{reason} (read-only: left in place)")
+            report_quarantine(self.on_quarantine, where, f"{reason} (read-only: left in place)")
             return
         try:
             self._check_writable()
@@ -444,16 +440,7 @@ class SQLiteStorage(StorageBase):
             reason = f"{reason}; could not move it to the quarantine table: {exc}"
         else:
             reason = f"{reason}; moved to the quarantine table"
-        self._report(where, reason)
-
-    def _report(self, where: str, reason: str) -> None:
-        _log.warning("quarantined snapshot %s: %s", where, reason)
-        handler = self.on_quarantine
-        if handler is not None:
-            try:
-                handler(where, reason)
-            except Exception:
-                _log.exception("on_quarantine handler %r raised; ignored", handler)
+        report_quarantine(self.on_quarantine, where, reason)
 
     def _check_writable(self) -> None:
         """Raise unless writes are allowed now.
