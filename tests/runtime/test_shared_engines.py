@@ -41,6 +41,23 @@ def counting_workflow(runs: Counter[tuple[str, str]], *, delay: float = 1.0) -> 
     )
 
 
+def work_then_approve(*, step_seconds: float) -> hx.Workflow:
+    """A step taking ``step_seconds``, then a wait for the event "go"."""
+
+    @hx.step(events=("ok",))
+    async def work(ctx: hx.StepContext) -> hx.StepResult:
+        await trio.sleep(step_seconds)
+        return "ok"
+
+    approve = hx.WaitForEvent("go", key="approve")
+    return hx.Workflow(
+        "late",
+        start=work,
+        transitions={(work, "ok"): approve, (approve, "go"): hx.Done},
+        unique=hx.Unique("late"),
+    )
+
+
 def in_flight(node: Node) -> set[tuple[str, str]]:
     """Steps whose start ``node`` reported without a stop or exception."""
     open_: Counter[tuple[str, str]] = Counter()
@@ -495,19 +512,7 @@ async def test_a_row_served_after_a_takeover_is_consumed_by_the_write_applying_i
     autojump_clock: Any,
 ) -> None:
     store, clock = store_and_clock()
-
-    @hx.step(events=("ok",))
-    async def work(ctx: hx.StepContext) -> hx.StepResult:
-        await trio.sleep(5)
-        return "ok"
-
-    approve = hx.WaitForEvent("go", key="approve")
-    wf = hx.Workflow(
-        "late",
-        start=work,
-        transitions={(work, "ok"): approve, (approve, "go"): hx.Done},
-        unique=hx.Unique("late"),
-    )
+    wf = work_then_approve(step_seconds=5)
     async with store, trio.open_nursery() as nursery:
         owner = await spawn(nursery, store, [wf], clock)
         caller = await spawn(nursery, store, [wf], clock)
@@ -656,19 +661,7 @@ async def test_a_row_applied_through_a_backing_off_runner_is_consumed_by_its_wri
     autojump_clock: Any,
 ) -> None:
     store, clock = store_and_clock()
-
-    @hx.step(events=("ok",))
-    async def work(ctx: hx.StepContext) -> hx.StepResult:
-        await trio.sleep(1)
-        return "ok"
-
-    approve = hx.WaitForEvent("go", key="approve")
-    wf = hx.Workflow(
-        "late",
-        start=work,
-        transitions={(work, "ok"): approve, (approve, "go"): hx.Done},
-        unique=hx.Unique("late"),
-    )
+    wf = work_then_approve(step_seconds=1)
     async with store, trio.open_nursery() as nursery:
         owner = await spawn(nursery, store, [wf], clock, passivate_after=None)
         other = await spawn(nursery, store, [wf], clock)
