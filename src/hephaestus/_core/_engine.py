@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, cast, final
 
 import msgspec
@@ -48,7 +49,7 @@ from ._notes import (
     Via,
 )
 from ._schedule import is_record
-from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
+from ._steps import EMPTY_VIEW, TIMEOUT_EVENT, Step, StepContext, Target
 from ._subworkflow import CHILD_EVENTS
 from ._workflow import Workflow
 
@@ -324,20 +325,23 @@ def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int
     """Return the context that attempt ``attempt`` of ``step`` receives.
 
     Its data is a copy: step code that mutates a nested list or dict cannot
-    change the instance.
+    change the instance. Empty parts share one read-only empty mapping.
     """
     config = instance.configs.get(step)
     initial = instance.initial
     results = instance.results
+    metadata = instance.metadata
     return StepContext._of(
         instance.id,
         workflow.name,
         workflow.version,
-        detached_copy(initial) if initial else {},
-        # Steps that stored no results (the common case) leave only empty dicts to copy.
-        detached_copy(results) if any(results.values()) else {key: {} for key in results},
-        detached_copy(instance.metadata) if instance.metadata else {},
-        None if config is None else detached_copy(config),
+        MappingProxyType(detached_copy(initial)) if initial else EMPTY_VIEW,
+        # Steps that stored no results (the common case) leave nothing to copy.
+        MappingProxyType({k: MappingProxyType(v) for k, v in detached_copy(results).items()})
+        if any(results.values())
+        else MappingProxyType(dict.fromkeys(results, EMPTY_VIEW)),
+        MappingProxyType(detached_copy(metadata)) if metadata else EMPTY_VIEW,
+        None if config is None else MappingProxyType(detached_copy(config)),
         attempt,
         step,
     )

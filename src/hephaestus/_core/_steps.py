@@ -156,30 +156,27 @@ class StepContext:
         instance_id: str,
         workflow: str,
         version: int,
-        initial: dict[str, Any],
-        results: dict[str, dict[str, Any]],
-        metadata: dict[str, Any],
-        config: dict[str, Any] | None,
+        initial: Mapping[str, Any],
+        results: Mapping[str, Mapping[str, Any]],
+        metadata: Mapping[str, Any],
+        config: Mapping[str, Any] | None,
         attempt: int,
         step: str,
     ) -> StepContext:
-        """Build a context from dicts the caller owns (the engine's copies): no checks, no kwargs.
+        """Build a context from read-only views of the engine's copies: no checks, no kwargs.
 
-        The same object ``__init__`` builds, for the engine's hot path.
+        The same object ``__init__`` builds, for the engine's hot path; the
+        caller passes ``MappingProxyType`` views (``results`` one of views).
         """
         context = object.__new__(cls)
         set_ = object.__setattr__
         set_(context, "instance_id", instance_id)
         set_(context, "workflow", workflow)
         set_(context, "version", version)
-        set_(context, "initial", MappingProxyType(initial))
-        set_(
-            context,
-            "results",
-            MappingProxyType({k: MappingProxyType(v) for k, v in results.items()}),
-        )
-        set_(context, "metadata", MappingProxyType(metadata))
-        set_(context, "config", None if config is None else MappingProxyType(config))
+        set_(context, "initial", initial)
+        set_(context, "results", results)
+        set_(context, "metadata", metadata)
+        set_(context, "config", config)
         set_(context, "attempt", attempt)
         set_(context, "step", step)
         return context
@@ -192,6 +189,10 @@ class StepContext:
             f"StepContext(instance_id={self.instance_id!r}, step={self.step!r}, "
             f"attempt={self.attempt})"
         )
+
+
+EMPTY_VIEW: Final[Mapping[str, Any]] = MappingProxyType({})
+"""The read-only empty mapping every context shares (its dict is never mutated)."""
 
 
 def _view(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -48,13 +48,14 @@ from .._core._engine import (
 )
 from .._core._errors import CorruptSnapshot, EngineClosed, EventRejected, RevisionConflict
 from .._core._model import TERMINAL, Instance, Status
+from .._core._outcome import failed, outcome
 from .._core._workflow import Workflow
 from ..storage._shared import LeaseLost
 from ._lease import applying
 from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry, State
 from ._report import report
-from ._steprun import run_attempt
+from ._steprun import must_propagate, run_attempt
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -193,7 +194,17 @@ class Runner:
                     # Queued messages came first; from now on callers apply their
                     # requests themselves while the step runs here.
                     self.inline = None
-                    await self.run_inline(*inline)
+                    event = await self.run_inline(*inline)
+                    if (
+                        mailbox.empty()
+                        and not self.pending
+                        and entry.instance.status not in TERMINAL
+                    ):
+                        # Nothing came meanwhile: the outcome is the next message this
+                        # loop would take, so apply it without the trip through the mailbox.
+                        await self.apply_own(event)
+                    else:
+                        mailbox.put(Message(event))
                     continue
                 if self.idle():
                     message = await self.idle_wait(mailbox)
@@ -491,6 +502,10 @@ class Runner:
         """
         if message.fault is not None:
             raise message.fault
+        reply = message.reply
+        if reply is None:  # the engine's own input: a step outcome, a timer, a recovery
+            await self.apply_own(message.input)
+            return
         entry = self.entry
         token = entry.token
         if not token.try_acquire():
@@ -501,58 +516,93 @@ class Runner:
             try:
                 transition = apply(self.workflow, before, message.input, engine.clock.now())
             except EventRejected as exc:
-                if message.reply is not None:
-                    message.reply.fail(exc)
+                reply.fail(exc)
                 return
             except BaseException as exc:
-                if message.reply is not None:
-                    message.reply.fail(exc)
+                reply.fail(exc)
                 raise
             if transition.changed:
-                if message.reply is None:  # the engine's own input: no inbox row rides along
+                with applying(message.input, transition.reply):
                     stored = await self.persist(transition.instance, before.revision, message)
-                else:
-                    with applying(message.input, transition.reply):
-                        stored = await self.persist(transition.instance, before.revision, message)
                 if not stored:
                     return  # the request's write failed: it was not applied, and said so
                 entry.instance = transition.instance
             if engine.telemetry.enabled:
                 self.report(message.input, before, transition)
             self.carry_out(transition.commands, inline=True)
-            if message.reply is not None:
-                message.reply.set(transition.reply)
+            reply.set(transition.reply)
+        finally:
+            token.release()
+
+    async def apply_own(self, event: Input) -> None:
+        """Apply the engine's own input (no caller waits on it) under the token.
+
+        That is a step's outcome, a timer that fired or a recovery: its write
+        must be stored, so a failing one is retried with backoff
+        (:meth:`persist_with_backoff`) without re-running anything. An input
+        the instance no longer takes (``EventRejected``) changes nothing.
+
+        Raises:
+            SnapshotReplaced: the stored revision is not the one this runner wrote last.
+            LeaseLost: shared storage: another engine holds the instance now.
+            trio.Cancelled: the engine is closing (nothing of ``event`` is stored).
+            Exception: a bug in the transition.
+        """
+        entry = self.entry
+        token = entry.token
+        if not token.try_acquire():
+            await token.acquire()
+        try:
+            before = entry.instance
+            engine = self.engine
+            try:
+                transition = apply(self.workflow, before, event, engine.clock.now())
+            except EventRejected:
+                return
+            if transition.changed:
+                instance = transition.instance
+                expected = before.revision
+                try:
+                    await engine.storage.put(instance, expected_revision=expected)
+                except RevisionConflict as exc:
+                    raise SnapshotReplaced(None, exc) from None
+                except LeaseLost:
+                    raise
+                except Exception as exc:
+                    await self.persist_with_backoff(instance, expected, exc)
+                entry.instance = instance
+            if engine.telemetry.enabled:
+                self.report(event, before, transition)
+            self.carry_out(transition.commands, inline=True)
         finally:
             token.release()
 
     async def persist(self, instance: Instance, expected: int, message: Message) -> bool:
-        """Store ``instance``; return False if the write failed and ``message``'s caller was told.
+        """Store ``instance`` for a caller's request; return False if the write failed.
 
-        A caller's request whose write fails gets the storage's exception.
-        An internal message (no caller) is the engine's own record: its write
-        is retried with backoff until it is stored.
+        The caller of ``message`` gets the storage's exception then (the
+        engine's own inputs are stored by :meth:`apply_own` instead).
 
         Raises:
             SnapshotReplaced: the stored revision is not ``expected``.
-            trio.Cancelled: the engine is closing (a caller gets EngineClosed).
+            LeaseLost: shared storage: another engine holds the instance now.
+            trio.Cancelled: the engine is closing (the caller gets EngineClosed).
         """
+        reply = message.reply
+        assert reply is not None
         try:
             await self.engine.storage.put(instance, expected_revision=expected)
         except RevisionConflict as exc:
             raise SnapshotReplaced(message, exc) from None
         except LeaseLost as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
+            reply.fail(exc)
             raise
         except Exception as exc:
-            if message.reply is not None:
-                self.storage_error(exc, failures=1, retry_in=None)
-                message.reply.fail(exc)
-                return False
-            await self.persist_with_backoff(instance, expected, exc)
+            self.storage_error(exc, failures=1, retry_in=None)
+            reply.fail(exc)
+            return False
         except BaseException as exc:
-            if message.reply is not None:
-                message.reply.fail(self.engine.unacknowledged(exc))
+            reply.fail(self.engine.unacknowledged(exc))
             raise
         return True
 
@@ -710,8 +760,8 @@ class Runner:
             return False
         return sum(isinstance(command, RunStep) for command in commands) == 1
 
-    async def run_inline(self, key: str, attempt: int) -> None:
-        """Run one attempt of ``key`` in the runner's task and post its outcome.
+    async def run_inline(self, key: str, attempt: int) -> Input:
+        """Run one attempt of ``key`` in the runner's task and return its outcome.
 
         Raises:
             trio.Cancelled: the instance finished (cancelled) or the engine is closing.
@@ -723,14 +773,23 @@ class Runner:
             if self.engine.telemetry.enabled:
                 self.started[key] = trio.current_time()
                 self.emit("step.start", key, metadata={"attempt": attempt})
-            self.post(await run_attempt(definition, ctx))
-            return
-        async with self.engine.limiters.hold(definition) as thread_token:
-            if self.engine.telemetry.enabled:
-                self.started[key] = trio.current_time()
-                self.emit("step.start", key, metadata={"attempt": attempt})
-            result = await run_attempt(definition, ctx, thread_token)
-        self.post(result)
+            # run_attempt for an async step without a timeout (the only kind that runs
+            # inline), written out: one coroutine frame less on every step's path.
+            try:
+                result: Input = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
+            except BaseException as exc:
+                if must_propagate(exc):
+                    raise
+                result = failed(definition, attempt, exc)
+        else:
+            async with self.engine.limiters.hold(definition) as thread_token:
+                if self.engine.telemetry.enabled:
+                    self.started[key] = trio.current_time()
+                    self.emit("step.start", key, metadata={"attempt": attempt})
+                result = await run_attempt(definition, ctx, thread_token)
+        if isinstance(result, ChildRequested):  # a SubWorkflow step: the shell names the child
+            result = self.engine.children.resolve(self.workflow, self.instance, result)
+        return result
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:
