@@ -436,18 +436,15 @@ def apply(workflow: Workflow, instance: Instance, event: Input, now: float) -> T
             ``workflow`` lacks (it was stored by another definition).
     """
     kind = type(event)
-    if kind is Start:
+    fast: Transition | None = None
+    if kind is StepSucceeded:
+        fast = _fast_succeeded(workflow, instance, event, now)  # type: ignore[arg-type]
+    elif kind is Start:
         fast = _fast_start(workflow, instance, now)
-        if fast is not None:
-            return fast
-    elif kind is StepSucceeded:
-        fast = _fast_succeeded(workflow, instance, cast(StepSucceeded, event), now)
-        if fast is not None:
-            return fast
     elif kind is StepSuspended:
-        fast = _fast_suspended(workflow, instance, cast(StepSuspended, event), now)
-        if fast is not None:
-            return fast
+        fast = _fast_suspended(workflow, instance, event, now)  # type: ignore[arg-type]
+    if fast is not None:
+        return fast
     return apply_general(workflow, instance, event, now)
 
 

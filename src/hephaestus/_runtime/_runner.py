@@ -24,7 +24,7 @@ dropped from this engine: no retry, no restart (:mod:`._shared`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -138,7 +138,7 @@ class Runner:
         """The instance's current snapshot (the entry's: callers holding the token update it)."""
         return self.entry.instance
 
-    async def run(self, first_commands: Iterable[Command] = ()) -> None:
+    async def run(self, first_commands: Sequence[Command] = ()) -> None:
         """Process the mailbox until the instance is terminal.
 
         Once the mailbox is empty for the first time (a ``Recover`` and the
@@ -697,7 +697,7 @@ class Runner:
                 },
             )
 
-    def carry_out(self, commands: Iterable[Command], *, inline: bool = False) -> None:
+    def carry_out(self, commands: Sequence[Command], *, inline: bool = False) -> None:
         """Start steps, arm and disarm timers, cancel steps as ``commands`` say.
 
         With ``inline`` (only in the runner's own task), a lone step that may run
@@ -741,7 +741,7 @@ class Runner:
                 case StartChild() | CancelChild():
                     self.engine._carry_out_child(command)
 
-    def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
+    def inlinable(self, step: str, commands: Sequence[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
 
         Alone means no other step runs or waits and no timer is armed, so the
@@ -758,7 +758,7 @@ class Runner:
         instance = self.entry.instance
         if instance.active != (step,) or instance.waiting or instance.timers:
             return False
-        return sum(isinstance(command, RunStep) for command in commands) == 1
+        return len(commands) == 1 or sum(isinstance(c, RunStep) for c in commands) == 1
 
     async def run_inline(self, key: str, attempt: int) -> Input:
         """Run one attempt of ``key`` in the runner's task and return its outcome.
