@@ -194,17 +194,7 @@ class Runner:
                     # Queued messages came first; from now on callers apply their
                     # requests themselves while the step runs here.
                     self.inline = None
-                    event = await self.run_inline(*inline)
-                    if (
-                        mailbox.empty()
-                        and not self.pending
-                        and entry.instance.status not in TERMINAL
-                    ):
-                        # Nothing came meanwhile: the outcome is the next message this
-                        # loop would take, so apply it without the trip through the mailbox.
-                        await self.apply_own(event)
-                    else:
-                        mailbox.put(Message(event))
+                    await self.run_chain(mailbox, *inline)
                     continue
                 if self.idle():
                     message = await self.idle_wait(mailbox)
@@ -534,6 +524,86 @@ class Runner:
         finally:
             token.release()
 
+    async def run_chain(self, mailbox: Mailbox, key: str, attempt: int) -> None:
+        """Run inline step ``key``, apply its outcome, and go on while the next step is inline.
+
+        This is the runner loop's path for steps that run one after another in
+        its own task, in one frame: as long as nothing was mailed while a step
+        ran, its outcome is the next message the loop would take, so it is
+        applied here (as :meth:`apply_own` does) without the trip through the
+        mailbox. Otherwise the outcome is queued behind what came, and the
+        loop takes over.
+
+        Raises:
+            trio.Cancelled: the instance finished (cancelled) or the engine is closing.
+            SnapshotReplaced, LeaseLost, Exception: as :meth:`apply_own`.
+        """
+        entry = self.entry
+        engine = self.engine
+        workflow = self.workflow
+        steps = workflow.steps
+        telemetry = engine.telemetry
+        while True:
+            definition = steps[key]
+            if definition.limiter is not None or telemetry.enabled:
+                event = await self.run_inline(key, attempt)
+            else:
+                # run_inline without telemetry or a limiter, written out.
+                await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: no step code runs
+                ctx = step_context(workflow, entry.instance, key, attempt)
+                try:
+                    event = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
+                except BaseException as exc:
+                    if must_propagate(exc):
+                        raise
+                    event = failed(definition, attempt, exc)
+                if isinstance(event, ChildRequested):
+                    event = engine.children.resolve(workflow, entry.instance, event)
+            before = entry.instance
+            if not mailbox.empty() or self.pending or before.status in TERMINAL:
+                mailbox.put(Message(event))  # behind what came meanwhile
+                return
+            token = entry.token
+            if not token.try_acquire():
+                await token.acquire()
+            try:
+                before = entry.instance
+                try:
+                    transition = apply(workflow, before, event, engine.clock.now())
+                except EventRejected:
+                    return
+                if transition.changed:
+                    instance = transition.instance
+                    try:
+                        await engine.storage.put(instance, expected_revision=before.revision)
+                    except Exception as exc:
+                        await self.own_write_failed(instance, before.revision, exc)
+                    entry.instance = instance
+                if telemetry.enabled:
+                    self.report(event, before, transition)
+                self.carry_out(transition.commands, inline=True)
+            finally:
+                token.release()
+            inline = self.inline
+            if inline is None or not mailbox.empty():
+                return  # the loop takes it from here
+            self.inline = None
+            key, attempt = inline
+
+    async def own_write_failed(self, instance: Instance, expected: int, exc: Exception) -> None:
+        """Handle a failed write of the engine's own input: retry it until it is stored.
+
+        Raises:
+            SnapshotReplaced: ``exc`` says the stored revision is not ``expected``.
+            LeaseLost: ``exc`` is that (shared storage): the instance is dropped here.
+            trio.Cancelled: the engine is closing during the retries.
+        """
+        if isinstance(exc, RevisionConflict):
+            raise SnapshotReplaced(None, exc) from None
+        if isinstance(exc, LeaseLost):
+            raise exc
+        await self.persist_with_backoff(instance, expected, exc)
+
     async def apply_own(self, event: Input) -> None:
         """Apply the engine's own input (no caller waits on it) under the token.
 
@@ -564,12 +634,8 @@ class Runner:
                 expected = before.revision
                 try:
                     await engine.storage.put(instance, expected_revision=expected)
-                except RevisionConflict as exc:
-                    raise SnapshotReplaced(None, exc) from None
-                except LeaseLost:
-                    raise
                 except Exception as exc:
-                    await self.persist_with_backoff(instance, expected, exc)
+                    await self.own_write_failed(instance, expected, exc)
                 entry.instance = instance
             if engine.telemetry.enabled:
                 self.report(event, before, transition)
