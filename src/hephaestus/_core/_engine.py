@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, Final, cast, final
 
 import msgspec
 
-from ._codec import detached_copy
 from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import (
@@ -49,7 +47,7 @@ from ._notes import (
     Via,
 )
 from ._schedule import is_record
-from ._steps import EMPTY_VIEW, TIMEOUT_EVENT, Step, StepContext, Target
+from ._steps import TIMEOUT_EVENT, Step, StepContext, Target
 from ._subworkflow import CHILD_EVENTS
 from ._workflow import Workflow
 
@@ -324,27 +322,10 @@ def new_instance(
 def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int) -> StepContext:
     """Return the context that attempt ``attempt`` of ``step`` receives.
 
-    Its data is a copy: step code that mutates a nested list or dict cannot
-    change the instance. Empty parts share one read-only empty mapping.
+    Its data is a copy of ``instance``'s, taken when the step first reads it:
+    step code that mutates a nested list or dict cannot change the instance.
     """
-    config = instance.configs.get(step)
-    initial = instance.initial
-    results = instance.results
-    metadata = instance.metadata
-    return StepContext._of(
-        instance.id,
-        workflow.name,
-        workflow.version,
-        MappingProxyType(detached_copy(initial)) if initial else EMPTY_VIEW,
-        # Steps that stored no results (the common case) leave nothing to copy.
-        MappingProxyType({k: MappingProxyType(v) for k, v in detached_copy(results).items()})
-        if any(results.values())
-        else MappingProxyType(dict.fromkeys(results, EMPTY_VIEW)),
-        MappingProxyType(detached_copy(metadata)) if metadata else EMPTY_VIEW,
-        None if config is None else MappingProxyType(detached_copy(config)),
-        attempt,
-        step,
-    )
+    return StepContext._of(instance.id, workflow.name, workflow.version, instance, attempt, step)
 
 
 def retry_delay(step: Step, instance_id: str, failed_attempt: int) -> float | None:
