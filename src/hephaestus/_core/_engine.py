@@ -21,6 +21,7 @@ import msgspec
 from ._definitions import check_definition
 from ._errors import EventRejected, UndeclaredEvent
 from ._model import (
+    TERMINAL,
     ChildLink,
     ErrorInfo,
     HistoryEntry,
@@ -526,7 +527,7 @@ def _fast_succeeded(
         or instance.waiting
         or instance.timers
         or instance.inbox
-        or instance.status.is_terminal
+        or instance.status in TERMINAL
         or instance.graph != workflow.fingerprint
         or instance.attempts.get(step) != event.attempt
     ):
@@ -605,7 +606,7 @@ def _fast_suspended(
     if (
         step not in active
         or instance.inbox
-        or instance.status.is_terminal
+        or instance.status in TERMINAL
         or instance.graph != workflow.fingerprint
         or instance.attempts.get(step) != event.attempt
     ):

@@ -82,6 +82,9 @@ _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
 
+_START: Final = Start()
+"""The one ``Start`` input (a frozen, empty record): every new instance applies it."""
+
 _SUPERVISE: Final = f"{supervise.__module__}.{supervise.__qualname__}"
 """The name of every runner's task (the one trio gives it, spelt once, not per spawn)."""
 
@@ -237,7 +240,7 @@ class Engine:
             )
             if not admitted:  # stored as it is: PENDING until a slot frees
                 return Transition(fresh, (), None, changed=True)
-            return apply(wf, fresh, Start(), now)
+            return apply(wf, fresh, _START, now)
 
         transition = started(0)
         entry = Entry(wf, transition.instance, State.LIVE)

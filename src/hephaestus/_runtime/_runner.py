@@ -559,8 +559,7 @@ class Runner:
                     event = failed(definition, attempt, exc)
                 if isinstance(event, ChildRequested):
                     event = engine.children.resolve(workflow, entry.instance, event)
-            before = entry.instance
-            if not mailbox.empty() or self.pending or before.status in TERMINAL:
+            if not mailbox.empty() or self.pending or entry.instance.status in TERMINAL:
                 mailbox.put(Message(event))  # behind what came meanwhile
                 return
             token = entry.token
@@ -578,17 +577,27 @@ class Runner:
                         await engine.storage.put(instance, expected_revision=before.revision)
                     except Exception as exc:
                         await self.own_write_failed(instance, before.revision, exc)
-                    entry.instance = instance
+                    entry.snapshot = instance
                 if telemetry.enabled:
                     self.report(event, before, transition)
-                self.carry_out(transition.commands, inline=True)
+                commands = transition.commands
+                following = commands[0] if len(commands) == 1 else None
+                if type(following) is RunStep and self.inlinable(following.step, commands):
+                    key, attempt = following.step, following.attempt  # carry_out's inline case
+                else:
+                    following = None
+                    self.carry_out(commands, inline=True)
             finally:
                 token.release()
-            inline = self.inline
-            if inline is None or not mailbox.empty():
-                return  # the loop takes it from here
-            self.inline = None
-            key, attempt = inline
+            if following is None:
+                inline = self.inline
+                if inline is None or not mailbox.empty():
+                    return  # the loop takes it from here
+                self.inline = None
+                key, attempt = inline
+            elif not mailbox.empty():
+                self.inline = (key, attempt)  # behind what came meanwhile: the loop's turn
+                return
 
     async def own_write_failed(self, instance: Instance, expected: int, exc: Exception) -> None:
         """Handle a failed write of the engine's own input: retry it until it is stored.
