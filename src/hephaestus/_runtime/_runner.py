@@ -161,6 +161,13 @@ class Runner:
             with trio.CancelScope() as scope:
                 self.scope = scope
                 self.carry_out(first_commands, inline=True)
+                inline = self.inline
+                if inline is not None and mailbox.empty() and not self.pending:
+                    # What serve would do first, one frame higher: the steps of a linear
+                    # instance then run with a frame less on every resume.
+                    entry.runner = self
+                    self.inline = None
+                    await self.run_chain(mailbox, *inline)
                 if not await self.serve(mailbox):
                     async with trio.open_nursery() as nursery:
                         self.nursery = nursery
