@@ -320,6 +320,46 @@ def new_instance(
     )
 
 
+def start_new(
+    workflow: Workflow,
+    instance_id: str,
+    *,
+    initial: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    now: float,
+    stored_revision: int = 0,
+    parent: ParentLink | None = None,
+) -> Transition:
+    """A new instance of ``workflow`` that starts at once: ``Start`` applied to it, in one go.
+
+    Equals ``apply(workflow, new_instance(..., previous_revision=stored_revision - 1), Start(),
+    now)`` field for field (a property test compares it with the general path), without
+    building the PENDING instance first: the started snapshot sits one above
+    ``stored_revision``, the revision stored under the id (0 for none).
+    """
+    key = workflow.start.key
+    return Transition(
+        Instance(
+            id=instance_id,
+            workflow=workflow.name,
+            version=workflow.version,
+            status=Status.RUNNING,
+            initial=dict(initial or {}),
+            metadata=dict(metadata or {}),
+            created_at=now,
+            updated_at=now,
+            revision=stored_revision + 1,
+            graph=workflow.fingerprint,
+            parent=parent,
+            active=(key,),
+            attempts={key: 1},
+        ),
+        (RunStep(step=key, attempt=1, config=None),),
+        None,
+        changed=True,
+    )
+
+
 def step_context(workflow: Workflow, instance: Instance, step: str, attempt: int) -> StepContext:
     """Return the context that attempt ``attempt`` of ``step`` receives.
 

@@ -34,7 +34,6 @@ from .._core._engine import (
     Recover,
     RunStep,
     ScheduleResume,
-    Start,
     StartChild,
     TimerFired,
     Transition,
@@ -43,6 +42,7 @@ from .._core._engine import (
     new_instance,
     prunable,
     prune_statuses,
+    start_new,
 )
 from .._core._engine import Retry as RetryInput
 from .._core._errors import (
@@ -81,9 +81,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
-
-_START: Final = Start()
-"""The one ``Start`` input (a frozen, empty record): every new instance applies it."""
 
 _SUPERVISE: Final = f"{supervise.__module__}.{supervise.__qualname__}"
 """The name of every runner's task (the one trio gives it, spelt once, not per spawn)."""
@@ -226,21 +223,28 @@ class Engine:
         sequence = 0 if admitted else self.admission.next_sequence()
 
         def started(stored_revision: int) -> Transition:
-            # The unsaved pending instance sits at the stored revision, so the started
-            # snapshot, the first change persisted, is exactly one above it.
+            if admitted:  # Start applied: the first change persisted, one above what is stored
+                return start_new(
+                    wf,
+                    instance_id,
+                    initial=initial,
+                    metadata=metadata,
+                    now=now,
+                    stored_revision=stored_revision,
+                    parent=parent,
+                )
+            # Stored as it is: PENDING until a slot frees.
             fresh = new_instance(
                 wf,
                 instance_id,
                 initial=initial,
                 metadata=metadata,
                 now=now,
-                previous_revision=stored_revision - (1 if admitted else 0),
+                previous_revision=stored_revision,
                 parent=parent,
                 sequence=sequence,
             )
-            if not admitted:  # stored as it is: PENDING until a slot frees
-                return Transition(fresh, (), None, changed=True)
-            return apply(wf, fresh, _START, now)
+            return Transition(fresh, (), None, changed=True)
 
         transition = started(0)
         entry = Entry(wf, transition.instance, State.LIVE)
