@@ -557,7 +557,9 @@ class Runner:
             else:
                 # run_inline without telemetry or a limiter, written out.
                 await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: no step code runs
-                ctx = step_context(workflow, entry.instance, key, attempt)
+                current = entry.snapshot
+                assert current is not None  # resident while its runner runs
+                ctx = step_context(workflow, current, key, attempt)
                 try:
                     event = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
                 except BaseException as exc:
@@ -566,14 +568,17 @@ class Runner:
                     event = failed(definition, attempt, exc)
                 if isinstance(event, ChildRequested):
                     event = engine.children.resolve(workflow, entry.instance, event)
-            if not mailbox.empty() or self.pending or entry.instance.status in TERMINAL:
+            before = entry.snapshot  # resident: callers holding the token may have replaced it
+            assert before is not None
+            if not mailbox.empty() or self.pending or before.status in TERMINAL:
                 mailbox.put(Message(event))  # behind what came meanwhile
                 return
             token = entry.token
             if not token.try_acquire():
                 await token.acquire()
             try:
-                before = entry.instance
+                before = entry.snapshot
+                assert before is not None
                 try:
                     transition = apply(workflow, before, event, engine.clock.now())
                 except EventRejected:
@@ -837,7 +842,8 @@ class Runner:
         definition = self.workflow.steps[step]
         if not definition.is_async or definition.timeout is not None:
             return False
-        instance = self.entry.instance
+        instance = self.entry.snapshot
+        assert instance is not None  # a runner's instance is resident
         if instance.active != (step,) or instance.waiting or instance.timers:
             return False
         return len(commands) == 1 or sum(isinstance(c, RunStep) for c in commands) == 1
