@@ -343,7 +343,7 @@ def start_new(
             id=instance_id,
             workflow=workflow.name,
             version=workflow.version,
-            status=Status.RUNNING,
+            status=_RUNNING,
             initial=dict(initial or {}),
             metadata=dict(metadata or {}),
             created_at=now,
@@ -522,6 +522,11 @@ def apply_general(workflow: Workflow, instance: Instance, event: Input, now: flo
     return draft.finish()
 
 
+# Enum members the fast paths use, looked up once: a member lookup costs about 50 ns on 3.11.
+_RUNNING: Final = Status.RUNNING
+_COMPLETED: Final = Status.COMPLETED
+_RETURNED: Final = Via.RETURNED
+
 # --- fast paths -------------------------------------------------------------------------------
 #
 # The transitions every instance makes most: a fresh instance starts, a lone running step
@@ -587,11 +592,11 @@ def _fast_succeeded(
         HistoryEntry(step=step, event=event.event, attempt=attempt, at=now, error=None),
     )
     metadata = {**instance.metadata, **event.metadata} if event.metadata else instance.metadata
-    ended = StepEnded(step=step, attempt=attempt, event=event.event, via=Via.RETURNED)
+    ended = StepEnded(step=step, attempt=attempt, event=event.event, via=_RETURNED)
     done = (*completed, step)
     step_results = {**instance.results, step: {} if results is None else results}
     if not edge.targets:
-        status = Status.COMPLETED
+        status = _COMPLETED
         return Transition(
             msgspec.structs.replace(
                 instance,
@@ -619,7 +624,7 @@ def _fast_succeeded(
     return Transition(
         msgspec.structs.replace(
             instance,
-            status=Status.RUNNING,
+            status=_RUNNING,
             active=(target,),
             completed=done,
             results=step_results,
