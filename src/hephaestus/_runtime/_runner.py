@@ -123,7 +123,8 @@ class Runner:
         self.started: dict[str, float] = {} if engine.telemetry.enabled else _NO_TELEMETRY
         """When each running step started (trio time), for step.stop; only with telemetry."""
         self.scope: trio.CancelScope | None = None
-        """The scope of everything the runner runs (inline step code, its nursery)."""
+        """What finishing the instance cancels: the scope of the inline steps running, or
+        the nursery's once it is open; None while the runner waits for mail."""
         self.nursery: trio.Nursery | None = None
         """Opened once a step must run in a task of its own; None until then."""
         self.pending: list[tuple[str, int, trio.CancelScope]] | None = None
@@ -146,9 +147,11 @@ class Runner:
         requests themselves under the token (:meth:`apply_request`).
 
         The runner opens a nursery only once a step must run in a task of its
-        own (fan-out, a step with a timeout or a sync one): an instance whose
-        steps all run inline costs one cancel scope, which is what finishing
-        the instance (a ``cancel`` while a step runs inline) cancels.
+        own (fan-out, a step with a timeout or a sync one). Inline steps run
+        in a cancel scope of their own (:meth:`run_chain`), which is what
+        finishing the instance (a ``cancel`` while a step runs inline)
+        cancels; a runner waiting for mail holds no scope (a parked resident
+        instance costs less), and finishing its instance wakes it instead.
 
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
@@ -158,24 +161,25 @@ class Runner:
         mailbox = entry.mailbox
         assert mailbox is not None
         try:
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                self.carry_out(first_commands, inline=True)
-                inline = self.inline
-                if inline is not None and mailbox.empty() and not self.pending:
-                    # What serve would do first, one frame higher: the steps of a linear
-                    # instance then run with a frame less on every resume.
-                    entry.runner = self
-                    self.inline = None
-                    await self.run_chain(mailbox, *inline)
-                if not await self.serve(mailbox):
-                    async with trio.open_nursery() as nursery:
-                        self.nursery = nursery
-                        for step, attempt, step_scope in self.pending or ():
-                            nursery.start_soon(self.run_step, step, attempt, step_scope)
-                        self.pending = None
-                        await self.serve(mailbox)
-                        nursery.cancel_scope.cancel()
+            self.carry_out(first_commands, inline=True)
+            inline = self.inline
+            if inline is not None and mailbox.empty() and not self.pending:
+                # What serve would do first, one frame higher: the steps of a linear
+                # instance then run with a frame less on every resume.
+                entry.runner = self
+                self.inline = None
+                await self.run_chain(mailbox, *inline)
+            if not await self.serve(mailbox):
+                async with trio.open_nursery() as nursery:
+                    # From here on finishing the instance cancels the nursery: the step
+                    # tasks and the runner loop in it.
+                    self.nursery = nursery
+                    self.scope = nursery.cancel_scope
+                    for step, attempt, step_scope in self.pending or ():
+                        nursery.start_soon(self.run_step, step, attempt, step_scope)
+                    self.pending = None
+                    await self.serve(mailbox)
+                    nursery.cancel_scope.cancel()
         finally:
             if entry.runner is self:
                 entry.runner = None
@@ -550,66 +554,78 @@ class Runner:
         workflow = self.workflow
         steps = workflow.steps
         telemetry = engine.telemetry
-        while True:
-            definition = steps[key]
-            if definition.limiter is not None or telemetry.enabled:
-                event = await self.run_inline(key, attempt)
-            else:
-                # run_inline without telemetry or a limiter, written out.
-                await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: no step code runs
-                current = entry.snapshot
-                assert current is not None  # resident while its runner runs
-                ctx = step_context(workflow, current, key, attempt)
-                try:
-                    event = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
-                except BaseException as exc:
-                    if must_propagate(exc):
-                        raise
-                    event = failed(definition, attempt, exc)
-                if isinstance(event, ChildRequested):
-                    event = engine.children.resolve(workflow, entry.instance, event)
-            before = entry.snapshot  # resident: callers holding the token may have replaced it
-            assert before is not None
-            if not mailbox.empty() or self.pending or before.status in TERMINAL:
-                mailbox.put(Message(event))  # behind what came meanwhile
-                return
-            token = entry.token
-            if not token.try_acquire():
-                await token.acquire()
+        outer = self.scope
+        with trio.CancelScope() as scope:
+            self.scope = scope  # what finishing the instance cancels while steps run here
             try:
-                before = entry.snapshot
-                assert before is not None
-                try:
-                    transition = apply(workflow, before, event, engine.clock.now())
-                except EventRejected:
-                    return
-                if transition.changed:
-                    instance = transition.instance
+                while True:
+                    definition = steps[key]
+                    if definition.limiter is not None or telemetry.enabled:
+                        event = await self.run_inline(key, attempt)
+                    else:
+                        # run_inline without telemetry or a limiter, written out. Cancelled
+                        # already, no step code runs.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        current = entry.snapshot
+                        assert current is not None  # resident while its runner runs
+                        ctx = step_context(workflow, current, key, attempt)
+                        try:
+                            event = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
+                        except BaseException as exc:
+                            if must_propagate(exc):
+                                raise
+                            event = failed(definition, attempt, exc)
+                        if isinstance(event, ChildRequested):
+                            event = engine.children.resolve(workflow, entry.instance, event)
+                    # Resident: callers holding the token may have replaced it meanwhile.
+                    before = entry.snapshot
+                    assert before is not None
+                    if not mailbox.empty() or self.pending or before.status in TERMINAL:
+                        mailbox.put(Message(event))  # behind what came meanwhile
+                        return
+                    token = entry.token
+                    if not token.try_acquire():
+                        await token.acquire()
                     try:
-                        await engine.storage.put(instance, expected_revision=before.revision)
-                    except Exception as exc:
-                        await self.own_write_failed(instance, before.revision, exc)
-                    entry.snapshot = instance
-                if telemetry.enabled:
-                    self.report(event, before, transition)
-                commands = transition.commands
-                following = commands[0] if len(commands) == 1 else None
-                if type(following) is RunStep and self.inlinable(following.step, commands):
-                    key, attempt = following.step, following.attempt  # carry_out's inline case
-                else:
-                    following = None
-                    self.carry_out(commands, inline=True)
+                        before = entry.snapshot
+                        assert before is not None
+                        try:
+                            transition = apply(workflow, before, event, engine.clock.now())
+                        except EventRejected:
+                            return
+                        if transition.changed:
+                            instance = transition.instance
+                            try:
+                                await engine.storage.put(
+                                    instance, expected_revision=before.revision
+                                )
+                            except Exception as exc:
+                                await self.own_write_failed(instance, before.revision, exc)
+                            entry.snapshot = instance
+                        if telemetry.enabled:
+                            self.report(event, before, transition)
+                        commands = transition.commands
+                        following = commands[0] if len(commands) == 1 else None
+                        if type(following) is RunStep and self.inlinable(following.step, commands):
+                            # carry_out's inline case, without carry_out.
+                            key, attempt = following.step, following.attempt
+                        else:
+                            following = None
+                            self.carry_out(commands, inline=True)
+                    finally:
+                        token.release()
+                    if following is None:
+                        inline = self.inline
+                        if inline is None or not mailbox.empty():
+                            return  # the loop takes it from here
+                        self.inline = None
+                        key, attempt = inline
+                    elif not mailbox.empty():
+                        # Behind what came meanwhile: the loop's turn.
+                        self.inline = (key, attempt)
+                        return
             finally:
-                token.release()
-            if following is None:
-                inline = self.inline
-                if inline is None or not mailbox.empty():
-                    return  # the loop takes it from here
-                self.inline = None
-                key, attempt = inline
-            elif not mailbox.empty():
-                self.inline = (key, attempt)  # behind what came meanwhile: the loop's turn
-                return
+                self.scope = outer
 
     async def own_write_failed(self, instance: Instance, expected: int, exc: Exception) -> None:
         """Handle a failed write of the engine's own input: retry it until it is stored.
@@ -819,12 +835,14 @@ class Runner:
                     if found is not None:
                         found.cancel()
                 case Finished():
-                    # Stops the inline step and every step task; the runner itself, when
-                    # it applied this, has nothing left to stop.
+                    # Stops the inline steps or the nursery with every step task; the
+                    # runner itself, when it applied this, has nothing left to stop.
                     if not inline or self.scopes:
                         everything = self.scope
-                        assert everything is not None
-                        everything.cancel()
+                        if everything is not None:
+                            everything.cancel()
+                        else:  # waiting for mail: it looks at the status again
+                            self.post_wake()
                 case StartChild() | CancelChild():
                     self.engine._carry_out_child(command)
 
