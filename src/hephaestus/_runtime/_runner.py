@@ -554,6 +554,7 @@ class Runner:
         workflow = self.workflow
         steps = workflow.steps
         telemetry = engine.telemetry
+        token = entry.token  # the resident instance's: it keeps it while it has a runner
         outer = self.scope
         with trio.CancelScope() as scope:
             self.scope = scope  # what finishing the instance cancels while steps run here
@@ -583,9 +584,10 @@ class Runner:
                     if not mailbox.empty() or self.pending or before.status in TERMINAL:
                         mailbox.put(Message(event))  # behind what came meanwhile
                         return
-                    token = entry.token
-                    if not token.try_acquire():
+                    if token.held:
                         await token.acquire()
+                    else:
+                        token.held = True
                     try:
                         before = entry.snapshot
                         assert before is not None
