@@ -57,7 +57,7 @@ from .._core._errors import (
     WorkflowDefinitionError,
 )
 from .._core._ids import build_instance_id
-from .._core._model import Instance, ParentLink, Status
+from .._core._model import TERMINAL, Instance, ParentLink, Status
 from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._terminal import answer_terminal
@@ -479,10 +479,13 @@ class Engine:
         entry = self._registry.get(instance_id)
         if entry is None:
             try:
-                instance = await self._load(instance_id)  # decoded for this call alone
+                stored = await self.storage.get(instance_id)  # decoded for this call alone
             except Exception:
                 self._check_open()  # the engine closed during the read: say that
                 raise
+            if stored is None:
+                raise InstanceNotFound(f"no instance with id {instance_id!r}")
+            instance = stored
         else:
             if entry.state in (State.LIVE, State.PASSIVE):
                 if entry.finished is None:
@@ -503,7 +506,7 @@ class Engine:
             instance = (
                 await self._load(instance_id) if snapshot is None else detached_instance(snapshot)
             )
-        if not instance.status.is_terminal:
+        if instance.status not in TERMINAL:
             workflow = self._workflows.get((instance.workflow, instance.version))
             if workflow is not None:
                 check_definition(workflow, instance)
