@@ -3,8 +3,11 @@
 As in SQLiteStorage (``_sqlite_writer``): puts and deletes from Trio tasks
 are queued (a thread-safe ``SimpleQueue.put``, no thread hop); the writer
 thread takes everything queued, sends it as one transaction in one pipeline
-(one round trip and one WAL flush for the whole batch) and hands every
-outcome back to Trio with a single ``TrioToken.run_sync_soon`` per batch.
+(``BEGIN``, every row's statement, ``COMMIT``, then one sync: one round trip
+and one WAL flush for the whole batch) and hands every outcome back to Trio
+with a single ``TrioToken.run_sync_soon`` per batch. What a write does beside
+its row (marking inbox rows, notifications) is part of its one statement, so
+no result is waited for before the commit.
 
 Each row is fenced by its expected revision inside the transaction
 (``UPDATE ... WHERE id = %s AND revision = %s``, ``INSERT ... ON CONFLICT DO
@@ -78,12 +81,13 @@ Connect = Callable[[], "psycopg.Connection[tuple[Any, ...]]"]
 
 
 class Op(Protocol):
-    """One write of a batch, in two steps inside the batch's transaction and pipeline.
+    """One write of a batch: one statement in the batch's transaction, then its outcome.
 
-    ``send`` queues its statement and returns the cursor; after the pipeline
-    synced, ``finish`` reads that cursor and returns the outcome, and may queue
-    follow-up statements (marking inbox rows, notifications) whose results it
-    does not read: they commit with the batch, or fail it.
+    ``send`` queues its statement (everything the write changes and sends
+    rides in it) and returns the cursor. Once the batch has committed,
+    ``finish`` reads that cursor and returns the outcome; to explain a
+    refusal it may read the row again (a read outside the transaction: under
+    READ COMMITTED it sees what a read inside it would), never write.
     """
 
     instance_id: str
@@ -266,15 +270,28 @@ class Writer:
 def apply_batch(
     conn: psycopg.Connection[tuple[Any, ...]], batch: Sequence[Request]
 ) -> list[outcome.Outcome[Any]]:
-    """Run ``batch`` in one transaction, pipelined; return each request's outcome.
+    """Run ``batch`` in one transaction in one round trip; return each request's outcome.
+
+    ``BEGIN``, each request's statement and ``COMMIT`` go out in one pipeline,
+    synced once when it closes. A statement that fails makes PostgreSQL skip
+    the rest up to that sync, ``COMMIT`` included: the transaction is left
+    failed and the caller closes the connection, which rolls it back.
 
     Raises:
-        psycopg.Error: the transaction failed (rolled back: nothing stored).
+        psycopg.Error: the transaction failed (rolled back: nothing stored),
+            or it did not end in a commit.
     """
-    with conn.transaction(), conn.pipeline() as pipeline:
+    with conn.pipeline():
+        conn.execute(b"BEGIN")
         cursors = [request.op.send(conn) for request in batch]
-        pipeline.sync()
-        return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
+        end = conn.execute(b"COMMIT")
+    if end.statusmessage != "COMMIT":  # what PostgreSQL answers a failed transaction's COMMIT
+        import psycopg
+
+        raise psycopg.OperationalError(
+            f"the transaction ended in {end.statusmessage!r}, not COMMIT: nothing was stored"
+        )
+    return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
 
 
 def _deliver(batch: list[Request]) -> None:
