@@ -31,7 +31,7 @@ from ._errors import NotAStore
 from ._postgres_listen import SYNC_CHANNEL, Listener
 from ._postgres_schema import SchemaError, check_readable, migrate
 from ._postgres_shared import PutOwned
-from ._postgres_writer import Delete, Put, Quarantine, Request, Writer, fault
+from ._postgres_writer import Delete, Put, Quarantine, Request, Writer, ended_by_server, fault
 from ._protocol import QuarantineHandler, StorageBase, report_quarantine, status_filter
 from ._rows import instance_row
 from ._shared import (
@@ -160,6 +160,8 @@ class PostgresStorage(StorageBase):
         self._idle: trio.Event | None = None
         self._commits_before = 0
         self._listener: Listener | None = None
+        self._renewed_at = time.monotonic()
+        """When (``time.monotonic``) a lease was last registered or renewed."""
         self.clock_skew = 0.0
         """Seconds added to the database clock in every lease and due-timer test (tests only)."""
 
@@ -196,8 +198,9 @@ class PostgresStorage(StorageBase):
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
             configure=self._configure,
             # A pooled connection the server ended (a restart, or the idle-in-transaction
-            # timeout after this process was paused) is replaced before use, not failed on.
-            check=self._psycopg_pool.ConnectionPool.check_connection,
+            # timeout after this process was paused) is replaced before use, not failed on;
+            # found without a round trip per checkout.
+            check=self._check_pooled,
             name=f"hephaestus {redact(self.dsn)}",
         )
         await self._run(pool.open, wait=False)
@@ -240,6 +243,17 @@ class PostgresStorage(StorageBase):
         """
         timeout_ms = max(1_000, int(self.lease_ttl * 1_000))
         conn.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}".encode())
+
+    def _check_pooled(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """The pool's check when it hands out ``conn``: raise if the server closed it.
+
+        Raises:
+            psycopg.OperationalError: the server ended the session (the pool
+                discards the connection and hands out another).
+        """
+        if ended_by_server(conn):
+            conn.close()  # so that the pool discards it rather than keeping it
+            raise self._psycopg.OperationalError("the server closed this pooled connection")
 
     def _prepare(self) -> None:
         """In a worker thread: connect once, then migrate the schema or (read-only) check it."""
@@ -407,16 +421,37 @@ class PostgresStorage(StorageBase):
         """
         self._check_writable()
         _check_text("engine id", engine_id)
-        return await self._call(_shared.register, engine_id, self.lease_ttl, self.clock_skew)
+        lease = await self._call(_shared.register, engine_id, self.lease_ttl, self.clock_skew)
+        self._renewed_at = time.monotonic()
+        return lease
 
     async def heartbeat(self, lease: Lease) -> Heartbeat:
         """Renew ``lease`` by the database clock, or start a new epoch if it expired.
+
+        A renewal that comes more than half a TTL after the last one (this
+        process was paused, or cut off), or finds the lease expired, checks
+        every pooled connection and replaces those the server ended
+        meanwhile, before the new epoch serves anything (the writers look at
+        their own connection before each batch).
 
         Raises:
             OSError: the database cannot be reached.
         """
         self._check_writable()
-        return await self._call(_shared.heartbeat, lease, self.lease_ttl, self.clock_skew)
+        late = time.monotonic() - self._renewed_at > self.lease_ttl / 2
+        if late:
+            await self._check_pool()
+        beat = await self._call(_shared.heartbeat, lease, self.lease_ttl, self.clock_skew)
+        self._renewed_at = time.monotonic()
+        if beat.expired and not late:
+            await self._check_pool()
+        return beat
+
+    async def _check_pool(self) -> None:
+        """Replace the pooled connections the server has ended (a round trip each)."""
+        pool = self._pool
+        if pool is not None:
+            await self._run(pool.check)
 
     async def release_engine(self, lease: Lease) -> None:
         """Expire ``lease`` and unown its instances (``Runnable`` if any has work).

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
@@ -187,6 +188,30 @@ def conflict(
     )
 
 
+def ended_by_server(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """True when the server has closed, or is closing, idle ``conn`` (no round trip, no wait).
+
+    An idle connection of ours has nothing to read, unless the server spoke
+    unasked: it says why it ends a session (``FATAL``: terminated, idle
+    timeout, shutting down) just before it closes the socket. Either counts.
+    Nothing is sent here, so a request that then goes out on a new connection
+    cannot have been applied twice. A connection cut without a word (a
+    network partition) is not noticed: its next request fails with ``OSError``.
+    """
+    if conn.closed:
+        return True
+    pgconn = conn.pgconn
+    if pgconn.status != _CONNECTION_OK:
+        return True
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+_CONNECTION_OK: Final = 0
+"""libpq's ``CONNECTION_OK``."""
+
+
 def fault(exc: BaseException, what: str) -> OSError:
     """The OSError callers get for an error of PostgreSQL or of the connection."""
     name = type(exc).__name__
@@ -202,7 +227,8 @@ class Writer:
     """The writer thread and its queue. ``submit`` from Trio; everything else is internal.
 
     Counters (for tests and benchmarks): ``commits`` (transactions committed),
-    ``requests`` (requests those carried).
+    ``requests`` (requests those carried), ``reconnects`` (connections found
+    closed by the server before a batch, and replaced).
     """
 
     def __init__(self, connect: Connect, token: trio.lowlevel.TrioToken, describe: str) -> None:
@@ -213,6 +239,7 @@ class Writer:
         self._queue: BatchQueue[Request] = BatchQueue(MAX_BATCH)
         self.commits = 0
         self.requests = 0
+        self.reconnects = 0
         self._thread = threading.Thread(
             target=self._loop, name=f"hephaestus-pg-writer {describe}", daemon=True
         )
@@ -241,9 +268,20 @@ class Writer:
                     self._conn.close()
 
     def _run(self, batch: list[Request]) -> None:
-        """Apply ``batch`` in one transaction and set every request's outcome."""
+        """Apply ``batch`` in one transaction and set every request's outcome.
+
+        A connection the server closed while it was idle (this process was
+        paused past the server's patience, the server restarted) is replaced
+        before anything is sent on it, so the batch does not fail for it.
+        """
         ordered = sorted(batch, key=lambda r: r.op.instance_id)
         try:
+            stale = self._conn
+            if stale is not None and ended_by_server(stale):
+                self._conn = None
+                self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    stale.close()
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
             results = apply_batch(self._conn, ordered)
