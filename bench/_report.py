@@ -220,3 +220,25 @@ def render_markdown(
         out += ["", peers_block]
     out.append("")
     return "\n".join(out)
+
+
+def write_report(
+    output: Path,
+    sections: Sequence[Section],
+    cfg: Config,
+    elapsed: float,
+    command: str,
+    *,
+    only: bool,
+) -> None:
+    """Write ``sections`` into the report at ``output``, keeping its peers block.
+
+    ``only``: the run covered some groups only, so every other section of
+    the report being replaced stays, marked as kept from its earlier run.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    kept = peers_block(output)
+    earlier = earlier_sections(output) if only else None
+    output.write_text(
+        render_markdown(sections, cfg, elapsed, command, kept, earlier), encoding="utf-8"
+    )
