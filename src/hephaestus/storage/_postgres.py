@@ -14,11 +14,12 @@ it is the optional extra ``hephaestus-trio[postgres]``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import time
-from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
 
 import trio
@@ -197,10 +198,8 @@ class PostgresStorage(StorageBase):
             open=False,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
             configure=self._configure,
-            # A pooled connection the server ended (a restart, or the idle-in-transaction
-            # timeout after this process was paused) is replaced before use, not failed on;
-            # found without a round trip per checkout.
-            check=self._check_pooled,
+            # No check= : _connection() looks at each connection it takes (no round trip,
+            # and no backoff sleep when it finds one the server ended).
             name=f"hephaestus {redact(self.dsn)}",
         )
         await self._run(pool.open, wait=False)
@@ -243,17 +242,6 @@ class PostgresStorage(StorageBase):
         """
         timeout_ms = max(1_000, int(self.lease_ttl * 1_000))
         conn.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}".encode())
-
-    def _check_pooled(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        """The pool's check when it hands out ``conn``: raise if the server closed it.
-
-        Raises:
-            psycopg.OperationalError: the server ended the session (the pool
-                discards the connection and hands out another).
-        """
-        if ended_by_server(conn):
-            conn.close()  # so that the pool discards it rather than keeping it
-            raise self._psycopg.OperationalError("the server closed this pooled connection")
 
     def _prepare(self) -> None:
         """In a worker thread: connect once, then migrate the schema or (read-only) check it."""
@@ -687,11 +675,33 @@ class PostgresStorage(StorageBase):
         except (self._psycopg.Error, self._psycopg_pool.PoolTimeout) as exc:
             raise fault(exc, f"{getattr(fn, '__name__', 'a call')} on {self!r}") from exc
 
-    def _connection(self) -> AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled connection, given back to the pool afterwards (blocking).
+
+        A pooled connection the server ended while it sat in the pool (a
+        restart, or an idle timeout while this process was paused) is
+        dropped and the next one taken, before anything is sent on it.
+
+        Raises:
+            RuntimeError: the store is not open.
+            psycopg_pool.PoolTimeout: no live connection within the timeout.
+        """
         pool = self._pool
         if pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return pool.connection(timeout=_CONNECT_TIMEOUT_S * 3)
+        deadline = time.monotonic() + _CONNECT_TIMEOUT_S * 3
+        while True:
+            conn = pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+            if not ended_by_server(conn):
+                break
+            conn.close()
+            pool.putconn(conn)  # closed: the pool discards it and opens another
+        try:
+            with conn:
+                yield conn
+        finally:
+            pool.putconn(conn)
 
     async def _submit(self, request: Request) -> Any:
         """Queue ``request`` to its id's writer and wait, uncancellably, for its outcome."""
@@ -726,14 +736,12 @@ class PostgresStorage(StorageBase):
         Raises:
             OSError: the pool has no connection for us in time, or the query failed.
         """
-        pool = self._pool
-        assert pool is not None
-        # A pooled connection the server dropped fails once and leaves the pool;
-        # a read is safe to repeat, so try the next one (all may be stale).
+        # A pooled connection cut without a word fails once and leaves the pool; a
+        # read is safe to repeat, so try the next one (all may be stale).
         for attempt in range(self.pool_size + 1):
             conn: psycopg.Connection[tuple[Any, ...]] | None = None
             try:
-                with pool.connection(timeout=_CONNECT_TIMEOUT_S * 3) as conn:
+                with self._connection() as conn:
                     rows: list[tuple[Any, ...]] = conn.execute(sql.encode(), args).fetchall()
             except self._psycopg.OperationalError as exc:
                 if attempt < self.pool_size and conn is not None and conn.closed:
