@@ -72,3 +72,39 @@ def test_the_postgres_table_and_the_sqlite_peers_table_do_not_replace_each_other
     text = report.read_text(encoding="utf-8")
     assert "sqlite three" in text
     assert "pg two" in text  # a SQLite-only run keeps the PostgreSQL table
+
+
+def test_a_section_kept_through_several_only_runs_names_the_run_that_measured_it(
+    tmp_path: Path,
+) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench._harness import Config, Section
+        from bench._report import earlier_sections, render_markdown
+    finally:
+        sys.path.remove(str(ROOT))
+    report = tmp_path / "benchmarks.md"
+    report.write_text(
+        render_markdown([Section("Alpha", notes=["alpha"])], Config(), 1.0, "run-one"),
+        encoding="utf-8",
+    )
+    for command in ("run-two", "run-three"):
+        report.write_text(
+            render_markdown(
+                [Section(command, notes=[command])],
+                Config(),
+                1.0,
+                command,
+                None,
+                earlier_sections(report),
+            ),
+            encoding="utf-8",
+        )
+    text = report.read_text(encoding="utf-8")
+    alpha = text[text.index("## Alpha") : text.index("## run-two")]
+    assert alpha.count("Kept from an earlier run") == 1
+    assert "run-one" in alpha
+    assert "run-two" not in alpha
+    two = text[text.index("## run-two") : text.index("## run-three")]
+    assert two.count("Kept from an earlier run") == 1
+    assert "Command: `run-two`" in two
