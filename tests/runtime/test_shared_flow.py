@@ -1,8 +1,10 @@
-"""Schedules, child workflows and max_active with several engines on one shared store."""
+"""Schedules and child workflows with several engines on one shared store.
+
+max_active across engines: test_shared_admission.py.
+"""
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
@@ -68,17 +70,3 @@ async def test_children_of_parents_started_on_two_engines(
     assert {final.status for final in finals} == {hx.Status.COMPLETED}
     assert len(children) == 6
     assert {instance.status for instance in children} == {hx.Status.COMPLETED}
-
-
-async def test_max_active_is_refused_on_shared_storage() -> None:
-    limited = hx.Workflow(
-        "limited",
-        start=work,
-        transitions={(work, "done"): hx.Done},
-        unique=hx.Unique("limited"),
-        max_active=2,
-    )
-    store = hx.MemorySharedStorage()
-    with pytest.raises(hx.WorkflowDefinitionError, match="max_active=2 is counted by each engine"):
-        async with hx.open_engine(workflows=[limited], storage=store.connect()):
-            pass  # pragma: no cover

@@ -26,16 +26,17 @@ from .._core._engine import Start, Transition, apply
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
+from ..storage._shared import AdmissionFull, LeaseLost
 from ._registry import Entry, State
 from ._runner import RETRY_FIRST, RETRY_MAX, Runner
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._shared import SharedRuntime
 
 _log = logging.getLogger("hephaestus.engine")
 
 
-@final
 class Admission:
     """One engine's admission slots and queues, per limited workflow name."""
 
@@ -232,3 +233,168 @@ class Admission:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             return True
+
+
+@final
+class SharedAdmission(Admission):
+    """Admission on shared storage: the store counts the slots and keeps the queue.
+
+    The counting of :class:`Admission` would hold per engine only, so here
+    the store does it (``SharedStorage.put_limited``): every write that may
+    change an instance's slot goes through it (:class:`._lease.LeasedStorage`),
+    in the transaction that stores the snapshot. This class only:
+
+    - stores every new instance of a limited workflow PENDING (the store
+      gives it a slot in that very write if one is free and nobody queues);
+      its registry record is dropped at once, since a queued instance has no
+      owner in the store;
+    - starts a PENDING instance its claimer claimed (a claim returns PENDING
+      instances only once the store gave them a slot, :meth:`expect`):
+      ``Start`` is applied and stored with ``put_limited``; ``AdmissionFull``
+      (no slot after all) releases it again, to wait in the store's queue.
+      One claimed for a request (``cancel``, an early ``resume``) is only
+      served and let go, as any passivated instance;
+    - on each claimer round (:meth:`heal`), asks the store to hand free slots
+      to the queue (:meth:`SharedStorage.admit_pending`) and lets go of the
+      PENDING instances it still holds (a claim then finds those with a slot).
+
+    Slots of instances an engine dies with stay taken until another engine
+    claims those instances and finishes them.
+    """
+
+    __slots__ = ("expected", "shared")
+
+    def __init__(self, engine: Engine, workflows: list[Workflow], shared: SharedRuntime) -> None:
+        super().__init__(engine, workflows)
+        self.shared = shared
+        self.expected: set[str] = set()
+        """PENDING instances the claimer claimed with a slot, to start once adopted."""
+
+    def expect(self, instance: Instance) -> None:
+        """Note that a claim took PENDING ``instance`` (it holds a slot): start it once adopted."""
+        if instance.status is Status.PENDING and instance.workflow in self.limits:
+            self.expected.add(instance.id)
+
+    def try_admit(self, name: str, instance_id: str) -> bool:
+        """Never admit on the spot: the store decides, in the PENDING write."""
+        return name not in self.limits
+
+    def enqueue(self, instance: Instance, *, admit: bool = True) -> None:
+        """A PENDING instance: start it if this engine holds it, else forget it here.
+
+        ``admit`` True: this engine has just stored it (released, see the
+        class doc): its record leaves the registry, and the claimer looks at
+        once in case the store gave it a slot. ``admit`` False: recovered from
+        a claim, so this engine owns it: start it if the claimer claimed it
+        with a slot (:meth:`expect`); else a request claimed it, and lets it go.
+        """
+        engine = self.engine
+        entry = engine._registry.get(instance.id)
+        if entry is None:
+            return
+        if admit:
+            if entry.state is State.PASSIVE:
+                del engine._registry[instance.id]
+                engine.timers.disarm_all(instance.id)
+                entry.mark_done(State.FINISHED)
+            self.shared.claimer_wake.set()
+            return
+        if instance.id in self.expected:
+            self.expected.discard(instance.id)
+            engine._nursery.start_soon(self._admit_held, entry)
+
+    def recovered(self, instance: Instance) -> None:
+        """Nothing to count here: the store counts the slots."""
+
+    def release_id(self, name: str, instance_id: str) -> None:
+        """Nothing to give back here: the write that ended the instance freed its slot."""
+
+    def fill(self, name: str) -> None:
+        """Nothing to fill here: the store hands freed slots on (see :meth:`heal`)."""
+
+    async def heal(self) -> None:
+        """Have the store hand free slots to its queues; let go of PENDING instances held here.
+
+        Never raises (storage errors are logged; the next round tries again).
+        """
+        engine = self.engine
+        for name, limit in self.limits.items():
+            try:
+                await self.shared.store.admit_pending(name, max_active=limit)
+            except Exception as exc:
+                _log.warning(
+                    "engine %s could not hand on free slots of %r (%s: %s)",
+                    self.shared.engine_id,
+                    name,
+                    type(exc).__name__,
+                    exc,
+                )
+        for entry in list(engine._registry.values()):
+            if (
+                entry.state is State.PASSIVE
+                and entry.status is Status.PENDING
+                and entry.workflow is not None
+                and entry.workflow.name in self.limits
+                and entry.token.idle()
+            ):
+                engine._nursery.start_soon(self.shared.let_go, entry)
+
+    async def _admit_held(self, entry: Entry) -> None:
+        """Start the PENDING instance of ``entry``, which this engine owns, if it gets a slot.
+
+        No slot (``AdmissionFull``), or a snapshot changed meanwhile: the
+        instance is released to wait in the store's queue. A lost lease drops
+        it. Storage errors are retried with backoff. Never raises.
+        """
+        engine = self.engine
+        workflow = entry.workflow
+        assert workflow is not None
+        transition: Transition | None = None
+        await entry.token.acquire()
+        try:
+            if entry.state is not State.PASSIVE or entry.status is not Status.PENDING:
+                return
+            delay = RETRY_FIRST
+            while transition is None:
+                try:
+                    if not await Runner(engine, entry, workflow).load_passive():
+                        break  # changed under us: what is stored wins
+                    before = entry.instance
+                    started = apply(workflow, before, Start(), engine.clock.now())
+                    await engine.storage.put(started.instance, expected_revision=before.revision)
+                    transition = started
+                except AdmissionFull:
+                    break
+                except LeaseLost as exc:
+                    self.shared.drop(entry, exc)
+                    return
+                except RevisionConflict:
+                    break
+                except Exception as exc:
+                    _log.warning(
+                        "admitting instance %r failed (%s: %s); retrying",
+                        entry.id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    if entry.state is not State.PASSIVE:
+                        return
+            if transition is not None:
+                entry.instance = transition.instance
+            else:
+                entry.passivate()
+        finally:
+            entry.token.release()
+        if transition is None:
+            await self.shared.let_go(entry)
+            return
+        if engine.telemetry.enabled:
+            engine.telemetry.emit(
+                "workflow.admit",
+                instance_id=entry.id,
+                workflow=workflow.name,
+                metadata={"version": workflow.version},
+            )
+        engine.activate(entry, transition.commands)

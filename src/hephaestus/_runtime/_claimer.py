@@ -8,8 +8,14 @@ running run again, timers are re-armed, pending inbox rows are served.
 Between batches it sleeps until the earliest timer that will fall due, at
 most TTL/4, or until a notification says work was released.
 
+Claims ask only for the workflow versions this engine registers (``runs``),
+so an instance no engine here can run is not claimed and released again every
+round; each such instance is reported once (``runner.skip``, a warning).
+
 Each round also serves inbox rows of instances this engine holds whose
-wake-up notification was lost (the store's optional ``pending_instances``).
+wake-up notification was lost (the store's optional ``pending_instances``),
+and, for workflows with ``max_active``, has the store hand free slots to
+their queues (:meth:`._admission.SharedAdmission.heal`).
 
 Telemetry: ``engine.claim`` per non-empty batch (``instances``), and
 ``engine.takeover`` for each instance another engine (or an older epoch of
@@ -25,7 +31,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ..storage._shared import LeaseLost
+from ..storage._shared import LeaseLost, Unrunnable
+from ._admission import SharedAdmission
 from ._lease import renew
 
 if TYPE_CHECKING:
@@ -41,12 +48,17 @@ async def claim_loop(runtime: SharedRuntime) -> None:
     """Claim and adopt work until cancelled; never raises anything else."""
     store = runtime.store
     engine = runtime.engine
+    runs = frozenset((w.name, w.version) for w in engine.workflows)
+    reported: set[str] = set()
     while True:
         runtime.claimer_wake = trio.Event()
         delay = runtime.poll
         seen = runtime.lease
+        admission = engine.admission
+        if isinstance(admission, SharedAdmission):
+            await admission.heal()
         try:
-            batch = await store.claim(seen, limit=BATCH)
+            batch = await store.claim(seen, limit=BATCH, runs=runs)
         except LeaseLost:
             batch = None
             with contextlib.suppress(Exception):  # the heartbeat reports its own failures
@@ -70,12 +82,21 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                 runtime.emit("engine.claim", measurements={"instances": len(batch.claimed)})
             unheld: list[str] = []
             for claimed in batch.claimed:
-                if runtime.adopt(claimed) is None:
+                if isinstance(admission, SharedAdmission):
+                    admission.expect(claimed.instance)
+                adopted = runtime.adopt(claimed)
+                if isinstance(admission, SharedAdmission):
+                    admission.expected.discard(claimed.instance.id)
+                if adopted is None:
                     unheld.append(claimed.instance.id)
                 else:
                     engine._nursery.start_soon(runtime.serve_inbox, claimed.instance.id)
             for instance_id in unheld:
                 engine._nursery.start_soon(runtime.serve_unheld, instance_id)
+            for skipped in batch.unrunnable:
+                if skipped.instance_id not in reported:
+                    reported.add(skipped.instance_id)
+                    _report_unrunnable(runtime, skipped)
             await _serve_missed(runtime)
             if len(batch.claimed) >= BATCH:
                 await trio.lowlevel.checkpoint()
@@ -88,6 +109,24 @@ async def claim_loop(runtime: SharedRuntime) -> None:
         with trio.move_on_after(delay):
             await runtime.claimer_wake.wait()
         runtime.claimer_wakes_at = math.inf  # looking now: nothing needs to wake it
+
+
+def _report_unrunnable(runtime: SharedRuntime, skipped: Unrunnable) -> None:
+    """Say once that an instance with work waits for an engine that runs its workflow version."""
+    _log.warning(
+        "instance %r has work but workflow %r v%d is not registered with engine %s; "
+        "left for an engine that runs it",
+        skipped.instance_id,
+        skipped.workflow,
+        skipped.version,
+        runtime.engine_id,
+    )
+    runtime.emit(
+        "runner.skip",
+        skipped.instance_id,
+        skipped.workflow,
+        metadata={"version": skipped.version, "reason": "workflow not registered"},
+    )
 
 
 async def _serve_missed(runtime: SharedRuntime) -> None:

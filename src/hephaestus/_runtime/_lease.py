@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
 
+from .._core._admission import holds_slot
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from .._core._notes import Reply
@@ -113,13 +114,28 @@ class LeasedStorage:
 
     ``lease`` is replaced when the heartbeat starts a new epoch; writes made
     after that with instances of the old epoch raise ``LeaseLost``.
+
+    Instances of a workflow in ``limits`` (``max_active`` by name) are written
+    with ``put_limited`` whenever the write may change their admission slot:
+    a PENDING snapshot (stored released: a queued instance has no owner, so
+    whichever engine claims it once it is given a slot starts it), a terminal
+    one (frees the slot, which the store hands on in the same transaction),
+    and a RUNNING or WAITING one not yet known to hold a slot (takes one, or
+    ``AdmissionFull``). Writes of instances known to hold one stay plain
+    fenced writes.
     """
 
-    __slots__ = ("lease", "shared")
+    __slots__ = ("lease", "limits", "shared", "slotted")
 
-    def __init__(self, shared: SharedStorage, lease: Lease) -> None:
+    def __init__(
+        self, shared: SharedStorage, lease: Lease, limits: dict[str, int] | None = None
+    ) -> None:
         self.shared = shared
         self.lease = lease
+        self.limits: dict[str, int] = {} if limits is None else limits
+        """``max_active`` by workflow name (this engine's highest versions)."""
+        self.slotted: set[str] = set()
+        """Ids this engine wrote admitted (RUNNING or WAITING) through ``put_limited``."""
 
     @property
     def is_open(self) -> bool:
@@ -157,6 +173,8 @@ class LeasedStorage:
             LeaseLost: another engine holds the instance now (nothing stored).
             RevisionConflict: the stored revision is not ``expected_revision``
                 (or another engine is writing the same finished record).
+            AdmissionFull: the write would admit an instance of a workflow
+                whose ``max_active`` is full (nothing stored).
         """
         consumed: list[Consumed] = []
         absorb: Absorb | None = None
@@ -170,9 +188,7 @@ class LeasedStorage:
         expected = 0 if expected_revision is None else expected_revision
         release = instance.status.is_terminal
         try:
-            await self.shared.put_owned(
-                self.lease, instance, expected_revision=expected, release=release, consumed=consumed
-            )
+            await self._put(instance, expected, release, consumed)
         except LeaseLost:
             if not release or expected == 0:
                 raise
@@ -184,11 +200,38 @@ class LeasedStorage:
                 raise RevisionConflict(
                     f"instance {instance.id!r} is being written by another engine"
                 ) from None
+            await self._put(instance, expected, release, consumed)
+        if absorb is not None and consumed:
+            absorb.done = True
+
+    async def _put(
+        self, instance: Instance, expected: int, release: bool, consumed: list[Consumed]
+    ) -> None:
+        """The fenced write, through ``put_limited`` when it may change an admission slot."""
+        limit = self.limits.get(instance.workflow)
+        iid = instance.id
+        if limit is None or (holds_slot(instance) and iid in self.slotted):
             await self.shared.put_owned(
                 self.lease, instance, expected_revision=expected, release=release, consumed=consumed
             )
-        if absorb is not None and consumed:
-            absorb.done = True
+            return
+        pending = instance.status is Status.PENDING
+        try:
+            await self.shared.put_limited(
+                self.lease,
+                instance,
+                expected_revision=expected,
+                max_active=limit,
+                release=release or pending,
+                consumed=consumed,
+            )
+        except BaseException:
+            self.slotted.discard(iid)
+            raise
+        if holds_slot(instance):
+            self.slotted.add(iid)
+        else:
+            self.slotted.discard(iid)
 
     async def delete(self, instance_id: str) -> None:
         """Remove the instance (only finished ones are deleted: they have no owner)."""

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .._core._errors import WorkflowDefinitionError
+from .._core._admission import limits as admission_limits
 from .._core._limits import check_limiters
 from .._core._seconds import check_seconds
 from .._core._workflow import Workflow
@@ -15,6 +15,7 @@ from .._telemetry import Telemetry, TelemetryHandler
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
 from ..storage._shared import SharedStorage
+from ._admission import SharedAdmission
 from ._clock import Clock, SystemClock
 from ._engine import Engine
 from ._lease import LeasedStorage
@@ -73,9 +74,11 @@ async def open_engine(
     Raises:
         WorkflowDefinitionError: two different workflows share a name and version;
             a step names a limiter that ``limiters`` lacks, or a limit is no int >= 1;
-            a schedule's workflow is not in ``workflows``, or two schedules share a name;
-            a workflow has ``max_active`` and ``storage`` is a :class:`SharedStorage`
-            (the limit is counted by one engine, so it cannot hold across engines yet).
+            a schedule's workflow is not in ``workflows``, or two schedules share a name.
+
+    On a :class:`SharedStorage`, ``max_active`` holds across every engine
+    sharing it (the store counts the slots, see :class:`._admission.SharedAdmission`);
+    ``limiters`` stay per engine.
     """
     workflows = list(workflows)
     limits = check_limiters(limiters, workflows)
@@ -83,8 +86,6 @@ async def open_engine(
     handlers = [telemetry] if callable(telemetry) else list(telemetry)
     dispatcher = Telemetry(handlers)
     store: Storage = MemoryStorage() if storage is None else storage
-    if isinstance(store, SharedStorage):
-        _refuse_engine_local_limits(workflows)
     if getattr(store, "on_quarantine", False) is None:
 
         def quarantined(path: str, reason: str) -> None:
@@ -99,7 +100,9 @@ async def open_engine(
     try:
         leased: LeasedStorage | None = None
         if isinstance(store, SharedStorage):
-            leased = LeasedStorage(store, await store.register(new_engine_id()))
+            leased = LeasedStorage(
+                store, await store.register(new_engine_id()), admission_limits(workflows)
+            )
         try:
             async with trio.open_nursery() as nursery:
                 engine = Engine(
@@ -122,6 +125,7 @@ async def open_engine(
                 else:
                     assert isinstance(store, SharedStorage)
                     shared = engine.shared = SharedRuntime(engine, store, leased)
+                    engine.admission = SharedAdmission(engine, engine.workflows, shared)
                     shared.start(nursery)
                 for schedule in scheduled:
                     progress = await open_schedule(engine, schedule)
@@ -147,22 +151,3 @@ async def open_engine(
         if opened_here:
             with trio.CancelScope(shield=True):
                 await store.aclose()
-
-
-def _refuse_engine_local_limits(workflows: Iterable[Workflow]) -> None:
-    """Refuse ``max_active`` on shared storage, where one engine's count would not hold.
-
-    Raises:
-        WorkflowDefinitionError: naming each workflow that declares ``max_active``.
-    """
-    for workflow in workflows:
-        if workflow.max_active is not None:
-            raise WorkflowDefinitionError(
-                workflow.name,
-                [
-                    f"max_active={workflow.max_active} is counted by each engine on its own, "
-                    "so on a shared storage several engines together would admit more: "
-                    "drop max_active for this workflow on shared storage, or run it on a "
-                    "single-engine storage (MemoryStorage, FileStorage, SQLiteStorage)"
-                ],
-            )

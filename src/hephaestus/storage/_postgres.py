@@ -27,6 +27,7 @@ import trio
 from .._core._codec import decode_instance
 from .._core._errors import CorruptSnapshot
 from .._core._model import Instance, Status
+from . import _postgres_admission as _admission
 from . import _postgres_shared as _shared
 from ._errors import NotAStore
 from ._postgres_listen import SYNC_CHANNEL, Listener
@@ -452,14 +453,22 @@ class PostgresStorage(StorageBase):
 
     # -- SharedStorage: claims and ownership ----------------------------------------------
 
-    async def claim(self, lease: Lease, *, limit: int) -> ClaimBatch:
+    async def claim(
+        self,
+        lease: Lease,
+        *,
+        limit: int,
+        runs: Collection[tuple[str, int]] | None = None,
+    ) -> ClaimBatch:
         """Claim at most ``limit`` instances with work and no live owner, by id.
 
         One transaction: the lease is checked, then candidates are locked with
         ``FOR UPDATE ... SKIP LOCKED`` (another claimer's rows are skipped,
         never waited for) and tested with a correlated ``NOT EXISTS`` of a
         live owner. A claimed snapshot that fails to decode is quarantined
-        (``on_quarantine``) and left out, as ``get`` does.
+        (``on_quarantine``) and left out, as ``get`` does. With ``runs``, only
+        rows of those ``(workflow, version)`` pairs are candidates; the others
+        with work are listed in ``unrunnable``.
 
         Raises:
             LeaseLost: ``lease`` is not live.
@@ -469,7 +478,17 @@ class PostgresStorage(StorageBase):
         self._check_writable()
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
-        batch, bad = await self._call(_shared.claim, lease, limit, self.clock_skew)
+        if runs is None:
+            batch, bad = await self._call(_shared.claim, lease, limit, self.clock_skew)
+        else:
+            batch, bad = await self._call(
+                _shared.claim,
+                lease,
+                limit,
+                self.clock_skew,
+                _admission.run_args(runs),
+                _admission.unrunnable,
+            )
         self._report_bad(bad)
         return batch
 
@@ -549,6 +568,62 @@ class PostgresStorage(StorageBase):
             terminal=instance.status.is_terminal,
         )
         await self._submit(Request(op))
+
+    async def put_limited(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        expected_revision: int,
+        max_active: int,
+        release: bool = False,
+        consumed: Sequence[Consumed] = (),
+    ) -> None:
+        """The fenced write of a ``max_active`` workflow's instance and its slot: one transaction.
+
+        Not group-committed: it runs on a pooled connection, under the lock of
+        the workflow's ``hx_admission`` row (see ``SharedStorage.put_limited``
+        and ``_postgres_admission``). A cancelled caller may or may not have
+        its write committed, as for ``put``.
+
+        Raises:
+            LeaseLost, RevisionConflict: as :meth:`put_owned`; nothing is stored.
+            AdmissionFull: the instance would take a slot and none is free.
+            OSError: the transaction failed.
+            ValueError: text PostgreSQL cannot store, or ``max_active < 1``.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_writable()
+        if not instance.id:
+            raise ValueError("an instance id must not be empty")
+        if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active!r}")
+        row = instance_row(instance, store="PostgreSQL", forbid_nul=True)
+        await self._run(
+            self._call_sync,
+            _admission.put_limited,
+            (lease, instance, row),
+            {
+                "expected": expected_revision,
+                "max_active": max_active,
+                "release": release,
+                "consumed": tuple(consumed),
+            },
+        )
+
+    async def admit_pending(self, workflow: str, *, max_active: int) -> int:
+        """Give free slots of ``workflow`` to its queue, first in first; return how many.
+
+        Raises:
+            OSError: the transaction failed.
+            ValueError: ``max_active < 1``.
+        """
+        self._check_writable()
+        if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active!r}")
+        if not _storable(workflow):
+            return 0
+        return await self._call(_admission.admit_pending, workflow, max_active)
 
     async def answer_requests(
         self, lease: Lease, instance_id: str, consumed: Sequence[Consumed]
@@ -668,10 +743,15 @@ class PostgresStorage(StorageBase):
         await trio.lowlevel.checkpoint()
         return await self._run(self._call_sync, fn, args)
 
-    def _call_sync(self, fn: Callable[..., _T], args: tuple[object, ...]) -> _T:
+    def _call_sync(
+        self,
+        fn: Callable[..., _T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object] | None = None,
+    ) -> _T:
         try:
             with self._connection() as conn:
-                return fn(conn, *args)
+                return fn(conn, *args, **(kwargs or {}))
         except (self._psycopg.Error, self._psycopg_pool.PoolTimeout) as exc:
             raise fault(exc, f"{getattr(fn, '__name__', 'a call')} on {self!r}") from exc
 

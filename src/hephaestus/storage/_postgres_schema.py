@@ -22,6 +22,18 @@ Schema version 2 adds what several engines sharing the store need
              consumed, answer)     requests for instances another engine owns
         index (instance_id, seq) WHERE NOT consumed   pending rows, in order
 
+Schema version 3 adds ``max_active`` across engines (``SharedStorage.put_limited``)::
+
+    hx_instances + slot, created_at, sequence
+                                   the admission slot flag (it counts while the row is
+                                   not terminal) and the queue key of a PENDING row
+        index (workflow) WHERE slot            counting a workflow's slots
+        index (workflow, created_at, sequence, id) WHERE pending without a slot
+                                               the admission queue, first in first
+        index (id) WHERE pending with a slot   claims of admitted, unstarted rows
+    hx_admission(workflow PRIMARY KEY)   one row per limited workflow name, locked
+                                   (FOR UPDATE) by every change of its slots
+
 Times are epoch seconds (``double precision``) of the database's clock, so
 every engine judges liveness and due timers by one clock.
 
@@ -98,6 +110,20 @@ MIGRATIONS: Final[list[str]] = [
         PRIMARY KEY (instance_id, request_id)
     );
     CREATE INDEX hx_inbox_pending ON hx_inbox (instance_id, seq) WHERE NOT consumed;
+    """,
+    # 2 -> 3: max_active across engines (admission slots and queues).
+    """
+    ALTER TABLE hx_instances ADD COLUMN slot boolean;
+    ALTER TABLE hx_instances ADD COLUMN created_at double precision;
+    ALTER TABLE hx_instances ADD COLUMN sequence bigint;
+    CREATE INDEX hx_instances_slots ON hx_instances (workflow) WHERE slot;
+    CREATE INDEX hx_instances_queue ON hx_instances (workflow, created_at, sequence, id)
+        WHERE status = 'pending' AND slot IS NOT TRUE;
+    CREATE INDEX hx_instances_startable ON hx_instances (id)
+        WHERE status = 'pending' AND slot IS TRUE;
+    CREATE TABLE hx_admission (
+        workflow text COLLATE "C" PRIMARY KEY
+    );
     """,
 ]
 

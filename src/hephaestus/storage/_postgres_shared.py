@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
 import outcome
@@ -50,6 +50,7 @@ from ._shared import (
     Refused,
     Replied,
     Runnable,
+    Unrunnable,
     Wake,
     decode_answer,
     decode_request,
@@ -71,7 +72,10 @@ LIVE: Final = (
 )
 NOT_HELD: Final = f"(i.owner_id IS NULL OR NOT {LIVE})"
 PENDING: Final = "EXISTS (SELECT 1 FROM hx_inbox b WHERE b.instance_id = i.id AND NOT b.consumed)"
-HAS_WORK: Final = f"(i.status = 'running' OR i.next_deadline IS NOT NULL OR {PENDING})"
+HAS_WORK: Final = (
+    "(i.status = 'running' OR (i.status = 'pending' AND i.slot IS TRUE) "
+    f"OR i.next_deadline IS NOT NULL OR {PENDING})"
+)
 """What makes a released instance worth a ``Runnable`` broadcast (as the memory store does)."""
 _CHANNEL_SQL: Final = "'hx_' || left(md5({}), 24)"
 
@@ -184,9 +188,10 @@ def release_instances(conn: Any, lease: Lease, instance_ids: Sequence[str], skew
 def _release(conn: Any, where: str, lease: Lease, extra: dict[str, object], skew: float) -> None:
     conn.execute(
         "WITH released AS (UPDATE hx_instances i SET owner_id = NULL, owner_epoch = NULL "
-        f"WHERE {where} RETURNING i.id, i.status, i.next_deadline) "
+        f"WHERE {where} RETURNING i.id, i.status, i.next_deadline, "
+        "(i.status = 'pending' AND i.slot IS TRUE) AS slot) "
         f"SELECT pg_notify('{BROADCAST}', '[\"runnable\"]') WHERE EXISTS (SELECT 1 FROM "
-        "released i WHERE i.status = 'running' OR i.next_deadline IS NOT NULL OR EXISTS "
+        "released i WHERE i.status = 'running' OR i.next_deadline IS NOT NULL OR i.slot OR EXISTS "
         "(SELECT 1 FROM hx_inbox b WHERE b.instance_id = i.id AND NOT b.consumed))",
         {"id": lease.engine_id, "epoch": lease.epoch, "skew": skew, **extra},
     )
@@ -204,20 +209,51 @@ def _check_live(conn: Any, lease: Lease, skew: float) -> None:
 
 # --- claims --------------------------------------------------------------------------------------
 
-_CLAIM: Final = (
-    "WITH candidates AS (SELECT i.id, i.owner_id, i.owner_epoch FROM hx_instances i "
-    f"WHERE (i.status = 'running' OR i.next_deadline <= {NOW} OR {PENDING}) "
-    f"AND {NOT_HELD} ORDER BY i.id LIMIT %(limit)s FOR UPDATE OF i SKIP LOCKED) "
-    "UPDATE hx_instances u SET owner_id = %(id)s, owner_epoch = %(epoch)s FROM candidates c "
-    "WHERE u.id = c.id RETURNING u.id, u.snapshot, c.owner_id, c.owner_epoch"
+_STARTABLE: Final = "(i.status = 'pending' AND i.slot IS TRUE)"
+"""A PENDING row given an admission slot (``_postgres_admission``): to be started."""
+_RUNS: Final = (
+    "(i.workflow, i.version) IN (SELECT r.w, r.v FROM "
+    "unnest(%(run_names)s::text[], %(run_versions)s::int[]) AS r(w, v))"
 )
-_NEXT_DUE: Final = (
-    f"SELECT min(i.next_deadline) FROM hx_instances i WHERE i.next_deadline > {NOW} "
-    f"AND i.status <> 'running' AND {NOT_HELD} AND NOT {PENDING}"
-)
+"""Only the ``(workflow, version)`` pairs the claiming engine runs (``claim(runs=...)``)."""
 
 
-def claim(conn: Any, lease: Lease, limit: int, skew: float) -> tuple[ClaimBatch, Bad]:
+def _claim_sql(filtered: bool) -> str:
+    runs = f"AND {_RUNS} " if filtered else ""
+    return (
+        "WITH candidates AS (SELECT i.id, i.owner_id, i.owner_epoch FROM hx_instances i "
+        f"WHERE (i.status = 'running' OR {_STARTABLE} OR i.next_deadline <= {NOW} "
+        f"OR {PENDING}) {runs}"
+        f"AND {NOT_HELD} ORDER BY i.id LIMIT %(limit)s FOR UPDATE OF i SKIP LOCKED) "
+        "UPDATE hx_instances u SET owner_id = %(id)s, owner_epoch = %(epoch)s "
+        "FROM candidates c WHERE u.id = c.id RETURNING u.id, u.snapshot, c.owner_id, "
+        "c.owner_epoch"
+    )
+
+
+def _next_due_sql(filtered: bool) -> str:
+    runs = f"AND {_RUNS} " if filtered else ""
+    return (
+        f"SELECT min(i.next_deadline) FROM hx_instances i WHERE i.next_deadline > {NOW} "
+        f"AND i.status <> 'running' AND NOT {_STARTABLE} {runs}AND {NOT_HELD} "
+        f"AND NOT {PENDING}"
+    )
+
+
+_CLAIM: Final = _claim_sql(False)
+_CLAIM_RUNS: Final = _claim_sql(True)
+_NEXT_DUE: Final = _next_due_sql(False)
+_NEXT_DUE_RUNS: Final = _next_due_sql(True)
+
+
+def claim(
+    conn: Any,
+    lease: Lease,
+    limit: int,
+    skew: float,
+    runs: dict[str, object] | None = None,
+    unrunnable: Callable[[Any, dict[str, object]], tuple[Unrunnable, ...]] | None = None,
+) -> tuple[ClaimBatch, Bad]:
     """Claim at most ``limit`` unheld instances with work, by id (see SharedStorage.claim).
 
     A claimed row whose snapshot does not decode is moved to ``hx_quarantine``
@@ -225,12 +261,16 @@ def claim(conn: Any, lease: Lease, limit: int, skew: float) -> tuple[ClaimBatch,
     instead: one bad row must not stop every engine's claims.
     """
     args = {"id": lease.engine_id, "epoch": lease.epoch, "limit": limit, "skew": skew}
+    args.update(runs or {})
     claimed: list[Claimed] = []
     bad: Bad = []
+    skipped: tuple[Unrunnable, ...] = ()
     with conn.transaction():
         _check_live(conn, lease, skew)
-        rows = conn.execute(_CLAIM, args).fetchall()
-        due = conn.execute(_NEXT_DUE, args).fetchone()
+        rows = conn.execute(_CLAIM if runs is None else _CLAIM_RUNS, args).fetchall()
+        due = conn.execute(_NEXT_DUE if runs is None else _NEXT_DUE_RUNS, args).fetchone()
+        if runs is not None and unrunnable is not None:
+            skipped = unrunnable(conn, args)
         for iid, blob, owner_id, owner_epoch in rows:
             decoded = _decode(str(iid), bytes(blob))
             if isinstance(decoded, str):
@@ -242,7 +282,7 @@ def claim(conn: Any, lease: Lease, limit: int, skew: float) -> tuple[ClaimBatch,
             )
     claimed.sort(key=lambda c: c.instance.id)
     next_due = None if due is None or due[0] is None else float(due[0])
-    return ClaimBatch(claimed=tuple(claimed), next_due=next_due), bad
+    return ClaimBatch(claimed=tuple(claimed), next_due=next_due, unrunnable=skipped), bad
 
 
 def claim_instance(conn: Any, lease: Lease, instance_id: str, skew: float) -> tuple[ClaimOne, Bad]:

@@ -65,7 +65,7 @@ idempotent to repeat or fenced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Protocol, TypeAlias, runtime_checkable
 
@@ -81,7 +81,7 @@ from .._core._engine import (
     Retry,
     ScheduleResume,
 )
-from .._core._errors import HephaestusError
+from .._core._errors import EventRejected, HephaestusError
 from .._core._model import Instance
 
 # --- leases -----------------------------------------------------------------------------------
@@ -95,6 +95,18 @@ class LeaseLost(HephaestusError):
     or too slow to heartbeat), or it was released. The write stored nothing.
     The runtime drops the instance from that engine (no retry, no restart);
     whichever engine holds it now carries on from what is stored.
+    """
+
+
+class AdmissionFull(EventRejected):
+    """A write that would admit an instance found its workflow's ``max_active`` full.
+
+    Raised by :meth:`SharedStorage.put_limited` for a snapshot that takes a
+    slot (RUNNING or WAITING) when the row holds none and every slot is taken,
+    or PENDING instances queue for one. Nothing was stored. A ``retry`` of a
+    FAILED instance gets it (an ``EventRejected``: try again once an instance
+    of the workflow finished); the runtime's admission of a PENDING instance
+    takes it as "stay queued".
     """
 
 
@@ -140,6 +152,17 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     previous_owner: Lease | None = None
 
 
+class Unrunnable(msgspec.Struct, frozen=True, kw_only=True):
+    """An instance with work and no live owner that a claim left because the caller cannot run it.
+
+    Its ``(workflow, version)`` is not among the claim's ``runs``.
+    """
+
+    instance_id: str
+    workflow: str
+    version: int
+
+
 class ClaimBatch(msgspec.Struct, frozen=True, kw_only=True):
     """The result of :meth:`SharedStorage.claim`.
 
@@ -147,10 +170,13 @@ class ClaimBatch(msgspec.Struct, frozen=True, kw_only=True):
     the earliest ``next_deadline`` (store clock) among instances that are not
     held by a live lease and were not claimed because they are not due yet,
     or None when there is none: the claimer may sleep until then.
+    ``unrunnable`` (only with ``runs``): up to ``limit`` instances, by id, that
+    would qualify but whose workflow version the caller does not run.
     """
 
     claimed: tuple[Claimed, ...] = ()
     next_due: float | None = None
+    unrunnable: tuple[Unrunnable, ...] = ()
 
 
 class ClaimOne(msgspec.Struct, frozen=True, kw_only=True):
@@ -333,6 +359,19 @@ def decode_answer(data: bytes) -> Answer:
     return _answer_decoder.decode(data)
 
 
+def admission_full(workflow: str, max_active: int, instance_id: str, *, queued: bool) -> str:
+    """The message of :class:`AdmissionFull` (``queued``: slots are free but others wait)."""
+    why = (
+        "instances started before it wait for a slot"
+        if queued
+        else f"all {max_active} of its slots are taken"
+    )
+    return (
+        f"workflow {workflow!r} has max_active={max_active} and {why}: instance "
+        f"{instance_id!r} can be admitted once one of its instances finished"
+    )
+
+
 def next_deadline(instance: Instance) -> float | None:
     """Return the value of the ``next_deadline`` column for ``instance``: its earliest timer.
 
@@ -395,13 +434,25 @@ class SharedStorage(Protocol):
         """
         ...
 
-    async def claim(self, lease: Lease, *, limit: int) -> ClaimBatch:
+    async def claim(
+        self,
+        lease: Lease,
+        *,
+        limit: int,
+        runs: Collection[tuple[str, int]] | None = None,
+    ) -> ClaimBatch:
         """Claim at most ``limit`` instances that have work to do and no live owner.
 
         An instance qualifies when its owner is null or not a live lease (the
         correlated ``NOT EXISTS`` rule above) **and** it has work: its status
-        is RUNNING (steps to run), or ``next_deadline <= now`` (store clock),
-        or it has unconsumed inbox rows. Each claimed instance gets
+        is RUNNING (steps to run), or it is PENDING and holds an admission
+        slot (``put_limited``: to be started), or ``next_deadline <= now``
+        (store clock), or it has unconsumed inbox rows. With ``runs`` (the
+        ``(workflow, version)`` pairs the caller registers) only instances of
+        those qualify, tested in the query (``AND (i.workflow, i.version) IN
+        (...)``), so an engine never claims what it cannot run; the others
+        are reported in ``unrunnable``, unclaimed. ``next_due`` then considers
+        only those pairs too. Each claimed instance gets
         ``owner = lease``; nothing else changes. Rows another transaction is
         claiming are skipped (``FOR UPDATE SKIP LOCKED``), never waited for.
         Returns the claimed instances (by id) and ``next_due``.
@@ -473,6 +524,61 @@ class SharedStorage(Protocol):
             RevisionConflict: when the row is owned by ``lease`` but at another
                 revision, or exists although ``expected_revision`` is 0.
                 Nothing is stored.
+        """
+        ...
+
+    async def put_limited(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        expected_revision: int,
+        max_active: int,
+        release: bool = False,
+        consumed: Sequence[Consumed] = (),
+    ) -> None:
+        """:meth:`put_owned` for a workflow with ``max_active``: the write and its slot, atomically.
+
+        Admission slots live in the store, so that at most ``max_active``
+        instances of one workflow name (all versions) are admitted and not
+        terminal, over every engine, at every moment. A row *holds a slot*
+        while its ``slot`` flag is set and its status is not terminal; only
+        this method sets the flag. In one transaction, serialised per workflow
+        name (PostgreSQL: ``SELECT ... FOR UPDATE`` of the name's
+        ``hx_admission`` row), after the fence of :meth:`put_owned`:
+
+        * RUNNING or WAITING ``instance`` (it is admitted): a row holding a
+          slot keeps it; a row already RUNNING or WAITING without one (stored
+          before the workflow had a limit) takes one, even over the limit;
+          otherwise (a new row, a PENDING one, a terminal one being retried)
+          it takes a slot only if fewer than ``max_active`` are held and no
+          PENDING row without a slot queues before it (any, for a row that is
+          not PENDING), else :class:`AdmissionFull` and nothing is stored;
+        * PENDING ``instance``: stored with the slot its row holds (none for a
+          new row); it queues by :func:`~hephaestus._core._admission.queue_key`
+          (``created_at``, ``sequence``, id);
+        * terminal ``instance``: its slot is freed.
+
+        Then, still in the transaction, the freed or free slots are handed on
+        as :meth:`admit_pending` does. A PENDING row given a slot becomes
+        claimable (``claim``), so whichever engine claims it starts it; the
+        engine that freed the slot may die right after the commit. ``max_active``
+        is the caller's limit (its highest registered version's).
+
+        Raises:
+            LeaseLost, RevisionConflict: as :meth:`put_owned`; nothing is stored.
+            AdmissionFull: the instance would take a slot and none is free.
+        """
+        ...
+
+    async def admit_pending(self, workflow: str, *, max_active: int) -> int:
+        """Give free slots of ``workflow`` to its PENDING rows, first in first; return how many.
+
+        While fewer than ``max_active`` rows of ``workflow`` hold a slot, the
+        PENDING row without one that is first by queue key gets one. A
+        :class:`Runnable` is sent when any did. Claimers call this now and then,
+        so that slots freed by a write that did not hand them on (a plain
+        ``put`` from a tool, a limit raised) reach the queue.
         """
         ...
 

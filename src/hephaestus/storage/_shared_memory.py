@@ -22,11 +22,13 @@ from typing import Any, Final, Protocol, final
 
 import trio
 
+from .._core._admission import holds_slot, queue_key
 from .._core._codec import decode_instance, encode_instance
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from ._protocol import StorageBase, status_filter
 from ._shared import (
+    AdmissionFull,
     Appended,
     ClaimBatch,
     Claimed,
@@ -42,7 +44,9 @@ from ._shared import (
     Refused,
     Replied,
     Runnable,
+    Unrunnable,
     Wake,
+    admission_full,
     next_deadline,
 )
 
@@ -63,15 +67,38 @@ _BUFFER: Final = 10_000
 class _Row:
     """One instance row: the encoded snapshot and the columns a SQL store indexes."""
 
-    __slots__ = ("blob", "next_deadline", "owner", "revision", "status", "workflow")
+    __slots__ = (
+        "blob",
+        "key",
+        "next_deadline",
+        "owner",
+        "revision",
+        "slot",
+        "status",
+        "version",
+        "workflow",
+    )
 
-    def __init__(self, instance: Instance, owner: Lease | None) -> None:
+    def __init__(self, instance: Instance, owner: Lease | None, slot: bool = False) -> None:
         self.blob = encode_instance(instance)
         self.workflow = instance.workflow
+        self.version = instance.version
         self.status = instance.status
         self.revision = instance.revision
         self.next_deadline = next_deadline(instance)
         self.owner = owner
+        self.slot = slot
+        """The admission slot flag (``put_limited``); it counts while the row is not terminal."""
+        self.key = queue_key(instance)
+        """The row's place in its workflow's admission queue while it is PENDING."""
+
+    @property
+    def holds_slot(self) -> bool:
+        return self.slot and not self.status.is_terminal
+
+    @property
+    def queued(self) -> bool:
+        return self.status is Status.PENDING and not self.slot
 
 
 @final
@@ -207,8 +234,17 @@ class MemorySharedStorage(StorageBase):
 
     # --- claims -------------------------------------------------------------------------------
 
-    async def claim(self, lease: Lease, *, limit: int) -> ClaimBatch:
+    async def claim(
+        self,
+        lease: Lease,
+        *,
+        limit: int,
+        runs: Collection[tuple[str, int]] | None = None,
+    ) -> ClaimBatch:
         """Claim at most ``limit`` unheld instances with work (see :meth:`SharedStorage.claim`).
+
+        With ``runs``, only instances of those ``(workflow, version)`` pairs;
+        the others with work are reported in ``unrunnable``.
 
         Raises:
             LeaseLost: when ``lease`` is not live.
@@ -219,21 +255,29 @@ class MemorySharedStorage(StorageBase):
             raise ValueError(f"limit must be >= 1, got {limit}")
         now = self.now()
         self._check_live(lease, now)
+        wanted = None if runs is None else frozenset(runs)
         claimed: list[Claimed] = []
+        unrunnable: list[Unrunnable] = []
         next_due: float | None = None
         for iid in self._ids():
             row = self._rows[iid]
             if self._held(row, now):
                 continue
+            runnable = wanted is None or (row.workflow, row.version) in wanted
             due = row.next_deadline is not None and row.next_deadline <= now
-            if row.status is Status.RUNNING or due or self._has_pending(iid):
-                if len(claimed) < limit:
+            if self._startable(row) or due or self._has_pending(iid):
+                if not runnable:
+                    if len(unrunnable) < limit:
+                        unrunnable.append(
+                            Unrunnable(instance_id=iid, workflow=row.workflow, version=row.version)
+                        )
+                elif len(claimed) < limit:
                     claimed.append(self._take(iid, row, lease))
-            elif row.next_deadline is not None:
+            elif row.next_deadline is not None and runnable:
                 next_due = (
                     row.next_deadline if next_due is None else min(next_due, row.next_deadline)
                 )
-        return ClaimBatch(claimed=tuple(claimed), next_due=next_due)
+        return ClaimBatch(claimed=tuple(claimed), next_due=next_due, unrunnable=tuple(unrunnable))
 
     async def claim_instance(self, lease: Lease, instance_id: str) -> ClaimOne:
         """Claim ``instance_id`` unless another live lease holds it.
@@ -277,27 +321,62 @@ class MemorySharedStorage(StorageBase):
             RevisionConflict: when it is, at another revision (or exists for 0).
         """
         await self._enter()
-        row = self._rows.get(instance.id)
-        if row is None:
-            if expected_revision != 0:
-                self.fenced_writes += 1
-                raise LeaseLost(
-                    f"instance {instance.id!r} is no longer stored: this engine "
-                    f"({lease.engine_id}, epoch {lease.epoch}) does not own it"
-                )
-        elif expected_revision == 0:
-            raise RevisionConflict(
-                f"instance {instance.id!r} is at revision {row.revision}, not the expected 0"
-            )
-        else:
-            self._check_owner(instance.id, row, lease)
-            self._check_revision(instance.id, row, expected_revision)
+        self._fence(lease, instance, self._rows.get(instance.id), expected_revision)
         self._write(instance, None if release else lease)
         self._consume(instance.id, consumed)
         if instance.status.is_terminal:
             self._send(Finished(instance_id=instance.id))
         if release and self._has_work(instance.id, self._rows[instance.id]):
             self._send(Runnable())
+
+    async def put_limited(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        expected_revision: int,
+        max_active: int,
+        release: bool = False,
+        consumed: Sequence[Consumed] = (),
+    ) -> None:
+        """The fenced write of a ``max_active`` workflow's instance, with its slot (one step).
+
+        Raises:
+            LeaseLost, RevisionConflict: as :meth:`put_owned`.
+            AdmissionFull: the instance would take a slot and none is free.
+            ValueError: for ``max_active < 1``.
+        """
+        await self._enter()
+        if max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active}")
+        row = self._rows.get(instance.id)
+        self._fence(lease, instance, row, expected_revision)
+        slot = self._slot_for(instance, row, max_active)
+        self._write(instance, None if release else lease)
+        self._rows[instance.id].slot = slot
+        self._consume(instance.id, consumed)
+        if instance.status.is_terminal:
+            self._send(Finished(instance_id=instance.id))
+        if release and self._has_work(instance.id, self._rows[instance.id]):
+            self._send(Runnable())
+        self._fill(instance.workflow, max_active)
+
+    async def admit_pending(self, workflow: str, *, max_active: int) -> int:
+        """Give free slots of ``workflow`` to its queue, first in first; return how many.
+
+        Raises:
+            ValueError: for ``max_active < 1``.
+        """
+        await self._enter()
+        if max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active}")
+        return self._fill(workflow, max_active)
+
+    def slots(self, workflow: str) -> list[str]:
+        """The ids of ``workflow``'s rows that hold an admission slot, by id (for tests)."""
+        return sorted(
+            iid for iid, row in self._rows.items() if row.workflow == workflow and row.holds_slot
+        )
 
     async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
         """Unown each of ``instance_ids`` that ``lease`` owns."""
@@ -415,9 +494,76 @@ class MemorySharedStorage(StorageBase):
         return self._sorted
 
     def _write(self, instance: Instance, owner: Lease | None) -> None:
-        if instance.id not in self._rows:
+        previous = self._rows.get(instance.id)
+        if previous is None:
             self._sorted = None
-        self._rows[instance.id] = _Row(instance, owner)
+        # The slot flag is a column of its own: only put_limited changes it.
+        self._rows[instance.id] = _Row(instance, owner, previous is not None and previous.slot)
+
+    def _fence(
+        self, lease: Lease, instance: Instance, row: _Row | None, expected_revision: int
+    ) -> None:
+        """Raise what a fenced write of ``instance`` over ``row`` raises, if anything."""
+        if row is None:
+            if expected_revision != 0:
+                self.fenced_writes += 1
+                raise LeaseLost(
+                    f"instance {instance.id!r} is no longer stored: this engine "
+                    f"({lease.engine_id}, epoch {lease.epoch}) does not own it"
+                )
+        elif expected_revision == 0:
+            raise RevisionConflict(
+                f"instance {instance.id!r} is at revision {row.revision}, not the expected 0"
+            )
+        else:
+            self._check_owner(instance.id, row, lease)
+            self._check_revision(instance.id, row, expected_revision)
+
+    def _slot_for(self, instance: Instance, row: _Row | None, max_active: int) -> bool:
+        """Whether ``instance``, written over ``row``, holds a slot (see ``put_limited``).
+
+        Raises:
+            AdmissionFull: it would take one and none is free.
+        """
+        if instance.status.is_terminal:
+            return False
+        if not holds_slot(instance):
+            return row is not None and row.holds_slot  # PENDING: keeps what it has
+        if row is not None and (row.holds_slot or row.status in (Status.RUNNING, Status.WAITING)):
+            return True  # admitted already (or stored before the workflow had a limit)
+        name = instance.workflow
+        held = 0
+        queued_ahead = False
+        for iid, other in self._rows.items():
+            if other.workflow != name or iid == instance.id:
+                continue
+            held += other.holds_slot
+            if other.queued and (row is None or not row.queued or other.key < row.key):
+                queued_ahead = True
+        if held >= max_active or queued_ahead:
+            raise AdmissionFull(
+                admission_full(name, max_active, instance.id, queued=held < max_active)
+            )
+        return True
+
+    def _fill(self, workflow: str, max_active: int) -> int:
+        """Give free slots of ``workflow`` to its PENDING rows in queue order; Runnable if any."""
+        rows = [row for row in self._rows.values() if row.workflow == workflow]
+        free = max_active - sum(row.holds_slot for row in rows)
+        if free <= 0:
+            return 0
+        queued = sorted((row for row in rows if row.queued), key=lambda row: row.key)
+        promoted = queued[:free]
+        for row in promoted:
+            row.slot = True
+        if promoted:
+            self._send(Runnable())
+        return len(promoted)
+
+    @staticmethod
+    def _startable(row: _Row) -> bool:
+        """RUNNING (steps to run), or PENDING with a slot (to be started)."""
+        return row.status is Status.RUNNING or (row.status is Status.PENDING and row.slot)
 
     def _new_epoch(self, engine_id: str) -> Lease:
         previous = self._engines.get(engine_id)
@@ -465,7 +611,7 @@ class MemorySharedStorage(StorageBase):
         return any(not r.consumed for r in self._inbox.get(instance_id, {}).values())
 
     def _has_work(self, instance_id: str, row: _Row) -> bool:
-        return row.status is Status.RUNNING or self._has_pending(instance_id)
+        return self._startable(row) or self._has_pending(instance_id)
 
     def _release(self, instance_ids: Sequence[str]) -> None:
         now = self.now()
@@ -657,9 +803,15 @@ class MemorySharedConnection:
         """See :meth:`MemorySharedStorage.release_engine`."""
         await self._call("release_engine", lease)
 
-    async def claim(self, lease: Lease, *, limit: int) -> ClaimBatch:
+    async def claim(
+        self,
+        lease: Lease,
+        *,
+        limit: int,
+        runs: Collection[tuple[str, int]] | None = None,
+    ) -> ClaimBatch:
         """See :meth:`MemorySharedStorage.claim`."""
-        batch: ClaimBatch = await self._call("claim", lease, limit=limit)
+        batch: ClaimBatch = await self._call("claim", lease, limit=limit, runs=runs)
         return batch
 
     async def claim_instance(self, lease: Lease, instance_id: str) -> ClaimOne:
@@ -690,6 +842,32 @@ class MemorySharedConnection:
             release=release,
             consumed=consumed,
         )
+
+    async def put_limited(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        expected_revision: int,
+        max_active: int,
+        release: bool = False,
+        consumed: Sequence[Consumed] = (),
+    ) -> None:
+        """See :meth:`MemorySharedStorage.put_limited`."""
+        await self._call(
+            "put_limited",
+            lease,
+            instance,
+            expected_revision=expected_revision,
+            max_active=max_active,
+            release=release,
+            consumed=consumed,
+        )
+
+    async def admit_pending(self, workflow: str, *, max_active: int) -> int:
+        """See :meth:`MemorySharedStorage.admit_pending`."""
+        promoted: int = await self._call("admit_pending", workflow, max_active=max_active)
+        return promoted
 
     async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
         """See :meth:`MemorySharedStorage.release_instances`."""
