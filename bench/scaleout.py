@@ -381,9 +381,50 @@ async def _stuck(dsn: str, children: list[_Child], outcome: Outcome, limit_s: fl
         f"{statuses}; first unfinished {stuck}; held in memory by {held}; "
         f"pending inbox rows {pending[0][0]}; "
         f"unanswered commands {unanswered}; disrupted at {outcome.disrupted_at}; "
-        f"last answers {outcome.tries[-3:]}"
+        f"last answers {outcome.tries[-3:]}; errors {outcome.errors[:5]}"
     )
+    if stuck:
+        text += "; " + await _explain(dsn, str(stuck[0][0]), outcome)
     return Stuck(text, overdue_owned=total > 0 and overdue_owned == total)
+
+
+async def _explain(dsn: str, iid: str, outcome: Outcome) -> str:
+    """What the store and the engines' answers say of one unfinished instance ``iid``."""
+    from hephaestus._core._codec import decode_instance
+    from hephaestus.storage._shared import decode_answer
+
+    rows = await _query(
+        dsn, "SELECT snapshot, owner_id, owner_epoch FROM hx_instances WHERE id = %s", iid
+    )
+    parts = [f"{iid}:"]
+    if rows:
+        instance = decode_instance(bytes(rows[0][0]))
+        history = [(h.step, h.event, h.attempt) for h in instance.history]
+        parts.append(
+            f"snapshot rev {instance.revision} owner {rows[0][1]}/{rows[0][2]} waiting "
+            f"{dict(instance.waiting)} timers {list(instance.timers)} inbox "
+            f"{[(e.event, e.dedupe_key) for e in instance.inbox]} dedupe keys "
+            f"{list(instance.dedupe_keys)} history {history}"
+        )
+    inbox = [
+        (rid, seq, sender, consumed, None if answer is None else decode_answer(bytes(answer)))
+        for rid, seq, sender, consumed, answer in await _query(
+            dsn,
+            "SELECT request_id, seq, sender, consumed, answer FROM hx_inbox "
+            "WHERE instance_id = %s ORDER BY seq",
+            iid,
+        )
+    ]
+    parts.append(f"inbox rows (request, seq, sender, consumed, answer) {inbox}")
+    number = iid.split("::")[-1]
+    tries = [
+        (cmd, engine, round(sent - outcome.disrupted_at if outcome.disrupted_at else sent, 3),
+         round(answered - sent, 3), answer)
+        for cmd, engine, sent, answered, answer in outcome.tries
+        if cmd.split()[-1] == number
+    ]  # fmt: skip
+    parts.append(f"tries (command, engine, sent after the disruption, took, answer) {tries}")
+    return " ".join(parts)
 
 
 async def _collect(dsn: str, outcome: Outcome) -> None:

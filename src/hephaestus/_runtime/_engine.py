@@ -64,6 +64,7 @@ from .._core._terminal import answer_terminal
 from .._core._workflow import Workflow
 from .._telemetry import Telemetry
 from ..storage._protocol import Storage
+from ..storage._shared import LeaseLost
 from ._admission import Admission
 from ._children import Children
 from ._clock import Clock
@@ -626,7 +627,18 @@ class Engine:
         return await self._request_here(instance_id, event)
 
     async def _request_here(self, instance_id: str, event: Input) -> Any:
-        """Apply ``event`` in this engine (its runner, or the caller under the token)."""
+        """Apply ``event`` in this engine (its runner, or the caller under the token).
+
+        Raises:
+            LeaseLost: shared storage: the instance was held here when the call
+                began and was let go before the request was applied (its
+                passivation released it while the request waited for the token
+                or at its first checkpoint). Nothing was applied; the caller
+                routes the request again, since this engine may no longer write it.
+        """
+        # Looked up before the checkpoint: the caller has just seen it held (shared storage).
+        entry = self._registry.get(instance_id) if self.shared is not None else None
+        held = entry is not None and entry.state in (State.LIVE, State.PASSIVE)
         await trio.lowlevel.checkpoint()
         self._check_open()
         entry = self._registry.get(instance_id)
@@ -662,6 +674,9 @@ class Engine:
             await entry.token.changed()
             self._check_open()
             entry = self._registry.get(instance_id)
+        if entry is None and held:
+            # Released meanwhile: what is stored may be another engine's to change now.
+            raise LeaseLost(f"instance {instance_id!r} was let go while the request waited")
         if entry is not None and entry.state is State.STUCK and not isinstance(event, Cancel):
             raise RunnerFailed(stuck_message(self, entry))
         instance = entry.instance if entry is not None else await self._load(instance_id)
