@@ -90,3 +90,67 @@ async def test_a_request_waiting_while_the_release_commits_is_routed_not_written
         assert done.status is hx.Status.COMPLETED
         assert [h.step for h in done.history if h.event == "go"] == ["wait_go"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_that_meets_the_release_at_its_first_checkpoint_is_routed(
+    autojump_clock: Any,
+) -> None:
+    """The same race one checkpoint earlier: the entry goes as the request starts.
+
+    A serves B's inbox row: the instance is still held when ``_serve_row``
+    looks, and A's release returns at the request's first checkpoint. Which
+    of the two tasks trio runs first there is random, so the race is run for
+    several instances; none may be written by A once it let go of it.
+    """
+    clock = hx.testing.VirtualClock()
+    store = hx.MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    async with store, trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [WF], clock)
+        b = await spawn(nursery, store, [WF], clock)
+        release = a.conn.release_instances
+        pending = a.conn.pending_requests
+        put_owned = a.conn.put_owned
+        racing: dict[str, tuple[trio.Event, trio.Event]] = {}
+        unheld_writes: list[str] = []
+
+        async def resume_on_b(iid: str) -> None:
+            await b.engine.resume(iid, "go", dedupe_key=f"go-{iid}")
+
+        async def release_then_wait(lease: hx.Lease, instance_ids: Any) -> None:
+            ids = [i for i in instance_ids if i.startswith("lg::") and i not in racing]
+            if not ids:
+                await release(lease, instance_ids)
+                return
+            committed, served = racing[ids[0]] = (trio.Event(), trio.Event())
+            nursery.start_soon(resume_on_b, ids[0])
+            await trio.sleep(TTL / 16)  # B's row is in A's inbox; A waits to read it
+            await release(lease, instance_ids)
+            committed.set()
+            await served.wait()  # returns at the request's first checkpoint (or after it)
+
+        async def pending_after_the_release(instance_id: str) -> Any:
+            events = racing.get(instance_id)
+            if events is not None and not events[1].is_set():
+                await events[0].wait()
+                rows = await pending(instance_id)
+                events[1].set()
+                return rows
+            return await pending(instance_id)
+
+        async def watched_put(lease: hx.Lease, instance: hx.Instance, **kwargs: Any) -> None:
+            if a.engine._registry.get(instance.id) is None:
+                unheld_writes.append(instance.id)
+            await put_owned(lease, instance, **kwargs)
+
+        a.conn.release_instances = release_then_wait  # type: ignore[method-assign]
+        a.conn.pending_requests = pending_after_the_release  # type: ignore[method-assign]
+        a.conn.put_owned = watched_put  # type: ignore[method-assign]
+        with trio.fail_after(100 * TTL):
+            for n in range(8):
+                iid = await a.engine.start(WF, str(n))
+                done = await b.engine.wait(iid)
+                assert done.status is hx.Status.COMPLETED
+                assert [h.step for h in done.history if h.event == "go"] == ["wait_go"]
+        assert len(racing) == 8, "the race was not run for every instance"
+        assert unheld_writes == [], "A wrote an instance it had let go"
+        nursery.cancel_scope.cancel()
