@@ -15,7 +15,6 @@ import trio
 import trio.testing
 
 import hephaestus as hx
-from hephaestus._core._admission import queue_key
 from hephaestus.storage._shared_memory import MemorySharedStorage
 from hephaestus.testing import VirtualClock
 
@@ -34,14 +33,15 @@ class CountingStore(MemorySharedStorage):  # type: ignore[misc]  # final: a test
         self.peak = 0
         self.granted: list[str] = []
         """Ids in the order they were first admitted (given a slot or stored admitted)."""
-        self.keys: dict[str, tuple[float, int, str]] = {}
+        self.created: dict[str, int] = {}
+        """Id -> place of the write that first stored it PENDING (the creation order)."""
         self.over: list[tuple[str, ...]] = []
         """Every moment more than ``limit`` were admitted: the ids admitted then."""
 
     def _write(self, instance: hx.Instance, owner: Any) -> None:
         super()._write(instance, owner)
         if instance.workflow == self.workflow and instance.status is hx.Status.PENDING:
-            self.keys.setdefault(instance.id, queue_key(instance))
+            self.created.setdefault(instance.id, len(self.created))
         self._check()
 
     def _fill(self, workflow: str, max_active: int) -> int:
@@ -106,8 +106,8 @@ async def test_three_engines_one_killed_one_paused_never_exceed_max_active(
     assert store.over == []
     assert store.peak == 3
     assert sorted(store.granted) == sorted(ids)
-    # FIFO: slots were granted in queue order (created_at, sequence, id) of the PENDING writes.
-    assert store.granted == sorted(store.granted, key=lambda iid: store.keys[iid])
+    # FIFO: slots were granted in the order the PENDING instances were stored (created).
+    assert store.granted == sorted(store.granted, key=lambda iid: store.created[iid])
     assert store.slots("limited") == []
 
 
