@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._harness import ROOT, Config, Section
-from ._report import earlier_sections, peers_block, render_markdown, render_text
+from ._report import render_text, write_report
 
 GROUPS: dict[str, str] = {
     "throughput": "scenarios 1, 2, 9: linear and fan-out instances/s vs bare Trio, scaling",
@@ -30,6 +30,9 @@ GROUPS: dict[str, str] = {
     "FileStorage and SQLite",
     "timers_scenario": "scenario 6: timers on distinct deadlines, virtual time (bench/timers.py)",
     "telemetry": "scenario 7: scenario 1 with no handler, a no-op handler, LogHandler",
+    "postgres": "PostgresStorage workflows/s, 1 and 3 engines, against DBOS on the same "
+    "PostgreSQL (DBOS where it is installed: nox -s bench_peers)",
+    "scaleout": "PostgreSQL, 3 engine processes: takeover time after SIGKILL, by lease TTL",
 }
 
 
@@ -101,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             module = importlib.import_module(f"bench.{name}")
-            section: Section = module.run(cfg)
+            group_run = getattr(module, "run_group", None) or module.run
+            section: Section = group_run(cfg)
             section.method = section.method or (module.__doc__ or "").partition("\n\n")[2]
         except Exception:
             failed = True
@@ -118,12 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(render_text(sections, cfg, elapsed))
     if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        kept = peers_block(args.output)
-        earlier = earlier_sections(args.output) if args.only else None
-        args.output.write_text(
-            render_markdown(sections, cfg, elapsed, command, kept, earlier), encoding="utf-8"
-        )
+        write_report(args.output, sections, cfg, elapsed, command, only=bool(args.only))
         cfg.log(f"wrote {args.output}")
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Final
 
 from ._harness import ROOT, Config, Row, Section, fmt_range, fmt_stat
 
@@ -163,6 +164,23 @@ def earlier_sections(report: Path) -> tuple[str, list[str]]:
     return run, blocks
 
 
+KEPT: Final = "*Kept from an earlier run: "
+
+
+def _kept(block: str, run: str) -> str:
+    """``block`` marked as kept from ``run``, unless an older run's mark already says whence.
+
+    A section kept through several ``--only`` runs still names the run that
+    measured it (the last mark, for reports whose marks stacked up before).
+    """
+    title, _, rest = block.partition("\n")
+    lines = rest.split("\n")
+    marks = [line for line in lines if line.startswith(KEPT)]
+    body = "\n".join(line for line in lines if not line.startswith(KEPT)).lstrip("\n")
+    mark = marks[-1] if marks else f"{KEPT}{run}.*"
+    return f"{title}\n\n{mark}\n\n{body}"
+
+
 def render_markdown(
     sections: Sequence[Section],
     cfg: Config,
@@ -211,8 +229,7 @@ def render_markdown(
             if title in by_title:
                 merged.append(by_title.pop(title))
             else:
-                title, _, rest = block.partition("\n")
-                merged.append(f"{title}\n\n*Kept from an earlier run: {run}.*\n{rest}")
+                merged.append(_kept(block, run))
         fresh = [*merged, *by_title.values()]
     for block in fresh:
         out += ["", block]
@@ -220,3 +237,25 @@ def render_markdown(
         out += ["", peers_block]
     out.append("")
     return "\n".join(out)
+
+
+def write_report(
+    output: Path,
+    sections: Sequence[Section],
+    cfg: Config,
+    elapsed: float,
+    command: str,
+    *,
+    only: bool,
+) -> None:
+    """Write ``sections`` into the report at ``output``, keeping its peers block.
+
+    ``only``: the run covered some groups only, so every other section of
+    the report being replaced stays, marked as kept from its earlier run.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    kept = peers_block(output)
+    earlier = earlier_sections(output) if only else None
+    output.write_text(
+        render_markdown(sections, cfg, elapsed, command, kept, earlier), encoding="utf-8"
+    )

@@ -2,8 +2,9 @@
 
 A change to the runtime or the core must say what it did to speed, as a ratio
 against the code before it, measured in the same run on the same (shared,
-noisy) machine. This runs the linear 3-step workflow of scenario 1 on
-MemoryStorage in fresh interpreters, alternating: this tree, then ``BASE`` (a
+noisy) machine. This runs the linear 3-step workflow of scenario 1
+(``--fanout``: the fan-out of scenario 2) on MemoryStorage in fresh
+interpreters, alternating: this tree, then ``BASE`` (a
 git revision checked out into a temporary worktree, or a directory holding a
 ``src/`` tree). Every run also times bare Trio doing the same awaits in the
 same interpreter, so each tree gets its engine/bare overhead as well. Wall
@@ -31,14 +32,15 @@ _CHILD = r"""
 import json, sys, time
 import trio
 import hephaestus as hx
-from bench._workflows import LINEAR
-from bench.throughput import bare_linear
+from bench._workflows import FANOUT, LINEAR
+from bench.throughput import bare_fanout, bare_linear
 
 N = int(sys.argv[1])
+WORKFLOW, BARE = (FANOUT, bare_fanout) if sys.argv[2] == "fanout" else (LINEAR, bare_linear)
 
 async def engine(n):
-    async with hx.open_engine(workflows=[LINEAR], storage=hx.MemoryStorage()) as eng:
-        ids = [await eng.start(LINEAR, str(i)) for i in range(n)]
+    async with hx.open_engine(workflows=[WORKFLOW], storage=hx.MemoryStorage()) as eng:
+        ids = [await eng.start(WORKFLOW, str(i)) for i in range(n)]
         for instance_id in ids:
             await eng.wait(instance_id)
 
@@ -48,19 +50,19 @@ def timed(fn, *args):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 timed(engine, min(N, 1000))
-timed(bare_linear, min(N, 1000))
+timed(BARE, min(N, 1000))
 engine_wall, engine_cpu = timed(engine, N)
-bare_wall, bare_cpu = timed(bare_linear, N)
+bare_wall, bare_cpu = timed(BARE, N)
 print(json.dumps({"engine_wall": engine_wall, "engine_cpu": engine_cpu,
                   "bare_wall": bare_wall, "bare_cpu": bare_cpu}))
 """
 
 
-def _one_run(src: Path, n: int) -> dict[str, float]:
-    """Run scenario 1 once in a fresh interpreter importing hephaestus from ``src``."""
+def _one_run(src: Path, n: int, scenario: str = "linear") -> dict[str, float]:
+    """Run scenario 1 (or 2, ``"fanout"``) once in a fresh interpreter importing ``src``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(n)],
+        [sys.executable, "-c", _CHILD, str(n), scenario],
         env=env,
         cwd=ROOT,
         check=True,
@@ -103,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("base", help="a git revision (e.g. main~3) or a directory with src/")
     parser.add_argument("-n", type=int, default=10_000, help="instances per run (default 10,000)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per tree (default 5)")
+    parser.add_argument(
+        "--fanout", action="store_true", help="scenario 2 (fan-out 3 / fan-in) instead of 1"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hx-compare-") as scratch:
         base_src = _base_src(args.base, Path(scratch))
@@ -112,14 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(args.repeats):
                 for label, src in trees.items():
                     print(f"  run {i + 1}/{args.repeats}: {label}", file=sys.stderr, flush=True)
-                    runs[label].append(_one_run(src, args.n))
+                    runs[label].append(_one_run(src, args.n, "fanout" if args.fanout else "linear"))
         finally:
             if base_src != Path(args.base, "src").resolve():
                 subprocess.run(
                     ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_src.parent)],
                     check=False,
                 )
-    print(f"scenario 1, linear 3-step on MemoryStorage, N={args.n:,}, {args.repeats} runs each")
+    scenario = "2, fan-out 3 / fan-in" if args.fanout else "1, linear 3-step"
+    print(f"scenario {scenario} on MemoryStorage, N={args.n:,}, {args.repeats} runs each")
     this = _summary("this", runs["this"], args.n)
     base = _summary("base", runs["base"], args.n)
     print(

@@ -30,8 +30,9 @@ from typing import Any, TypeVar, cast
 
 import trio
 
+from . import postgres
 from ._harness import ROOT, Config, Row, Section, Stat, in_subprocess, ratios, verdict
-from ._report import machine, render_text
+from ._report import machine, render_text, write_report
 
 PEERS_BEGIN = "<!-- peers:begin -->"
 PEERS_END = "<!-- peers:end -->"
@@ -222,8 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in ("all", "postgres"):
         from hephaestus.testing import _pg_cluster
 
-        from . import postgres
-
         with _pg_cluster.server(durable=True) as admin:
             if admin is None:
                 print("bench.peers: no PostgreSQL here, its table is skipped", file=sys.stderr)
@@ -235,9 +234,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_text(sections, cfg, total))
     if not args.no_write and sections:
         command = " ".join(["python -m bench.peers", *(sys.argv[1:] if argv is None else argv)])
-        write_block(args.output, sections[0], cfg, command, extra=sections[1:])
-        cfg.log(f"wrote the peers block of {args.output}")
+        write_results(args.output, sections, cfg, command)
+        cfg.log(f"wrote {args.output}")
     return 0
+
+
+def write_results(report: Path, sections: Sequence[Section], cfg: Config, command: str) -> None:
+    """Put the SQLite peers table in the peers block, the PostgreSQL one in its own section.
+
+    The PostgreSQL table is the ``postgres`` group's section of the report
+    (what ``python -m bench --only postgres`` writes), so neither run
+    replaces the other's table.
+    """
+    ours = [s for s in sections if s.title != postgres.TITLE]
+    if ours:
+        write_block(report, ours[0], cfg, command, extra=ours[1:])
+    pg = [s for s in sections if s.title == postgres.TITLE]
+    if pg:
+        write_report(report, pg, cfg, pg[0].seconds, command, only=True)
 
 
 if __name__ == "__main__":

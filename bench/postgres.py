@@ -1,14 +1,20 @@
 """PostgresStorage: durable 3-step workflows/s, 1 and 3 engines, against DBOS on the same server.
 
-``python -m bench.peers --only postgres`` (``nox -s bench_peers``) runs it;
-``python -m bench.postgres`` alone as well. The server is ``HEPHAESTUS_PG_DSN``
-or a throwaway cluster with PostgreSQL's durable defaults (``fsync=on``,
-``synchronous_commit=on``: every commit waits for its WAL flush), on a unix
-socket; each run gets a new database. Sides, alternating ``repeats`` times,
-each in fresh interpreters after a 20-workflow warm-up:
+``python -m bench --only postgres`` (a group of ``python -m bench``) writes
+this table into docs/benchmarks.md; ``python -m bench.postgres`` prints it,
+and ``python -m bench.peers --only postgres`` (``nox -s bench_peers``) runs it
+beside the SQLite peers. The DBOS side runs where ``dbos`` is importable (the
+bench_peers session, or any environment with it); elsewhere the table has our
+sides only and says so.
+
+The server is ``HEPHAESTUS_PG_DSN`` or a throwaway cluster with PostgreSQL's
+durable defaults (``fsync=on``, ``synchronous_commit=on``: every commit waits
+for its WAL flush), on a unix socket; each run gets a new database. Sides,
+alternating ``repeats`` times, each in fresh interpreters after a 20-workflow
+warm-up:
 
 - ``dbos``: DBOS with that database as its system database, ``inflight``
-  threads (1: one caller waiting for each workflow);
+  threads (1: one caller waiting for each workflow), its defaults otherwise;
 - ``pg``: one engine on ``PostgresStorage``, ``inflight`` tasks;
 - ``pg3``: three engine processes on one database, each starting and waiting
   for a third of the workflows with a third of the tasks (at least one), all
@@ -18,6 +24,7 @@ each in fresh interpreters after a 20-workflow warm-up:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import math
 import os
@@ -26,6 +33,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from importlib import metadata
 
 import trio
 
@@ -40,6 +48,7 @@ WARMUP = 20
 SIDES = ("dbos", "pg", "pg3")
 TARGET = 3.0
 """Ours / DBOS at 10 in flight (issue #14)."""
+TITLE = "Peers on PostgreSQL: DBOS vs PostgresStorage with 1 and 3 engines"
 _databases = itertools.count()
 
 
@@ -157,7 +166,7 @@ def compare(
     cfg: Config, admin_dsn: str, n: int, inflights: Sequence[int], sides: Sequence[str] = SIDES
 ) -> Section:
     """The PostgreSQL peers table: ours with 1 and 3 engines against DBOS, per in-flight count."""
-    section = Section("Peers on PostgreSQL: DBOS vs PostgresStorage with 1 and 3 engines")
+    section = Section(TITLE)
     for inflight in inflights:
         times: dict[str, list[float]] = {which: [] for which in sides}
         for i in range(cfg.repeats):
@@ -187,10 +196,45 @@ def compare(
                 )
             )
     section.notes.append(
-        "PostgreSQL with fsync=on and synchronous_commit=on on a unix socket, a new database "
-        f"per run; each side in fresh processes after {WARMUP} warm-up workflows; sides "
-        "alternate. 3 engines: each runs a third of N with a third of the tasks (at least 1)."
+        f"PostgreSQL {_server_version(admin_dsn)} with fsync=on and synchronous_commit=on on "
+        "a unix socket, a new database per run; each side in fresh processes after "
+        f"{WARMUP} warm-up workflows; sides alternate"
+        + (f"; dbos {metadata.version('dbos')}" if "dbos" in sides else "")
+        + ". 3 engines: each runs a third of N with a third of the tasks (at least 1)."
     )
+    return section
+
+
+def _server_version(admin_dsn: str) -> str:
+    import psycopg
+
+    with psycopg.connect(admin_dsn) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]).split()[0] if row else "?"
+
+
+def has_dbos() -> bool:
+    """Whether this interpreter (and so its bench children) can run the DBOS side."""
+    return importlib.util.find_spec("dbos") is not None
+
+
+def run(cfg: Config) -> Section:
+    """The ``postgres`` group of ``python -m bench``: the table above, written into the report."""
+    n = 40 if cfg.smoke else 500
+    inflights = [10] if cfg.smoke else [1, 10, 100]
+    sides = SIDES if has_dbos() else tuple(s for s in SIDES if s != "dbos")
+    with _pg_cluster.server(durable=True) as admin:
+        if admin is None:
+            return Section(
+                TITLE,
+                notes=["SKIPPED: no PostgreSQL (set HEPHAESTUS_PG_DSN or install its binaries)"],
+            )
+        section = compare(cfg, admin, n, inflights, sides)
+    if "dbos" not in sides:
+        section.notes.append(
+            "DBOS is not installed in this environment, so there is no baseline and no verdict: "
+            "run `nox -s bench_peers -- --only postgres` or install `dbos`"
+        )
     return section
 
 

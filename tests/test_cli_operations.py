@@ -8,6 +8,7 @@ opened by this test process, which is exactly what an engine holds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -227,6 +228,24 @@ def test_cancel_from_the_shell(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert snapshot_bytes(store) == before
     # The next engine leaves the cancelled instance alone.
     assert shop.run(store, "w1")[0].status is hx.Status.CANCELLED
+
+
+@pytest.mark.parametrize("command", ["list", "show", "cancel"])
+def test_a_command_leaves_the_storage_loggers_level_as_it_was(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "state"
+    shop = Shop()
+    shop.broken = False
+    shop.run(store, "w1", park=True)
+    storage_log = logging.getLogger("hephaestus.storage")
+    storage_log.setLevel(logging.INFO)
+    try:
+        ids = [] if command == "list" else ["shop::w1"]
+        assert main([command, "--store", str(store), *ids]) == 0
+        assert storage_log.level == logging.INFO
+    finally:
+        storage_log.setLevel(logging.NOTSET)
 
 
 # -- prune --------------------------------------------------------------------------------

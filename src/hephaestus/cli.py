@@ -734,7 +734,21 @@ def version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Commands that read a store silence its log records (they print their own
+    warnings); the ``hephaestus.storage`` logger's level is restored on return,
+    so a program or test that calls ``main`` keeps its logging as it was.
+    """
+    storage_log = logging.getLogger("hephaestus.storage")
+    level = storage_log.level
+    try:
+        return _main(argv)
+    finally:
+        storage_log.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

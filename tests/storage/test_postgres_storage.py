@@ -96,15 +96,35 @@ async def test_two_stores_on_one_database_fence_each_other(pg_dsn: str) -> None:
 
 
 async def test_a_lost_connection_fails_its_batch_and_the_store_heals(pg_dsn: str) -> None:
+    """The connection dies while its batch is in the server: that batch fails, the next heals.
+
+    (A connection the server ended while it was idle is replaced before a
+    batch goes out on it: test_postgres_reconnect.py.)
+    """
     async with PostgresStorage(pg_dsn) as store:
         await store.put(make_instance("orderid::a"))
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:  # kill every other session
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        with pytest.raises(OSError, match="nothing of it was stored"):
-            await store.put(make_instance("orderid::b"))
+        blocker = psycopg.connect(pg_dsn)
+        blocker.execute("LOCK TABLE hx_instances IN EXCLUSIVE MODE")  # the batch waits for it
+        failed: list[BaseException] = []
+
+        async def put_b() -> None:
+            try:
+                await store.put(make_instance("orderid::b"))
+            except OSError as exc:
+                failed.append(exc)
+
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(put_b)
+                with trio.fail_after(10):
+                    while not admin.execute(  # noqa: ASYNC110 - the server's state, not ours
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    ).fetchall():
+                        await trio.sleep(0.01)
+        blocker.close()
+        assert len(failed) == 1
+        assert "nothing of it was stored" in str(failed[0])
         await store.put(make_instance("orderid::c"))  # a new connection
         assert [i.id for i in await store.query()] == ["orderid::a", "orderid::c"]
 

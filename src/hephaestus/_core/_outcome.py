@@ -35,10 +35,11 @@ def outcome(step: Step, attempt: int, result: object) -> Outcome:
     whose message names the step and says what to return instead.
     """
     if isinstance(result, str):
+        if result in step.events:  # the common case, without a call
+            return StepSucceeded(step=step.key, attempt=attempt, event=result)
         problem = _undeclared(step, result)
-        if problem is not None:
-            return failed(step, attempt, problem)
-        return StepSucceeded(step=step.key, attempt=attempt, event=result)
+        assert problem is not None
+        return failed(step, attempt, problem)
     if isinstance(result, Emit):
         return _emitted(step, attempt, result)
     if isinstance(result, Suspend):

@@ -10,7 +10,9 @@ from typing import Any, Final, Literal, TypeAlias, final, overload
 
 import msgspec
 
+from ._codec import detached_copy
 from ._errors import WorkflowDefinitionError
+from ._model import Instance
 from ._seconds import check_seconds, seconds_problem
 
 STEP_KEY_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
@@ -99,17 +101,20 @@ class StepContext:
 
     ``initial``, ``results`` (an entry for every completed step, ``{}`` when it
     stored none), ``metadata`` (the instance's metadata) and ``config`` are
-    read-only copies taken when the attempt starts: mutating them is an error,
-    and nothing a step does to them reaches the instance.
+    read-only copies of the snapshot the attempt started from: mutating them
+    is an error, and nothing a step does to them reaches the instance. The
+    engine takes those copies when a step first reads one of them (from that
+    snapshot, which never changes), so a step that reads none pays for none.
     """
 
     __slots__ = (
+        "_config",
+        "_initial",
+        "_metadata",
+        "_results",
+        "_source",
         "attempt",
-        "config",
-        "initial",
         "instance_id",
-        "metadata",
-        "results",
         "step",
         "version",
         "workflow",
@@ -118,12 +123,14 @@ class StepContext:
     instance_id: str
     workflow: str
     version: int
-    initial: Mapping[str, Any]
-    results: Mapping[str, Mapping[str, Any]]
-    metadata: Mapping[str, Any]
-    config: Mapping[str, Any] | None
     attempt: int
     step: str
+    _initial: Mapping[str, Any]
+    _results: Mapping[str, Mapping[str, Any]]
+    _metadata: Mapping[str, Any]
+    _config: Mapping[str, Any] | None
+    _source: Instance | None
+    """The snapshot whose copies are still to be taken; None once they are."""
 
     def __init__(
         self,
@@ -143,10 +150,11 @@ class StepContext:
         set_(self, "workflow", workflow)
         set_(self, "version", version)
         # Read-only views, not copies: the engine never mutates a snapshot's dicts.
-        set_(self, "initial", _view(initial))
-        set_(self, "results", MappingProxyType({k: _view(v) for k, v in results.items()}))
-        set_(self, "metadata", _view({} if metadata is None else metadata))
-        set_(self, "config", None if config is None else _view(config))
+        set_(self, "_initial", _view(initial))
+        set_(self, "_results", MappingProxyType({k: _view(v) for k, v in results.items()}))
+        set_(self, "_metadata", _view({} if metadata is None else metadata))
+        set_(self, "_config", None if config is None else _view(config))
+        set_(self, "_source", None)
         set_(self, "attempt", attempt)
         set_(self, "step", step)
 
@@ -156,33 +164,77 @@ class StepContext:
         instance_id: str,
         workflow: str,
         version: int,
-        initial: dict[str, Any],
-        results: dict[str, dict[str, Any]],
-        metadata: dict[str, Any],
-        config: dict[str, Any] | None,
+        source: Instance,
         attempt: int,
         step: str,
     ) -> StepContext:
-        """Build a context from dicts the caller owns (the engine's copies): no checks, no kwargs.
+        """The context of attempt ``attempt`` of ``step`` of snapshot ``source``: the hot path.
 
-        The same object ``__init__`` builds, for the engine's hot path.
+        No checks, no kwargs; ``initial``, ``results``, ``metadata`` and
+        ``config`` are copied from ``source`` when first read.
         """
         context = object.__new__(cls)
         set_ = object.__setattr__
         set_(context, "instance_id", instance_id)
         set_(context, "workflow", workflow)
         set_(context, "version", version)
-        set_(context, "initial", MappingProxyType(initial))
-        set_(
-            context,
-            "results",
-            MappingProxyType({k: MappingProxyType(v) for k, v in results.items()}),
-        )
-        set_(context, "metadata", MappingProxyType(metadata))
-        set_(context, "config", None if config is None else MappingProxyType(config))
+        set_(context, "_source", source)
         set_(context, "attempt", attempt)
         set_(context, "step", step)
         return context
+
+    def _copy_source(self) -> None:
+        """Take the copies of the snapshot the attempt started from, once."""
+        source = self._source
+        if source is None:
+            return
+        initial = source.initial
+        results = source.results
+        metadata = source.metadata
+        config = source.configs.get(self.step)
+        set_ = object.__setattr__
+        set_(self, "_initial", MappingProxyType(detached_copy(initial)) if initial else EMPTY_VIEW)
+        set_(
+            self,
+            "_results",
+            # Steps that stored no results (the common case) leave nothing to copy.
+            MappingProxyType({k: MappingProxyType(v) for k, v in detached_copy(results).items()})
+            if any(results.values())
+            else MappingProxyType(dict.fromkeys(results, EMPTY_VIEW)),
+        )
+        set_(
+            self, "_metadata", MappingProxyType(detached_copy(metadata)) if metadata else EMPTY_VIEW
+        )
+        set_(self, "_config", None if config is None else MappingProxyType(detached_copy(config)))
+        set_(self, "_source", None)
+
+    @property
+    def initial(self) -> Mapping[str, Any]:
+        """The instance's initial data (a read-only copy)."""
+        if self._source is not None:
+            self._copy_source()
+        return self._initial
+
+    @property
+    def results(self) -> Mapping[str, Mapping[str, Any]]:
+        """The results of the completed steps, by step key (read-only copies)."""
+        if self._source is not None:
+            self._copy_source()
+        return self._results
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The instance's metadata (a read-only copy)."""
+        if self._source is not None:
+            self._copy_source()
+        return self._metadata
+
+    @property
+    def config(self) -> Mapping[str, Any] | None:
+        """The config attached by the transition that activated the step, or None."""
+        if self._source is not None:
+            self._copy_source()
+        return self._config
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("StepContext is read-only")
@@ -192,6 +244,10 @@ class StepContext:
             f"StepContext(instance_id={self.instance_id!r}, step={self.step!r}, "
             f"attempt={self.attempt})"
         )
+
+
+EMPTY_VIEW: Final[Mapping[str, Any]] = MappingProxyType({})
+"""The read-only empty mapping contexts share (its dict is never mutated)."""
 
 
 def _view(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

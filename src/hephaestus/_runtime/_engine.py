@@ -34,7 +34,6 @@ from .._core._engine import (
     Recover,
     RunStep,
     ScheduleResume,
-    Start,
     StartChild,
     TimerFired,
     Transition,
@@ -43,6 +42,7 @@ from .._core._engine import (
     new_instance,
     prunable,
     prune_statuses,
+    start_new,
 )
 from .._core._engine import Retry as RetryInput
 from .._core._errors import (
@@ -57,7 +57,7 @@ from .._core._errors import (
     WorkflowDefinitionError,
 )
 from .._core._ids import build_instance_id
-from .._core._model import Instance, ParentLink, Status
+from .._core._model import TERMINAL, Instance, ParentLink, Status
 from .._core._registry import check_registry
 from .._core._seconds import check_seconds
 from .._core._terminal import answer_terminal
@@ -81,6 +81,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
+
+_SUPERVISE: Final = f"{supervise.__module__}.{supervise.__qualname__}"
+"""The name of every runner's task (the one trio gives it, spelt once, not per spawn)."""
 
 
 @final
@@ -182,8 +185,10 @@ class Engine:
         suffix = secrets.token_hex(4) if wf.unique.scope == "none" else None
         instance_id = build_instance_id(wf.unique, value, suffix, version=wf.version)
         # Deep copies, encoded as they will be stored: the caller keeps nothing of ours.
-        initial_dict = stored_copy(_as_dict(initial), "initial") or {}
-        metadata_dict = stored_copy(_as_dict(metadata), "metadata") or {}
+        initial_dict = {} if initial is None else stored_copy(_as_dict(initial), "initial") or {}
+        metadata_dict = (
+            {} if metadata is None else stored_copy(_as_dict(metadata), "metadata") or {}
+        )
         return await self._create(wf, instance_id, initial_dict, metadata_dict)
 
     async def _create(
@@ -218,21 +223,28 @@ class Engine:
         sequence = 0 if admitted else self.admission.next_sequence()
 
         def started(stored_revision: int) -> Transition:
-            # The unsaved pending instance sits at the stored revision, so the started
-            # snapshot, the first change persisted, is exactly one above it.
+            if admitted:  # Start applied: the first change persisted, one above what is stored
+                return start_new(
+                    wf,
+                    instance_id,
+                    initial=initial,
+                    metadata=metadata,
+                    now=now,
+                    stored_revision=stored_revision,
+                    parent=parent,
+                )
+            # Stored as it is: PENDING until a slot frees.
             fresh = new_instance(
                 wf,
                 instance_id,
                 initial=initial,
                 metadata=metadata,
                 now=now,
-                previous_revision=stored_revision - (1 if admitted else 0),
+                previous_revision=stored_revision,
                 parent=parent,
                 sequence=sequence,
             )
-            if not admitted:  # stored as it is: PENDING until a slot frees
-                return Transition(fresh, (), None, changed=True)
-            return apply(wf, fresh, Start(), now)
+            return Transition(fresh, (), None, changed=True)
 
         transition = started(0)
         entry = Entry(wf, transition.instance, State.LIVE)
@@ -268,7 +280,7 @@ class Engine:
                 metadata={"version": wf.version, "pending": not admitted},
             )
         if admitted:
-            self._nursery.start_soon(supervise, self, entry, transition.commands)
+            self._nursery.start_soon(supervise, self, entry, transition.commands, name=_SUPERVISE)
         else:
             self._queue_pending(entry)
         return instance_id
@@ -455,30 +467,46 @@ class Engine:
                 is not registered), so it would never finish here.
             InvalidResult: ``instance_id`` is not a str.
         """
-        await trio.lowlevel.checkpoint()
+        # A checkpoint on every path, but one schedule point is enough: waiting for the
+        # entry and reading the store (every storage operation is a checkpoint; start
+        # relies on that too) are one, the other paths take a shielded one below.
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         check_text(instance_id, "instance_id")
         if self.shared is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return await self.shared.wait(instance_id)
         entry = self._registry.get(instance_id)
-        if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
-            if entry.finished is None:
-                entry.finished = trio.Event()
-            await entry.finished.wait()
-            if entry.state in (State.LIVE, State.PASSIVE):  # woken by the engine closing
-                raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
-        if entry is not None and entry.state is State.STUCK:
-            raise RunnerFailed(stuck_message(self, entry))
-        if entry is not None and entry.state is State.GONE:
-            raise InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
-        # An entry's instance is shared with the engine and with other waiters; one loaded
-        # from storage was decoded for this call alone.
-        instance = (
-            detached_instance(entry.snapshot)
-            if entry is not None and entry.snapshot is not None
-            else await self._load(instance_id)
-        )
-        if not instance.status.is_terminal:
+        if entry is None:
+            try:
+                stored = await self.storage.get(instance_id)  # decoded for this call alone
+            except Exception:
+                self._check_open()  # the engine closed during the read: say that
+                raise
+            if stored is None:
+                raise InstanceNotFound(f"no instance with id {instance_id!r}")
+            instance = stored
+        else:
+            if entry.state in (State.LIVE, State.PASSIVE):
+                if entry.finished is None:
+                    entry.finished = trio.Event()
+                await entry.finished.wait()  # a checkpoint even when it is set already
+                if entry.state in (State.LIVE, State.PASSIVE):  # woken by the engine closing
+                    raise EngineClosed(
+                        f"the engine closed before instance {instance_id!r} finished"
+                    )
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            if entry.state is State.STUCK:
+                raise RunnerFailed(stuck_message(self, entry))
+            if entry.state is State.GONE:
+                raise InstanceNotFound(f"instance {instance_id!r} was deleted from storage")
+            # An entry's instance is shared with the engine and with other waiters.
+            snapshot = entry.snapshot
+            instance = (
+                await self._load(instance_id) if snapshot is None else detached_instance(snapshot)
+            )
+        if instance.status not in TERMINAL:
             workflow = self._workflows.get((instance.workflow, instance.version))
             if workflow is not None:
                 check_definition(workflow, instance)

@@ -203,7 +203,10 @@ class Token:
     def release(self) -> None:
         """Give the token back and wake whoever waits for it."""
         self.held = False
-        self.poke()
+        changed = self._changed
+        if changed is not None:  # poke(), written out: this runs for every transition
+            self._changed = None
+            changed.set()
 
     def poke(self) -> None:
         """Wake every task waiting in :meth:`changed`."""

@@ -24,7 +24,7 @@ dropped from this engine: no retry, no restart (:mod:`._shared`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -48,13 +48,14 @@ from .._core._engine import (
 )
 from .._core._errors import CorruptSnapshot, EngineClosed, EventRejected, RevisionConflict
 from .._core._model import TERMINAL, Instance, Status
+from .._core._outcome import failed, outcome
 from .._core._workflow import Workflow
 from ..storage._shared import LeaseLost
 from ._lease import applying
 from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry, State
 from ._report import report
-from ._steprun import run_attempt
+from ._steprun import must_propagate, run_attempt
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -122,7 +123,8 @@ class Runner:
         self.started: dict[str, float] = {} if engine.telemetry.enabled else _NO_TELEMETRY
         """When each running step started (trio time), for step.stop; only with telemetry."""
         self.scope: trio.CancelScope | None = None
-        """The scope of everything the runner runs (inline step code, its nursery)."""
+        """What finishing the instance cancels: the scope of the inline steps running, or
+        the nursery's once it is open; None while the runner waits for mail."""
         self.nursery: trio.Nursery | None = None
         """Opened once a step must run in a task of its own; None until then."""
         self.pending: list[tuple[str, int, trio.CancelScope]] | None = None
@@ -137,7 +139,7 @@ class Runner:
         """The instance's current snapshot (the entry's: callers holding the token update it)."""
         return self.entry.instance
 
-    async def run(self, first_commands: Iterable[Command] = ()) -> None:
+    async def run(self, first_commands: Sequence[Command] = ()) -> None:
         """Process the mailbox until the instance is terminal.
 
         Once the mailbox is empty for the first time (a ``Recover`` and the
@@ -145,9 +147,11 @@ class Runner:
         requests themselves under the token (:meth:`apply_request`).
 
         The runner opens a nursery only once a step must run in a task of its
-        own (fan-out, a step with a timeout or a sync one): an instance whose
-        steps all run inline costs one cancel scope, which is what finishing
-        the instance (a ``cancel`` while a step runs inline) cancels.
+        own (fan-out, a step with a timeout or a sync one). Inline steps run
+        in a cancel scope of their own (:meth:`run_chain`), which is what
+        finishing the instance (a ``cancel`` while a step runs inline)
+        cancels; a runner waiting for mail holds no scope (a parked resident
+        instance costs less), and finishing its instance wakes it instead.
 
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
@@ -157,17 +161,25 @@ class Runner:
         mailbox = entry.mailbox
         assert mailbox is not None
         try:
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                self.carry_out(first_commands, inline=True)
-                if not await self.serve(mailbox):
-                    async with trio.open_nursery() as nursery:
-                        self.nursery = nursery
-                        for step, attempt, step_scope in self.pending or ():
-                            nursery.start_soon(self.run_step, step, attempt, step_scope)
-                        self.pending = None
-                        await self.serve(mailbox)
-                        nursery.cancel_scope.cancel()
+            self.carry_out(first_commands, inline=True)
+            inline = self.inline
+            if inline is not None and mailbox.empty() and not self.pending:
+                # What serve would do first, one frame higher: the steps of a linear
+                # instance then run with a frame less on every resume.
+                entry.runner = self
+                self.inline = None
+                await self.run_chain(mailbox, *inline)
+            if not await self.serve(mailbox):
+                async with trio.open_nursery() as nursery:
+                    # From here on finishing the instance cancels the nursery: the step
+                    # tasks and the runner loop in it.
+                    self.nursery = nursery
+                    self.scope = nursery.cancel_scope
+                    for step, attempt, step_scope in self.pending or ():
+                        nursery.start_soon(self.run_step, step, attempt, step_scope)
+                    self.pending = None
+                    await self.serve(mailbox)
+                    nursery.cancel_scope.cancel()
         finally:
             if entry.runner is self:
                 entry.runner = None
@@ -193,7 +205,7 @@ class Runner:
                     # Queued messages came first; from now on callers apply their
                     # requests themselves while the step runs here.
                     self.inline = None
-                    await self.run_inline(*inline)
+                    await self.run_chain(mailbox, *inline)
                     continue
                 if self.idle():
                     message = await self.idle_wait(mailbox)
@@ -491,6 +503,10 @@ class Runner:
         """
         if message.fault is not None:
             raise message.fault
+        reply = message.reply
+        if reply is None:  # the engine's own input: a step outcome, a timer, a recovery
+            await self.apply_own(message.input)
+            return
         entry = self.entry
         token = entry.token
         if not token.try_acquire():
@@ -501,58 +517,197 @@ class Runner:
             try:
                 transition = apply(self.workflow, before, message.input, engine.clock.now())
             except EventRejected as exc:
-                if message.reply is not None:
-                    message.reply.fail(exc)
+                reply.fail(exc)
                 return
             except BaseException as exc:
-                if message.reply is not None:
-                    message.reply.fail(exc)
+                reply.fail(exc)
                 raise
             if transition.changed:
-                if message.reply is None:  # the engine's own input: no inbox row rides along
+                with applying(message.input, transition.reply):
                     stored = await self.persist(transition.instance, before.revision, message)
-                else:
-                    with applying(message.input, transition.reply):
-                        stored = await self.persist(transition.instance, before.revision, message)
                 if not stored:
                     return  # the request's write failed: it was not applied, and said so
                 entry.instance = transition.instance
             if engine.telemetry.enabled:
                 self.report(message.input, before, transition)
             self.carry_out(transition.commands, inline=True)
-            if message.reply is not None:
-                message.reply.set(transition.reply)
+            reply.set(transition.reply)
+        finally:
+            token.release()
+
+    async def run_chain(self, mailbox: Mailbox, key: str, attempt: int) -> None:
+        """Run inline step ``key``, apply its outcome, and go on while the next step is inline.
+
+        This is the runner loop's path for steps that run one after another in
+        its own task, in one frame: as long as nothing was mailed while a step
+        ran, its outcome is the next message the loop would take, so it is
+        applied here (as :meth:`apply_own` does) without the trip through the
+        mailbox. Otherwise the outcome is queued behind what came, and the
+        loop takes over.
+
+        Raises:
+            trio.Cancelled: the instance finished (cancelled) or the engine is closing.
+            SnapshotReplaced, LeaseLost, Exception: as :meth:`apply_own`.
+        """
+        entry = self.entry
+        engine = self.engine
+        workflow = self.workflow
+        steps = workflow.steps
+        telemetry = engine.telemetry
+        token = entry.token  # the resident instance's: it keeps it while it has a runner
+        outer = self.scope
+        with trio.CancelScope() as scope:
+            self.scope = scope  # what finishing the instance cancels while steps run here
+            try:
+                while True:
+                    definition = steps[key]
+                    if definition.limiter is not None or telemetry.enabled:
+                        event = await self.run_inline(key, attempt)
+                    else:
+                        # run_inline without telemetry or a limiter, written out. Cancelled
+                        # already, no step code runs.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        current = entry.snapshot
+                        assert current is not None  # resident while its runner runs
+                        ctx = step_context(workflow, current, key, attempt)
+                        try:
+                            event = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
+                        except BaseException as exc:
+                            if must_propagate(exc):
+                                raise
+                            event = failed(definition, attempt, exc)
+                        if isinstance(event, ChildRequested):
+                            event = engine.children.resolve(workflow, entry.instance, event)
+                    # Resident: callers holding the token may have replaced it meanwhile.
+                    before = entry.snapshot
+                    assert before is not None
+                    if not mailbox.empty() or self.pending or before.status in TERMINAL:
+                        mailbox.put(Message(event))  # behind what came meanwhile
+                        return
+                    if token.held:
+                        await token.acquire()
+                    else:
+                        token.held = True
+                    try:
+                        before = entry.snapshot
+                        assert before is not None
+                        try:
+                            transition = apply(workflow, before, event, engine.clock.now())
+                        except EventRejected:
+                            return
+                        if transition.changed:
+                            instance = transition.instance
+                            try:
+                                await engine.storage.put(
+                                    instance, expected_revision=before.revision
+                                )
+                            except Exception as exc:
+                                await self.own_write_failed(instance, before.revision, exc)
+                            entry.snapshot = instance
+                        if telemetry.enabled:
+                            self.report(event, before, transition)
+                        commands = transition.commands
+                        following = commands[0] if len(commands) == 1 else None
+                        if type(following) is RunStep and self.inlinable(following.step, commands):
+                            # carry_out's inline case, without carry_out.
+                            key, attempt = following.step, following.attempt
+                        else:
+                            following = None
+                            self.carry_out(commands, inline=True)
+                    finally:
+                        token.release()
+                    if following is None:
+                        inline = self.inline
+                        if inline is None or not mailbox.empty():
+                            return  # the loop takes it from here
+                        self.inline = None
+                        key, attempt = inline
+                    elif not mailbox.empty():
+                        # Behind what came meanwhile: the loop's turn.
+                        self.inline = (key, attempt)
+                        return
+            finally:
+                self.scope = outer
+
+    async def own_write_failed(self, instance: Instance, expected: int, exc: Exception) -> None:
+        """Handle a failed write of the engine's own input: retry it until it is stored.
+
+        Raises:
+            SnapshotReplaced: ``exc`` says the stored revision is not ``expected``.
+            LeaseLost: ``exc`` is that (shared storage): the instance is dropped here.
+            trio.Cancelled: the engine is closing during the retries.
+        """
+        if isinstance(exc, RevisionConflict):
+            raise SnapshotReplaced(None, exc) from None
+        if isinstance(exc, LeaseLost):
+            raise exc
+        await self.persist_with_backoff(instance, expected, exc)
+
+    async def apply_own(self, event: Input) -> None:
+        """Apply the engine's own input (no caller waits on it) under the token.
+
+        That is a step's outcome, a timer that fired or a recovery: its write
+        must be stored, so a failing one is retried with backoff
+        (:meth:`persist_with_backoff`) without re-running anything. An input
+        the instance no longer takes (``EventRejected``) changes nothing.
+
+        Raises:
+            SnapshotReplaced: the stored revision is not the one this runner wrote last.
+            LeaseLost: shared storage: another engine holds the instance now.
+            trio.Cancelled: the engine is closing (nothing of ``event`` is stored).
+            Exception: a bug in the transition.
+        """
+        entry = self.entry
+        token = entry.token
+        if not token.try_acquire():
+            await token.acquire()
+        try:
+            before = entry.instance
+            engine = self.engine
+            try:
+                transition = apply(self.workflow, before, event, engine.clock.now())
+            except EventRejected:
+                return
+            if transition.changed:
+                instance = transition.instance
+                expected = before.revision
+                try:
+                    await engine.storage.put(instance, expected_revision=expected)
+                except Exception as exc:
+                    await self.own_write_failed(instance, expected, exc)
+                entry.instance = instance
+            if engine.telemetry.enabled:
+                self.report(event, before, transition)
+            self.carry_out(transition.commands, inline=True)
         finally:
             token.release()
 
     async def persist(self, instance: Instance, expected: int, message: Message) -> bool:
-        """Store ``instance``; return False if the write failed and ``message``'s caller was told.
+        """Store ``instance`` for a caller's request; return False if the write failed.
 
-        A caller's request whose write fails gets the storage's exception.
-        An internal message (no caller) is the engine's own record: its write
-        is retried with backoff until it is stored.
+        The caller of ``message`` gets the storage's exception then (the
+        engine's own inputs are stored by :meth:`apply_own` instead).
 
         Raises:
             SnapshotReplaced: the stored revision is not ``expected``.
-            trio.Cancelled: the engine is closing (a caller gets EngineClosed).
+            LeaseLost: shared storage: another engine holds the instance now.
+            trio.Cancelled: the engine is closing (the caller gets EngineClosed).
         """
+        reply = message.reply
+        assert reply is not None
         try:
             await self.engine.storage.put(instance, expected_revision=expected)
         except RevisionConflict as exc:
             raise SnapshotReplaced(message, exc) from None
         except LeaseLost as exc:
-            if message.reply is not None:
-                message.reply.fail(exc)
+            reply.fail(exc)
             raise
         except Exception as exc:
-            if message.reply is not None:
-                self.storage_error(exc, failures=1, retry_in=None)
-                message.reply.fail(exc)
-                return False
-            await self.persist_with_backoff(instance, expected, exc)
+            self.storage_error(exc, failures=1, retry_in=None)
+            reply.fail(exc)
+            return False
         except BaseException as exc:
-            if message.reply is not None:
-                message.reply.fail(self.engine.unacknowledged(exc))
+            reply.fail(self.engine.unacknowledged(exc))
             raise
         return True
 
@@ -647,7 +802,7 @@ class Runner:
                 },
             )
 
-    def carry_out(self, commands: Iterable[Command], *, inline: bool = False) -> None:
+    def carry_out(self, commands: Sequence[Command], *, inline: bool = False) -> None:
         """Start steps, arm and disarm timers, cancel steps as ``commands`` say.
 
         With ``inline`` (only in the runner's own task), a lone step that may run
@@ -682,16 +837,18 @@ class Runner:
                     if found is not None:
                         found.cancel()
                 case Finished():
-                    # Stops the inline step and every step task; the runner itself, when
-                    # it applied this, has nothing left to stop.
+                    # Stops the inline steps or the nursery with every step task; the
+                    # runner itself, when it applied this, has nothing left to stop.
                     if not inline or self.scopes:
                         everything = self.scope
-                        assert everything is not None
-                        everything.cancel()
+                        if everything is not None:
+                            everything.cancel()
+                        else:  # waiting for mail: it looks at the status again
+                            self.post_wake()
                 case StartChild() | CancelChild():
                     self.engine._carry_out_child(command)
 
-    def inlinable(self, step: str, commands: Iterable[Command]) -> bool:
+    def inlinable(self, step: str, commands: Sequence[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
 
         Alone means no other step runs or waits and no timer is armed, so the
@@ -705,13 +862,14 @@ class Runner:
         definition = self.workflow.steps[step]
         if not definition.is_async or definition.timeout is not None:
             return False
-        instance = self.entry.instance
+        instance = self.entry.snapshot
+        assert instance is not None  # a runner's instance is resident
         if instance.active != (step,) or instance.waiting or instance.timers:
             return False
-        return sum(isinstance(command, RunStep) for command in commands) == 1
+        return len(commands) == 1 or sum(isinstance(c, RunStep) for c in commands) == 1
 
-    async def run_inline(self, key: str, attempt: int) -> None:
-        """Run one attempt of ``key`` in the runner's task and post its outcome.
+    async def run_inline(self, key: str, attempt: int) -> Input:
+        """Run one attempt of ``key`` in the runner's task and return its outcome.
 
         Raises:
             trio.Cancelled: the instance finished (cancelled) or the engine is closing.
@@ -723,14 +881,23 @@ class Runner:
             if self.engine.telemetry.enabled:
                 self.started[key] = trio.current_time()
                 self.emit("step.start", key, metadata={"attempt": attempt})
-            self.post(await run_attempt(definition, ctx))
-            return
-        async with self.engine.limiters.hold(definition) as thread_token:
-            if self.engine.telemetry.enabled:
-                self.started[key] = trio.current_time()
-                self.emit("step.start", key, metadata={"attempt": attempt})
-            result = await run_attempt(definition, ctx, thread_token)
-        self.post(result)
+            # run_attempt for an async step without a timeout (the only kind that runs
+            # inline), written out: one coroutine frame less on every step's path.
+            try:
+                result: Input = outcome(definition, attempt, await definition.fn(ctx))  # type: ignore[misc]
+            except BaseException as exc:
+                if must_propagate(exc):
+                    raise
+                result = failed(definition, attempt, exc)
+        else:
+            async with self.engine.limiters.hold(definition) as thread_token:
+                if self.engine.telemetry.enabled:
+                    self.started[key] = trio.current_time()
+                    self.emit("step.start", key, metadata={"attempt": attempt})
+                result = await run_attempt(definition, ctx, thread_token)
+        if isinstance(result, ChildRequested):  # a SubWorkflow step: the shell names the child
+            result = self.engine.children.resolve(self.workflow, self.instance, result)
+        return result
 
     async def run_step(self, key: str, attempt: int, scope: trio.CancelScope) -> None:
         with scope:

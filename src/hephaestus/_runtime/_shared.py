@@ -110,6 +110,8 @@ class SharedRuntime:
         """Seconds between polls of the store when no notification came (and heartbeats)."""
         self._replies: dict[str, trio.Event] = {}
         self._finished: dict[str, trio.Event] = {}
+        self._waiting: dict[str, int] = {}
+        """Instance id -> ``wait`` calls on it (its ``_finished`` event goes with the last)."""
         self._serving: set[str] = set()
         self._again: set[str] = set()
         self._letting_go: dict[str, bool] = {}
@@ -610,12 +612,15 @@ class SharedRuntime:
     async def wait(self, instance_id: str) -> Instance:
         """Return the instance once it is terminal, wherever it runs.
 
-        Woken by the store's ``Finished`` notification, and polls every TTL/4.
-        The first look may use this engine's snapshot of an instance it holds;
-        every look after a wake-up reads the store, since the notification can
-        come before this engine's runner has taken in the write that sent it.
-        The event is created before each look, so no wake-up is lost between
-        the look and the wait. Cancelling it changes nothing.
+        An instance a runner of this engine runs is waited for here: its
+        terminal snapshot is the one that runner stored (no read, no
+        notification). Any other is woken by the store's ``Finished``
+        notification, and polls every TTL/4. The first look may use this
+        engine's snapshot of an instance it holds; every look after a wake-up
+        reads the store, since the notification can come before this engine's
+        runner has taken in the write that sent it. The event is created before
+        each look, so no wake-up is lost between the look and the wait.
+        Cancelling it changes nothing.
 
         Raises:
             InstanceNotFound: no instance has that id.
@@ -624,26 +629,64 @@ class SharedRuntime:
         """
         engine = self.engine
         woken = False
-        while True:
-            engine._check_open()
-            finished = self._finished.setdefault(instance_id, trio.Event())
-            entry = engine._registry.get(instance_id)
-            if entry is not None and entry.state is State.STUCK:
-                raise RunnerFailed(stuck_message(engine, entry))
-            snapshot = entry.snapshot if entry is not None and entry.state in _HELD else None
-            if snapshot is not None and not woken:
-                instance = detached_instance(snapshot)
+        self._waiting[instance_id] = self._waiting.get(instance_id, 0) + 1
+        try:
+            while True:
+                engine._check_open()
+                finished = self._finished.setdefault(instance_id, trio.Event())
+                entry = engine._registry.get(instance_id)
+                if entry is not None and entry.state is State.STUCK:
+                    raise RunnerFailed(stuck_message(engine, entry))
+                snapshot = entry.snapshot if entry is not None and entry.state in _HELD else None
+                if snapshot is not None and not woken:
+                    instance = detached_instance(snapshot)
+                else:
+                    instance = await engine._load(instance_id)  # what is stored is the news
+                if instance.status.is_terminal:
+                    return instance
+                woken = True
+                if entry is not None and entry.state is State.LIVE:
+                    done = await self._live_until_done(entry, finished)
+                    if done is not None:
+                        return done
+                else:
+                    with trio.move_on_after(self.poll):
+                        await finished.wait()
+                if finished.is_set() and self._finished.get(instance_id) is finished:
+                    del self._finished[instance_id]
+                if engine._closed:
+                    raise EngineClosed(
+                        f"the engine closed before instance {instance_id!r} finished"
+                    )
+        finally:
+            left = self._waiting.pop(instance_id) - 1
+            if left:
+                self._waiting[instance_id] = left
             else:
-                instance = await engine._load(instance_id)  # what is stored is the news
-            if instance.status.is_terminal:
-                return instance
-            woken = True
-            with trio.move_on_after(self.poll):
-                await finished.wait()
-            if finished.is_set() and self._finished.get(instance_id) is finished:
-                del self._finished[instance_id]
-            if engine._closed:
-                raise EngineClosed(f"the engine closed before instance {instance_id!r} finished")
+                self._finished.pop(instance_id, None)
+
+    async def _live_until_done(self, entry: Entry, finished: trio.Event) -> Instance | None:
+        """Wait, at most a poll, for a LIVE entry's runner to end or a ``Finished`` notification.
+
+        The runner stores the terminal snapshot with its fenced write, then
+        marks the entry FINISHED: that snapshot is returned as it is (no
+        read). The notification may come first; the runner then gets TTL/32
+        more to take in its write. None otherwise (dropped, passivated, a
+        runner later than that, or a poll went by): the caller reads the store.
+        """
+        if entry.finished is None:
+            entry.finished = trio.Event()
+        with trio.move_on_after(self.poll):
+            await _first_of(entry.finished, finished)
+        if finished.is_set():
+            # Stored as finished: the runner is about to take in its write (the store may
+            # tell listeners first). A runner that takes longer costs a read, not a poll.
+            with trio.move_on_after(self.poll / 8):
+                await entry.finished.wait()
+        snapshot = entry.snapshot
+        if entry.state is State.FINISHED and snapshot is not None and snapshot.status.is_terminal:
+            return detached_instance(snapshot)
+        return None
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -709,6 +752,22 @@ class SharedRuntime:
                     type(exc).__name__,
                     exc,
                 )
+
+
+async def _first_of(first: trio.Event, second: trio.Event) -> None:
+    """Return once either event is set."""
+    if first.is_set() or second.is_set():
+        await trio.lowlevel.checkpoint()
+        return
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await second.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await first.wait()
+        nursery.cancel_scope.cancel()
 
 
 def _unwrap(answer: Answer | None) -> Any:

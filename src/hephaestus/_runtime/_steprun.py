@@ -52,12 +52,13 @@ async def run_attempt(
             ),
         )
     except BaseException as exc:  # step code failed: an ordinary step failure
-        if _must_propagate(exc):
+        if must_propagate(exc):
             raise
         return failed(step, ctx.attempt, exc)
 
 
-def _must_propagate(exc: BaseException) -> bool:
+def must_propagate(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by step code) stops more than the step: see ``_PROPAGATE``."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(_PROPAGATE) is not None
     return isinstance(exc, _PROPAGATE)

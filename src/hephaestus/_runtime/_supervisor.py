@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -47,6 +47,11 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 _log = logging.getLogger("hephaestus.engine")
+
+# States every runner's end looks at, looked up once (a member lookup costs ~50 ns on 3.11).
+_LIVE: Final = State.LIVE
+_PASSIVE: Final = State.PASSIVE
+_FINISHED: Final = State.FINISHED
 
 
 def stuck_message(engine: Engine, entry: Entry) -> str:
@@ -163,14 +168,14 @@ async def supervise(
                 )
         if engine._registry.get(entry.id) is entry:
             del engine._registry[entry.id]
-        entry.mark_done(State.FINISHED)
+        entry.mark_done(_FINISHED)
         engine._on_finished(entry.instance)
         if not mailbox.empty():
             drain(engine, entry, EngineClosed("instance finished"))
     finally:
-        if entry.state is not State.PASSIVE and engine._registry.get(entry.id) in (entry, None):
+        if entry.state is not _PASSIVE and engine._registry.get(entry.id) in (entry, None):
             engine.timers.disarm_all(entry.id)
-        if entry.state is State.LIVE:  # the engine is closing
+        if entry.state is _LIVE:  # the engine is closing
             if entry.finished is not None:
                 entry.finished.set()  # wait() callers outside the engine get EngineClosed
             drain(

@@ -33,7 +33,8 @@ class MemoryStorage(StorageBase):
     async def get(self, instance_id: str) -> Instance | None:
         """Return the stored instance, or None."""
         await trio.lowlevel.checkpoint()
-        self._check_open()
+        if not self._is_open:
+            self._check_open()
         blob = self._blobs.get(instance_id)
         return None if blob is None else decode_instance(blob)
 
@@ -45,7 +46,8 @@ class MemoryStorage(StorageBase):
                 from the stored revision (0 when nothing is stored).
         """
         await trio.lowlevel.checkpoint()
-        self._check_open()
+        if not self._is_open:
+            self._check_open()
         instance_id = instance.id
         index = self._index
         stored = index.get(instance_id)

@@ -14,11 +14,12 @@ it is the optional extra ``hephaestus-trio[postgres]``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import time
-from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final
 
 import trio
@@ -32,7 +33,7 @@ from ._errors import NotAStore
 from ._postgres_listen import SYNC_CHANNEL, Listener
 from ._postgres_schema import SchemaError, check_readable, migrate
 from ._postgres_shared import PutOwned
-from ._postgres_writer import Delete, Put, Quarantine, Request, Writer, fault
+from ._postgres_writer import Delete, Put, Quarantine, Request, Writer, ended_by_server, fault
 from ._protocol import QuarantineHandler, StorageBase, report_quarantine, status_filter
 from ._rows import instance_row
 from ._shared import (
@@ -161,6 +162,8 @@ class PostgresStorage(StorageBase):
         self._idle: trio.Event | None = None
         self._commits_before = 0
         self._listener: Listener | None = None
+        self._renewed_at = time.monotonic()
+        """When (``time.monotonic``) a lease was last registered or renewed."""
         self.clock_skew = 0.0
         """Seconds added to the database clock in every lease and due-timer test (tests only)."""
 
@@ -196,9 +199,8 @@ class PostgresStorage(StorageBase):
             open=False,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
             configure=self._configure,
-            # A pooled connection the server ended (a restart, or the idle-in-transaction
-            # timeout after this process was paused) is replaced before use, not failed on.
-            check=self._psycopg_pool.ConnectionPool.check_connection,
+            # No check= : _connection() looks at each connection it takes (no round trip,
+            # and no backoff sleep when it finds one the server ended).
             name=f"hephaestus {redact(self.dsn)}",
         )
         await self._run(pool.open, wait=False)
@@ -408,16 +410,37 @@ class PostgresStorage(StorageBase):
         """
         self._check_writable()
         _check_text("engine id", engine_id)
-        return await self._call(_shared.register, engine_id, self.lease_ttl, self.clock_skew)
+        lease = await self._call(_shared.register, engine_id, self.lease_ttl, self.clock_skew)
+        self._renewed_at = time.monotonic()
+        return lease
 
     async def heartbeat(self, lease: Lease) -> Heartbeat:
         """Renew ``lease`` by the database clock, or start a new epoch if it expired.
+
+        A renewal that comes more than half a TTL after the last one (this
+        process was paused, or cut off), or finds the lease expired, checks
+        every pooled connection and replaces those the server ended
+        meanwhile, before the new epoch serves anything (the writers look at
+        their own connection before each batch).
 
         Raises:
             OSError: the database cannot be reached.
         """
         self._check_writable()
-        return await self._call(_shared.heartbeat, lease, self.lease_ttl, self.clock_skew)
+        late = time.monotonic() - self._renewed_at > self.lease_ttl / 2
+        if late:
+            await self._check_pool()
+        beat = await self._call(_shared.heartbeat, lease, self.lease_ttl, self.clock_skew)
+        self._renewed_at = time.monotonic()
+        if beat.expired and not late:
+            await self._check_pool()
+        return beat
+
+    async def _check_pool(self) -> None:
+        """Replace the pooled connections the server has ended (a round trip each)."""
+        pool = self._pool
+        if pool is not None:
+            await self._run(pool.check)
 
     async def release_engine(self, lease: Lease) -> None:
         """Expire ``lease`` and unown its instances (``Runnable`` if any has work).
@@ -732,11 +755,33 @@ class PostgresStorage(StorageBase):
         except (self._psycopg.Error, self._psycopg_pool.PoolTimeout) as exc:
             raise fault(exc, f"{getattr(fn, '__name__', 'a call')} on {self!r}") from exc
 
-    def _connection(self) -> AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled connection, given back to the pool afterwards (blocking).
+
+        A pooled connection the server ended while it sat in the pool (a
+        restart, or an idle timeout while this process was paused) is
+        dropped and the next one taken, before anything is sent on it.
+
+        Raises:
+            RuntimeError: the store is not open.
+            psycopg_pool.PoolTimeout: no live connection within the timeout.
+        """
         pool = self._pool
         if pool is None:
             raise RuntimeError(f"{self!r} is not open")
-        return pool.connection(timeout=_CONNECT_TIMEOUT_S * 3)
+        deadline = time.monotonic() + _CONNECT_TIMEOUT_S * 3
+        while True:
+            conn = pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+            if not ended_by_server(conn):
+                break
+            conn.close()
+            pool.putconn(conn)  # closed: the pool discards it and opens another
+        try:
+            with conn:
+                yield conn
+        finally:
+            pool.putconn(conn)
 
     async def _submit(self, request: Request) -> Any:
         """Queue ``request`` to its id's writer and wait, uncancellably, for its outcome."""
@@ -771,14 +816,12 @@ class PostgresStorage(StorageBase):
         Raises:
             OSError: the pool has no connection for us in time, or the query failed.
         """
-        pool = self._pool
-        assert pool is not None
-        # A pooled connection the server dropped fails once and leaves the pool;
-        # a read is safe to repeat, so try the next one (all may be stale).
+        # A pooled connection cut without a word fails once and leaves the pool; a
+        # read is safe to repeat, so try the next one (all may be stale).
         for attempt in range(self.pool_size + 1):
             conn: psycopg.Connection[tuple[Any, ...]] | None = None
             try:
-                with pool.connection(timeout=_CONNECT_TIMEOUT_S * 3) as conn:
+                with self._connection() as conn:
                     rows: list[tuple[Any, ...]] = conn.execute(sql.encode(), args).fetchall()
             except self._psycopg.OperationalError as exc:
                 if attempt < self.pool_size and conn is not None and conn.closed:

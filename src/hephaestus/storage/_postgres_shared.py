@@ -21,6 +21,7 @@ where the recipients come from rows, decoded by ``decode_payload``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -360,14 +361,14 @@ _PUT_OWNED_NEW: Final = (
     "INSERT INTO hx_instances (id, workflow, version, status, revision, updated_at, "
     "next_deadline, snapshot, owner_id, owner_epoch) VALUES (%(iid)s, %(workflow)s, "
     "%(version)s, %(status)s, %(revision)s, %(updated_at)s, %(deadline)s, %(snapshot)s, "
-    "%(owner)s, %(owner_epoch)s) ON CONFLICT (id) DO NOTHING RETURNING revision"
+    "%(owner)s, %(owner_epoch)s) ON CONFLICT (id) DO NOTHING RETURNING revision, status"
 )
 _PUT_OWNED: Final = (
     "UPDATE hx_instances SET workflow = %(workflow)s, version = %(version)s, "
     "status = %(status)s, revision = %(revision)s, updated_at = %(updated_at)s, "
     "next_deadline = %(deadline)s, snapshot = %(snapshot)s, owner_id = %(owner)s, "
     "owner_epoch = %(owner_epoch)s WHERE id = %(iid)s AND revision = %(expected)s "
-    "AND owner_id = %(id)s AND owner_epoch = %(epoch)s RETURNING revision"
+    "AND owner_id = %(id)s AND owner_epoch = %(epoch)s RETURNING revision, status"
 )
 _CONSUME: Final = (
     "WITH answered AS (UPDATE hx_inbox b SET consumed = true, answer = v.answer "
@@ -377,10 +378,45 @@ _CONSUME: Final = (
     f"SELECT pg_notify({_CHANNEL_SQL.format('a.sender')}, "
     "json_build_array('replied', a.sender, %(iid)s::text, a.request_id)::text) FROM answered a"
 )
-_RUNNABLE_IF_WORK: Final = (
-    f"SELECT pg_notify('{BROADCAST}', '[\"runnable\"]') FROM hx_instances i "
-    f"WHERE i.id = %(iid)s AND (i.status = 'running' OR {PENDING})"
+_CONSUME_WRITTEN: Final = (
+    "answered AS (UPDATE hx_inbox b SET consumed = true, answer = v.answer "
+    "FROM w, unnest(%(rids)s::text[], %(answers)s::bytea[]) AS v(rid, answer) "
+    "WHERE b.instance_id = %(iid)s AND b.request_id = v.rid AND NOT b.consumed "
+    f"RETURNING pg_notify({_CHANNEL_SQL.format('b.sender')}, "
+    "json_build_array('replied', b.sender, %(iid)s::text, b.request_id)::text))"
 )
+"""Mark the inbox rows consumed with their answers, and notify their senders, if ``w`` wrote."""
+
+
+@functools.cache
+def put_owned_sql(*, new: bool, consumed: bool, terminal: bool, release: bool) -> str:
+    """The one statement of a fenced write: the row, its inbox rows, its notifications.
+
+    It returns one row ``(revision, ...)`` when the fence let the write
+    through, none when it did not; everything else it does depends on that
+    row (``w``), so a refused write changes and sends nothing. Its parts run
+    on one snapshot: the ``Runnable`` test of a released instance leaves out
+    the inbox rows this very statement consumes.
+    """
+    parts = [f"WITH w AS ({_PUT_OWNED_NEW if new else _PUT_OWNED})"]
+    if consumed:
+        parts.append(f", {_CONSUME_WRITTEN}")
+    columns = ["w.revision"]
+    if consumed:
+        columns.append("(SELECT count(*) FROM answered)")
+    if terminal:
+        columns.append(
+            f"pg_notify('{BROADCAST}', json_build_array('finished', %(iid)s::text)::text)"
+        )
+    if release:
+        unconsumed = " AND b.request_id <> ALL(%(rids)s::text[])" if consumed else ""
+        columns.append(
+            f"CASE WHEN w.status = 'running' OR EXISTS (SELECT 1 FROM hx_inbox b "
+            f"WHERE b.instance_id = %(iid)s AND NOT b.consumed{unconsumed}) "
+            f"THEN pg_notify('{BROADCAST}', '[\"runnable\"]') END"
+        )
+    parts.append(f" SELECT {', '.join(columns)} FROM w")
+    return "".join(parts)
 
 
 @final
@@ -421,9 +457,17 @@ class PutOwned:
             "epoch": lease.epoch,
             "expected": expected,
         }
+        if self.consumed:
+            self.args["rids"] = [c.request_id for c in self.consumed]
+            self.args["answers"] = [encode_answer(c.answer) for c in self.consumed]
 
     def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
-        sql = _PUT_OWNED_NEW if self.expected == 0 else _PUT_OWNED
+        sql = put_owned_sql(
+            new=self.expected == 0,
+            consumed=bool(self.consumed),
+            terminal=self.terminal,
+            release=self.release,
+        )
         return conn.execute(sql, self.args)
 
     def finish(
@@ -431,20 +475,6 @@ class PutOwned:
     ) -> outcome.Outcome[Any]:
         if cur.fetchone() is None:
             return outcome.Error(self._refusal(conn))
-        iid = self.instance_id
-        if self.consumed:
-            conn.execute(
-                _CONSUME,
-                {
-                    "iid": iid,
-                    "rids": [c.request_id for c in self.consumed],
-                    "answers": [encode_answer(c.answer) for c in self.consumed],
-                },
-            )
-        if self.terminal:
-            conn.execute("SELECT pg_notify(%s, %s)", encode_payload(Finished(instance_id=iid)))
-        if self.release:
-            conn.execute(_RUNNABLE_IF_WORK, {"iid": iid})
         return outcome.Value(None)
 
     def _refusal(self, conn: psycopg.Connection[tuple[Any, ...]]) -> Exception:

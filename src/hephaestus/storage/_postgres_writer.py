@@ -3,8 +3,11 @@
 As in SQLiteStorage (``_sqlite_writer``): puts and deletes from Trio tasks
 are queued (a thread-safe ``SimpleQueue.put``, no thread hop); the writer
 thread takes everything queued, sends it as one transaction in one pipeline
-(one round trip and one WAL flush for the whole batch) and hands every
-outcome back to Trio with a single ``TrioToken.run_sync_soon`` per batch.
+(``BEGIN``, every row's statement, ``COMMIT``, then one sync: one round trip
+and one WAL flush for the whole batch) and hands every outcome back to Trio
+with a single ``TrioToken.run_sync_soon`` per batch. What a write does beside
+its row (marking inbox rows, notifications) is part of its one statement, so
+no result is waited for before the commit.
 
 Each row is fenced by its expected revision inside the transaction
 (``UPDATE ... WHERE id = %s AND revision = %s``, ``INSERT ... ON CONFLICT DO
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
@@ -78,12 +82,13 @@ Connect = Callable[[], "psycopg.Connection[tuple[Any, ...]]"]
 
 
 class Op(Protocol):
-    """One write of a batch, in two steps inside the batch's transaction and pipeline.
+    """One write of a batch: one statement in the batch's transaction, then its outcome.
 
-    ``send`` queues its statement and returns the cursor; after the pipeline
-    synced, ``finish`` reads that cursor and returns the outcome, and may queue
-    follow-up statements (marking inbox rows, notifications) whose results it
-    does not read: they commit with the batch, or fail it.
+    ``send`` queues its statement (everything the write changes and sends
+    rides in it) and returns the cursor. Once the batch has committed,
+    ``finish`` reads that cursor and returns the outcome; to explain a
+    refusal it may read the row again (a read outside the transaction: under
+    READ COMMITTED it sees what a read inside it would), never write.
     """
 
     instance_id: str
@@ -183,6 +188,30 @@ def conflict(
     )
 
 
+def ended_by_server(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """True when the server has closed, or is closing, idle ``conn`` (no round trip, no wait).
+
+    An idle connection of ours has nothing to read, unless the server spoke
+    unasked: it says why it ends a session (``FATAL``: terminated, idle
+    timeout, shutting down) just before it closes the socket. Either counts.
+    Nothing is sent here, so a request that then goes out on a new connection
+    cannot have been applied twice. A connection cut without a word (a
+    network partition) is not noticed: its next request fails with ``OSError``.
+    """
+    if conn.closed:
+        return True
+    pgconn = conn.pgconn
+    if pgconn.status != _CONNECTION_OK:
+        return True
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+_CONNECTION_OK: Final = 0
+"""libpq's ``CONNECTION_OK``."""
+
+
 def fault(exc: BaseException, what: str) -> OSError:
     """The OSError callers get for an error of PostgreSQL or of the connection."""
     name = type(exc).__name__
@@ -198,7 +227,8 @@ class Writer:
     """The writer thread and its queue. ``submit`` from Trio; everything else is internal.
 
     Counters (for tests and benchmarks): ``commits`` (transactions committed),
-    ``requests`` (requests those carried).
+    ``requests`` (requests those carried), ``reconnects`` (connections found
+    closed by the server before a batch, and replaced).
     """
 
     def __init__(self, connect: Connect, token: trio.lowlevel.TrioToken, describe: str) -> None:
@@ -209,6 +239,7 @@ class Writer:
         self._queue: BatchQueue[Request] = BatchQueue(MAX_BATCH)
         self.commits = 0
         self.requests = 0
+        self.reconnects = 0
         self._thread = threading.Thread(
             target=self._loop, name=f"hephaestus-pg-writer {describe}", daemon=True
         )
@@ -237,9 +268,20 @@ class Writer:
                     self._conn.close()
 
     def _run(self, batch: list[Request]) -> None:
-        """Apply ``batch`` in one transaction and set every request's outcome."""
+        """Apply ``batch`` in one transaction and set every request's outcome.
+
+        A connection the server closed while it was idle (this process was
+        paused past the server's patience, the server restarted) is replaced
+        before anything is sent on it, so the batch does not fail for it.
+        """
         ordered = sorted(batch, key=lambda r: r.op.instance_id)
         try:
+            stale = self._conn
+            if stale is not None and ended_by_server(stale):
+                self._conn = None
+                self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    stale.close()
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
             results = apply_batch(self._conn, ordered)
@@ -266,15 +308,28 @@ class Writer:
 def apply_batch(
     conn: psycopg.Connection[tuple[Any, ...]], batch: Sequence[Request]
 ) -> list[outcome.Outcome[Any]]:
-    """Run ``batch`` in one transaction, pipelined; return each request's outcome.
+    """Run ``batch`` in one transaction in one round trip; return each request's outcome.
+
+    ``BEGIN``, each request's statement and ``COMMIT`` go out in one pipeline,
+    synced once when it closes. A statement that fails makes PostgreSQL skip
+    the rest up to that sync, ``COMMIT`` included: the transaction is left
+    failed and the caller closes the connection, which rolls it back.
 
     Raises:
-        psycopg.Error: the transaction failed (rolled back: nothing stored).
+        psycopg.Error: the transaction failed (rolled back: nothing stored),
+            or it did not end in a commit.
     """
-    with conn.transaction(), conn.pipeline() as pipeline:
+    with conn.pipeline():
+        conn.execute(b"BEGIN")
         cursors = [request.op.send(conn) for request in batch]
-        pipeline.sync()
-        return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
+        end = conn.execute(b"COMMIT")
+    if end.statusmessage != "COMMIT":  # what PostgreSQL answers a failed transaction's COMMIT
+        import psycopg
+
+        raise psycopg.OperationalError(
+            f"the transaction ended in {end.statusmessage!r}, not COMMIT: nothing was stored"
+        )
+    return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
 
 
 def _deliver(batch: list[Request]) -> None:
