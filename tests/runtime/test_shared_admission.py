@@ -287,3 +287,31 @@ async def test_an_instance_no_engine_runs_is_not_claimed_again_and_again(
             assert node.events.count("engine.claim") == 0
         assert (await store.get(ghost_id)).status is hx.Status.RUNNING  # type: ignore[union-attr]
         assert store.owner(ghost_id) is None
+
+
+async def test_a_start_whose_lease_expired_during_its_write_does_not_run_a_recover(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The renewal that finds the lease expired drops the new entry while its PENDING
+    # write is under way, mailing it the runner's "lease lost" fault. Forwarded as a
+    # request, that Recover made the PENDING instance RUNNING outside admission (a
+    # write refused with AdmissionFull, retried with backoff while the slots were taken).
+    # Found by property_tests/test_shared_admission_properties.py.
+    clock = VirtualClock()
+    store = CountingStore("limited", 2, clock=clock, lease_ttl=TTL)
+    limited, _ = limited_workflow(2)
+    async with trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [limited], clock)
+        b = await spawn(nursery, store, [limited], clock)
+        for _ in range(2):  # past its lease: the renewal waiting meanwhile finds it expired
+            a.conn.pause()
+            await trio.sleep(1.5 * TTL)
+            a.conn.resume()
+        # while that renewal returns: z0 and z1 take the slots, z2's write is under way
+        ids = [await (a, b, a)[n].engine.start(limited, f"z{n}", {"n": 4 - n}) for n in range(3)]
+        finals = [await b.engine.wait(i) for i in ids]
+        nursery.cancel_scope.cancel()
+    assert [final.status for final in finals] == [hx.Status.COMPLETED] * 3
+    assert [r.getMessage() for r in caplog.records if "AdmissionFull" in r.getMessage()] == []
+    assert store.over == []
+    assert store.granted == ids
