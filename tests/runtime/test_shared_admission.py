@@ -8,6 +8,7 @@ slots were granted, so FIFO is checked against the stored queue keys.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -315,3 +316,62 @@ async def test_a_start_whose_lease_expired_during_its_write_does_not_run_a_recov
     assert [r.getMessage() for r in caplog.records if "AdmissionFull" in r.getMessage()] == []
     assert store.over == []
     assert store.granted == ids
+
+
+@hx.step(events=("done",))
+async def slow(ctx: hx.StepContext) -> hx.StepResult:
+    await trio.sleep(3.0)
+    return "done"
+
+
+one_step = hx.Workflow(
+    "one_step", start=slow, transitions={(slow, "done"): hx.Done}, unique=hx.Unique("one")
+)
+
+
+def drops(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if "dropped by" in r.getMessage()]
+
+
+async def test_drops_after_a_pause_past_the_lease_are_info_not_warnings(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What test_postgres_scaleout's SIGSTOP run logged as "dropped ... owned by nobody":
+    # the paused engine's runner wrote after another engine had taken the instance over and
+    # finished it (released: owner null). The fence did its job; that is no warning.
+    caplog.set_level(logging.INFO, logger="hephaestus.engine")
+    clock = VirtualClock()
+    store = MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    async with trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [one_step], clock, passivate_after=None)
+        b = await spawn(nursery, store, [one_step], clock)
+        x = await a.engine.start(one_step, "x")
+        await trio.sleep(0.5)
+        a.conn.pause()
+        done = await b.engine.wait(x)  # b took it over after the TTL and ran it again
+        await trio.sleep(TTL)
+        a.conn.resume()  # a's step finished meanwhile: its write is fenced
+        await trio.sleep(TTL)
+        nursery.cancel_scope.cancel()
+    assert done.status is hx.Status.COMPLETED
+    found = drops(caplog)
+    assert found, "the paused engine's stale write was not fenced"
+    assert {level for level, _ in found} == {logging.INFO}
+    assert all("(its lease had lapsed)" in message for _, message in found)
+
+
+async def test_a_drop_while_the_lease_is_live_stays_a_warning(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = VirtualClock()
+    store = MemorySharedStorage(clock=clock, lease_ttl=TTL)
+    async with trio.open_nursery() as nursery:
+        a = await spawn(nursery, store, [one_step], clock, passivate_after=None)
+        x = await a.engine.start(one_step, "x")
+        await trio.sleep(2.0)  # the step ends at 3 s, while the intruder's lease is live
+        assert store.owner(x) is not None
+        intruder = await store.register("intruder")
+        store._rows[x].owner = intruder  # taken from a live owner: what a real race would do
+        await trio.sleep(3.0)
+        nursery.cancel_scope.cancel()
+    assert [level for level, _ in drops(caplog)] == [logging.WARNING]
