@@ -7,6 +7,12 @@ PENDING and admitted first come first served: by ``created_at``, then by the
 ``sequence`` the engine gave them when they were started (both stored, so the
 order survives restarts), then by id.
 
+On a shared storage the store applies these rules for every engine at once
+(``SharedStorage.put_limited``): the limit is the writer's :func:`limits`,
+a slot is what :func:`holds_slot` says, and the queue runs in the order the
+store stored the PENDING instances, since the engines' start sequences tie
+across engines.
+
 Pure: no I/O, no trio.
 """
 

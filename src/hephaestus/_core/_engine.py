@@ -270,6 +270,8 @@ class Transition:
 
     __slots__ = ("changed", "commands", "instance", "notes", "reply")
 
+    # The fast paths pass every argument by position: keywords cost ~0.15 us a call there.
+
     def __init__(
         self,
         instance: Instance,
@@ -356,7 +358,7 @@ def start_new(
         ),
         (RunStep(step=key, attempt=1, config=None),),
         None,
-        changed=True,
+        True,
     )
 
 
@@ -559,7 +561,7 @@ def _fast_start(workflow: Workflow, instance: Instance, now: float) -> Transitio
         ),
         (RunStep(step=key, attempt=1, config=instance.configs.get(key)),),
         None,
-        changed=True,
+        True,
     )
 
 
@@ -611,8 +613,8 @@ def _fast_succeeded(
             ),
             (Finished(status=status),),
             None,
-            changed=True,
-            notes=(ended, InstanceFinished(status=status, error_type=None)),
+            True,
+            (ended, InstanceFinished(status=status, error_type=None)),
         )
     target, config = edge.targets[0]
     if target in completed or target == step:
@@ -638,8 +640,8 @@ def _fast_succeeded(
         ),
         (RunStep(step=target, attempt=1, config=configs.get(target)),),
         None,
-        changed=True,
-        notes=(ended,),
+        True,
+        (ended,),
     )
 
 
@@ -686,8 +688,8 @@ def _fast_suspended(
         ),
         commands,
         None,
-        changed=True,
-        notes=(Suspended(step=step, attempt=event.attempt, timeout=timeout),),
+        True,
+        (Suspended(step=step, attempt=event.attempt, timeout=timeout),),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
+import math
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -262,18 +263,24 @@ class SharedAdmission(Admission):
     claims those instances and finishes them.
     """
 
-    __slots__ = ("expected", "shared")
+    __slots__ = ("expected", "healed_at", "shared")
 
     def __init__(self, engine: Engine, workflows: list[Workflow], shared: SharedRuntime) -> None:
         super().__init__(engine, workflows)
         self.shared = shared
         self.expected: set[str] = set()
         """PENDING instances the claimer claimed with a slot, to start once adopted."""
+        self.healed_at = -math.inf
+        """Trio time of the last :meth:`heal`."""
 
     def expect(self, instance: Instance) -> None:
         """Note that a claim took PENDING ``instance`` (it holds a slot): start it once adopted."""
         if instance.status is Status.PENDING and instance.workflow in self.limits:
             self.expected.add(instance.id)
+            # It holds its slot, so its Start is a plain (group-committed) fenced write: the
+            # slot flag stays, and a write that could have cleared it would have changed its
+            # revision, which the fence checks.
+            self.shared.leased.slotted.add(instance.id)
 
     def try_admit(self, name: str, instance_id: str) -> bool:
         """Never admit on the spot: the store decides, in the PENDING write."""
@@ -315,9 +322,16 @@ class SharedAdmission(Admission):
     async def heal(self) -> None:
         """Have the store hand free slots to its queues; let go of PENDING instances held here.
 
-        Never raises (storage errors are logged; the next round tries again).
+        At most once per poll interval (TTL/4), however often the claimer is
+        woken: the writes that free slots hand them on themselves, this only
+        mends what other writes left. Never raises (storage errors are logged;
+        the next round tries again).
         """
         engine = self.engine
+        now = trio.current_time()
+        if now < self.healed_at + self.shared.poll:
+            return
+        self.healed_at = now
         for name, limit in self.limits.items():
             try:
                 await self.shared.store.admit_pending(name, max_active=limit)

@@ -301,7 +301,8 @@ class Engine:
         entry.passivate()
         self.admission.enqueue(instance)
         for message in queued:
-            self._nursery.start_soon(self._forward, instance.id, message)
+            if message.fault is None:  # a fault was for a runner (a lost lease): none runs it
+                self._nursery.start_soon(self._forward, instance.id, message)
 
     async def _forward(self, instance_id: str, message: Message) -> None:
         """Apply a request mailed to an entry that nobody will run by mail, and answer it."""

@@ -125,7 +125,7 @@ class LeasedStorage:
     fenced writes.
     """
 
-    __slots__ = ("lease", "limits", "shared", "slotted")
+    __slots__ = ("lease", "limits", "renewed_at", "shared", "slotted")
 
     def __init__(
         self, shared: SharedStorage, lease: Lease, limits: dict[str, int] | None = None
@@ -136,6 +136,16 @@ class LeasedStorage:
         """``max_active`` by workflow name (this engine's highest versions)."""
         self.slotted: set[str] = set()
         """Ids this engine wrote admitted (RUNNING or WAITING) through ``put_limited``."""
+        self.renewed_at = trio.current_time()
+        """Trio time just after the store last renewed (or handed out) ``lease``."""
+
+    def lapsed(self, ttl: float) -> bool:
+        """True when ``lease`` has certainly expired: no renewal came back for a whole TTL.
+
+        The store renewed it at the latest when its answer came back, so a TTL
+        after that it is over (an engine paused or cut off that long).
+        """
+        return trio.current_time() - self.renewed_at >= ttl
 
     @property
     def is_open(self) -> bool:
@@ -299,6 +309,7 @@ async def renew(runtime: SharedRuntime, seen: Lease) -> None:
             return
         beat = await runtime.store.heartbeat(seen)
         if not beat.expired:
+            runtime.leased.renewed_at = trio.current_time()
             return
         _log.warning(
             "engine %s found its lease (epoch %d) expired; dropping its instances and "
@@ -311,5 +322,6 @@ async def renew(runtime: SharedRuntime, seen: Lease) -> None:
             LeaseLost(f"the lease of engine {seen.engine_id} (epoch {seen.epoch}) expired")
         )
         runtime.leased.lease = beat.lease
+        runtime.leased.renewed_at = trio.current_time()
         runtime.emit("engine.lease", metadata={"expired_epoch": seen.epoch})
         runtime.claimer_wake.set()

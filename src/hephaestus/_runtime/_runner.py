@@ -161,14 +161,16 @@ class Runner:
         mailbox = entry.mailbox
         assert mailbox is not None
         try:
-            self.carry_out(first_commands, inline=True)
-            inline = self.inline
-            if inline is not None and mailbox.empty() and not self.pending:
+            lone = self.lone_inline(first_commands)
+            if lone is None:
+                self.carry_out(first_commands, inline=True)
+            elif mailbox.empty():
                 # What serve would do first, one frame higher: the steps of a linear
                 # instance then run with a frame less on every resume.
                 entry.runner = self
-                self.inline = None
-                await self.run_chain(mailbox, *inline)
+                await self.run_chain(mailbox, lone.step, lone.attempt)
+            else:
+                self.inline = (lone.step, lone.attempt)  # after what came first
             if not await self.serve(mailbox):
                 async with trio.open_nursery() as nursery:
                     # From here on finishing the instance cancels the nursery: the step
@@ -607,13 +609,11 @@ class Runner:
                         if telemetry.enabled:
                             self.report(event, before, transition)
                         commands = transition.commands
-                        following = commands[0] if len(commands) == 1 else None
-                        if type(following) is RunStep and self.inlinable(following.step, commands):
-                            # carry_out's inline case, without carry_out.
-                            key, attempt = following.step, following.attempt
-                        else:
-                            following = None
+                        following = self.lone_inline(commands)
+                        if following is None:
                             self.carry_out(commands, inline=True)
+                        else:
+                            key, attempt = following.step, following.attempt
                     finally:
                         token.release()
                     if following is None:
@@ -847,6 +847,18 @@ class Runner:
                             self.post_wake()
                 case StartChild() | CancelChild():
                     self.engine._carry_out_child(command)
+
+    def lone_inline(self, commands: Sequence[Command]) -> RunStep | None:
+        """The step to run inline next if ``commands`` are that one step alone, else None.
+
+        That is :meth:`carry_out`'s inline case without carry_out: nothing else
+        to carry out, no scope of an earlier attempt to cancel (an inline step
+        needs no other step running).
+        """
+        first = commands[0] if len(commands) == 1 else None
+        if type(first) is RunStep and self.inlinable(first.step, commands):
+            return first
+        return None
 
     def inlinable(self, step: str, commands: Sequence[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.

@@ -245,7 +245,17 @@ class SharedRuntime:
         if running and entry.mailbox is not None:
             entry.mailbox.put_back([Message(Recover(), fault=cause)])
         if first:
-            _log.warning("instance %r dropped by engine %s: %s", instance_id, self.engine_id, cause)
+            # After a pause past the lease, fenced writes and drops are the design at work
+            # (INFO); a drop while the lease should be live points at a race (WARNING).
+            lapsed = self.leased.lapsed(self.store.lease_ttl)
+            _log.log(
+                logging.INFO if lapsed else logging.WARNING,
+                "instance %r dropped by engine %s%s: %s",
+                instance_id,
+                self.engine_id,
+                " (its lease had lapsed)" if lapsed else "",
+                cause,
+            )
             workflow = None if entry.workflow is None else entry.workflow.name
             self.emit("runner.drop", instance_id, workflow, metadata={"reason": str(cause)})
 

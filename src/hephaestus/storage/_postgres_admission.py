@@ -7,11 +7,12 @@ locks the workflow's row of ``hx_admission`` (``SELECT ... FOR UPDATE``), so
 two engines admitting instances of one workflow at once are serialised and
 each counts what the other committed (READ COMMITTED reads a new snapshot per
 statement). The queue is the PENDING rows without a slot, ordered by
-``(created_at, sequence, id)`` (the core's ``queue_key``), with a partial
-index; slots are handed on in the same transaction that frees them
-(:func:`fill`), so a PENDING row given a slot is claimable at once
-(``claim``: status ``'pending'`` and ``slot``) whatever happens to the engine
-that freed it.
+``queued`` then id (a partial index): ``nextval('hx_queue_order')``, taken
+under the workflow's lock by the write that made the row PENDING, so the
+order those writes committed in, the same for every engine. Slots are handed
+on in the same transaction that frees them (:func:`fill`), so a PENDING row
+given a slot is claimable at once (``claim``: status ``'pending'`` and
+``slot``) whatever happens to the engine that freed it.
 
 These writes are not group-committed (they take the admission row's lock,
 which a batch of other rows must not wait on); only writes that may change a
@@ -43,24 +44,25 @@ _QUEUED: Final = "status = 'pending' AND slot IS NOT TRUE"
 
 _FILL: Final = (
     "WITH picked AS (SELECT id FROM hx_instances WHERE workflow = %(wf)s AND "
-    f"{_QUEUED} ORDER BY created_at, sequence, id LIMIT greatest(0, %(n)s - "
+    f"{_QUEUED} ORDER BY queued, id LIMIT greatest(0, %(n)s - "
     f"(SELECT count(*) FROM hx_instances WHERE workflow = %(wf)s AND {_HOLDS})) "
     "FOR UPDATE) UPDATE hx_instances u SET slot = true FROM picked WHERE u.id = picked.id "
     "RETURNING u.id"
 )
 _INSERT: Final = (
     "INSERT INTO hx_instances (id, workflow, version, status, revision, updated_at, "
-    "next_deadline, snapshot, owner_id, owner_epoch, slot, created_at, sequence) VALUES "
+    "next_deadline, snapshot, owner_id, owner_epoch, slot, queued) VALUES "
     "(%(iid)s, %(workflow)s, %(version)s, %(status)s, %(revision)s, %(updated_at)s, "
-    "%(deadline)s, %(snapshot)s, %(owner)s, %(owner_epoch)s, %(slot)s, %(created_at)s, "
-    "%(sequence)s)"
+    "%(deadline)s, %(snapshot)s, %(owner)s, %(owner_epoch)s, %(slot)s, "
+    "CASE WHEN %(joins)s THEN nextval('hx_queue_order') END)"
 )
 _UPDATE: Final = (
     "UPDATE hx_instances SET workflow = %(workflow)s, version = %(version)s, "
     "status = %(status)s, revision = %(revision)s, updated_at = %(updated_at)s, "
     "next_deadline = %(deadline)s, snapshot = %(snapshot)s, owner_id = %(owner)s, "
-    "owner_epoch = %(owner_epoch)s, slot = %(slot)s, created_at = %(created_at)s, "
-    "sequence = %(sequence)s WHERE id = %(iid)s"
+    "owner_epoch = %(owner_epoch)s, slot = %(slot)s, "
+    "queued = CASE WHEN %(joins)s THEN nextval('hx_queue_order') ELSE queued END "
+    "WHERE id = %(iid)s"
 )
 _UNRUNNABLE: Final = (
     "SELECT i.id, i.workflow, i.version FROM hx_instances i WHERE "
@@ -130,7 +132,7 @@ def put_limited(
     with conn.transaction():
         _lock(conn, workflow)
         stored = conn.execute(
-            "SELECT revision, owner_id, owner_epoch, status, slot, created_at, sequence "
+            "SELECT revision, owner_id, owner_epoch, status, slot, queued "
             "FROM hx_instances WHERE id = %s FOR UPDATE",
             (iid,),
         ).fetchone()
@@ -148,8 +150,9 @@ def put_limited(
             "owner": None if release else lease.engine_id,
             "owner_epoch": None if release else lease.epoch,
             "slot": slot,
-            "created_at": instance.created_at,
-            "sequence": instance.sequence,
+            # a row made PENDING (new, or finished before) joins the end of the queue
+            "joins": instance.status is Status.PENDING
+            and (stored is None or str(stored[3]) != Status.PENDING.value),
         }
         conn.execute(_INSERT if stored is None else _UPDATE, args)
         if consumed:
@@ -218,8 +221,8 @@ def _slot_for(conn: Any, instance: Instance, stored: Any, max_active: int) -> bo
     if old_status is Status.PENDING:  # queued itself: only those before it count
         ahead = conn.execute(
             f"SELECT EXISTS (SELECT 1 FROM hx_instances WHERE workflow = %s AND {_QUEUED} "
-            "AND id <> %s AND (created_at, sequence, id) < (%s, %s, %s))",
-            (name, instance.id, stored[5], stored[6], instance.id),
+            "AND id <> %s AND (queued, id) < (%s, %s))",
+            (name, instance.id, stored[5], instance.id),
         ).fetchone()[0]
     else:
         ahead = conn.execute(

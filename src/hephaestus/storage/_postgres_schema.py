@@ -24,11 +24,11 @@ Schema version 2 adds what several engines sharing the store need
 
 Schema version 3 adds ``max_active`` across engines (``SharedStorage.put_limited``)::
 
-    hx_instances + slot, created_at, sequence
-                                   the admission slot flag (it counts while the row is
-                                   not terminal) and the queue key of a PENDING row
+    hx_instances + slot, queued    the admission slot flag (it counts while the row is
+                                   not terminal) and a PENDING row's place in its
+                                   workflow's queue (from the sequence hx_queue_order)
         index (workflow) WHERE slot            counting a workflow's slots
-        index (workflow, created_at, sequence, id) WHERE pending without a slot
+        index (workflow, queued, id) WHERE pending without a slot
                                                the admission queue, first in first
         index (id) WHERE pending with a slot   claims of admitted, unstarted rows
     hx_admission(workflow PRIMARY KEY)   one row per limited workflow name, locked
@@ -114,10 +114,10 @@ MIGRATIONS: Final[list[str]] = [
     # 2 -> 3: max_active across engines (admission slots and queues).
     """
     ALTER TABLE hx_instances ADD COLUMN slot boolean;
-    ALTER TABLE hx_instances ADD COLUMN created_at double precision;
-    ALTER TABLE hx_instances ADD COLUMN sequence bigint;
+    ALTER TABLE hx_instances ADD COLUMN queued bigint;
+    CREATE SEQUENCE hx_queue_order;
     CREATE INDEX hx_instances_slots ON hx_instances (workflow) WHERE slot;
-    CREATE INDEX hx_instances_queue ON hx_instances (workflow, created_at, sequence, id)
+    CREATE INDEX hx_instances_queue ON hx_instances (workflow, queued, id)
         WHERE status = 'pending' AND slot IS NOT TRUE;
     CREATE INDEX hx_instances_startable ON hx_instances (id)
         WHERE status = 'pending' AND slot IS TRUE;

@@ -555,8 +555,10 @@ class SharedStorage(Protocol):
           PENDING row without a slot queues before it (any, for a row that is
           not PENDING), else :class:`AdmissionFull` and nothing is stored;
         * PENDING ``instance``: stored with the slot its row holds (none for a
-          new row); it queues by :func:`~hephaestus._core._admission.queue_key`
-          (``created_at``, ``sequence``, id);
+          new row). It queues in the order of the writes that made rows
+          PENDING (a new row, or a finished one started again): the store's
+          creation order, the same for every engine whatever their clocks
+          (a PENDING rewrite keeps its place);
         * terminal ``instance``: its slot is freed.
 
         Then, still in the transaction, the freed or free slots are handed on
@@ -575,7 +577,7 @@ class SharedStorage(Protocol):
         """Give free slots of ``workflow`` to its PENDING rows, first in first; return how many.
 
         While fewer than ``max_active`` rows of ``workflow`` hold a slot, the
-        PENDING row without one that is first by queue key gets one. A
+        PENDING row without one that is first in the queue gets one. A
         :class:`Runnable` is sent when any did. Claimers call this now and then,
         so that slots freed by a write that did not hand them on (a plain
         ``put`` from a tool, a limit raised) reach the queue.

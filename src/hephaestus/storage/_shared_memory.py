@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol, final
 
 import trio
 
-from .._core._admission import holds_slot, queue_key
+from .._core._admission import holds_slot
 from .._core._codec import decode_instance, encode_instance
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
@@ -69,9 +69,9 @@ class _Row:
 
     __slots__ = (
         "blob",
-        "key",
         "next_deadline",
         "owner",
+        "queue",
         "revision",
         "slot",
         "status",
@@ -79,7 +79,13 @@ class _Row:
         "workflow",
     )
 
-    def __init__(self, instance: Instance, owner: Lease | None, slot: bool = False) -> None:
+    def __init__(
+        self,
+        instance: Instance,
+        owner: Lease | None,
+        slot: bool = False,
+        queue: tuple[int, float, str] | None = None,
+    ) -> None:
         self.blob = encode_instance(instance)
         self.workflow = instance.workflow
         self.version = instance.version
@@ -89,8 +95,9 @@ class _Row:
         self.owner = owner
         self.slot = slot
         """The admission slot flag (``put_limited``); it counts while the row is not terminal."""
-        self.key = queue_key(instance)
-        """The row's place in its workflow's admission queue while it is PENDING."""
+        self.queue = queue if queue is not None else (1, instance.created_at, instance.id)
+        """The row's place in its workflow's admission queue while it is PENDING: the order
+        ``put_limited`` stored it PENDING in, first (rows stored PENDING otherwise go last)."""
 
     @property
     def holds_slot(self) -> bool:
@@ -126,6 +133,8 @@ class MemorySharedStorage(StorageBase):
         self._inbox: dict[str, dict[str, InboxRow]] = {}
         """instance id -> request id -> row (insertion order is seq order)."""
         self._seq = itertools.count(1)
+        self._queued = itertools.count(1)
+        """The admission queue's order: one more for every instance stored PENDING."""
         self.fenced_writes = 0
         """How many fenced writes were refused with LeaseLost (a test control)."""
         self._subscribers: dict[int, tuple[str, trio.MemorySendChannel[Notification]]] = {}
@@ -353,7 +362,10 @@ class MemorySharedStorage(StorageBase):
         self._fence(lease, instance, row, expected_revision)
         slot = self._slot_for(instance, row, max_active)
         self._write(instance, None if release else lease)
-        self._rows[instance.id].slot = slot
+        written = self._rows[instance.id]
+        written.slot = slot
+        if instance.status is Status.PENDING and (row is None or row.status is not Status.PENDING):
+            written.queue = (0, float(next(self._queued)), "")  # joins the queue's end
         self._consume(instance.id, consumed)
         if instance.status.is_terminal:
             self._send(Finished(instance_id=instance.id))
@@ -497,8 +509,12 @@ class MemorySharedStorage(StorageBase):
         previous = self._rows.get(instance.id)
         if previous is None:
             self._sorted = None
-        # The slot flag is a column of its own: only put_limited changes it.
-        self._rows[instance.id] = _Row(instance, owner, previous is not None and previous.slot)
+        # The slot flag and the queue place are columns of their own: put_limited sets them.
+        self._rows[instance.id] = (
+            _Row(instance, owner)
+            if previous is None
+            else _Row(instance, owner, previous.slot, previous.queue)
+        )
 
     def _fence(
         self, lease: Lease, instance: Instance, row: _Row | None, expected_revision: int
@@ -538,7 +554,7 @@ class MemorySharedStorage(StorageBase):
             if other.workflow != name or iid == instance.id:
                 continue
             held += other.holds_slot
-            if other.queued and (row is None or not row.queued or other.key < row.key):
+            if other.queued and (row is None or not row.queued or other.queue < row.queue):
                 queued_ahead = True
         if held >= max_active or queued_ahead:
             raise AdmissionFull(
@@ -552,7 +568,7 @@ class MemorySharedStorage(StorageBase):
         free = max_active - sum(row.holds_slot for row in rows)
         if free <= 0:
             return 0
-        queued = sorted((row for row in rows if row.queued), key=lambda row: row.key)
+        queued = sorted((row for row in rows if row.queued), key=lambda row: row.queue)
         promoted = queued[:free]
         for row in promoted:
             row.slot = True
