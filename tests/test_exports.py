@@ -83,6 +83,14 @@ def test_errors_share_one_base_and_keep_their_builtin_parents() -> None:
     assert issubclass(hx.DefinitionChanged, hx.EventRejected)
 
 
+def test_the_shared_storage_errors_a_caller_or_a_store_meets_are_exported() -> None:
+    # A store implementing hx.SharedStorage raises them; a retry caller on a full
+    # max_active meets AdmissionFull and can catch it as the EventRejected it is.
+    assert hx.AdmissionFull is hx.storage.AdmissionFull
+    assert issubclass(hx.AdmissionFull, hx.EventRejected)
+    assert issubclass(hx.LeaseLost, hx.HephaestusError)
+
+
 def test_only_the_documented_modules_are_public() -> None:
     import pkgutil
 

@@ -50,6 +50,7 @@ from ._runtime._open import open_engine as open_engine
 from ._runtime._schedules import Schedule as Schedule
 from ._telemetry import LogHandler as LogHandler
 from ._telemetry import TelemetryEvent as TelemetryEvent
+from .storage import AdmissionFull as AdmissionFull
 from .storage import FileStorage as FileStorage
 from .storage import LeaseLost as LeaseLost
 from .storage import MemorySharedStorage as MemorySharedStorage
@@ -117,6 +118,7 @@ __all__ = [
     "RunnerFailed",
     "EngineClosed",
     "LeaseLost",
+    "AdmissionFull",
     # helpers
     "testing",
 ]
