@@ -177,7 +177,7 @@ async def test_cancel_of_pending_and_admitted_and_retry_needs_a_slot(
         await b.engine.cancel(q)  # a queued one leaves the queue: nothing admitted
         assert store.slots("flaky") == [p]
         # retry of a FAILED instance needs a slot: none is free, so it is refused
-        with pytest.raises(hx.EventRejected, match="max_active=1"):
+        with pytest.raises(hx.AdmissionFull, match="max_active=1"):
             await b.engine.retry(f)
         assert (await b.engine.get(f)).status is hx.Status.FAILED
         await a.engine.cancel(p)  # an admitted one frees its slot, which r gets
@@ -375,3 +375,13 @@ async def test_a_drop_while_the_lease_is_live_stays_a_warning(
         await trio.sleep(3.0)
         nursery.cancel_scope.cancel()
     assert [level for level, _ in drops(caplog)] == [logging.WARNING]
+
+
+def test_an_owners_admission_refusal_reaches_a_remote_caller_as_admission_full() -> None:
+    # The owner stores the refusal's class name in the inbox answer; the caller's
+    # engine raises the same hx exception (EventRejected for a name it lacks).
+    from hephaestus._runtime._shared import _error_class
+
+    assert _error_class("AdmissionFull") is hx.AdmissionFull
+    assert _error_class("EventRejected") is hx.EventRejected
+    assert _error_class("NoSuchErrorInThisRelease") is hx.EventRejected

@@ -52,6 +52,7 @@ from .._core._errors import (
 )
 from .._core._model import Instance
 from .._core._workflow import Workflow
+from ..storage import _shared as _store_errors
 from ..storage._shared import (
     Accepted,
     Answer,
@@ -91,8 +92,11 @@ def new_engine_id() -> str:
 
 
 def _error_class(name: str) -> Callable[[str], HephaestusError]:
-    """The ``hx`` exception an answer names (EventRejected for a name this release lacks)."""
-    found = getattr(_errors, name, None)
+    """The ``hx`` exception an answer names (EventRejected for a name this release lacks).
+
+    The core's errors, and the shared store's (``AdmissionFull``, ``LeaseLost``).
+    """
+    found = getattr(_errors, name, None) or getattr(_store_errors, name, None)
     if isinstance(found, type) and issubclass(found, HephaestusError):
         return found
     return EventRejected
