@@ -26,7 +26,16 @@ from typing import Any, Final
 
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
-from ._postgres_shared import _CONSUME, _RUNS, _STARTABLE, NOT_HELD, NOW, PENDING, encode_payload
+from ._postgres_shared import (
+    _CONSUME,
+    _RUNS,
+    _STARTABLE,
+    NOT_HELD,
+    NOW,
+    PENDING,
+    encode_payload,
+    owned_row_args,
+)
 from ._rows import Row
 from ._shared import (
     AdmissionFull,
@@ -128,7 +137,7 @@ def put_limited(
     Raises:
         LeaseLost, RevisionConflict, AdmissionFull: nothing stored.
     """
-    iid, workflow, version, status, revision, updated_at, deadline, snapshot = row
+    iid, workflow, *_ = row
     with conn.transaction():
         _lock(conn, workflow)
         stored = conn.execute(
@@ -138,22 +147,12 @@ def put_limited(
         ).fetchone()
         _fence(iid, lease, stored, expected)
         slot = _slot_for(conn, instance, stored, max_active)
-        args = {
-            "iid": iid,
-            "workflow": workflow,
-            "version": version,
-            "status": status,
-            "revision": revision,
-            "updated_at": updated_at,
-            "deadline": deadline,
-            "snapshot": snapshot,
-            "owner": None if release else lease.engine_id,
-            "owner_epoch": None if release else lease.epoch,
-            "slot": slot,
-            # a row made PENDING (new, or finished before) joins the end of the queue
-            "joins": instance.status is Status.PENDING
-            and (stored is None or str(stored[3]) != Status.PENDING.value),
-        }
+        args = owned_row_args(row, lease, release=release)
+        args["slot"] = slot
+        # a row made PENDING (new, or finished before) joins the end of the queue
+        args["joins"] = instance.status is Status.PENDING and (
+            stored is None or str(stored[3]) != Status.PENDING.value
+        )
         conn.execute(_INSERT if stored is None else _UPDATE, args)
         if consumed:
             conn.execute(

@@ -419,6 +419,23 @@ def put_owned_sql(*, new: bool, consumed: bool, terminal: bool, release: bool) -
     return "".join(parts)
 
 
+def owned_row_args(row: Row, lease: Lease, *, release: bool) -> dict[str, object]:
+    """The SQL parameters of a row that ``lease`` writes (no owner with ``release``)."""
+    iid, workflow, version, status, revision, updated_at, deadline, snapshot = row
+    return {
+        "iid": iid,
+        "workflow": workflow,
+        "version": version,
+        "status": status,
+        "revision": revision,
+        "updated_at": updated_at,
+        "deadline": deadline,
+        "snapshot": snapshot,
+        "owner": None if release else lease.engine_id,
+        "owner_epoch": None if release else lease.epoch,
+    }
+
+
 @final
 class PutOwned:
     """``put_owned`` as a writer op: the fenced write and what rides in its transaction."""
@@ -435,28 +452,14 @@ class PutOwned:
         consumed: Sequence[Consumed],
         terminal: bool,
     ) -> None:
-        iid, workflow, version, status, revision, updated_at, deadline, snapshot = row
-        self.instance_id = iid
+        self.instance_id = row[0]
         self.lease = lease
         self.expected = expected
         self.release = release
         self.consumed = tuple(consumed)
         self.terminal = terminal
-        self.args: dict[str, object] = {
-            "iid": iid,
-            "workflow": workflow,
-            "version": version,
-            "status": status,
-            "revision": revision,
-            "updated_at": updated_at,
-            "deadline": deadline,
-            "snapshot": snapshot,
-            "owner": None if release else lease.engine_id,
-            "owner_epoch": None if release else lease.epoch,
-            "id": lease.engine_id,
-            "epoch": lease.epoch,
-            "expected": expected,
-        }
+        self.args = owned_row_args(row, lease, release=release)
+        self.args.update(id=lease.engine_id, epoch=lease.epoch, expected=expected)
         if self.consumed:
             self.args["rids"] = [c.request_id for c in self.consumed]
             self.args["answers"] = [encode_answer(c.answer) for c in self.consumed]
