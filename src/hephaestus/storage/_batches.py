@@ -1,9 +1,14 @@
-"""The queue a group-commit writer thread takes its work from, a batch at a time."""
+"""Group commit: the queue a writer thread takes batches from, and the thread itself."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
-from typing import Final, Generic, TypeVar, final
+import threading
+from typing import Any, Final, Generic, Protocol, TypeVar, final
+
+import outcome
+import trio
 
 _T = TypeVar("_T")
 
@@ -56,3 +61,64 @@ class BatchQueue(Generic[_T]):
                 break
             batch.append(item)  # type: ignore[arg-type]
         return batch
+
+
+class Batched(Protocol):
+    """A queued request: the task waiting for it and, once its batch ran, its outcome."""
+
+    task: trio.lowlevel.Task | None
+    outcome: outcome.Outcome[Any] | None
+
+
+_R = TypeVar("_R", bound=Batched)
+
+
+class WriterThread(Generic[_R]):
+    """A thread that runs queued requests a batch at a time and wakes each one's task.
+
+    ``submit`` from Trio; the thread takes everything queued so far
+    (:class:`BatchQueue`), runs it with :meth:`_run` (which sets every
+    request's ``outcome``), then reschedules each waiting task in the Trio
+    thread. A subclass sets up its own state, then calls ``__init__``, which
+    starts the thread.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken, name: str, limit: int) -> None:
+        self.token = token
+        self._queue: BatchQueue[_R] = BatchQueue(limit)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, request: _R) -> None:
+        """Queue ``request``; its task is rescheduled with its outcome later (Trio thread)."""
+        self._queue.put(request)
+
+    def stop(self) -> None:
+        """Finish what is queued, close the connection and end the thread. Blocking."""
+        self._queue.stop()
+        self._thread.join()
+
+    def _run(self, batch: list[_R]) -> None:
+        """In the writer thread: run ``batch`` and set every request's outcome."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """In the writer thread, once it ends: release the connection."""
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        try:
+            while (batch := self._queue.take()) is not None:
+                self._run(batch)
+                with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
+                    self.token.run_sync_soon(_deliver, batch)
+        finally:
+            self._close()
+
+
+def _deliver(batch: list[Any]) -> None:
+    """In the Trio thread: wake every task of a finished batch with its outcome."""
+    for request in batch:
+        assert request.task is not None
+        assert request.outcome is not None
+        trio.lowlevel.reschedule(request.task, request.outcome)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import select
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
@@ -39,7 +38,7 @@ import outcome
 import trio
 
 from .._core._errors import RevisionConflict
-from ._batches import BatchQueue
+from ._batches import WriterThread
 from ._rows import Row
 
 if TYPE_CHECKING:
@@ -223,7 +222,7 @@ def fault(exc: BaseException, what: str) -> OSError:
 
 
 @final
-class Writer:
+class Writer(WriterThread[Request]):
     """The writer thread and its queue. ``submit`` from Trio; everything else is internal.
 
     Counters (for tests and benchmarks): ``commits`` (transactions committed),
@@ -234,38 +233,18 @@ class Writer:
     def __init__(self, connect: Connect, token: trio.lowlevel.TrioToken, describe: str) -> None:
         self._connect = connect
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self.token = token
         self._describe = describe
-        self._queue: BatchQueue[Request] = BatchQueue(MAX_BATCH)
         self.commits = 0
         self.requests = 0
         self.reconnects = 0
-        self._thread = threading.Thread(
-            target=self._loop, name=f"hephaestus-pg-writer {describe}", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, request: Request) -> None:
-        """Queue ``request``; its task is rescheduled with its outcome later (Trio thread)."""
-        self._queue.put(request)
-
-    def stop(self) -> None:
-        """Finish what is queued, close the connection and end the thread. Blocking."""
-        self._queue.stop()
-        self._thread.join()
+        super().__init__(token, f"hephaestus-pg-writer {describe}", MAX_BATCH)
 
     # -- the writer thread ----------------------------------------------------------------
 
-    def _loop(self) -> None:
-        try:
-            while (batch := self._queue.take()) is not None:
-                self._run(batch)
-                with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
-                    self.token.run_sync_soon(_deliver, batch)
-        finally:
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
 
     def _run(self, batch: list[Request]) -> None:
         """Apply ``batch`` in one transaction and set every request's outcome.
@@ -330,11 +309,3 @@ def apply_batch(
             f"the transaction ended in {end.statusmessage!r}, not COMMIT: nothing was stored"
         )
     return [r.op.finish(conn, cur) for r, cur in zip(batch, cursors, strict=True)]
-
-
-def _deliver(batch: list[Request]) -> None:
-    """In the Trio thread: wake every task of a finished batch with its outcome."""
-    for request in batch:
-        assert request.task is not None
-        assert request.outcome is not None
-        trio.lowlevel.reschedule(request.task, request.outcome)

@@ -33,17 +33,15 @@ Transaction" in lang_transaction.html):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import sqlite3
-import threading
 from typing import Final, final
 
 import outcome
 import trio
 
 from .._core._errors import RevisionConflict
-from ._batches import BatchQueue
+from ._batches import WriterThread
 from ._rows import Row
 
 MAX_BATCH: Final = 1_000
@@ -140,7 +138,7 @@ def fault(exc: BaseException, what: str) -> tuple[OSError, bool]:
 
 
 @final
-class Writer:
+class Writer(WriterThread[Request]):
     """The writer thread and its queue. ``submit`` from Trio; everything else is internal.
 
     Counters (for tests and benchmarks): ``commits`` (transactions committed),
@@ -154,37 +152,17 @@ class Writer:
         describe: str,
     ) -> None:
         self._conn = conn
-        self.token = token
         self._describe = describe
-        self._queue: BatchQueue[Request] = BatchQueue(MAX_BATCH)
         self.failure: OSError | None = None
         """Set once a failure means the file may be damaged: no write is tried again."""
         self.commits = 0
         self.requests = 0
-        self._thread = threading.Thread(
-            target=self._loop, name=f"hephaestus-sqlite-writer {describe}", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, request: Request) -> None:
-        """Queue ``request``; its task is rescheduled with its outcome later (Trio thread)."""
-        self._queue.put(request)
-
-    def stop(self) -> None:
-        """Finish what is queued, close the connection and end the thread. Blocking."""
-        self._queue.stop()
-        self._thread.join()
+        super().__init__(token, f"hephaestus-sqlite-writer {describe}", MAX_BATCH)
 
     # -- the writer thread ----------------------------------------------------------------
 
-    def _loop(self) -> None:
-        try:
-            while (batch := self._queue.take()) is not None:
-                self._run(batch)
-                with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
-                    self.token.run_sync_soon(_deliver, batch)
-        finally:
-            self._conn.close()
+    def _close(self) -> None:
+        self._conn.close()
 
     def _run(self, batch: list[Request]) -> None:
         """Apply ``batch`` in one transaction and set every request's outcome."""
@@ -258,11 +236,3 @@ class Writer:
                 f"instance {iid!r} is at revision {current}, not the expected {expected}"
             )
         )
-
-
-def _deliver(batch: list[Request]) -> None:
-    """In the Trio thread: wake every task of a finished batch with its outcome."""
-    for request in batch:
-        assert request.task is not None
-        assert request.outcome is not None
-        trio.lowlevel.reschedule(request.task, request.outcome)
