@@ -75,6 +75,7 @@ from ._registry import Entry, State
 from ._runner import Runner
 from ._supervisor import drain, reload, stuck_message, supervise
 from ._timers import TimerService
+from ._workers import Workers
 
 if TYPE_CHECKING:
     from ._shared import SharedRuntime
@@ -82,9 +83,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
-
-_SUPERVISE: Final = f"{supervise.__module__}.{supervise.__qualname__}"
-"""The name of every runner's task (the one trio gives it, spelt once, not per spawn)."""
 
 
 @final
@@ -146,6 +144,8 @@ class Engine:
         """Parent and child instances (hx.SubWorkflow)."""
         self.admission = Admission(self, list(self._workflows.values()))
         """Slots and queues of the workflows with a max_active."""
+        self.workers = Workers(self, nursery, supervise)
+        """Runner tasks waiting for the next instance to run (:mod:`._workers`)."""
         self.timers = TimerService(clock, self._timer_due)
         """Every armed timer of every instance; one task of the engine nursery fires them."""
         nursery.start_soon(self.timers.run)
@@ -281,7 +281,7 @@ class Engine:
                 metadata={"version": wf.version, "pending": not admitted},
             )
         if admitted:
-            self._nursery.start_soon(supervise, self, entry, transition.commands, name=_SUPERVISE)
+            self.workers.run(entry, transition.commands)
         else:
             self._queue_pending(entry)
         return instance_id
@@ -748,7 +748,7 @@ class Engine:
             mailbox = entry.mailbox = Mailbox()
         for message in messages:
             mailbox.put(message)
-        self._nursery.start_soon(supervise, self, entry, commands, False)
+        self.workers.run(entry, commands, False)
 
     def finish_passive(self, entry: Entry) -> None:
         """Let go of a passivated instance that a request finished (no runner to do it)."""
@@ -841,7 +841,7 @@ class Engine:
         assert entry.mailbox is not None
         entry.mailbox.put(Message(Recover()))
         self._registry[instance.id] = entry
-        self._nursery.start_soon(supervise, self, entry, ())
+        self.workers.run(entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -971,7 +971,7 @@ class Engine:
                     "revision": transition.instance.revision,
                 },
             )
-        self._nursery.start_soon(supervise, self, entry, transition.commands)
+        self.workers.run(entry, transition.commands)
 
     async def delete(self, instance_id: str) -> None:
         """Remove a finished (completed, failed or cancelled) instance from storage.

@@ -95,6 +95,34 @@ async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
 
 
 @final
+class _Borrowed:
+    """A chain of inline steps runs in the cancel scope its task holds open (:mod:`._workers`).
+
+    Only finishing the instance cancels that scope while the chain runs (the
+    chain's :attr:`Runner.scope`), so a ``Cancelled`` raised while it is
+    cancelled is the chain's, and ends it here, as the chain's own scope would
+    absorb it. The task leaves the spent scope before its next checkpoint:
+    what follows the chain of a finished instance (its supervisor's
+    bookkeeping) does not await.
+    """
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+
+    def __enter__(self) -> trio.CancelScope:
+        return self.scope
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or not self.scope.cancel_called:
+            return False
+        if isinstance(exc, BaseExceptionGroup):  # absorbed only if all of it is Cancelled
+            return exc.split(trio.Cancelled)[1] is None
+        return isinstance(exc, trio.Cancelled)
+
+
+@final
 class Runner:
     """Drives one instance until it is terminal, the engine closes, or it crashes.
 
@@ -106,6 +134,7 @@ class Runner:
         "engine",
         "entry",
         "inline",
+        "lent",
         "nursery",
         "passivated",
         "pending",
@@ -115,7 +144,13 @@ class Runner:
         "workflow",
     )
 
-    def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        entry: Entry,
+        workflow: Workflow,
+        lent: trio.CancelScope | None = None,
+    ) -> None:
         self.engine = engine
         self.entry = entry
         self.workflow = workflow
@@ -133,6 +168,8 @@ class Runner:
         """A lone step (and its attempt) the runner loop is to run in its own task next."""
         self.passivated = False
         """True when :meth:`run` returned because the instance no longer needs a runner."""
+        self.lent = lent
+        """The open scope of the runner's task, lent to its inline steps; None: they open one."""
 
     @property
     def instance(self) -> Instance:
@@ -558,7 +595,8 @@ class Runner:
         telemetry = engine.telemetry
         token = entry.token  # the resident instance's: it keeps it while it has a runner
         outer = self.scope
-        with trio.CancelScope() as scope:
+        lent = self.lent
+        with trio.CancelScope() if lent is None or lent.cancel_called else _Borrowed(lent) as scope:
             self.scope = scope  # what finishing the instance cancels while steps run here
             try:
                 while True:

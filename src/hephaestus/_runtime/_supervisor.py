@@ -83,13 +83,19 @@ def drain(engine: Engine, entry: Entry, error: Exception) -> None:
 
 
 async def supervise(
-    engine: Engine, entry: Entry, first_commands: Sequence[Command], announce: bool = True
+    engine: Engine,
+    entry: Entry,
+    first_commands: Sequence[Command],
+    announce: bool = True,
+    scope: trio.CancelScope | None = None,
 ) -> None:
     """Run the instance's runner, restarting it from storage after a crash.
 
     A crash (a bug) counts against ``max_restarts``; a snapshot changed or
     deleted under the runner does not: it is reported once and the runner
-    goes on from what is stored, or stops if nothing is.
+    goes on from what is stored, or stops if nothing is. ``scope`` is the
+    cancel scope this task holds open around the call, lent to its runners'
+    inline steps (:mod:`._workers`); None: they open their own.
     """
     workflow = entry.workflow
     assert workflow is not None
@@ -109,7 +115,7 @@ async def supervise(
                     metadata={"version": workflow.version, "restarts": len(crashes)},
                 )
             try:
-                runner = Runner(engine, entry, workflow)
+                runner = Runner(engine, entry, workflow, scope)
                 await runner.run(commands)
                 if runner.passivated:
                     if mailbox.empty():
