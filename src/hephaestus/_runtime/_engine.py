@@ -222,54 +222,38 @@ class Engine:
         now = self.clock.now()
         admitted = self.admission.try_admit(wf.name, instance_id)
         sequence = 0 if admitted else self.admission.next_sequence()
-
-        def started(stored_revision: int) -> Transition:
-            if admitted:  # Start applied: the first change persisted, one above what is stored
-                return start_new(
-                    wf,
-                    instance_id,
-                    initial=initial,
-                    metadata=metadata,
-                    now=now,
-                    stored_revision=stored_revision,
-                    parent=parent,
-                )
-            # Stored as it is: PENDING until a slot frees.
-            fresh = new_instance(
-                wf,
-                instance_id,
-                initial=initial,
-                metadata=metadata,
-                now=now,
-                previous_revision=stored_revision,
-                parent=parent,
-                sequence=sequence,
-            )
-            return Transition(fresh, (), None, changed=True)
-
-        transition = started(0)
+        transition = _first(wf, instance_id, initial, metadata, now, 0, parent, admitted, sequence)
         entry = Entry(wf, transition.instance, State.LIVE)
+        # Claimed before the first await (see _claiming: this is its body, written out on
+        # start's path): a concurrent start, retry or delete of the id waits or is refused.
+        self._registry[instance_id] = entry
         try:
-            with self._claiming(entry):
-                try:
-                    await self.storage.put(transition.instance, expected_revision=0)
-                except RevisionConflict:
-                    stored = await self.storage.get(instance_id)
-                    if stored is not None and (
-                        not stored.status.is_terminal or not replace_finished
-                    ):
-                        raise self._already_running(
-                            wf, instance_id, Entry(None, stored, State.ORPHAN)
-                        ) from None
-                    previous = 0 if stored is None else stored.revision
-                    if self.shared is not None and stored is not None:
-                        await self.shared.claim_finished(wf, stored)
-                    transition = started(previous)
-                    entry.instance = transition.instance
-                    await self.storage.put(transition.instance, expected_revision=previous)
+            try:
+                await self.storage.put(transition.instance, expected_revision=0)
+            except RevisionConflict:
+                stored = await self.storage.get(instance_id)
+                if stored is not None and (not stored.status.is_terminal or not replace_finished):
+                    raise self._already_running(
+                        wf, instance_id, Entry(None, stored, State.ORPHAN)
+                    ) from None
+                previous = 0 if stored is None else stored.revision
+                if self.shared is not None and stored is not None:
+                    await self.shared.claim_finished(wf, stored)
+                transition = _first(
+                    wf, instance_id, initial, metadata, now, previous, parent, admitted, sequence
+                )
+                entry.instance = transition.instance
+                await self.storage.put(transition.instance, expected_revision=previous)
+            if self._closed:  # the next open_engine recovers what was written
+                self._check_open()
         except trio.Cancelled:
-            raise  # _claiming settles what was stored, slot included (_settle_claim)
-        except BaseException:
+            # The write may have landed: the claim is settled in a task of its own, slot
+            # included (_settle_claim), and the cancellation propagates.
+            if self._registry.get(instance_id) is entry:
+                self._nursery.start_soon(self._settle_claim, entry)
+            raise
+        except BaseException as exc:
+            self._release_claim(entry, exc)
             if admitted:
                 self.admission.release(transition.instance)
             raise
@@ -1129,6 +1113,45 @@ class _Claim:
 
 _PRUNE_PAGE: Final = 500
 """Instances prune reads per page of the store."""
+
+
+def _first(
+    wf: Workflow,
+    instance_id: str,
+    initial: dict[str, Any],
+    metadata: dict[str, Any],
+    now: float,
+    stored_revision: int,
+    parent: ParentLink | None,
+    admitted: bool,
+    sequence: int,
+) -> Transition:
+    """The first change of a new instance, one above ``stored_revision`` (what is stored).
+
+    ``Start`` applied when it is ``admitted``; else stored as it is, PENDING
+    until a slot frees (queued by ``sequence``).
+    """
+    if admitted:
+        return start_new(
+            wf,
+            instance_id,
+            initial=initial,
+            metadata=metadata,
+            now=now,
+            stored_revision=stored_revision,
+            parent=parent,
+        )
+    fresh = new_instance(
+        wf,
+        instance_id,
+        initial=initial,
+        metadata=metadata,
+        now=now,
+        previous_revision=stored_revision,
+        parent=parent,
+        sequence=sequence,
+    )
+    return Transition(fresh, (), None, changed=True)
 
 
 def _check_instance_id(instance_id: object) -> None:
