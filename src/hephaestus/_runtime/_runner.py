@@ -56,6 +56,7 @@ from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry, State
 from ._report import report
 from ._steprun import must_propagate, run_attempt
+from ._workers import Lent
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -95,34 +96,6 @@ async def _take_until(mailbox: Mailbox, deadline: float) -> Message | None:
 
 
 @final
-class _Borrowed:
-    """A chain of inline steps runs in the cancel scope its task holds open (:mod:`._workers`).
-
-    Only finishing the instance cancels that scope while the chain runs (the
-    chain's :attr:`Runner.scope`), so a ``Cancelled`` raised while it is
-    cancelled is the chain's, and ends it here, as the chain's own scope would
-    absorb it. The task leaves the spent scope before its next checkpoint:
-    what follows the chain of a finished instance (its supervisor's
-    bookkeeping) does not await.
-    """
-
-    __slots__ = ("scope",)
-
-    def __init__(self, scope: trio.CancelScope) -> None:
-        self.scope = scope
-
-    def __enter__(self) -> trio.CancelScope:
-        return self.scope
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
-        if exc is None or not self.scope.cancel_called:
-            return False
-        if isinstance(exc, BaseExceptionGroup):  # absorbed only if all of it is Cancelled
-            return exc.split(trio.Cancelled)[1] is None
-        return isinstance(exc, trio.Cancelled)
-
-
-@final
 class Runner:
     """Drives one instance until it is terminal, the engine closes, or it crashes.
 
@@ -149,7 +122,7 @@ class Runner:
         engine: Engine,
         entry: Entry,
         workflow: Workflow,
-        lent: trio.CancelScope | None = None,
+        lent: Lent | None = None,
     ) -> None:
         self.engine = engine
         self.entry = entry
@@ -596,7 +569,7 @@ class Runner:
         token = entry.token  # the resident instance's: it keeps it while it has a runner
         outer = self.scope
         lent = self.lent
-        with trio.CancelScope() if lent is None or lent.cancel_called else _Borrowed(lent) as scope:
+        with trio.CancelScope() if lent is None or lent.scope.cancel_called else lent as scope:
             self.scope = scope  # what finishing the instance cancels while steps run here
             try:
                 while True:

@@ -42,6 +42,7 @@ from ..storage._shared import LeaseLost
 from ._mailbox import Mailbox, Message
 from ._registry import Entry, State
 from ._runner import RETRY_FIRST, RETRY_MAX, Runner, SnapshotReplaced
+from ._workers import Lent
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -87,13 +88,13 @@ async def supervise(
     entry: Entry,
     first_commands: Sequence[Command],
     announce: bool = True,
-    scope: trio.CancelScope | None = None,
+    lent: Lent | None = None,
 ) -> None:
     """Run the instance's runner, restarting it from storage after a crash.
 
     A crash (a bug) counts against ``max_restarts``; a snapshot changed or
     deleted under the runner does not: it is reported once and the runner
-    goes on from what is stored, or stops if nothing is. ``scope`` is the
+    goes on from what is stored, or stops if nothing is. ``lent`` is the
     cancel scope this task holds open around the call, lent to its runners'
     inline steps (:mod:`._workers`); None: they open their own.
     """
@@ -115,7 +116,7 @@ async def supervise(
                     metadata={"version": workflow.version, "restarts": len(crashes)},
                 )
             try:
-                runner = Runner(engine, entry, workflow, scope)
+                runner = Runner(engine, entry, workflow, lent)
                 await runner.run(commands)
                 if runner.passivated:
                     if mailbox.empty():

@@ -48,9 +48,7 @@ IDLE: Final = f"{__name__}.idle"
 """The name of a runner task while it waits for an instance (it is no instance's runner)."""
 
 _Job = tuple[Entry, Sequence[Command], bool]
-Supervise = Callable[
-    ["Engine", Entry, Sequence[Command], bool, trio.CancelScope | None], Awaitable[None]
-]
+Supervise = Callable[["Engine", Entry, Sequence[Command], bool, "Lent | None"], Awaitable[None]]
 
 
 _MISSING: Final = object()
@@ -65,15 +63,53 @@ def _same(context: contextvars.Context, other: contextvars.Context) -> bool:
 
 
 @final
-class _Idle:
-    """One parked runner task, and the context it would run its next instance in."""
+class Lent:
+    """The cancel scope a runner task holds open, lent to each chain of inline steps it runs.
 
-    __slots__ = ("context", "job", "task")
+    A chain enters this instead of a scope of its own (``with lent:``) while
+    the scope is not cancelled. Only finishing the instance
+    cancels it while a chain runs (the chain's :attr:`Runner.scope
+    <._runner.Runner.scope>`), so a ``Cancelled`` raised once it is cancelled is
+    the chain's: leaving the block absorbs it, as the chain's own scope would,
+    and the chain ends. The task leaves the spent scope before its next
+    checkpoint: what follows the chain of a finished instance (its
+    supervisor's bookkeeping) does not await.
+    """
 
-    def __init__(self, task: trio.lowlevel.Task, context: contextvars.Context) -> None:
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+
+    def __enter__(self) -> trio.CancelScope:
+        return self.scope
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or not self.scope.cancel_called:
+            return False
+        if isinstance(exc, BaseExceptionGroup):  # absorbed only if all of it is Cancelled
+            return exc.split(trio.Cancelled)[1] is None
+        return isinstance(exc, trio.Cancelled)
+
+
+@final
+class _Task:
+    """One runner task of the pool: what it is handed while idle, and how it is woken."""
+
+    __slots__ = ("context", "idle", "job", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, idle: list[_Task]) -> None:
         self.task = task
-        self.context = context
+        self.idle = idle
+        self.context = contextvars.Context()
+        """Its context as it parked: what the next instance's steps would see."""
         self.job: _Job | None = None
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        """Stop waiting idle (the engine is closing): leave the pool."""
+        if self in self.idle:
+            self.idle.remove(self)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 @final
@@ -88,7 +124,7 @@ class Workers:
         self._supervise = supervise
         self._name = f"{supervise.__module__}.{supervise.__qualname__}"
         """A runner task's name while it serves an instance (the one trio gives ``supervise``)."""
-        self._idle: list[_Idle] = []
+        self._idle: list[_Task] = []
 
     def run(self, entry: Entry, commands: Sequence[Command], announce: bool = True) -> None:
         """Run ``supervise(engine, entry, commands, announce)`` in a task of the engine nursery.
@@ -119,35 +155,23 @@ class Workers:
         """Supervise instances one after another in this task, while its scope is not cancelled."""
         engine = self._engine
         supervise = self._supervise
+        idle = self._idle
+        me = _Task(trio.lowlevel.current_task(), idle)
         job: _Job | None = (entry, commands, announce)
         try:
             with trio.CancelScope() as scope:
+                lent = Lent(scope)
                 while job is not None:
-                    await supervise(engine, *job, scope)
-                    if scope.cancel_called:
-                        return  # an instance finished while its step ran here: the scope is spent
-                    job = await self._next()
+                    await supervise(engine, *job, lent)
+                    if scope.cancel_called or len(idle) >= KEEP:
+                        return  # the scope is spent (a step was cancelled), or enough wait
+                    # Park until an instance is handed over; no job: end instead. The
+                    # engine closing cancels the wait (me.abort).
+                    me.job = None
+                    me.context = contextvars.copy_context()
+                    me.task.name = IDLE
+                    idle.append(me)
+                    await trio.lowlevel.wait_task_rescheduled(me.abort)
+                    job = me.job
         finally:
-            trio.lowlevel.current_task().name = self._name  # ended: named for what it ran
-
-    async def _next(self) -> _Job | None:
-        """Park this task until an instance is handed to it; None: it ends instead.
-
-        Raises:
-            trio.Cancelled: the engine is closing (it is no longer idle then).
-        """
-        idle = self._idle
-        if len(idle) >= KEEP:
-            return None
-        task = trio.lowlevel.current_task()
-        me = _Idle(task, contextvars.copy_context())
-        task.name = IDLE
-        idle.append(me)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            if me in idle:
-                idle.remove(me)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        return me.job
+            me.task.name = self._name  # ended: named for what it ran
