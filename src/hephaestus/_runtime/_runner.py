@@ -622,7 +622,14 @@ class Runner:
                         commands = transition.commands
                         following = self.lone_inline(commands)
                         if following is None:
-                            self.carry_out(commands, inline=True)
+                            # A lone Finished, carried out here with no step task, stops
+                            # nothing (carry_out's case for it): most instances end so.
+                            if (
+                                self.scopes
+                                or len(commands) != 1
+                                or type(commands[0]) is not Finished
+                            ):
+                                self.carry_out(commands, inline=True)
                         else:
                             key, attempt = following.step, following.attempt
                     finally:
