@@ -873,10 +873,21 @@ class Runner:
         to carry out, no scope of an earlier attempt to cancel (an inline step
         needs no other step running).
         """
-        first = commands[0] if len(commands) == 1 else None
-        if type(first) is RunStep and self.inlinable(first.step, commands):
-            return first
-        return None
+        if len(commands) != 1:
+            return None
+        first = commands[0]
+        if type(first) is not RunStep or self.scopes or self.inline is not None:
+            return None
+        # inlinable() for one command, written out: this runs after every transition.
+        step = first.step
+        definition = self.workflow.steps[step]
+        if not definition.is_async or definition.timeout is not None:
+            return None
+        instance = self.entry.snapshot
+        assert instance is not None  # a runner's instance is resident
+        if instance.active != (step,) or instance.waiting or instance.timers:
+            return None
+        return first
 
     def inlinable(self, step: str, commands: Sequence[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.
