@@ -16,6 +16,7 @@ import trio.testing
 
 import hephaestus as hx
 from hephaestus._runtime import _workers
+from hephaestus._runtime._registry import Entry
 
 from .helpers import all_tasks, clock
 
@@ -196,3 +197,27 @@ async def test_context_values_are_compared_by_identity_not_equality(autojump_clo
         await engine.wait(await engine.start(wf, "c"))
     assert seen[1][1] is seen[0][1]
     assert seen[2][1] is not seen[1][1]
+
+
+def _frame_locals(task: trio.lowlevel.Task) -> list[object]:
+    """Every local of every frame the (parked) task's coroutine stack holds."""
+    found: list[object] = []
+    awaited: Any = task.coro
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            found.extend(frame.f_locals.values())
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return found
+
+
+async def test_an_idle_task_holds_on_to_no_instance(autojump_clock: Any) -> None:
+    seen: list[tuple[str, trio.lowlevel.Task, str]] = []
+    wf = _one_step(seen)
+    async with hx.open_engine(workflows=[wf], clock=clock()) as engine:
+        await engine.wait(await engine.start(wf, "a"))
+        (idle,) = _idle()
+        held = _frame_locals(idle)
+        assert held  # the walk reached the task's frames
+        jobs = [v for v in held if isinstance(v, tuple)]  # (entry, commands, announce)
+        assert not [v for v in [*held, *(x for job in jobs for x in job)] if isinstance(v, Entry)]

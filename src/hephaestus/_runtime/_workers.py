@@ -158,11 +158,13 @@ class Workers:
         idle = self._idle
         me = _Task(trio.lowlevel.current_task(), idle)
         job: _Job | None = (entry, commands, announce)
+        del entry, commands  # an idle task holds on to no instance
         try:
             with trio.CancelScope() as scope:
                 lent = Lent(scope)
                 while job is not None:
                     await supervise(engine, *job, lent)
+                    job = None
                     if scope.cancel_called or len(idle) >= KEEP:
                         return  # the scope is spent (a step was cancelled), or enough wait
                     # Park until an instance is handed over; no job: end instead. The
