@@ -86,7 +86,7 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                     admission.expect(claimed.instance)
                 adopted = runtime.adopt(claimed)
                 if isinstance(admission, SharedAdmission):
-                    admission.expected.discard(claimed.instance.id)
+                    admission.adopted(claimed.instance.id, adopted)
                 if adopted is None:
                     unheld.append(claimed.instance.id)
                 else:
