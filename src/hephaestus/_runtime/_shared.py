@@ -536,6 +536,9 @@ class SharedRuntime:
 
         ``held``: the instance must be in the registry (else it was claimed but
         is not run here, and the request is answered from what is stored).
+        The ``hx`` error a request meets is its final answer, except
+        ``EngineClosed``: the row stays pending for whoever holds the instance
+        next (stored, it would answer every later try under a dedupe key).
         """
         engine = self.engine
         instance_id = request.instance_id
@@ -555,6 +558,8 @@ class SharedRuntime:
             except LeaseLost:
                 self._drop_if_held(instance_id)
                 return False
+            except EngineClosed:
+                return False  # about this engine, not the request: the next holder applies it
             except HephaestusError as exc:
                 answer = Refused(error=type(exc).__name__, message=str(exc))
         if not absorb.done:
