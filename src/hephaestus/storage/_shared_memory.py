@@ -135,6 +135,8 @@ class MemorySharedStorage(StorageBase):
         self._seq = itertools.count(1)
         self._queued = itertools.count(1)
         """The admission queue's order: one more for every instance stored PENDING."""
+        self._limits: dict[str, int] = {}
+        """workflow name -> the max_active of the last change of its slots."""
         self.fenced_writes = 0
         """How many fenced writes were refused with LeaseLost (a test control)."""
         self._subscribers: dict[int, tuple[str, trio.MemorySendChannel[Notification]]] = {}
@@ -372,6 +374,7 @@ class MemorySharedStorage(StorageBase):
         if release and self._has_work(instance.id, self._rows[instance.id]):
             self._send(Runnable())
         self._fill(instance.workflow, max_active)
+        self._limits[instance.workflow] = max_active
 
     async def admit_pending(self, workflow: str, *, max_active: int) -> int:
         """Give free slots of ``workflow`` to its queue, first in first; return how many.
@@ -382,7 +385,13 @@ class MemorySharedStorage(StorageBase):
         await self._enter()
         if max_active < 1:
             raise ValueError(f"max_active must be >= 1, got {max_active}")
+        self._limits[workflow] = max_active
         return self._fill(workflow, max_active)
+
+    async def admission_limit(self, workflow: str) -> int | None:
+        """The ``max_active`` the last change of ``workflow``'s slots counted against, or None."""
+        await self._enter()
+        return self._limits.get(workflow)
 
     def slots(self, workflow: str) -> list[str]:
         """The ids of ``workflow``'s rows that hold an admission slot, by id (for tests)."""
@@ -884,6 +893,11 @@ class MemorySharedConnection:
         """See :meth:`MemorySharedStorage.admit_pending`."""
         promoted: int = await self._call("admit_pending", workflow, max_active=max_active)
         return promoted
+
+    async def admission_limit(self, workflow: str) -> int | None:
+        """See :meth:`MemorySharedStorage.admission_limit`."""
+        limit: int | None = await self._call("admission_limit", workflow)
+        return limit
 
     async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
         """See :meth:`MemorySharedStorage.release_instances`."""
