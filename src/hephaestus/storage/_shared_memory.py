@@ -690,7 +690,8 @@ class MemorySharedConnection:
     call from now on raises :class:`ConnectionKilled`), or
     :meth:`kill_after` a call of a given method has been committed (a
     process that dies between the commit and its reply); :meth:`fail_next`
-    makes one call fail as a flaky database would.
+    makes one call fail as a flaky database would, :meth:`lose_reply` one
+    call commit and then fail (a connection lost before the reply came).
     """
 
     def __init__(self, store: MemorySharedStorage) -> None:
@@ -699,6 +700,7 @@ class MemorySharedConnection:
         self._killed = False
         self._kill_after: str | None = None
         self._fail_next: str | None = None
+        self._lose_reply: str | None = None
         self.calls: collections.Counter[str] = collections.Counter()
         """How often each method went through, by name (a test control)."""
         self.deaf = False
@@ -754,6 +756,10 @@ class MemorySharedConnection:
         """Make the next call of ``method`` raise ``OSError`` without reaching the store."""
         self._fail_next = method
 
+    def lose_reply(self, method: str) -> None:
+        """Let the next call of ``method`` commit, then raise ``OSError``: its reply was lost."""
+        self._lose_reply = method
+
     def kill_after(self, method: str | None) -> None:
         """Let the next call of ``method`` commit, then kill the connection before it returns.
 
@@ -771,6 +777,9 @@ class MemorySharedConnection:
             raise OSError(f"injected fault: {name} did not reach the store")
         result = await getattr(self.store, name)(*args, **kwargs)
         self.calls[name] += 1
+        if self._lose_reply == name:
+            self._lose_reply = None
+            raise OSError(f"injected fault: {name} committed, and its reply was lost")
         if self._kill_after == name:
             self._kill_after = None
             self.kill()
