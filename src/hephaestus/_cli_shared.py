@@ -5,7 +5,9 @@ command (``cli-<host>-<pid>``) and then, for the instance asked about:
 
 - nobody live holds it: claims it, applies the change itself (the core's
   ``apply_without_graph``, as on a single-engine store) with a fenced write
-  that releases it again, so a running engine claims it if there is work;
+  that releases it again, so a running engine claims it if there is work
+  (through ``put_limited`` for a workflow with ``max_active``, with the limit
+  the store last counted: a retry needs a free slot, as on an engine);
 - a live engine holds it: appends the request to the shared inbox (which
   wakes that engine) and waits for the owner's answer, as ``engine.cancel``
   on another engine would;
@@ -121,18 +123,32 @@ async def _apply_here(
 
     Raises:
         EventRejected: the core refuses (the caller's lease release unowns it).
+        AdmissionFull: a retry of an instance whose workflow's ``max_active``
+            (as the store last counted it) is full; nothing is stored.
         LeaseLost, RevisionConflict: the fenced write failed.
     """
     transition = apply_without_graph(before, request, time.time())
     answered = [Consumed(request_id=rid, answer=Accepted()) for rid in sent]
     if transition.changed:
-        await storage.put_owned(
-            lease,
-            transition.instance,
-            expected_revision=before.revision,
-            release=True,
-            consumed=answered,
-        )
+        # A workflow with max_active: its slots are counted as the engines count them.
+        limit = await storage.admission_limit(before.workflow)
+        if limit is None:
+            await storage.put_owned(
+                lease,
+                transition.instance,
+                expected_revision=before.revision,
+                release=True,
+                consumed=answered,
+            )
+        else:
+            await storage.put_limited(
+                lease,
+                transition.instance,
+                expected_revision=before.revision,
+                max_active=limit,
+                release=True,
+                consumed=answered,
+            )
     else:
         if answered:
             await storage.answer_requests(lease, before.id, answered)

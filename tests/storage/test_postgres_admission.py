@@ -51,16 +51,21 @@ async def test_three_engines_never_admit_more_than_max_active(pg_dsn: str) -> No
     seen: list[int] = []
     done = trio.Event()
 
-    def count() -> int:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            row = conn.execute(_ADMITTED).fetchone()
-        assert row is not None
-        return int(row[0])
-
     async def check() -> None:
-        while not done.is_set():
-            seen.append(await trio.to_thread.run_sync(count))
-            await trio.sleep(rng.uniform(0.0, 0.02))
+        # One connection of its own: a connection per look made too few looks on a busy box.
+        def connect() -> psycopg.Connection[tuple[int]]:
+            return psycopg.connect(pg_dsn, autocommit=True)
+
+        with await trio.to_thread.run_sync(connect) as conn:
+
+            def count() -> int:
+                row = conn.execute(_ADMITTED).fetchone()
+                assert row is not None
+                return int(row[0])
+
+            while not done.is_set():
+                seen.append(await trio.to_thread.run_sync(count))
+                await trio.sleep(rng.uniform(0.0, 0.005))
 
     async def engine_run(n: int, ids: list[str]) -> None:
         store = PostgresStorage(pg_dsn, lease_ttl=2.0)

@@ -184,3 +184,67 @@ def test_store_at_recognises_postgres_urls() -> None:
             store = store_at(dsn, read_only=read_only)
             assert isinstance(store, PostgresStorage)
             assert (store.dsn, store.read_only) == (dsn, read_only)
+
+
+def test_retry_of_an_instance_of_a_full_limited_workflow_is_refused_until_a_slot_frees(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``retry`` counts ``max_active`` as the engines do, with the limit the store last counted."""
+
+    def capped(name: str, status: Status, revision: int) -> hx.Instance:
+        return make_instance(f"capped::{name}", workflow="capped", status=status, revision=revision)
+
+    async def fill() -> None:
+        async with PostgresStorage(pg_dsn) as store:
+            lease = await store.register("engine-a")
+            await store.put_limited(  # admitted: it holds the one slot
+                lease, capped("busy", Status.RUNNING, 1), expected_revision=0, max_active=1
+            )
+            await store.put_limited(
+                lease, capped("f", Status.RUNNING, 1), expected_revision=0, max_active=2
+            )
+            failed = make_instance(
+                "capped::f",
+                workflow="capped",
+                status=Status.FAILED,
+                revision=2,
+                error=hx.ErrorInfo(step="pay", type="RuntimeError", message="down", attempts=3),
+                active=("pay",),
+            )
+            await store.put_limited(lease, failed, expected_revision=1, max_active=1, release=True)
+            await store.release_engine(lease)  # the engine is gone; "busy" stays admitted
+
+    async def finish_busy() -> None:
+        async with PostgresStorage(pg_dsn) as store:
+            lease = await store.register("engine-b")
+            one = await store.claim_instance(lease, "capped::busy")
+            assert one.claimed is not None
+            done = capped("busy", Status.COMPLETED, 2)
+            await store.put_limited(lease, done, expected_revision=1, max_active=1, release=True)
+
+    async def stored(name: str) -> tuple[Status, list[str]]:
+        async with PostgresStorage(pg_dsn) as store:
+            got = await store.get(f"capped::{name}")
+            assert got is not None
+            slots = await trio.to_thread.run_sync(_slots, pg_dsn)
+            return got.status, slots
+
+    trio.run(fill)
+    assert main(["retry", "--store", pg_dsn, "capped::f"]) == 1
+    one_line_error(capsys.readouterr().err, "AdmissionFull", "max_active=1")
+    assert trio.run(stored, "f") == (Status.FAILED, ["capped::busy"])  # nothing changed
+    trio.run(finish_busy)
+    assert main(["retry", "--store", pg_dsn, "capped::f"]) == 0
+    assert "pay will run again" in capsys.readouterr().out
+    assert trio.run(stored, "f") == (Status.RUNNING, ["capped::f"])  # it took the free slot
+
+
+def _slots(dsn: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT id FROM hx_instances WHERE slot IS TRUE AND status IN "
+            "('pending', 'running', 'waiting') ORDER BY id"
+        ).fetchall()
+    return [str(row[0]) for row in rows]

@@ -184,3 +184,18 @@ async def test_claim_with_runs_leaves_and_reports_what_the_engine_cannot_run(
     again = await case.store.claim(lease, limit=10, runs=[("order", 1), ("ghost", 1)])
     assert claimed_ids(again) == ["k::ghost"]
     assert again.unrunnable == (Unrunnable(instance_id="k::v2", workflow="order", version=2),)
+
+
+async def test_admission_limit_is_the_limit_of_the_last_change_of_slots(case: SharedCase) -> None:
+    lease = await case.store.register("a")
+    assert await case.store.admission_limit("job") is None  # never written limited
+    await put(case, lease, job("a", Status.RUNNING), 0)
+    assert await case.store.admission_limit("job") == N
+    with pytest.raises(AdmissionFull):  # a refused write records nothing
+        await case.store.put_limited(
+            lease, job("b", Status.RUNNING), expected_revision=0, max_active=1
+        )
+    assert await case.store.admission_limit("job") == N
+    await case.store.admit_pending("job", max_active=N + 3)  # a limit raised
+    assert await case.store.admission_limit("job") == N + 3
+    assert await case.store.admission_limit("other") is None

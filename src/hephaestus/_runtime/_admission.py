@@ -282,6 +282,18 @@ class SharedAdmission(Admission):
             # revision, which the fence checks.
             self.shared.leased.slotted.add(instance.id)
 
+    def adopted(self, instance_id: str, entry: Entry | None) -> None:
+        """A claimed instance was adopted as ``entry`` (None: not run here).
+
+        A claimed PENDING instance that was adopted fresh has been started
+        already (:meth:`enqueue`). One whose entry is still LIVE and PENDING
+        is a new instance whose ``start`` has not yet taken in the reply to
+        its PENDING write: the claim made this engine its owner, so it stays
+        expected, and :meth:`enqueue` starts it instead of forgetting it.
+        """
+        if entry is None or entry.state is not State.LIVE or entry.status is not Status.PENDING:
+            self.expected.discard(instance_id)
+
     def try_admit(self, name: str, instance_id: str) -> bool:
         """Never admit on the spot: the store decides, in the PENDING write."""
         return name not in self.limits
@@ -291,14 +303,18 @@ class SharedAdmission(Admission):
 
         ``admit`` True: this engine has just stored it (released, see the
         class doc): its record leaves the registry, and the claimer looks at
-        once in case the store gave it a slot. ``admit`` False: recovered from
-        a claim, so this engine owns it: start it if the claimer claimed it
-        with a slot (:meth:`expect`); else a request claimed it, and lets it go.
+        once in case the store gave it a slot; unless the claimer claimed it
+        back during that write (:meth:`adopted`), which makes it as below.
+        ``admit`` False: recovered from a claim, so this engine owns it: start
+        it if the claimer claimed it with a slot (:meth:`expect`); else a
+        request claimed it, and lets it go.
         """
         engine = self.engine
         entry = engine._registry.get(instance.id)
         if entry is None:
             return
+        if admit and instance.id in self.expected:
+            admit = False  # claimed back by this engine during its write (see adopted)
         if admit:
             if entry.state is State.PASSIVE:
                 del engine._registry[instance.id]

@@ -34,6 +34,7 @@ import trio
 from ..storage._shared import LeaseLost, Unrunnable
 from ._admission import SharedAdmission
 from ._lease import renew
+from ._registry import State
 
 if TYPE_CHECKING:
     from ._shared import SharedRuntime
@@ -86,7 +87,7 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                     admission.expect(claimed.instance)
                 adopted = runtime.adopt(claimed)
                 if isinstance(admission, SharedAdmission):
-                    admission.expected.discard(claimed.instance.id)
+                    admission.adopted(claimed.instance.id, adopted)
                 if adopted is None:
                     unheld.append(claimed.instance.id)
                 else:
@@ -98,6 +99,7 @@ async def claim_loop(runtime: SharedRuntime) -> None:
                     reported.add(skipped.instance_id)
                     _report_unrunnable(runtime, skipped)
             await _serve_missed(runtime)
+            await _recheck_unsure(runtime)
             if len(batch.claimed) >= BATCH:
                 await trio.lowlevel.checkpoint()
                 continue
@@ -127,6 +129,34 @@ def _report_unrunnable(runtime: SharedRuntime, skipped: Unrunnable) -> None:
         skipped.workflow,
         metadata={"version": skipped.version, "reason": "workflow not registered"},
     )
+
+
+async def _recheck_unsure(runtime: SharedRuntime) -> None:
+    """Claim back the instances whose first write failed but landed, owned by this engine.
+
+    An id of ``runtime.unsure`` stays while this engine's registry holds it
+    (a runner, or a ``start`` of it under way, which may fail again), or
+    while the store cannot say who owns it; it leaves once the store says.
+    """
+    registry = runtime.engine._registry
+    for instance_id in list(runtime.unsure):
+        entry = registry.get(instance_id)
+        if entry is not None and entry.state in (State.LIVE, State.PASSIVE):
+            continue
+        try:
+            owner = await runtime.store.owner_of(instance_id)
+        except Exception as exc:
+            _log.warning(
+                "engine %s could not look up the owner of %r (%s: %s)",
+                runtime.engine_id,
+                instance_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        runtime.unsure.discard(instance_id)
+        if owner == runtime.lease:
+            runtime.engine._nursery.start_soon(runtime.serve_owned, instance_id)
 
 
 async def _serve_missed(runtime: SharedRuntime) -> None:

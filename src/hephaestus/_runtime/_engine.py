@@ -49,6 +49,7 @@ from .._core._errors import (
     AlreadyRunning,
     EngineClosed,
     EventRejected,
+    HephaestusError,
     InstanceNotFound,
     InvalidResult,
     RevisionConflict,
@@ -522,10 +523,17 @@ class Engine:
         return _Claim(self, entry)
 
     def _release_claim(self, entry: Entry, exc: BaseException) -> None:
-        """Give up a claimed id whose first snapshot was not written."""
+        """Give up a claimed id whose first snapshot was not written (or may have been).
+
+        On shared storage a write that failed with a storage error may have
+        committed, under this engine's lease: the claimer looks at the id again
+        (:meth:`~._shared.SharedRuntime.recheck`).
+        """
         if self._registry.get(entry.id) is entry:
             del self._registry[entry.id]
         drain(self, entry, self.unacknowledged(exc))
+        if self.shared is not None and not isinstance(exc, HephaestusError):
+            self.shared.recheck(entry.id)
 
     async def _settle_claim(self, entry: Entry) -> None:
         """Run a claimed instance whose caller was cancelled during its write, if it landed.

@@ -120,6 +120,8 @@ class SharedRuntime:
         self._again: set[str] = set()
         self._letting_go: dict[str, bool] = {}
         """Instances being released by :meth:`let_go` -> claimed back meanwhile (keep them)."""
+        self.unsure: set[str] = set()
+        """Ids whose first write failed and may have landed: the claimer looks (:meth:`recheck`)."""
         self.claimer_wake = trio.Event()
         """Set when released work may be claimable; the claimer replaces it after each look."""
         self.claimer_wakes_at = math.inf
@@ -190,6 +192,17 @@ class SharedRuntime:
             )
 
     # -- owning instances ----------------------------------------------------------------------
+
+    def recheck(self, instance_id: str) -> None:
+        """Have the claimer check whether the store gives ``instance_id`` to this engine.
+
+        For an instance whose first write failed with a storage error: it may
+        have committed, owned by this engine's lease, which no other engine
+        claims while this one lives. The claimer's next round asks the store
+        and claims back (and runs) what it finds owned here and not held.
+        """
+        self.unsure.add(instance_id)
+        self.claimer_wake.set()
 
     def adopt(self, claimed: Claimed) -> Entry | None:
         """Take a claimed instance into the registry, with a runner if it has steps to run.
@@ -536,6 +549,9 @@ class SharedRuntime:
 
         ``held``: the instance must be in the registry (else it was claimed but
         is not run here, and the request is answered from what is stored).
+        The ``hx`` error a request meets is its final answer, except
+        ``EngineClosed``: the row stays pending for whoever holds the instance
+        next (stored, it would answer every later try under a dedupe key).
         """
         engine = self.engine
         instance_id = request.instance_id
@@ -555,6 +571,8 @@ class SharedRuntime:
             except LeaseLost:
                 self._drop_if_held(instance_id)
                 return False
+            except EngineClosed:
+                return False  # about this engine, not the request: the next holder applies it
             except HephaestusError as exc:
                 answer = Refused(error=type(exc).__name__, message=str(exc))
         if not absorb.done:

@@ -625,6 +625,18 @@ class PostgresStorage(StorageBase):
             return 0
         return await self._call(_admission.admit_pending, workflow, max_active)
 
+    async def admission_limit(self, workflow: str) -> int | None:
+        """The ``max_active`` the last change of ``workflow``'s slots counted against, or None.
+
+        Raises:
+            OSError: the database cannot be reached.
+        """
+        self._check_open()
+        if not _storable(workflow):
+            return None
+        limit: int | None = await self._call(_admission.admission_limit, workflow)
+        return limit
+
     async def answer_requests(
         self, lease: Lease, instance_id: str, consumed: Sequence[Consumed]
     ) -> None:

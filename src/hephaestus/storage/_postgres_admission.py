@@ -95,12 +95,26 @@ def unrunnable(conn: Any, args: dict[str, object]) -> tuple[Unrunnable, ...]:
     )
 
 
-def _lock(conn: Any, workflow: str) -> None:
-    """Take the admission lock of ``workflow`` for the rest of the transaction."""
+def _lock(conn: Any, workflow: str, max_active: int) -> None:
+    """Take the admission lock of ``workflow`` for the rest of the transaction; record the limit."""
     conn.execute(
-        "INSERT INTO hx_admission (workflow) VALUES (%s) ON CONFLICT DO NOTHING", (workflow,)
+        "INSERT INTO hx_admission (workflow, max_active) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (workflow, max_active),
     )
     conn.execute("SELECT 1 FROM hx_admission WHERE workflow = %s FOR UPDATE", (workflow,))
+    conn.execute(
+        "UPDATE hx_admission SET max_active = %s WHERE workflow = %s "
+        "AND max_active IS DISTINCT FROM %s",
+        (max_active, workflow, max_active),
+    )
+
+
+def admission_limit(conn: Any, workflow: str) -> int | None:
+    """``SharedStorage.admission_limit``: the limit recorded by the last change of slots."""
+    row = conn.execute(
+        "SELECT max_active FROM hx_admission WHERE workflow = %s", (workflow,)
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def fill(conn: Any, workflow: str, max_active: int) -> int:
@@ -117,7 +131,7 @@ def fill(conn: Any, workflow: str, max_active: int) -> int:
 def admit_pending(conn: Any, workflow: str, max_active: int) -> int:
     """``SharedStorage.admit_pending`` in one transaction."""
     with conn.transaction():
-        _lock(conn, workflow)
+        _lock(conn, workflow, max_active)
         return fill(conn, workflow, max_active)
 
 
@@ -139,7 +153,7 @@ def put_limited(
     """
     iid, workflow, *_ = row
     with conn.transaction():
-        _lock(conn, workflow)
+        _lock(conn, workflow, max_active)
         stored = conn.execute(
             "SELECT revision, owner_id, owner_epoch, status, slot, queued "
             "FROM hx_instances WHERE id = %s FOR UPDATE",

@@ -34,6 +34,10 @@ Schema version 3 adds ``max_active`` across engines (``SharedStorage.put_limited
     hx_admission(workflow PRIMARY KEY)   one row per limited workflow name, locked
                                    (FOR UPDATE) by every change of its slots
 
+Schema version 4 records the limit (``SharedStorage.admission_limit``)::
+
+    hx_admission + max_active      the max_active of the last change of its slots
+
 Times are epoch seconds (``double precision``) of the database's clock, so
 every engine judges liveness and due timers by one clock.
 
@@ -124,6 +128,10 @@ MIGRATIONS: Final[list[str]] = [
     CREATE TABLE hx_admission (
         workflow text COLLATE "C" PRIMARY KEY
     );
+    """,
+    # 3 -> 4: the limit slots were last counted against, for tools without the definition.
+    """
+    ALTER TABLE hx_admission ADD COLUMN max_active integer;
     """,
 ]
 

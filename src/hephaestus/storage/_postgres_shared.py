@@ -503,6 +503,13 @@ class PutOwned:
                 f"instance {self.instance_id!r} is owned by {held}, not by "
                 f"{lease.engine_id}/{lease.epoch}: its lease was lost"
             )
+        if revision == self.expected:
+            # Revisions only grow and claims keep them, so the fence refused the owner: the
+            # instance was let go or taken, and claimed back by this lease since.
+            return LeaseLost(
+                f"instance {self.instance_id!r} was not owned by {lease.engine_id}/"
+                f"{lease.epoch} when this write was made (it was claimed back since)"
+            )
         return RevisionConflict(
             f"instance {self.instance_id!r} is at revision {revision}, "
             f"not the expected {self.expected}"

@@ -584,6 +584,17 @@ class SharedStorage(Protocol):
         """
         ...
 
+    async def admission_limit(self, workflow: str) -> int | None:
+        """The ``max_active`` that ``workflow``'s slots were last counted against, or None.
+
+        Every :meth:`put_limited` and :meth:`admit_pending` records its
+        ``max_active`` for the workflow name, in its transaction. A tool that
+        changes instances without the workflow's definition (``hephaestus
+        retry``) writes through :meth:`put_limited` with it, so the limit holds
+        for it too. None: no instance of that name was ever written limited.
+        """
+        ...
+
     async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
         """Set the owner of each of ``instance_ids`` that ``lease`` owns to null.
 

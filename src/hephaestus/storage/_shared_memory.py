@@ -135,6 +135,8 @@ class MemorySharedStorage(StorageBase):
         self._seq = itertools.count(1)
         self._queued = itertools.count(1)
         """The admission queue's order: one more for every instance stored PENDING."""
+        self._limits: dict[str, int] = {}
+        """workflow name -> the max_active of the last change of its slots."""
         self.fenced_writes = 0
         """How many fenced writes were refused with LeaseLost (a test control)."""
         self._subscribers: dict[int, tuple[str, trio.MemorySendChannel[Notification]]] = {}
@@ -372,6 +374,7 @@ class MemorySharedStorage(StorageBase):
         if release and self._has_work(instance.id, self._rows[instance.id]):
             self._send(Runnable())
         self._fill(instance.workflow, max_active)
+        self._limits[instance.workflow] = max_active
 
     async def admit_pending(self, workflow: str, *, max_active: int) -> int:
         """Give free slots of ``workflow`` to its queue, first in first; return how many.
@@ -382,7 +385,13 @@ class MemorySharedStorage(StorageBase):
         await self._enter()
         if max_active < 1:
             raise ValueError(f"max_active must be >= 1, got {max_active}")
+        self._limits[workflow] = max_active
         return self._fill(workflow, max_active)
+
+    async def admission_limit(self, workflow: str) -> int | None:
+        """The ``max_active`` the last change of ``workflow``'s slots counted against, or None."""
+        await self._enter()
+        return self._limits.get(workflow)
 
     def slots(self, workflow: str) -> list[str]:
         """The ids of ``workflow``'s rows that hold an admission slot, by id (for tests)."""
@@ -681,7 +690,8 @@ class MemorySharedConnection:
     call from now on raises :class:`ConnectionKilled`), or
     :meth:`kill_after` a call of a given method has been committed (a
     process that dies between the commit and its reply); :meth:`fail_next`
-    makes one call fail as a flaky database would.
+    makes one call fail as a flaky database would, :meth:`lose_reply` one
+    call commit and then fail (a connection lost before the reply came).
     """
 
     def __init__(self, store: MemorySharedStorage) -> None:
@@ -690,6 +700,7 @@ class MemorySharedConnection:
         self._killed = False
         self._kill_after: str | None = None
         self._fail_next: str | None = None
+        self._lose_reply: str | None = None
         self.calls: collections.Counter[str] = collections.Counter()
         """How often each method went through, by name (a test control)."""
         self.deaf = False
@@ -745,6 +756,10 @@ class MemorySharedConnection:
         """Make the next call of ``method`` raise ``OSError`` without reaching the store."""
         self._fail_next = method
 
+    def lose_reply(self, method: str) -> None:
+        """Let the next call of ``method`` commit, then raise ``OSError``: its reply was lost."""
+        self._lose_reply = method
+
     def kill_after(self, method: str | None) -> None:
         """Let the next call of ``method`` commit, then kill the connection before it returns.
 
@@ -762,6 +777,9 @@ class MemorySharedConnection:
             raise OSError(f"injected fault: {name} did not reach the store")
         result = await getattr(self.store, name)(*args, **kwargs)
         self.calls[name] += 1
+        if self._lose_reply == name:
+            self._lose_reply = None
+            raise OSError(f"injected fault: {name} committed, and its reply was lost")
         if self._kill_after == name:
             self._kill_after = None
             self.kill()
@@ -884,6 +902,11 @@ class MemorySharedConnection:
         """See :meth:`MemorySharedStorage.admit_pending`."""
         promoted: int = await self._call("admit_pending", workflow, max_active=max_active)
         return promoted
+
+    async def admission_limit(self, workflow: str) -> int | None:
+        """See :meth:`MemorySharedStorage.admission_limit`."""
+        limit: int | None = await self._call("admission_limit", workflow)
+        return limit
 
     async def release_instances(self, lease: Lease, instance_ids: Sequence[str]) -> None:
         """See :meth:`MemorySharedStorage.release_instances`."""
