@@ -6,8 +6,8 @@ request under the instance's write token (or mailing it to the runner that
 holds it). It keeps the registry, a dict of :class:`~._registry.Entry` by
 instance id, and recovers stored instances when the engine opens. What an
 entry is lives in :mod:`._registry`; what keeps a runner going, and what
-happens when it crashes, lives in :mod:`._supervisor`; timers in
-:mod:`._timers`.
+happens when it crashes, lives in :mod:`._supervisor`; the runner tasks it
+runs in, in :mod:`._workers`; timers in :mod:`._timers`.
 """
 
 from __future__ import annotations

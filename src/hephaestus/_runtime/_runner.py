@@ -158,10 +158,11 @@ class Runner:
 
         The runner opens a nursery only once a step must run in a task of its
         own (fan-out, a step with a timeout or a sync one). Inline steps run
-        in a cancel scope of their own (:meth:`run_chain`), which is what
-        finishing the instance (a ``cancel`` while a step runs inline)
-        cancels; a runner waiting for mail holds no scope (a parked resident
-        instance costs less), and finishing its instance wakes it instead.
+        in a cancel scope of their own (:meth:`run_chain`), or in the one
+        their task lends them (:mod:`._workers`), which is what finishing the
+        instance (a ``cancel`` while a step runs inline) cancels; a runner
+        waiting for mail holds no scope (a parked resident instance costs
+        less), and finishing its instance wakes it instead.
 
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the

@@ -1,8 +1,9 @@
 """The supervisor: keeps one instance's runner going, within the restart budget.
 
-:func:`supervise` is the task the engine spawns per resident instance. It runs
-a :class:`~._runner.Runner` and, when the runner stops, decides what happens to
-the instance:
+:func:`supervise` is what the engine runs per resident instance, in a runner
+task of its own or one that ran an earlier instance (:mod:`._workers`). It
+runs a :class:`~._runner.Runner` and, when the runner stops, decides what
+happens to the instance:
 
 - it finished: the entry leaves the registry (``FINISHED``);
 - it passivated with an empty mailbox: the entry stays, ``PASSIVE``;
