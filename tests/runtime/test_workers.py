@@ -221,3 +221,44 @@ async def test_an_idle_task_holds_on_to_no_instance(autojump_clock: Any) -> None
         assert held  # the walk reached the task's frames
         jobs = [v for v in held if isinstance(v, tuple)]  # (entry, commands, announce)
         assert not [v for v in [*held, *(x for job in jobs for x in job)] if isinstance(v, Entry)]
+
+
+async def test_cancel_reaches_an_inline_step_after_the_runner_opened_its_nursery(
+    autojump_clock: Any,
+) -> None:
+    reached: list[str] = []
+    began = trio.Event()
+
+    @hx.step(events=("ok",))
+    def blocking(ctx: hx.StepContext) -> hx.StepResult:  # a thread: the runner's nursery opens
+        return "ok"
+
+    @hx.step(events=("ok",))
+    async def slow(ctx: hx.StepContext) -> hx.StepResult:  # then inline, in that nursery
+        began.set()
+        try:
+            await trio.sleep(1000)
+        except trio.Cancelled:
+            reached.append(ctx.instance_id)
+            raise
+        return "ok"
+
+    wf = hx.Workflow(
+        "mixed",
+        start=blocking,
+        transitions={(blocking, "ok"): slow, (slow, "ok"): hx.Done},
+        unique=hx.Unique("mx"),
+    )
+    seen: list[tuple[str, trio.lowlevel.Task, str]] = []
+    quick = _one_step(seen)
+    async with hx.open_engine(workflows=[wf, quick], clock=clock()) as engine:
+        iid = await engine.start(wf, "a")
+        await began.wait()
+        await trio.sleep(10)
+        await engine.cancel(iid)
+        with trio.fail_after(1):
+            final = await engine.wait(iid)
+        after = await engine.wait(await engine.start(quick, "b"))
+    assert reached == ["mx::a"]
+    assert final.status is hx.Status.CANCELLED
+    assert after.status is hx.Status.COMPLETED

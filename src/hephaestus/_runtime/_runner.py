@@ -570,7 +570,9 @@ class Runner:
         token = entry.token  # the resident instance's: it keeps it while it has a runner
         outer = self.scope
         lent = self.lent
-        with trio.CancelScope() if lent is None or lent.scope.cancel_called else lent as scope:
+        if lent is not None and (lent.scope.cancel_called or self.nursery is not None):
+            lent = None  # spent, or a nursery is open under it: a scope of its own, inside
+        with trio.CancelScope() if lent is None else lent as scope:
             self.scope = scope  # what finishing the instance cancels while steps run here
             try:
                 while True:
