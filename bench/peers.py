@@ -51,11 +51,15 @@ def _keeps_signature(decorator: Any) -> Callable[[_Fn], _Fn]:
     return cast("Callable[[_Fn], _Fn]", decorator)
 
 
-def _dbos_run(path: str, n: int, inflight: int) -> float:
-    """Run ``WARMUP`` then ``n`` DBOS 3-step workflows; return the seconds for the ``n``."""
+def dbos_three_steps(system_database_url: str, n: int, inflight: int) -> float:
+    """Run ``WARMUP`` then ``n`` DBOS 3-step workflows on that system database.
+
+    Returns the seconds for the ``n``; ``inflight`` of them at a time (threads,
+    DBOS's own concurrency model). Every peer table drives DBOS through this.
+    """
     from dbos import DBOS
 
-    DBOS(config={"name": "hxbench", "system_database_url": f"sqlite:///{path}/dbos.sqlite"})
+    DBOS(config={"name": "hxbench", "system_database_url": system_database_url})
 
     @_keeps_signature(DBOS.step())
     def step_a(i: int) -> str:
@@ -88,6 +92,11 @@ def _dbos_run(path: str, n: int, inflight: int) -> float:
         return time.perf_counter() - began
     finally:
         DBOS.destroy()
+
+
+def _dbos_run(path: str, n: int, inflight: int) -> float:
+    """DBOS on SQLite in ``path``: :func:`dbos_three_steps`."""
+    return dbos_three_steps(f"sqlite:///{path}/dbos.sqlite", n, inflight)
 
 
 def _ours_run(path: str, n: int, inflight: int, kind: str = "files") -> float:

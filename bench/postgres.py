@@ -92,43 +92,9 @@ def pg_child(dsn: str, total: int, inflight: int, prefix: str, start_at: float) 
 
 def dbos_run(dsn: str, n: int, inflight: int) -> float:
     """Run ``WARMUP`` then ``n`` DBOS 3-step workflows on ``dsn``; seconds for the ``n``."""
-    from dbos import DBOS
+    from .peers import dbos_three_steps
 
-    from .peers import _keeps_signature
-
-    DBOS(config={"name": "hxbench", "system_database_url": dsn})
-
-    @_keeps_signature(DBOS.step())
-    def step_a(i: int) -> str:
-        return "ok"
-
-    @_keeps_signature(DBOS.step())
-    def step_b(i: int) -> str:
-        return "ok"
-
-    @_keeps_signature(DBOS.step())
-    def step_c(i: int) -> str:
-        return "ok"
-
-    @_keeps_signature(DBOS.workflow())
-    def three_steps(i: int) -> str:
-        return step_a(i) + step_b(i) + step_c(i)
-
-    DBOS.launch()
-    try:
-        for i in range(WARMUP):
-            three_steps(-1 - i)
-        began = time.perf_counter()
-        if inflight == 1:
-            for i in range(n):
-                three_steps(i)
-        else:
-            with ThreadPoolExecutor(max_workers=inflight) as pool:
-                results = list(pool.map(three_steps, range(n)))
-            assert results == ["okokok"] * n
-        return time.perf_counter() - began
-    finally:
-        DBOS.destroy()
+    return dbos_three_steps(dsn, n, inflight)
 
 
 def side(which: str, admin_dsn: str, n: int, inflight: int) -> float:
