@@ -73,9 +73,10 @@ def check_business_value(value: object) -> str:
             is a UUID string.
     """
     if isinstance(value, str):
-        canonical = _canonical_uuid(value)
-        if canonical is not None:
-            return canonical
+        if len(value) >= 32:  # shorter is no UUID spelling (_canonical_uuid): most values
+            canonical = _canonical_uuid(value)
+            if canonical is not None:
+                return canonical
         if _BUSINESS_VALUE.fullmatch(value):
             return value
     raise InvalidBusinessKey(

@@ -174,13 +174,13 @@ class StepContext:
         ``config`` are copied from ``source`` when first read.
         """
         context = object.__new__(cls)
-        set_ = object.__setattr__
-        set_(context, "instance_id", instance_id)
-        set_(context, "workflow", workflow)
-        set_(context, "version", version)
-        set_(context, "_source", source)
-        set_(context, "attempt", attempt)
-        set_(context, "step", step)
+        # The slots' own setters: object.__setattr__ by name costs half as much again.
+        _set_instance_id(context, instance_id)
+        _set_workflow(context, workflow)
+        _set_version(context, version)
+        _set_source(context, source)
+        _set_attempt(context, attempt)
+        _set_step(context, step)
         return context
 
     def _copy_source(self) -> None:
@@ -245,6 +245,15 @@ class StepContext:
             f"attempt={self.attempt})"
         )
 
+
+_SLOTS: Final = vars(StepContext)
+"""StepContext's slot descriptors, whose setters :meth:`StepContext._of` calls."""
+_set_instance_id: Final = _SLOTS["instance_id"].__set__
+_set_workflow: Final = _SLOTS["workflow"].__set__
+_set_version: Final = _SLOTS["version"].__set__
+_set_source: Final = _SLOTS["_source"].__set__
+_set_attempt: Final = _SLOTS["attempt"].__set__
+_set_step: Final = _SLOTS["step"].__set__
 
 EMPTY_VIEW: Final[Mapping[str, Any]] = MappingProxyType({})
 """The read-only empty mapping contexts share (its dict is never mutated)."""

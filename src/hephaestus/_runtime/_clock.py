@@ -19,6 +19,5 @@ class SystemClock:
 
     __slots__ = ()
 
-    def now(self) -> float:
-        """Return the current epoch time in seconds."""
-        return time.time()
+    now = staticmethod(time.time)
+    """Return the current epoch time in seconds (``time.time`` itself: no frame per call)."""

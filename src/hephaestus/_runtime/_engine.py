@@ -6,8 +6,8 @@ request under the instance's write token (or mailing it to the runner that
 holds it). It keeps the registry, a dict of :class:`~._registry.Entry` by
 instance id, and recovers stored instances when the engine opens. What an
 entry is lives in :mod:`._registry`; what keeps a runner going, and what
-happens when it crashes, lives in :mod:`._supervisor`; timers in
-:mod:`._timers`.
+happens when it crashes, lives in :mod:`._supervisor`; the runner tasks it
+runs in, in :mod:`._workers`; timers in :mod:`._timers`.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ from ._registry import Entry, State
 from ._runner import Runner
 from ._supervisor import drain, reload, stuck_message, supervise
 from ._timers import TimerService
+from ._workers import Workers
 
 if TYPE_CHECKING:
     from ._shared import SharedRuntime
@@ -83,9 +84,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("hephaestus.engine")
 
 _ACTIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
-
-_SUPERVISE: Final = f"{supervise.__module__}.{supervise.__qualname__}"
-"""The name of every runner's task (the one trio gives it, spelt once, not per spawn)."""
 
 
 @final
@@ -147,6 +145,8 @@ class Engine:
         """Parent and child instances (hx.SubWorkflow)."""
         self.admission = Admission(self, list(self._workflows.values()))
         """Slots and queues of the workflows with a max_active."""
+        self.workers = Workers(self, nursery, supervise)
+        """Runner tasks waiting for the next instance to run (:mod:`._workers`)."""
         self.timers = TimerService(clock, self._timer_due)
         """Every armed timer of every instance; one task of the engine nursery fires them."""
         nursery.start_soon(self.timers.run)
@@ -223,54 +223,38 @@ class Engine:
         now = self.clock.now()
         admitted = self.admission.try_admit(wf.name, instance_id)
         sequence = 0 if admitted else self.admission.next_sequence()
-
-        def started(stored_revision: int) -> Transition:
-            if admitted:  # Start applied: the first change persisted, one above what is stored
-                return start_new(
-                    wf,
-                    instance_id,
-                    initial=initial,
-                    metadata=metadata,
-                    now=now,
-                    stored_revision=stored_revision,
-                    parent=parent,
-                )
-            # Stored as it is: PENDING until a slot frees.
-            fresh = new_instance(
-                wf,
-                instance_id,
-                initial=initial,
-                metadata=metadata,
-                now=now,
-                previous_revision=stored_revision,
-                parent=parent,
-                sequence=sequence,
-            )
-            return Transition(fresh, (), None, changed=True)
-
-        transition = started(0)
+        transition = _first(wf, instance_id, initial, metadata, now, 0, parent, admitted, sequence)
         entry = Entry(wf, transition.instance, State.LIVE)
+        # Claimed before the first await (see _claiming: this is its body, written out on
+        # start's path): a concurrent start, retry or delete of the id waits or is refused.
+        self._registry[instance_id] = entry
         try:
-            with self._claiming(entry):
-                try:
-                    await self.storage.put(transition.instance, expected_revision=0)
-                except RevisionConflict:
-                    stored = await self.storage.get(instance_id)
-                    if stored is not None and (
-                        not stored.status.is_terminal or not replace_finished
-                    ):
-                        raise self._already_running(
-                            wf, instance_id, Entry(None, stored, State.ORPHAN)
-                        ) from None
-                    previous = 0 if stored is None else stored.revision
-                    if self.shared is not None and stored is not None:
-                        await self.shared.claim_finished(wf, stored)
-                    transition = started(previous)
-                    entry.instance = transition.instance
-                    await self.storage.put(transition.instance, expected_revision=previous)
+            try:
+                await self.storage.put(transition.instance, expected_revision=0)
+            except RevisionConflict:
+                stored = await self.storage.get(instance_id)
+                if stored is not None and (not stored.status.is_terminal or not replace_finished):
+                    raise self._already_running(
+                        wf, instance_id, Entry(None, stored, State.ORPHAN)
+                    ) from None
+                previous = 0 if stored is None else stored.revision
+                if self.shared is not None and stored is not None:
+                    await self.shared.claim_finished(wf, stored)
+                transition = _first(
+                    wf, instance_id, initial, metadata, now, previous, parent, admitted, sequence
+                )
+                entry.instance = transition.instance
+                await self.storage.put(transition.instance, expected_revision=previous)
+            if self._closed:  # the next open_engine recovers what was written
+                self._check_open()
         except trio.Cancelled:
-            raise  # _claiming settles what was stored, slot included (_settle_claim)
-        except BaseException:
+            # The write may have landed: the claim is settled in a task of its own, slot
+            # included (_settle_claim), and the cancellation propagates.
+            if self._registry.get(instance_id) is entry:
+                self._nursery.start_soon(self._settle_claim, entry)
+            raise
+        except BaseException as exc:
+            self._release_claim(entry, exc)
             if admitted:
                 self.admission.release(transition.instance)
             raise
@@ -282,7 +266,7 @@ class Engine:
                 metadata={"version": wf.version, "pending": not admitted},
             )
         if admitted:
-            self._nursery.start_soon(supervise, self, entry, transition.commands, name=_SUPERVISE)
+            self.workers.run(entry, transition.commands)
         else:
             self._queue_pending(entry)
         return instance_id
@@ -756,7 +740,7 @@ class Engine:
             mailbox = entry.mailbox = Mailbox()
         for message in messages:
             mailbox.put(message)
-        self._nursery.start_soon(supervise, self, entry, commands, False)
+        self.workers.run(entry, commands, False)
 
     def finish_passive(self, entry: Entry) -> None:
         """Let go of a passivated instance that a request finished (no runner to do it)."""
@@ -849,7 +833,7 @@ class Engine:
         assert entry.mailbox is not None
         entry.mailbox.put(Message(Recover()))
         self._registry[instance.id] = entry
-        self._nursery.start_soon(supervise, self, entry, ())
+        self.workers.run(entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -979,7 +963,7 @@ class Engine:
                     "revision": transition.instance.revision,
                 },
             )
-        self._nursery.start_soon(supervise, self, entry, transition.commands)
+        self.workers.run(entry, transition.commands)
 
     async def delete(self, instance_id: str) -> None:
         """Remove a finished (completed, failed or cancelled) instance from storage.
@@ -1137,6 +1121,45 @@ class _Claim:
 
 _PRUNE_PAGE: Final = 500
 """Instances prune reads per page of the store."""
+
+
+def _first(
+    wf: Workflow,
+    instance_id: str,
+    initial: dict[str, Any],
+    metadata: dict[str, Any],
+    now: float,
+    stored_revision: int,
+    parent: ParentLink | None,
+    admitted: bool,
+    sequence: int,
+) -> Transition:
+    """The first change of a new instance, one above ``stored_revision`` (what is stored).
+
+    ``Start`` applied when it is ``admitted``; else stored as it is, PENDING
+    until a slot frees (queued by ``sequence``).
+    """
+    if admitted:
+        return start_new(
+            wf,
+            instance_id,
+            initial=initial,
+            metadata=metadata,
+            now=now,
+            stored_revision=stored_revision,
+            parent=parent,
+        )
+    fresh = new_instance(
+        wf,
+        instance_id,
+        initial=initial,
+        metadata=metadata,
+        now=now,
+        previous_revision=stored_revision,
+        parent=parent,
+        sequence=sequence,
+    )
+    return Transition(fresh, (), None, changed=True)
 
 
 def _check_instance_id(instance_id: object) -> None:

@@ -56,6 +56,7 @@ from ._mailbox import Mailbox, Message, Reply
 from ._registry import Entry, State
 from ._report import report
 from ._steprun import must_propagate, run_attempt
+from ._workers import Lent
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -106,6 +107,7 @@ class Runner:
         "engine",
         "entry",
         "inline",
+        "lent",
         "nursery",
         "passivated",
         "pending",
@@ -115,7 +117,13 @@ class Runner:
         "workflow",
     )
 
-    def __init__(self, engine: Engine, entry: Entry, workflow: Workflow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        entry: Entry,
+        workflow: Workflow,
+        lent: Lent | None = None,
+    ) -> None:
         self.engine = engine
         self.entry = entry
         self.workflow = workflow
@@ -133,6 +141,8 @@ class Runner:
         """A lone step (and its attempt) the runner loop is to run in its own task next."""
         self.passivated = False
         """True when :meth:`run` returned because the instance no longer needs a runner."""
+        self.lent = lent
+        """The open scope of the runner's task, lent to its inline steps; None: they open one."""
 
     @property
     def instance(self) -> Instance:
@@ -148,10 +158,11 @@ class Runner:
 
         The runner opens a nursery only once a step must run in a task of its
         own (fan-out, a step with a timeout or a sync one). Inline steps run
-        in a cancel scope of their own (:meth:`run_chain`), which is what
-        finishing the instance (a ``cancel`` while a step runs inline)
-        cancels; a runner waiting for mail holds no scope (a parked resident
-        instance costs less), and finishing its instance wakes it instead.
+        in a cancel scope of their own (:meth:`run_chain`), or in the one
+        their task lends them (:mod:`._workers`), which is what finishing the
+        instance (a ``cancel`` while a step runs inline) cancels; a runner
+        waiting for mail holds no scope (a parked resident instance costs
+        less), and finishing its instance wakes it instead.
 
         Raises:
             Exception: whatever broke the runner (a storage error, a bug); the
@@ -558,7 +569,10 @@ class Runner:
         telemetry = engine.telemetry
         token = entry.token  # the resident instance's: it keeps it while it has a runner
         outer = self.scope
-        with trio.CancelScope() as scope:
+        lent = self.lent
+        if lent is not None and (lent.scope.cancel_called or self.nursery is not None):
+            lent = None  # spent, or a nursery is open under it: a scope of its own, inside
+        with trio.CancelScope() if lent is None else lent as scope:
             self.scope = scope  # what finishing the instance cancels while steps run here
             try:
                 while True:
@@ -611,7 +625,14 @@ class Runner:
                         commands = transition.commands
                         following = self.lone_inline(commands)
                         if following is None:
-                            self.carry_out(commands, inline=True)
+                            # A lone Finished, carried out here with no step task, stops
+                            # nothing (carry_out's case for it): most instances end so.
+                            if (
+                                self.scopes
+                                or len(commands) != 1
+                                or type(commands[0]) is not Finished
+                            ):
+                                self.carry_out(commands, inline=True)
                         else:
                             key, attempt = following.step, following.attempt
                     finally:
@@ -855,10 +876,21 @@ class Runner:
         to carry out, no scope of an earlier attempt to cancel (an inline step
         needs no other step running).
         """
-        first = commands[0] if len(commands) == 1 else None
-        if type(first) is RunStep and self.inlinable(first.step, commands):
-            return first
-        return None
+        if len(commands) != 1:
+            return None
+        first = commands[0]
+        if type(first) is not RunStep or self.scopes or self.inline is not None:
+            return None
+        # inlinable() for one command, written out: this runs after every transition.
+        step = first.step
+        definition = self.workflow.steps[step]
+        if not definition.is_async or definition.timeout is not None:
+            return None
+        instance = self.entry.snapshot
+        assert instance is not None  # a runner's instance is resident
+        if instance.active != (step,) or instance.waiting or instance.timers:
+            return None
+        return first
 
     def inlinable(self, step: str, commands: Sequence[Command]) -> bool:
         """Whether ``step`` may run in the runner's task: alone, async, without a timeout.

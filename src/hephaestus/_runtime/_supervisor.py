@@ -1,8 +1,9 @@
 """The supervisor: keeps one instance's runner going, within the restart budget.
 
-:func:`supervise` is the task the engine spawns per resident instance. It runs
-a :class:`~._runner.Runner` and, when the runner stops, decides what happens to
-the instance:
+:func:`supervise` is what the engine runs per resident instance, in a runner
+task of its own or one that ran an earlier instance (:mod:`._workers`). It
+runs a :class:`~._runner.Runner` and, when the runner stops, decides what
+happens to the instance:
 
 - it finished: the entry leaves the registry (``FINISHED``);
 - it passivated with an empty mailbox: the entry stays, ``PASSIVE``;
@@ -42,6 +43,7 @@ from ..storage._shared import LeaseLost
 from ._mailbox import Mailbox, Message
 from ._registry import Entry, State
 from ._runner import RETRY_FIRST, RETRY_MAX, Runner, SnapshotReplaced
+from ._workers import Lent
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -83,13 +85,19 @@ def drain(engine: Engine, entry: Entry, error: Exception) -> None:
 
 
 async def supervise(
-    engine: Engine, entry: Entry, first_commands: Sequence[Command], announce: bool = True
+    engine: Engine,
+    entry: Entry,
+    first_commands: Sequence[Command],
+    announce: bool = True,
+    lent: Lent | None = None,
 ) -> None:
     """Run the instance's runner, restarting it from storage after a crash.
 
     A crash (a bug) counts against ``max_restarts``; a snapshot changed or
     deleted under the runner does not: it is reported once and the runner
-    goes on from what is stored, or stops if nothing is.
+    goes on from what is stored, or stops if nothing is. ``lent`` is the
+    cancel scope this task holds open around the call, lent to its runners'
+    inline steps (:mod:`._workers`); None: they open their own.
     """
     workflow = entry.workflow
     assert workflow is not None
@@ -109,7 +117,7 @@ async def supervise(
                     metadata={"version": workflow.version, "restarts": len(crashes)},
                 )
             try:
-                runner = Runner(engine, entry, workflow)
+                runner = Runner(engine, entry, workflow, lent)
                 await runner.run(commands)
                 if runner.passivated:
                     if mailbox.empty():
