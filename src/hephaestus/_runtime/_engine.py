@@ -146,6 +146,8 @@ class Engine:
         self.admission = Admission(self, list(self._workflows.values()))
         """Slots and queues of the workflows with a max_active."""
         self.workers = Workers(self, nursery, supervise)
+        self._recovering: list[Entry] | None = None
+        """While recovery builds the registry: the entries whose runners are to start."""
         """Runner tasks waiting for the next instance to run (:mod:`._workers`)."""
         self.timers = TimerService(clock, self._timer_due)
         """Every armed timer of every instance; one task of the engine nursery fires them."""
@@ -787,9 +789,40 @@ class Engine:
         recovered = await self.storage.query(status=_ACTIVE)
         for instance in recovered:
             self.admission.recovered(instance)
-        for instance in recovered:
-            self._recover_instance(instance)
+        runners: list[Entry] = []
+        self._recovering = runners
+        try:
+            for instance in recovered:
+                self._recover_instance(instance)
+        finally:
+            self._recovering = None
         self.admission.fill_all()
+        for entry in runners[:_RECOVERY_BATCH]:
+            self.workers.run(entry, ())
+        if len(runners) > _RECOVERY_BATCH:
+            self._nursery.start_soon(self._start_recovered, runners, name=_START_RECOVERED)
+
+    async def _start_recovered(self, entries: Sequence[Entry]) -> None:
+        """Start the runners of recovered instances after the first batch, a batch at a time.
+
+        Each runner's first step runs in the batch of Trio's scheduler it was
+        started in: 100,000 at once would make every request wait for all of
+        them. A schedule point between batches lets requests be served
+        meanwhile (a request to an instance whose runner has not started is
+        applied under its token, as to any runner that has not yet looked at
+        its mailbox). If the engine closes first, the rest start at once, to
+        end as the others do.
+        """
+        started = _RECOVERY_BATCH
+        try:
+            while started < len(entries):
+                await trio.lowlevel.checkpoint()
+                for entry in entries[started : started + _RECOVERY_BATCH]:
+                    self.workers.run(entry, ())
+                started += _RECOVERY_BATCH
+        finally:
+            for entry in entries[started:]:
+                self.workers.run(entry, ())
 
     def _recover_instance(self, instance: Instance) -> None:
         """Take a stored non-terminal instance into the registry, with a runner if it needs one.
@@ -833,7 +866,10 @@ class Engine:
         assert entry.mailbox is not None
         entry.mailbox.put(Message(Recover()))
         self._registry[instance.id] = entry
-        self.workers.run(entry, ())
+        if self._recovering is not None:
+            self._recovering.append(entry)  # started by _recover_each, in batches
+        else:
+            self.workers.run(entry, ())
 
     def _recover_passive(self, workflow: Workflow, instance: Instance) -> bool:
         """Take a waiting instance back without a runner if recovering it runs nothing.
@@ -1121,6 +1157,11 @@ class _Claim:
 
 _PRUNE_PAGE: Final = 500
 """Instances prune reads per page of the store."""
+
+_RECOVERY_BATCH: Final = 1000
+"""Runners of recovered instances started per schedule point (see ``_start_recovered``)."""
+
+_START_RECOVERED: Final = "hephaestus.engine.start_recovered"
 
 
 def _first(
