@@ -10,6 +10,7 @@ runner; an engine closed meanwhile starts and ends the rest.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -44,13 +45,16 @@ async def test_a_request_is_served_before_every_recovered_runner_started(
     ) as engine:
         assert (await engine.get(f"ev::i{N - 1}")).status is hx.Status.WAITING
         early = sum(1 for task in all_tasks() if task.name.endswith(".supervise"))
+        paused_meanwhile = not gc.isenabled()  # the cyclic GC waits for the last batch
         await engine.resume(f"ev::i{N - 1}", "go", {"by": "me"})  # its runner may not run yet
         assert (await engine.wait(f"ev::i{N - 1}")).status is hx.Status.COMPLETED
         await trio.testing.wait_all_tasks_blocked()
         assert events.count("runner.init") == N
+        assert gc.isenabled()  # restored once every runner started
         await engine.resume("ev::i0", "go", {"by": "me"})
         assert (await engine.wait("ev::i0")).status is hx.Status.COMPLETED
     assert 0 < early <= N // 2  # served while runners were still starting, a batch or two in
+    assert paused_meanwhile
     assert events.count("runner.crash") == 0
 
 

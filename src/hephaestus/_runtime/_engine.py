@@ -811,9 +811,14 @@ class Engine:
         meanwhile (a request to an instance whose runner has not started is
         applied under its token, as to any runner that has not yet looked at
         its mailbox). If the engine closes first, the rest start at once, to
-        end as the others do.
+        end as the others do. The cyclic garbage collector stays paused until
+        the last batch has started, as during the rest of recovery
+        (:meth:`_recover_all`): each collection would walk every runner built
+        so far (100,000 resident instances: 4.1 s to settle instead of 2-3).
         """
         started = _RECOVERY_BATCH
+        paused = gc.isenabled()
+        gc.disable()
         try:
             while started < len(entries):
                 await trio.lowlevel.checkpoint()
@@ -823,6 +828,8 @@ class Engine:
         finally:
             for entry in entries[started:]:
                 self.workers.run(entry, ())
+            if paused:
+                gc.enable()
 
     def _recover_instance(self, instance: Instance) -> None:
         """Take a stored non-terminal instance into the registry, with a runner if it needs one.
