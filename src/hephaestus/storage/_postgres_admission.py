@@ -27,12 +27,12 @@ from typing import Any, Final
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from ._postgres_shared import (
-    _CONSUME,
     _RUNS,
     _STARTABLE,
     NOT_HELD,
     NOW,
     PENDING,
+    consume,
     encode_payload,
     owned_row_args,
 )
@@ -45,7 +45,6 @@ from ._shared import (
     LeaseLost,
     Unrunnable,
     admission_full,
-    encode_answer,
 )
 
 _HOLDS: Final = "slot IS TRUE AND status IN ('pending', 'running', 'waiting')"
@@ -169,14 +168,7 @@ def put_limited(
         )
         conn.execute(_INSERT if stored is None else _UPDATE, args)
         if consumed:
-            conn.execute(
-                _CONSUME,
-                {
-                    "iid": iid,
-                    "rids": [c.request_id for c in consumed],
-                    "answers": [encode_answer(c.answer) for c in consumed],
-                },
-            )
+            consume(conn, iid, consumed)
         if instance.status.is_terminal:
             conn.execute("SELECT pg_notify(%s, %s)", encode_payload(Finished(instance_id=iid)))
         work = instance.status is Status.RUNNING or (instance.status is Status.PENDING and slot)

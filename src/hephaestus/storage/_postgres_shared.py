@@ -461,8 +461,7 @@ class PutOwned:
         self.args = owned_row_args(row, lease, release=release)
         self.args.update(id=lease.engine_id, epoch=lease.epoch, expected=expected)
         if self.consumed:
-            self.args["rids"] = [c.request_id for c in self.consumed]
-            self.args["answers"] = [encode_answer(c.answer) for c in self.consumed]
+            self.args.update(consumed_args(self.consumed))
 
     def send(self, conn: psycopg.Connection[tuple[Any, ...]]) -> psycopg.Cursor[Any]:
         sql = put_owned_sql(
@@ -516,6 +515,19 @@ class PutOwned:
         )
 
 
+def consumed_args(consumed: Sequence[Consumed]) -> dict[str, object]:
+    """The SQL parameters of inbox rows consumed with their answers (``rids``, ``answers``)."""
+    return {
+        "rids": [c.request_id for c in consumed],
+        "answers": [encode_answer(c.answer) for c in consumed],
+    }
+
+
+def consume(conn: Any, instance_id: str, consumed: Sequence[Consumed]) -> None:
+    """Mark ``consumed`` inbox rows of ``instance_id`` (first answer kept); notify the senders."""
+    conn.execute(_CONSUME, {"iid": instance_id, **consumed_args(consumed)})
+
+
 def answer_requests(
     conn: Any, lease: Lease, instance_id: str, consumed: Sequence[Consumed]
 ) -> None:
@@ -539,14 +551,7 @@ def answer_requests(
                 f"{lease.engine_id}/{lease.epoch}: its lease was lost"
             )
         if consumed:
-            conn.execute(
-                _CONSUME,
-                {
-                    "iid": instance_id,
-                    "rids": [c.request_id for c in consumed],
-                    "answers": [encode_answer(c.answer) for c in consumed],
-                },
-            )
+            consume(conn, instance_id, consumed)
 
 
 # --- the inbox -----------------------------------------------------------------------------------
