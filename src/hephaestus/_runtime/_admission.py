@@ -18,12 +18,13 @@ import collections
 import heapq
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, final
 
 import trio
 
 from .._core._admission import holds_slot, limits, queue_key
-from .._core._engine import Start, Transition, apply
+from .._core._engine import Command, Start, Transition, apply
 from .._core._errors import RevisionConflict
 from .._core._model import Instance, Status
 from .._core._workflow import Workflow
@@ -168,6 +169,11 @@ class Admission:
             entry.instance = transition.instance
         finally:
             entry.token.release()
+        self._started(entry, workflow, transition.commands)
+
+    def _started(self, entry: Entry, workflow: Workflow, commands: Sequence[Command]) -> None:
+        """Announce an admitted instance whose Start is stored, and give it its runner."""
+        engine = self.engine
         if engine.telemetry.enabled:
             engine.telemetry.emit(
                 "workflow.admit",
@@ -175,7 +181,7 @@ class Admission:
                 workflow=workflow.name,
                 metadata={"version": workflow.version},
             )
-        engine.activate(entry, transition.commands)
+        engine.activate(entry, commands)
 
     async def _load(self, entry: Entry, workflow: Workflow) -> bool:
         """Load the passive entry's snapshot, retrying storage errors; False if it is not there."""
@@ -420,11 +426,4 @@ class SharedAdmission(Admission):
         if transition is None:
             await self.shared.let_go(entry)
             return
-        if engine.telemetry.enabled:
-            engine.telemetry.emit(
-                "workflow.admit",
-                instance_id=entry.id,
-                workflow=workflow.name,
-                metadata={"version": workflow.version},
-            )
-        engine.activate(entry, transition.commands)
+        self._started(entry, workflow, transition.commands)
