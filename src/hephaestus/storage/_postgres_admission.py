@@ -100,12 +100,13 @@ def _lock(conn: Any, workflow: str, max_active: int) -> None:
         "INSERT INTO hx_admission (workflow, max_active) VALUES (%s, %s) ON CONFLICT DO NOTHING",
         (workflow, max_active),
     )
-    conn.execute("SELECT 1 FROM hx_admission WHERE workflow = %s FOR UPDATE", (workflow,))
-    conn.execute(
-        "UPDATE hx_admission SET max_active = %s WHERE workflow = %s "
-        "AND max_active IS DISTINCT FROM %s",
-        (max_active, workflow, max_active),
-    )
+    recorded = conn.execute(
+        "SELECT max_active FROM hx_admission WHERE workflow = %s FOR UPDATE", (workflow,)
+    ).fetchone()
+    if recorded[0] != max_active:  # a limit changed (or never recorded): one more statement
+        conn.execute(
+            "UPDATE hx_admission SET max_active = %s WHERE workflow = %s", (max_active, workflow)
+        )
 
 
 def admission_limit(conn: Any, workflow: str) -> int | None:
